@@ -1,0 +1,38 @@
+# The two entry points of the README, and the steps they are made of.
+#   make run   set up everything and run the main job on local defaults
+#   make test  set up everything and run the test suite against a real Kafka broker and Prism
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test setup services unit bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "scanflow needs Python 3.11: set PYTHON=python3.11")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "setup: installing Python packages (pinned by constraints.txt) ..."
+	@$(BIN)/pip install -q --upgrade pip
+	@$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	@touch $@
+
+setup: $(STAMP)
+	@bash infra/system-deps.sh
+	@$(BIN)/scanflow infra fetch
+	@$(BIN)/scanflow infra prism
+
+services: setup
+	@$(BIN)/scanflow infra up
+
+run: setup
+	@$(BIN)/scanflow up
+
+test: services
+	@$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+unit: $(STAMP)
+	@$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+clean:
+	-@$(BIN)/scanflow infra down
+	rm -rf $(VENV) infra/.cache .scanflow

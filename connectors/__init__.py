@@ -1,0 +1,1 @@
+"""I/O around the pure core: Avro codec, Kafka admin/source/sink, Parquet writer, DuckDB catalog."""

@@ -1,0 +1,113 @@
+"""Kafka administration: the declarative topic list (``infra/topics.toml``) applied idempotently.
+
+``apply_topics`` creates missing topics, grows partition counts that are below the declared ones and
+brings topic configs in line with the file. Running it twice changes nothing the second time.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from kafka import KafkaAdminClient
+from kafka.admin import ConfigResource, ConfigResourceType, NewPartitions, NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+from scanflow.config import ConfigError, KafkaSettings, TopicsSettings, resolve_path
+
+LOGICAL_TOPICS = ("events", "commands", "ip_state", "dead_letter")
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One declared topic."""
+
+    logical: str
+    name: str
+    partitions: int
+    replication_factor: int = 1
+    config: dict[str, str] = field(default_factory=dict)
+
+
+def load_topic_specs(topics: TopicsSettings, path: str | Path | None = None) -> list[TopicSpec]:
+    """Read the declarative topic list; names come from the ``[topics]`` settings."""
+    path = resolve_path(path or topics.file)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"topics.file: {path} does not exist; point topics.file at infra/topics.toml") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"topics.file: {path} is not valid TOML ({exc})") from None
+    unknown = set(data) - set(LOGICAL_TOPICS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown topic table(s) {sorted(unknown)}; "
+                          f"expected {', '.join(LOGICAL_TOPICS)}")
+    specs = []
+    for logical in LOGICAL_TOPICS:
+        if logical not in data:
+            raise ConfigError(f"{path}: missing [{logical}] table")
+        table = data[logical]
+        partitions = table.get("partitions")
+        if not isinstance(partitions, int) or partitions < 1:
+            raise ConfigError(f"{path}: [{logical}] partitions must be a whole number >= 1")
+        rf = table.get("replication_factor", 1)
+        if not isinstance(rf, int) or rf < 1:
+            raise ConfigError(f"{path}: [{logical}] replication_factor must be a whole number >= 1")
+        config = {str(k): str(v) for k, v in table.get("config", {}).items()}
+        specs.append(TopicSpec(logical, getattr(topics, logical), partitions, rf, config))
+    return specs
+
+
+def admin_client(kafka: KafkaSettings) -> KafkaAdminClient:
+    """An admin client for the configured cluster (close it when done)."""
+    return KafkaAdminClient(**kafka.client_options())
+
+
+def apply_topics(admin: KafkaAdminClient, specs: Iterable[TopicSpec],
+                 report: Callable[[str], None] = lambda line: None) -> dict[str, str]:
+    """Create or reconcile every topic; returns ``{topic: created|updated|unchanged}``."""
+    specs = list(specs)
+    existing = set(admin.list_topics())
+    outcome: dict[str, str] = {}
+    missing = [s for s in specs if s.name not in existing]
+    if missing:
+        try:
+            admin.create_topics([NewTopic(s.name, s.partitions, s.replication_factor,
+                                          topic_configs=s.config) for s in missing])
+        except TopicAlreadyExistsError:  # a concurrent creator won the race: reconcile below
+            pass
+        for s in missing:
+            outcome[s.name] = "created"
+            report(f"created {s.name} ({s.partitions} partitions)")
+    present = [s for s in specs if s.name in existing]
+    if present:
+        described = {t["name"]: t for t in admin.describe_topics([s.name for s in present])}
+        for s in present:
+            changes = []
+            have = len(described[s.name]["partitions"])
+            if have < s.partitions:
+                admin.create_partitions({s.name: NewPartitions(total_count=s.partitions)})
+                changes.append(f"partitions {have} -> {s.partitions}")
+            drift = _config_drift(admin, s)
+            if drift:
+                admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, s.name, configs=s.config)])
+                changes.append("config " + ", ".join(drift))
+            outcome[s.name] = "updated" if changes else "unchanged"
+            report(f"{outcome[s.name]} {s.name}" + (f" ({'; '.join(changes)})" if changes else ""))
+    return outcome
+
+
+def _config_drift(admin: KafkaAdminClient, spec: TopicSpec) -> list[str]:
+    if not spec.config:
+        return []
+    result = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, spec.name)])
+    current = _described_config_values(result)
+    return [f"{k}={current.get(k)!s}->{v}" for k, v in spec.config.items() if current.get(k) != v]
+
+
+def _described_config_values(result: Any) -> dict[str, str]:
+    """``{name: value}`` from kafka-python's DescribeConfigs answer for one topic."""
+    (topic_configs,) = result["topic"].values()
+    return {name: entry["value"] for name, entry in topic_configs.items()}

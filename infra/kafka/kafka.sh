@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# Fetch, start, stop and inspect one local Apache Kafka broker (KRaft, broker+controller in one JVM).
+#
+#   infra/kafka/kafka.sh fetch|up|down|status|reset|logs
+#
+# Settings come from the environment (the scanflow CLI sets them from its configuration):
+#   SCANFLOW_INFRA_KAFKA_PORT             client listener on 127.0.0.1          (default 9092)
+#   SCANFLOW_INFRA_KAFKA_CONTROLLER_PORT  controller listener on 127.0.0.1      (default 9093)
+#   SCANFLOW_INFRA_STATE_DIR              where data, logs and the pid file go  (default <repo>/.scanflow)
+#   SCANFLOW_INFRA_KAFKA_HEAP             JVM heap                              (default 1g)
+#   SCANFLOW_INFRA_STATUS_TIMEOUT_S       seconds `status`/`up` wait for an answer (default 60)
+#   SCANFLOW_PYTHON                       python with kafka-python for the metadata probe (default: .venv)
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+port=${SCANFLOW_INFRA_KAFKA_PORT:-9092}
+ctrl_port=${SCANFLOW_INFRA_KAFKA_CONTROLLER_PORT:-9093}
+state=${SCANFLOW_INFRA_STATE_DIR:-$repo/.scanflow}/kafka
+libs=$repo/infra/.cache/kafka/libs
+heap=${SCANFLOW_INFRA_KAFKA_HEAP:-1g}
+timeout=${SCANFLOW_INFRA_STATUS_TIMEOUT_S:-60}
+python=${SCANFLOW_PYTHON:-}
+if [[ -z "$python" ]]; then
+  if [[ -x "$repo/.venv/bin/python" ]]; then python=$repo/.venv/bin/python; else python=python3; fi
+fi
+pidfile=$state/kafka.pid
+logfile=$state/logs/kafka.out
+datadir=$state/data
+props=$state/server.properties
+
+say() { printf 'kafka: %s\n' "$*"; }
+die() { printf 'kafka: error: %s\n' "$*" >&2; exit 1; }
+
+fetch() {
+  if compgen -G "$libs/kafka_2.13-*.jar" >/dev/null; then return 0; fi
+  command -v mvn >/dev/null || die "mvn not found: install Maven (apt-get install maven)"
+  command -v java >/dev/null || die "java not found: install a JDK >= 17 (apt-get install openjdk-17-jdk-headless)"
+  say "resolving the broker jars from Maven Central into infra/.cache/kafka/libs ..."
+  mvn -q -B -f "$here/pom.xml" package || die "maven could not resolve the broker (see output above)"
+  compgen -G "$libs/kafka_2.13-*.jar" >/dev/null || die "maven ran but no kafka_2.13 jar is in $libs"
+}
+
+running_pid() {
+  # Prints the broker pid if the pid file names a live java process of ours; cleans a stale file.
+  [[ -f "$pidfile" ]] || return 1
+  local pid; pid=$(cat "$pidfile" 2>/dev/null || true)
+  if [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null \
+     && tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q 'kafka.Kafka'; then
+    echo "$pid"; return 0
+  fi
+  rm -f "$pidfile"
+  return 1
+}
+
+write_props() {
+  mkdir -p "$datadir" "$state/logs"
+  cat > "$props" <<PROPS
+# written by infra/kafka/kafka.sh on every start; edit the script, not this file
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:${ctrl_port}
+listeners=PLAINTEXT://127.0.0.1:${port},CONTROLLER://127.0.0.1:${ctrl_port}
+advertised.listeners=PLAINTEXT://127.0.0.1:${port}
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+log.dirs=${datadir}
+num.partitions=4
+default.replication.factor=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=8
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=false
+delete.topic.enable=true
+log.retention.hours=-1
+message.max.bytes=4194304
+PROPS
+}
+
+java_run() { (exec_java "$@"); }
+
+exec_java() {
+  exec java -Xms256m "-Xmx$heap" -XX:+UseG1GC -Djava.awt.headless=true \
+    "-Dlog4j2.configurationFile=$here/log4j2.properties" "-Dkafka.logs.dir=$state/logs" \
+    -cp "$libs/*" "$@"
+}
+
+up() {
+  fetch
+  if pid=$(running_pid); then say "already running (pid $pid) on 127.0.0.1:$port"; status; return; fi
+  command -v java >/dev/null || die "java not found: install a JDK >= 17"
+  write_props
+  if [[ ! -f "$datadir/meta.properties" ]]; then
+    local cid; cid=$(java_run kafka.tools.StorageTool random-uuid | tail -n 1)
+    say "formatting KRaft storage in $datadir (cluster $cid)"
+    java_run kafka.tools.StorageTool format -t "$cid" -c "$props" --ignore-formatted >/dev/null
+  fi
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    die "port $port is taken by another process: stop it or set [infra] kafka_port (env SCANFLOW_INFRA_KAFKA_PORT)"
+  fi
+  say "starting broker on 127.0.0.1:$port (log: $logfile)"
+  # setsid: the broker outlives the shell that started it and gets no terminal signals.
+  setsid "$here/kafka.sh" __exec kafka.Kafka "$props" >>"$logfile" 2>&1 < /dev/null &
+  echo $! > "$pidfile"
+  status
+}
+
+status() {
+  local pid
+  if ! pid=$(running_pid); then say "not running"; return 3; fi
+  "$python" "$here/wait_metadata.py" "127.0.0.1:$port" "$timeout" \
+    || { say "process $pid is up but the broker did not answer; last log lines:"; tail -n 20 "$logfile" >&2; return 4; }
+  say "running (pid $pid) on 127.0.0.1:$port, data in $datadir"
+}
+
+down() {
+  local pid
+  if ! pid=$(running_pid); then say "not running"; return 0; fi
+  say "stopping pid $pid"
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+  if kill -0 "$pid" 2>/dev/null; then say "still alive after 30 s, sending KILL"; kill -KILL "$pid" || true; fi
+  rm -f "$pidfile"
+  say "stopped"
+}
+
+reset() {
+  down
+  say "wiping $datadir"
+  rm -rf "$datadir"
+}
+
+case "${1:-}" in
+  fetch) fetch; say "broker jars in $libs" ;;
+  up) up ;;
+  down|stop) down ;;
+  status) status ;;
+  reset) reset ;;
+  __exec) shift; exec_java "$@" ;;  # internal: replaces itself with the broker JVM
+  logs) tail -n "${2:-50}" "$logfile" ;;
+  *) die "usage: kafka.sh fetch|up|down|status|reset|logs [N]" ;;
+esac

@@ -1,0 +1,1 @@
+"""Apache Beam pipelines: the live scheduler, replay/evaluation and the archive."""

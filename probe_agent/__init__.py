@@ -1,0 +1,1 @@
+"""The probe agent: consumes scan commands, probes safely and rate-limited, publishes events."""

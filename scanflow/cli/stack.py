@@ -1,0 +1,110 @@
+"""``scanflow infra``, ``scanflow topics`` and ``scanflow up``: the local stack."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import click
+
+from scanflow.cli import CliContext, pass_ctx
+from scanflow.config import REPO_ROOT
+
+KAFKA_SCRIPT = REPO_ROOT / "infra" / "kafka" / "kafka.sh"
+PRISM_SCRIPT = REPO_ROOT / "infra" / "prism" / "build.sh"
+
+
+def run_kafka_script(obj: CliContext, action: str) -> int:
+    """Run infra/kafka/kafka.sh ACTION with the configured ports and state dir."""
+    env = dict(os.environ, **obj.settings.infra.script_env(), SCANFLOW_PYTHON=sys.executable)
+    return subprocess.call(["bash", str(KAFKA_SCRIPT), action], env=env)
+
+
+def _kafka_action(action: str, doc: str) -> click.Command:
+    @click.command(action, help=doc)
+    @pass_ctx
+    def command(obj: CliContext) -> None:
+        sys.exit(run_kafka_script(obj, action))
+    return command
+
+
+@click.group("infra")
+def infra() -> None:
+    """Fetch, start, stop and inspect the local Kafka broker (KRaft, 127.0.0.1)."""
+
+
+for _action, _doc in (
+    ("fetch", "Resolve the broker jars from Maven Central into infra/.cache (once)."),
+    ("up", "Start the broker (idempotent) and wait until it answers a metadata request."),
+    ("down", "Stop the broker (TERM, then KILL after 30 s); data is kept."),
+    ("status", "Exit 0 once the broker answers a metadata request; 3 if it is not running."),
+    ("reset", "Stop the broker and wipe its data dir."),
+):
+    infra.add_command(_kafka_action(_action, _doc))
+
+
+@infra.command("prism")
+def infra_prism() -> None:
+    """Build (once) and cache Beam's Prism runner for the installed apache-beam version."""
+    sys.exit(subprocess.call(["bash", str(PRISM_SCRIPT)]))
+
+
+@click.group("topics")
+def topics() -> None:
+    """Kafka topics from the declarative list (infra/topics.toml)."""
+
+
+@topics.command("create")
+@click.option("--file", "path", default=None, help="Topic list (default: topics.file setting).")
+@pass_ctx
+def topics_create(obj: CliContext, path: str | None) -> None:
+    """Create or reconcile the four scanflow topics; safe to run any number of times."""
+    from connectors.kafka_admin import admin_client, apply_topics, load_topic_specs
+
+    specs = load_topic_specs(obj.settings.topics, path)
+    admin = admin_client(obj.settings.kafka)
+    try:
+        apply_topics(admin, specs, report=lambda line: click.echo(f"topics: {line}"))
+    finally:
+        admin.close()
+
+
+@topics.command("list")
+@pass_ctx
+def topics_list(obj: CliContext) -> None:
+    """List the topics on the cluster with their partition counts."""
+    from connectors.kafka_admin import admin_client
+
+    admin = admin_client(obj.settings.kafka)
+    try:
+        names = sorted(admin.list_topics())
+        for t in admin.describe_topics(names):
+            click.echo(f"{t['name']}\t{len(t['partitions'])} partitions")
+    finally:
+        admin.close()
+
+
+@click.command("up")
+@pass_ctx
+def up(obj: CliContext) -> None:
+    """Bring the local stack up: broker, topics, Prism runner; then print its status."""
+    started = time.monotonic()
+    steps = [("kafka broker", lambda: run_kafka_script(obj, "up")),
+             ("prism runner", lambda: subprocess.call(["bash", str(PRISM_SCRIPT)]))]
+    for i, (name, step) in enumerate(steps, 1):
+        click.echo(f"[{i}/{len(steps) + 1}] {name} ...")
+        rc = step()
+        if rc != 0:
+            click.echo(f"scanflow: error: {name} failed (exit {rc}); see the lines above", err=True)
+            sys.exit(rc)
+    click.echo(f"[{len(steps) + 1}/{len(steps) + 1}] topics ...")
+    ctx = click.get_current_context()
+    ctx.invoke(topics_create, path=None)
+    ctx.invoke(topics_list)
+    click.echo(f"stack up in {time.monotonic() - started:.1f} s; "
+               f"Kafka at {obj.settings.kafka.bootstrap_servers}")
+
+
+COMMANDS = [infra, topics, up]

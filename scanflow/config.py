@@ -1,0 +1,285 @@
+"""One typed configuration for every scanflow command.
+
+Precedence, lowest first: built-in defaults < TOML file < environment < CLI flags.
+
+- TOML file: ``--config PATH``, else ``$SCANFLOW_CONFIG``, else ``./scanflow.toml`` if it exists.
+  Sections are the fields of :class:`Settings` (``[kafka]``, ``[infra]``, ...).
+- Environment: ``SCANFLOW_<SECTION>_<KEY>``, e.g. ``SCANFLOW_KAFKA_BOOTSTRAP_SERVERS``.
+- CLI: ``--set section.key=value`` (repeatable) and the few dedicated flags of each command.
+
+Everything is validated once at start; a bad key or value raises :class:`ConfigError` whose message
+names the key, what was wrong and how to fix it. Sections are frozen dataclasses so a loaded
+configuration can be passed around (and pickled into Beam workers) without being changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+#: The source checkout: defaults for infra scripts, caches and local state are relative to it.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ENV_PREFIX = "SCANFLOW_"
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, of the wrong type or out of range; the message says the fix."""
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    """How clients reach Kafka: the local broker by default, or an existing cluster."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = ""
+    sasl_username: str = ""
+    sasl_password: str = ""
+    ssl_cafile: str = ""
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
+    client_id: str = "scanflow"
+    request_timeout_ms: int = 30_000
+
+    def validate(self) -> None:
+        protocols = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+        if self.security_protocol not in protocols:
+            raise ConfigError(f"kafka.security_protocol: {self.security_protocol!r} is not one of "
+                              f"{', '.join(protocols)}")
+        if self.security_protocol.startswith("SASL") and not self.sasl_mechanism:
+            raise ConfigError("kafka.sasl_mechanism: required with a SASL security_protocol; "
+                              "set it to PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
+        for server in self.bootstrap_servers.split(","):
+            host, sep, port = server.strip().rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigError(f"kafka.bootstrap_servers: {server!r} is not HOST:PORT; "
+                                  "write e.g. 127.0.0.1:9092 (comma-separated for several)")
+        _positive("kafka.request_timeout_ms", self.request_timeout_ms)
+
+    def client_options(self) -> dict[str, Any]:
+        """Keyword arguments for kafka-python clients (producer, consumer, admin)."""
+        opts: dict[str, Any] = {
+            "bootstrap_servers": [s.strip() for s in self.bootstrap_servers.split(",")],
+            "security_protocol": self.security_protocol,
+            "client_id": self.client_id,
+            "request_timeout_ms": self.request_timeout_ms,
+        }
+        if self.sasl_mechanism:
+            opts.update(sasl_mechanism=self.sasl_mechanism,
+                        sasl_plain_username=self.sasl_username,
+                        sasl_plain_password=self.sasl_password)
+        for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            if getattr(self, key):
+                opts[key] = getattr(self, key)
+        return opts
+
+
+@dataclass(frozen=True)
+class InfraSettings:
+    """The local stack started by ``scanflow infra``: one Kafka broker, cached builds, state."""
+
+    kafka_port: int = 9092
+    kafka_controller_port: int = 9093
+    kafka_heap: str = "1g"
+    state_dir: str = ".scanflow"
+    status_timeout_s: float = 60.0
+
+    def validate(self) -> None:
+        for key in ("kafka_port", "kafka_controller_port"):
+            port = getattr(self, key)
+            if not 1024 <= port < 65536:
+                raise ConfigError(f"infra.{key}: {port} is outside 1024..65535; pick a free port")
+        if self.kafka_port == self.kafka_controller_port:
+            raise ConfigError("infra.kafka_controller_port: must differ from infra.kafka_port")
+        _positive("infra.status_timeout_s", self.status_timeout_s)
+
+    def state_path(self) -> Path:
+        return resolve_path(self.state_dir)
+
+    def script_env(self) -> dict[str, str]:
+        """Environment for infra/kafka/kafka.sh: the same names as this section's env overrides."""
+        return {
+            "SCANFLOW_INFRA_KAFKA_PORT": str(self.kafka_port),
+            "SCANFLOW_INFRA_KAFKA_CONTROLLER_PORT": str(self.kafka_controller_port),
+            "SCANFLOW_INFRA_KAFKA_HEAP": self.kafka_heap,
+            "SCANFLOW_INFRA_STATE_DIR": str(self.state_path()),
+            "SCANFLOW_INFRA_STATUS_TIMEOUT_S": str(self.status_timeout_s),
+        }
+
+
+@dataclass(frozen=True)
+class TopicsSettings:
+    """Topic names and the declarative topic list applied by ``scanflow topics create``."""
+
+    file: str = "infra/topics.toml"
+    events: str = "scanflow.events"
+    commands: str = "scanflow.commands"
+    ip_state: str = "scanflow.ip-state"
+    dead_letter: str = "scanflow.dead-letter"
+
+    def validate(self) -> None:
+        for key in ("events", "commands", "ip_state", "dead_letter"):
+            name = getattr(self, key)
+            if not name or len(name) > 249 or not all(c.isalnum() or c in "._-" for c in name):
+                raise ConfigError(f"topics.{key}: {name!r} is not a valid Kafka topic name "
+                                  "(1-249 characters of letters, digits, '.', '_', '-')")
+
+
+@dataclass(frozen=True)
+class BeamSettings:
+    """Which Beam runner the pipelines use and where its parts are."""
+
+    runner: str = "prism"
+    prism_location: str = "infra/.cache/prism/prism"
+    flink_master: str = "[local]"
+    flink_job_server_jar: str = ""
+    environment_type: str = "LOOPBACK"
+
+    def validate(self) -> None:
+        runners = ("prism", "flink", "fnapi", "dataflow")
+        if self.runner not in runners:
+            raise ConfigError(f"beam.runner: {self.runner!r} is not one of {', '.join(runners)}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every section; ``Settings()`` is the embedded local default."""
+
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    infra: InfraSettings = field(default_factory=InfraSettings)
+    topics: TopicsSettings = field(default_factory=TopicsSettings)
+    beam: BeamSettings = field(default_factory=BeamSettings)
+
+    def validate(self) -> "Settings":
+        for f in dataclasses.fields(self):
+            getattr(self, f.name).validate()
+        return self
+
+
+def resolve_path(value: str | os.PathLike[str]) -> Path:
+    """A configured path: absolute as given, relative ones against the source checkout."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+def _positive(key: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(f"{key}: must be > 0, got {value}")
+
+
+def _sections() -> dict[str, type]:
+    hints = typing.get_type_hints(Settings)
+    return {f.name: hints[f.name] for f in dataclasses.fields(Settings)}
+
+
+def _coerce(key: str, raw: Any, target: Any) -> Any:
+    """Convert a TOML or string value to the field's declared type, or say what is expected."""
+    origin = typing.get_origin(target)
+    if origin in (typing.Union, types.UnionType):
+        target = next(a for a in typing.get_args(target) if a is not type(None))
+    if target is bool:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return raw.lower() in ("true", "1", "yes", "on")
+        raise ConfigError(f"{key}: expected true or false, got {raw!r}")
+    if target is int:
+        if isinstance(raw, bool):
+            raise ConfigError(f"{key}: expected a whole number, got {raw!r}")
+        try:
+            return int(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a whole number, got {raw!r}") from None
+    if target is float:
+        if isinstance(raw, bool):
+            raise ConfigError(f"{key}: expected a number, got {raw!r}")
+        try:
+            return float(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number, got {raw!r}") from None
+    if target is str:
+        if isinstance(raw, (dict, list)):
+            raise ConfigError(f"{key}: expected a string, got {type(raw).__name__}")
+        return str(raw)
+    if origin in (list, tuple):
+        if isinstance(raw, str):
+            raw = [part.strip() for part in raw.split(",") if part.strip()]
+        if not isinstance(raw, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {raw!r}")
+        (item_type, *_) = typing.get_args(target) or (str,)
+        return tuple(_coerce(key, item, item_type) for item in raw)
+    raise ConfigError(f"{key}: unsupported setting type {target!r}")
+
+
+def _apply(section_values: dict[str, dict[str, Any]], section: str, key: str, raw: Any,
+           source: str) -> None:
+    sections = _sections()
+    if section not in sections:
+        raise ConfigError(f"{source}: unknown section {section!r}; known sections: "
+                          f"{', '.join(sorted(sections))}")
+    hints = typing.get_type_hints(sections[section])
+    if key not in hints:
+        raise ConfigError(f"{source}: unknown key {section}.{key}; known keys of [{section}]: "
+                          f"{', '.join(sorted(hints))}")
+    section_values.setdefault(section, {})[key] = _coerce(f"{section}.{key}", raw, hints[key])
+
+
+def load_settings(config_file: str | os.PathLike[str] | None = None,
+                  overrides: Mapping[str, Any] | None = None,
+                  environ: Mapping[str, str] | None = None) -> Settings:
+    """Build validated :class:`Settings` from a TOML file, the environment and ``section.key`` overrides."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, dict[str, Any]] = {}
+
+    path = config_file or environ.get("SCANFLOW_CONFIG") or None
+    if path is None and Path("scanflow.toml").is_file():
+        path = "scanflow.toml"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist; pass an existing file to --config "
+                              "or unset SCANFLOW_CONFIG")
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {path} is not valid TOML ({exc}); fix the syntax") from None
+        for section, table in data.items():
+            if not isinstance(table, dict):
+                raise ConfigError(f"{path}: top-level key {section!r} must be a [section] table")
+            for key, raw in table.items():
+                _apply(values, section, key, raw, str(path))
+
+    sections = _sections()
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == "SCANFLOW_CONFIG":
+            continue
+        rest = name[len(ENV_PREFIX):].lower()
+        section, _, key = rest.partition("_")
+        if section in sections and key:
+            _apply(values, section, key, raw, f"environment variable {name}")
+
+    for dotted, raw in (overrides or {}).items():
+        section, sep, key = dotted.partition(".")
+        if not sep:
+            raise ConfigError(f"--set {dotted}: write section.key=value, e.g. kafka.bootstrap_servers=host:9092")
+        _apply(values, section, key, raw, f"--set {dotted}")
+
+    built = {name: cls(**values.get(name, {})) for name, cls in sections.items()}
+    return Settings(**built).validate()
+
+
+def parse_set_options(items: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """``["a.b=c", ...]`` from repeated ``--set`` flags into a mapping."""
+    out: dict[str, str] = {}
+    for item in items:
+        dotted, sep, value = item.partition("=")
+        if not sep or not dotted.strip():
+            raise ConfigError(f"--set {item!r}: write section.key=value, e.g. --set infra.kafka_port=9092")
+        out[dotted.strip()] = value
+    return out

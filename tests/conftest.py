@@ -1,0 +1,70 @@
+"""Fixtures shared by every test layer.
+
+Integration and e2e tests use a real Kafka broker: the session fixture ``kafka`` starts it through the
+project's own infra script if nothing answers at the configured address, and stops it at the end only
+if it started it. Every test gets unique topic names from ``make_topic``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from scanflow.config import REPO_ROOT, Settings, load_settings
+
+KAFKA_SCRIPT = REPO_ROOT / "infra" / "kafka" / "kafka.sh"
+
+pytest_plugins = ["tests.integration.prism_fixtures"]
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    """Settings as a user would have them (file, environment), for the services the tests use."""
+    return load_settings(environ={k: v for k, v in os.environ.items() if k.startswith("SCANFLOW_")})
+
+
+def _kafka_script(settings: Settings, action: str, **extra_env: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, **settings.infra.script_env(), SCANFLOW_PYTHON=sys.executable, **extra_env)
+    return subprocess.run(["bash", str(KAFKA_SCRIPT), action], env=env, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="session")
+def kafka(settings: Settings):
+    """A real broker's kafka-python client options; started by infra/kafka/kafka.sh when needed."""
+    started_here = False
+    if _kafka_script(settings, "status", SCANFLOW_INFRA_STATUS_TIMEOUT_S="3").returncode != 0:
+        result = _kafka_script(settings, "up")
+        if result.returncode != 0:
+            pytest.fail(f"could not start Kafka via infra/kafka/kafka.sh:\n{result.stdout}\n{result.stderr}")
+        started_here = True
+    yield settings.kafka
+    if started_here and os.environ.get("SCANFLOW_KEEP_KAFKA") != "1":
+        _kafka_script(settings, "down")
+
+
+@pytest.fixture
+def make_topic(kafka):
+    """Factory: ``make_topic(partitions=3, **configs) -> name`` creates a uniquely named topic."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    admin = KafkaAdminClient(**kafka.client_options())
+    created: list[str] = []
+
+    def factory(prefix: str = "test", partitions: int = 3, **configs: str) -> str:
+        name = f"{prefix}.{uuid.uuid4().hex[:12]}"
+        admin.create_topics([NewTopic(name, partitions, 1, topic_configs=dict(configs))])
+        created.append(name)
+        return name
+
+    yield factory
+    if created:
+        try:
+            admin.delete_topics(created)
+        except Exception:  # noqa: BLE001 - cleanup of a test topic must not fail the test
+            pass
+    admin.close()

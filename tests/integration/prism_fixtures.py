@@ -1,0 +1,1 @@
+"""Prism runner fixtures (filled in with the Prism smoke tests)."""
