@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from kafka import KafkaAdminClient
-from kafka.admin import ConfigResource, ConfigResourceType, NewPartitions, NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, NewPartitions
 from kafka.errors import TopicAlreadyExistsError
 
 from scanflow.config import ConfigError, KafkaSettings, TopicsSettings, resolve_path
@@ -74,8 +74,10 @@ def apply_topics(admin: KafkaAdminClient, specs: Iterable[TopicSpec],
     missing = [s for s in specs if s.name not in existing]
     if missing:
         try:
-            admin.create_topics([NewTopic(s.name, s.partitions, s.replication_factor,
-                                          topic_configs=s.config) for s in missing])
+            admin.create_topics({s.name: {"num_partitions": s.partitions,
+                                          "replication_factor": s.replication_factor,
+                                          "configs": dict(s.config)} for s in missing},
+                                timeout_ms=30_000, wait_for_metadata=True)
         except TopicAlreadyExistsError:  # a concurrent creator won the race: reconcile below
             pass
         for s in missing:

@@ -28,7 +28,7 @@ def settings() -> Settings:
 
 
 def _kafka_script(settings: Settings, action: str, **extra_env: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, **settings.infra.script_env(), SCANFLOW_PYTHON=sys.executable, **extra_env)
+    env = {**os.environ, **settings.infra.script_env(), "SCANFLOW_PYTHON": sys.executable, **extra_env}
     return subprocess.run(["bash", str(KAFKA_SCRIPT), action], env=env, capture_output=True, text=True)
 
 
@@ -50,14 +50,15 @@ def kafka(settings: Settings):
 def make_topic(kafka):
     """Factory: ``make_topic(partitions=3, **configs) -> name`` creates a uniquely named topic."""
     from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
 
     admin = KafkaAdminClient(**kafka.client_options())
     created: list[str] = []
 
     def factory(prefix: str = "test", partitions: int = 3, **configs: str) -> str:
         name = f"{prefix}.{uuid.uuid4().hex[:12]}"
-        admin.create_topics([NewTopic(name, partitions, 1, topic_configs=dict(configs))])
+        admin.create_topics({name: {"num_partitions": partitions, "replication_factor": 1,
+                                    "configs": dict(configs)}},
+                            timeout_ms=30_000, wait_for_metadata=True)
         created.append(name)
         return name
 

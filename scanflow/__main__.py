@@ -1,0 +1,5 @@
+"""``python -m scanflow`` runs the CLI."""
+
+from scanflow.cli import main
+
+main()

@@ -1,0 +1,55 @@
+"""The CLI shell: help, version, effective config, one-line errors for bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from scanflow import __version__
+from scanflow.cli import main
+
+
+def test_help_lists_the_command_groups():
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0
+    for name in ("infra", "topics", "up", "config"):
+        assert name in result.output
+
+
+def test_version():
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.exit_code == 0 and __version__ in result.output
+
+
+def test_config_prints_effective_values_and_hides_passwords():
+    result = CliRunner().invoke(main, ["--set", "kafka.client_id=abc", "--set", "kafka.sasl_password=s3cret",
+                                       "config"], env={})
+    assert result.exit_code == 0
+    assert 'client_id = "abc"' in result.output
+    assert "s3cret" not in result.output and 'sasl_password = "***"' in result.output
+
+
+def test_bad_set_is_a_usage_error_naming_the_key():
+    result = CliRunner().invoke(main, ["--set", "kafka.nope=1", "config"])
+    assert result.exit_code == 2
+    assert "unknown key kafka.nope" in result.output
+
+
+def test_console_script_prints_one_line_error_without_traceback(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[infra]\nkafka_port = 70000\n")
+    proc = subprocess.run([sys.executable, "-m", "scanflow", "--config", str(bad), "config"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "infra.kafka_port: 70000 is outside 1024..65535" in proc.stderr
+
+
+def test_topics_file_errors_are_one_line(tmp_path):
+    bad = tmp_path / "topics.toml"
+    bad.write_text("[events]\npartitions = 0\n")
+    result = CliRunner().invoke(main, ["topics", "create", "--file", str(bad)])
+    assert result.exit_code == 2
+    assert "partitions must be a whole number >= 1" in result.output

@@ -1,0 +1,104 @@
+"""The typed configuration: precedence, coercion and one-line errors that name the key and the fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from scanflow.config import REPO_ROOT, ConfigError, Settings, load_settings, parse_set_options, resolve_path
+
+
+def test_defaults_are_the_local_stack():
+    s = load_settings(environ={})
+    assert s == Settings()
+    assert s.kafka.bootstrap_servers == "127.0.0.1:9092"
+    assert s.topics.events == "scanflow.events"
+    assert s.beam.runner == "prism"
+
+
+def test_precedence_file_then_environment_then_set(tmp_path):
+    cfg = tmp_path / "scanflow.toml"
+    cfg.write_text('[kafka]\nbootstrap_servers = "10.0.0.1:9092"\nclient_id = "from-file"\n'
+                   '[infra]\nkafka_port = 19092\n')
+    env = {"SCANFLOW_KAFKA_CLIENT_ID": "from-env", "SCANFLOW_INFRA_STATUS_TIMEOUT_S": "5.5"}
+    s = load_settings(cfg, {"kafka.client_id": "from-cli"}, environ=env)
+    assert s.kafka.bootstrap_servers == "10.0.0.1:9092"  # file
+    assert s.infra.kafka_port == 19092                   # file, coerced to int
+    assert s.infra.status_timeout_s == 5.5               # environment, coerced to float
+    assert s.kafka.client_id == "from-cli"               # --set wins
+
+
+def test_config_file_from_environment_variable(tmp_path):
+    cfg = tmp_path / "other.toml"
+    cfg.write_text('[topics]\nevents = "prod.events"\n')
+    assert load_settings(environ={"SCANFLOW_CONFIG": str(cfg)}).topics.events == "prod.events"
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ('[kafka]\nbootstrap_server = "x:1"\n', "unknown key kafka.bootstrap_server"),
+    ('[kafak]\nclient_id = "x"\n', "unknown section 'kafak'"),
+    ('[infra]\nkafka_port = "abc"\n', "infra.kafka_port: expected a whole number"),
+    ('[infra]\nkafka_port = 80\n', "infra.kafka_port: 80 is outside 1024..65535"),
+    ('[kafka]\nbootstrap_servers = "nohostport"\n', "is not HOST:PORT"),
+    ('[kafka]\nsecurity_protocol = "SASL_SSL"\n', "kafka.sasl_mechanism: required"),
+    ('[beam]\nrunner = "direct"\n', "beam.runner: 'direct' is not one of"),
+    ('[topics]\nevents = "bad topic!"\n', "not a valid Kafka topic name"),
+    ('kafka = 3\n', "must be a [section] table"),
+    ('[kafka\n', "is not valid TOML"),
+])
+def test_bad_file_values_name_the_key(tmp_path, content, fragment):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(content)
+    with pytest.raises(ConfigError, match=None) as err:
+        load_settings(cfg, environ={})
+    assert fragment in str(err.value)
+    assert "\n" not in str(err.value).strip(), "errors are one line"
+
+
+def test_bad_environment_key_is_reported_with_its_variable():
+    with pytest.raises(ConfigError) as err:
+        load_settings(environ={"SCANFLOW_KAFKA_BOOTSTRAP": "x:1"})
+    assert "SCANFLOW_KAFKA_BOOTSTRAP" in str(err.value) and "bootstrap_servers" in str(err.value)
+
+
+def test_unrelated_environment_variables_are_ignored():
+    s = load_settings(environ={"SCANFLOW_PYTHON": "/usr/bin/python3", "SCANFLOW_KEEP_KAFKA": "1"})
+    assert s == Settings()
+
+
+def test_missing_config_file_says_so(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.toml", environ={})
+
+
+def test_set_options_parse_and_reject_malformed():
+    assert parse_set_options(["kafka.client_id=a=b", "infra.kafka_port= 1"]) == {
+        "kafka.client_id": "a=b", "infra.kafka_port": " 1"}
+    with pytest.raises(ConfigError, match="section.key=value"):
+        parse_set_options(["novalue"])
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_settings(overrides={"nodot": "1"}, environ={})
+
+
+def test_client_options_carry_security_settings():
+    s = load_settings(overrides={"kafka.security_protocol": "SASL_SSL", "kafka.sasl_mechanism": "PLAIN",
+                                 "kafka.sasl_username": "u", "kafka.sasl_password": "p",
+                                 "kafka.ssl_cafile": "/etc/ca.pem",
+                                 "kafka.bootstrap_servers": "a:9092, b:9093"}, environ={})
+    opts = s.kafka.client_options()
+    assert opts["bootstrap_servers"] == ["a:9092", "b:9093"]
+    assert opts["sasl_plain_username"] == "u" and opts["sasl_plain_password"] == "p"
+    assert opts["ssl_cafile"] == "/etc/ca.pem" and opts["security_protocol"] == "SASL_SSL"
+
+
+def test_infra_script_environment_uses_the_same_names_as_overrides():
+    s = load_settings(overrides={"infra.kafka_port": "19092", "infra.state_dir": "/tmp/x"}, environ={})
+    env = s.infra.script_env()
+    assert env["SCANFLOW_INFRA_KAFKA_PORT"] == "19092"
+    assert env["SCANFLOW_INFRA_STATE_DIR"] == "/tmp/x"
+    # and reading that environment back gives the same settings
+    assert load_settings(environ=env).infra == s.infra
+
+
+def test_relative_paths_resolve_against_the_checkout():
+    assert resolve_path("infra/topics.toml") == REPO_ROOT / "infra" / "topics.toml"
+    assert str(resolve_path("/abs/p")) == "/abs/p"
