@@ -6,6 +6,7 @@ brings topic configs in line with the file. Running it twice changes nothing the
 
 from __future__ import annotations
 
+import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,9 +97,22 @@ def apply_topics(admin: KafkaAdminClient, specs: Iterable[TopicSpec],
             if drift:
                 admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, s.name, configs=s.config)])
                 changes.append("config " + ", ".join(drift))
+            if changes:
+                _wait_converged(admin, s)
             outcome[s.name] = "updated" if changes else "unchanged"
             report(f"{outcome[s.name]} {s.name}" + (f" ({'; '.join(changes)})" if changes else ""))
     return outcome
+
+
+def _wait_converged(admin: KafkaAdminClient, spec: TopicSpec, timeout_s: float = 30.0) -> None:
+    """Return once metadata shows the declared partitions and configs (changes propagate async)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        (described,) = admin.describe_topics([spec.name])
+        if len(described["partitions"]) >= spec.partitions and not _config_drift(admin, spec):
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"topic {spec.name} did not reach its declared state within {timeout_s:.0f} s")
 
 
 def _config_drift(admin: KafkaAdminClient, spec: TopicSpec) -> list[str]:

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Make sure the system tools the stack needs are present: a JDK >= 17 and Maven (Kafka from Maven
-# Central), Go (Prism). Installs missing ones from Debian's packages when running as root; otherwise
-# names the package to install. Extra Debian packages can be asked for: system-deps.sh nmap masscan
+# Central), Go (Prism), kcat (an external Kafka client). Installs missing ones from Debian's packages
+# when running as root; otherwise names the package to install. Extra Debian packages can be asked for: system-deps.sh nmap masscan
 set -euo pipefail
 missing=()
 need() { command -v "$1" >/dev/null 2>&1 || missing+=("$2"); }
 need java openjdk-17-jdk-headless
 need mvn maven
 need go golang-go
+need kcat kcat           # an independent (librdkafka) client, used by tests and operators
 for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
 [[ ${#missing[@]} -eq 0 ]] && exit 0
 if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import time
+import json
+import shutil
+import subprocess
 import uuid
+
+import pytest
 
 from click.testing import CliRunner
 
@@ -40,22 +44,12 @@ def test_declared_topics_are_created_once_then_reconciled(kafka):
         third = apply_topics(admin, grown)
         assert third[topics.events] == "updated"
         assert [v for k, v in third.items() if k != topics.events] == ["unchanged"] * 3
-        assert _partition_count(admin, topics.events, specs[0].partitions + 2) == specs[0].partitions + 2
+        (events,) = admin.describe_topics([topics.events])
+        assert len(events["partitions"]) == specs[0].partitions + 2, "returns once the change is visible"
         assert apply_topics(admin, grown)[topics.events] == "unchanged"
     finally:
         admin.delete_topics([s.name for s in specs])
         admin.close()
-
-
-def _partition_count(admin, topic: str, want: int, timeout_s: float = 15.0) -> int:
-    """The topic's partition count once metadata shows ``want`` (growth propagates asynchronously)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        (described,) = admin.describe_topics([topic])
-        have = len(described["partitions"])
-        if have == want or time.monotonic() > deadline:
-            return have
-        time.sleep(0.2)
 
 
 def test_ip_state_topic_is_compacted(kafka):
@@ -88,4 +82,24 @@ def test_topics_create_command_reports_each_topic(kafka):
     finally:
         admin = admin_client(kafka)
         admin.delete_topics([getattr(topics, k) for k in ("events", "commands", "ip_state", "dead_letter")])
+        admin.close()
+
+
+def test_an_external_client_lists_the_declared_topics(kafka):
+    """kcat (librdkafka, not kafka-python) sees the topics `scanflow topics create` declared."""
+    kcat = shutil.which("kcat")
+    if kcat is None:
+        pytest.skip("kcat is not installed (infra/system-deps.sh installs it)")
+    topics = _unique_topics()
+    specs = load_topic_specs(topics)
+    admin = admin_client(kafka)
+    try:
+        apply_topics(admin, specs)
+        listing = subprocess.run([kcat, "-L", "-b", kafka.bootstrap_servers, "-J"], capture_output=True,
+                                 text=True, timeout=30, check=True).stdout
+        seen = {t["topic"]: len(t["partitions"]) for t in json.loads(listing)["topics"]}
+        for spec in specs:
+            assert seen.get(spec.name) == spec.partitions
+    finally:
+        admin.delete_topics([s.name for s in specs])
         admin.close()
