@@ -1,0 +1,249 @@
+"""Device estimation: from a host's open ports and banners to a device model (or none), a confidence
+and the evidence behind it, and from the model to the ports worth scanning next.
+
+Scoring (documented in ``docs/POLICY.md``). For every model that has at least one keyword in the
+banners or one of its signature ports open:
+
+    score = sum(1 / df(keyword) for each matched keyword)            df: models sharing that keyword
+          + sum(0.4 / df(port) for each open signature port)
+          + 0.25 * coverage                    coverage: share of the host's open ports the model uses
+
+    confidence = score / (score + 0.5) * (1 - 0.5 * runner_up_score / score)
+
+so one keyword unique to a model that explains all open ports gives 0.71, a signature port alone at
+most 0.57, and a tie between two models halves the confidence. The best model is returned when its
+confidence reaches ``min_confidence`` (0.5 by default), else the estimate has no model.
+
+Banners are untrusted bytes. They are never decoded for matching: each banner is cut to
+``max_banner_bytes``, ASCII-lower-cased and split into words by one linear-time regular expression;
+at most ``max_banners`` banners are looked at. Keywords are found by intersecting the banner's words
+with an index of keyword first words, so the work per host does not grow with the knowledge base.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+from scanflow.knowledge import KnowledgeBase, keyword_words
+from scanflow.portsets import PortSet
+
+_WORDS = re.compile(rb"[a-z]+|[0-9]+")
+
+KEYWORD = "keyword"
+SIGNATURE_PORT = "signature-port"
+COVERAGE = "port-coverage"
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """One reason behind an estimate: a keyword seen in the banner of ``port``, an open signature
+    port, or how many of the host's open ports the model uses; ``weight`` is its share of the score."""
+
+    kind: str
+    value: str
+    port: int | None
+    weight: float
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """The result of estimation. ``model`` is None when no model reached the confidence threshold;
+    ``candidate`` is then the best guess (or None if nothing matched at all). ``ports`` are the ports
+    to scan next (the model's and its malware's), empty without a model."""
+
+    model: str | None
+    category: str | None
+    confidence: float
+    evidence: tuple[Evidence, ...]
+    ports: PortSet | None
+    candidate: str | None = None
+    runner_up: str | None = None
+
+    @property
+    def estimated(self) -> bool:
+        """True when a model was estimated."""
+        return self.model is not None
+
+
+NO_ESTIMATE = Estimate(None, None, 0.0, (), None)
+
+
+class Estimator:
+    """Estimates device models with one :class:`~scanflow.knowledge.KnowledgeBase`.
+
+    Immutable after construction except for a bounded memo of per-banner keyword matches (the same
+    banners recur across many hosts); picklable, so a Beam DoFn can carry one to its workers.
+    """
+
+    def __init__(self, kb: KnowledgeBase, *, min_confidence: float = 0.5, max_banner_bytes: int = 4096,
+                 max_banners: int = 64, cache_size: int = 1 << 16):
+        if not 0.0 < min_confidence <= 1.0:
+            raise ValueError(f"min_confidence must be in (0, 1], got {min_confidence}")
+        if max_banner_bytes < 1 or max_banners < 1:
+            raise ValueError("max_banner_bytes and max_banners must be >= 1")
+        self.kb = kb
+        self.min_confidence = min_confidence
+        self.max_banner_bytes = max_banner_bytes
+        self.max_banners = max_banners
+        self.cache_size = cache_size
+        self._build()
+
+    def _build(self) -> None:
+        kb = self.kb
+        self._models = kb.devices
+        # keyword -> (phrase to look for in the space-joined words, models listing it, weight per model)
+        phrases: dict[tuple[bytes, ...], list[int]] = {}
+        for mi, device in enumerate(self._models):
+            for kw in device.keywords:
+                phrases.setdefault(keyword_words(kw), []).append(mi)
+        self._kw_text: list[str] = []
+        self._kw_phrase: list[bytes] = []
+        self._kw_models: list[tuple[int, ...]] = []
+        self._kw_weight: list[float] = []
+        self._first: dict[bytes, list[int]] = {}
+        for words, models in phrases.items():
+            ki = len(self._kw_text)
+            self._kw_text.append(" ".join(w.decode() for w in words))
+            self._kw_phrase.append(b" " + b" ".join(words) + b" ")
+            self._kw_models.append(tuple(models))
+            self._kw_weight.append(1.0 / len(models))
+            self._first.setdefault(words[0], []).append(ki)
+        self._first_keys = frozenset(self._first)
+        sig: dict[int, list[int]] = {}
+        for mi, device in enumerate(self._models):
+            for port in device.signature_ports:
+                sig.setdefault(port, []).append(mi)
+        self._sig = {p: (tuple(ms), 0.4 / len(ms)) for p, ms in sig.items()}
+        self._sig_ports = frozenset(self._sig)
+        self._model_ports = [d.ports for d in self._models]
+        self._port_sets = [PortSet.inline(kb.scan_ports(d.id), label=f"device:{d.id}") for d in self._models]
+        self._by_id = {d.id: i for i, d in enumerate(self._models)}
+        self._memo: dict[bytes, tuple[int, ...]] = {}
+
+    def __getstate__(self) -> dict:
+        return {"kb": self.kb, "min_confidence": self.min_confidence,
+                "max_banner_bytes": self.max_banner_bytes, "max_banners": self.max_banners,
+                "cache_size": self.cache_size}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._build()
+
+    # -- matching -------------------------------------------------------------------------------
+
+    def keywords_in(self, banner: bytes | bytearray | memoryview | str) -> tuple[str, ...]:
+        """The knowledge-base keywords found in one banner (normalised word form)."""
+        return tuple(self._kw_text[k] for k in self._match(_as_bytes(banner)[: self.max_banner_bytes]))
+
+    def _match(self, data: bytes) -> tuple[int, ...]:
+        hit = self._memo.get(data)
+        if hit is not None:
+            return hit
+        words = _WORDS.findall(data.lower())
+        firsts = self._first_keys.intersection(words)
+        found: list[int] = []
+        if firsts:
+            text = b" " + b" ".join(words) + b" "
+            for first in firsts:
+                for ki in self._first[first]:
+                    if self._kw_phrase[ki] in text:
+                        found.append(ki)
+        result = tuple(sorted(found))
+        if len(self._memo) >= self.cache_size:
+            self._memo.clear()
+        self._memo[data] = result
+        return result
+
+    # -- estimation -----------------------------------------------------------------------------
+
+    def estimate(self, open_ports: Iterable[int],
+                 banners: Mapping[int, bytes] | Iterable[tuple[int, bytes]] = ()) -> Estimate:
+        """Estimate the device behind one host from its open TCP ports and ``{port: banner}``.
+
+        Never raises on banner content; ports outside 1..65535 simply match no model.
+        """
+        open_set = open_ports if isinstance(open_ports, frozenset) else frozenset(open_ports)
+        items = banners.items() if isinstance(banners, Mapping) else banners
+        scores: dict[int, float] = {}
+        kw_hits: dict[int, list[tuple[int, int | None]]] = {}
+        limit = self.max_banner_bytes
+        for n, (port, data) in enumerate(items):
+            if n >= self.max_banners:
+                break
+            if not data:
+                continue
+            for ki in self._match(_as_bytes(data)[:limit]):
+                for mi in self._kw_models[ki]:
+                    hits = kw_hits.setdefault(mi, [])
+                    if all(k != ki for k, _ in hits):  # a keyword counts once per model
+                        hits.append((ki, port))
+                        scores[mi] = scores.get(mi, 0.0) + self._kw_weight[ki]
+        sig_hits: dict[int, list[int]] = {}
+        for port in self._sig_ports.intersection(open_set):
+            models, weight = self._sig[port]
+            for mi in models:
+                sig_hits.setdefault(mi, []).append(port)
+                scores[mi] = scores.get(mi, 0.0) + weight
+        if not scores:
+            return NO_ESTIMATE
+        n_open = len(open_set)
+        coverage: dict[int, int] = {}
+        for mi in scores:
+            covered = len(self._model_ports[mi] & open_set) if n_open else 0
+            coverage[mi] = covered
+            if n_open:
+                scores[mi] += 0.25 * covered / n_open
+        # Highest score wins; ties go to the model explaining more open ports, then the
+        # smaller port set (more specific), then the id, so the result never depends on dict order.
+        ranked = sorted(scores, key=lambda mi: (-scores[mi], -coverage[mi], len(self._model_ports[mi]),
+                                                self._models[mi].id))
+        best = ranked[0]
+        top = scores[best]
+        second = scores[ranked[1]] if len(ranked) > 1 else 0.0
+        confidence = top / (top + 0.5) * (1.0 - 0.5 * second / top)
+        evidence = [Evidence(KEYWORD, self._kw_text[ki], port, self._kw_weight[ki])
+                    for ki, port in kw_hits.get(best, ())]
+        evidence += [Evidence(SIGNATURE_PORT, str(p), p, self._sig[p][1]) for p in sorted(sig_hits.get(best, ()))]
+        if n_open:
+            evidence.append(Evidence(COVERAGE, f"{coverage[best]}/{n_open}", None, 0.25 * coverage[best] / n_open))
+        device = self._models[best]
+        runner_up = self._models[ranked[1]].id if len(ranked) > 1 else None
+        if confidence < self.min_confidence:
+            return Estimate(None, None, round(confidence, 4), tuple(evidence), None, device.id, runner_up)
+        return Estimate(device.id, device.category, round(confidence, 4), tuple(evidence),
+                        self._port_sets[best], device.id, runner_up)
+
+    def port_set(self, device_id: str) -> PortSet:
+        """The ports to scan on a host estimated as ``device_id`` (model ports and malware ports)."""
+        return self._port_sets[self._by_id[device_id]]
+
+    def port_sets(self) -> tuple[PortSet, ...]:
+        """Every model's scan port set, in knowledge-base order."""
+        return tuple(self._port_sets)
+
+
+def safe_text(data: bytes | bytearray | memoryview | str, limit: int = 200) -> str:
+    """Untrusted bytes as one printable line: UTF-8 where valid, ``\\xNN`` escapes elsewhere, control
+    characters escaped (no terminal escape sequences get through), cut to ``limit`` characters."""
+    raw = _as_bytes(data)[: limit * 4]
+    text = raw.decode("utf-8", "backslashreplace")
+    out = []
+    for ch in text:
+        if ch == "\\" or ch.isprintable():
+            out.append(ch)
+        elif ch in "\r\n\t":
+            out.append({"\r": "\\r", "\n": "\\n", "\t": "\\t"}[ch])
+        else:
+            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 256 else f"\\u{ord(ch):04x}")
+    line = "".join(out)
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _as_bytes(data: bytes | bytearray | memoryview | str) -> bytes:
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, str):
+        return data.encode("utf-8", "replace")
+    return bytes(data)
