@@ -1,0 +1,258 @@
+"""The scheduling policies: state transitions, the back-off ladder, change detection that ignores
+volatile banner parts and narrowed probes, and the standard baseline."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from scanflow.estimate import Estimator
+from scanflow.knowledge import load_knowledge
+from scanflow.policy import (DAY, DEFAULT_LADDER, HOUR, EfficientPolicy, IpState, IpStatus, Observation,
+                             PolicyParams, PolicyPortSets, Reason, StandardPolicy, ladder_steps)
+from scanflow.portsets import PortSet
+
+T0 = 1_700_000_000.0
+HIK = b"HTTP/1.1 200 OK\r\nDate: Mon, 01 Jan 2024 12:34:56 GMT\r\nServer: Hikvision-Webs\r\n\r\n"
+HIK_LATER = b"HTTP/1.1 200 OK\r\nDate: Thu, 04 Jan 2024 01:02:03 GMT\r\nServer: Hikvision-Webs\r\n\r\n"
+NGINX = b"HTTP/1.1 200 OK\r\nDate: Mon, 01 Jan 2024 12:34:56 GMT\r\nServer: nginx/1.24.0\r\n\r\n"
+
+
+ESTIMATOR = Estimator(load_knowledge())
+SETS = PolicyPortSets(PortSet.named("standard", 1, range(1, 11001)),
+                      PortSet.named("silent", 1, [21, 22, 23, 80, 443, 554, 7547, 8080]),
+                      PortSet.named("unknown", 1, list(range(1, 5001)) + [7547, 8291, 34567, 37215, 52869]))
+
+
+@pytest.fixture(scope="module")
+def estimator():
+    return ESTIMATOR
+
+
+@pytest.fixture(scope="module")
+def sets():
+    return SETS
+
+
+@pytest.fixture(scope="module")
+def policy(sets, estimator):
+    return EfficientPolicy(sets, estimator)
+
+
+def test_an_ip_starts_silent_with_the_silent_set(policy, sets):
+    state, plan = policy.start(T0)
+    assert state.status is IpStatus.NON_RESPONSIVE and not state.responsive
+    assert plan.at == T0 and plan.ports is sets.silent and plan.reason is Reason.INITIAL
+
+
+def test_silent_ips_are_swept_every_three_and_a_half_days(policy, sets):
+    state, plan = policy.decide(None, Observation.of([], probed=sets.silent), T0)
+    assert state.status is IpStatus.NON_RESPONSIVE and state.silent_rounds == 1 and state.scans == 1
+    assert plan.at == T0 + 3.5 * DAY and plan.ports is sets.silent and plan.reason is Reason.SWEEP
+
+
+def test_a_new_responder_with_a_known_device_is_scanned_on_its_ports(policy, estimator):
+    state, plan = policy.decide(IpState(), Observation.of([80, 554], {80: HIK}), T0)
+    assert state.status is IpStatus.RESPONSIVE_ESTIMATED and state.device == "hikvision-ipc"
+    assert plan.reason is Reason.NEW_RESPONDER and plan.changed
+    assert plan.at == T0 + 12 * HOUR
+    assert plan.ports == estimator.port_set("hikvision-ipc") and plan.ports.is_inline
+    assert state.first_seen == state.last_seen == state.last_changed == T0
+    assert state.fingerprint is not None
+
+
+def test_a_new_responder_without_an_estimate_gets_the_unknown_set(policy, sets):
+    state, plan = policy.decide(IpState(), Observation.of([80, 443], {80: NGINX}), T0)
+    assert state.status is IpStatus.RESPONSIVE_UNESTIMATED and state.device is None
+    assert plan.ports is sets.unknown and plan.at == T0 + 12 * HOUR
+
+
+def _walk(policy, observations, start=T0, state=None):
+    """Feed observations, each at the time the previous plan asked for; return (states, plans)."""
+    now, states, plans = start, [], []
+    for obs in observations:
+        state, plan = policy.decide(state, obs, now)
+        states.append(state)
+        plans.append(plan)
+        now = plan.at
+    return states, plans
+
+
+def test_unchanged_answers_walk_the_ladder_to_the_cap(policy, sets):
+    obs = [Observation.of([80, 443], {80: NGINX if i % 2 else NGINX.replace(b"Mon, 01", b"Fri, 05")},
+                          probed=sets.unknown) for i in range(11)]
+    states, plans = _walk(policy, obs)
+    intervals = [p.at - s.last_scanned for s, p in zip(states, plans)]
+    assert intervals == [12 * HOUR, DAY, 2 * DAY, 3 * DAY, 5 * DAY, 7 * DAY, 14 * DAY, 30 * DAY, 30 * DAY,
+                         30 * DAY, 30 * DAY]
+    assert [p.reason for p in plans[1:]] == [Reason.BACKOFF] * 10
+    assert states[-1].step == len(DEFAULT_LADDER) - 1
+    assert states[-1].last_changed == T0  # the Date header is not a change
+
+
+def test_a_change_resets_to_twelve_hours(policy, sets):
+    same = Observation.of([80, 443], {80: NGINX}, probed=sets.unknown)
+    states, plans = _walk(policy, [same] * 5)
+    assert states[-1].step == 4
+    now = plans[-1].at
+    state, plan = policy.decide(states[-1], Observation.of([80, 443, 22], {80: NGINX}, probed=sets.unknown), now)
+    assert plan.reason is Reason.CHANGED and plan.changed and plan.at == now + 12 * HOUR
+    assert state.step == 0 and state.last_changed == now
+    # a new banner on the same ports is a change too
+    state2, plan2 = policy.decide(states[-1], Observation.of([80, 443], {80: HIK}, probed=sets.unknown), now)
+    assert plan2.reason is Reason.CHANGED and state2.device == "hikvision-ipc"
+
+
+def test_narrowing_to_the_model_ports_is_not_a_change(policy, sets, estimator):
+    # seen first with the unknown set: the camera also answers on 4444, outside its model's ports
+    state, plan = policy.decide(IpState(), Observation.of([80, 554, 4444], {80: HIK}, probed=sets.unknown), T0)
+    assert state.device == "hikvision-ipc" and 4444 not in plan.ports
+    # the next round probes only the model's ports: 4444 is not seen, which is not a change
+    state, plan2 = policy.decide(state, Observation.of([80, 554], {80: HIK_LATER}, probed=plan.ports), plan.at)
+    assert plan2.reason is Reason.BACKOFF and state.step == 1
+    assert 4444 in state.open_ports  # what was not looked at is remembered, not forgotten
+    # a port of the model that closes is a change
+    state, plan3 = policy.decide(state, Observation.of([80], {80: HIK_LATER}, probed=plan.ports), plan2.at)
+    assert plan3.reason is Reason.CHANGED and state.step == 0
+
+
+def test_a_missing_banner_is_not_a_banner_change(policy, sets):
+    state, plan = policy.decide(IpState(), Observation.of([80, 443], {80: NGINX}, probed=sets.unknown), T0)
+    state, plan = policy.decide(state, Observation.of([80, 443], {}, probed=sets.unknown), plan.at)
+    assert plan.reason is Reason.BACKOFF
+    assert dict(state.digests)  # the last known banner digest is kept
+
+
+def test_a_responder_that_goes_silent_is_demoted_to_the_sweep(policy, sets):
+    state, plan = policy.decide(IpState(), Observation.of([80], {80: HIK}), T0)
+    state, plan = policy.decide(state, Observation.of([], probed=plan.ports), plan.at)
+    assert state.status is IpStatus.NON_RESPONSIVE and state.device is None and not state.open_ports
+    assert plan.ports is sets.silent and plan.reason is Reason.SWEEP and plan.changed
+    assert plan.at == T0 + 12 * HOUR + 3.5 * DAY
+    assert state.first_seen == T0 and state.last_seen == T0  # history survives demotion
+
+
+def test_demotion_can_wait_for_several_silent_rounds(sets, estimator):
+    patient = EfficientPolicy(sets, estimator, PolicyParams(demote_after=2))
+    state, plan = patient.decide(IpState(), Observation.of([80], {80: NGINX}), T0)
+    state, plan = patient.decide(state, Observation.of([], probed=plan.ports), plan.at)
+    assert state.status is IpStatus.RESPONSIVE_UNESTIMATED and state.silent_rounds == 1
+    assert plan.ports is sets.unknown
+    state, plan = patient.decide(state, Observation.of([], probed=plan.ports), plan.at)
+    assert state.status is IpStatus.NON_RESPONSIVE
+
+
+def test_an_incomplete_round_changes_nothing_and_is_retried(policy, sets):
+    state, plan = policy.decide(IpState(), Observation.of([80], {80: HIK}), T0)
+    again, retry = policy.decide(state, Observation.of([], probed=plan.ports, complete=False), plan.at)
+    assert again == state and retry.at == plan.at + 12 * HOUR and retry.ports == plan.ports
+    silent, retry2 = policy.decide(None, Observation.of([], complete=False), T0)
+    assert silent == IpState() and retry2.ports is sets.silent
+
+
+def test_an_incomplete_round_with_answers_promotes_a_silent_ip(policy):
+    state, plan = policy.decide(IpState(), Observation.of([80], {80: HIK}, complete=False), T0)
+    assert state.responsive and plan.reason is Reason.NEW_RESPONDER
+
+
+def test_urgent_rescans_now_with_the_current_ports(policy):
+    state, plan = policy.decide(IpState(), Observation.of([80], {80: HIK}), T0)
+    same, urgent = policy.urgent(state, T0 + 100)
+    assert same == state and urgent.at == T0 + 100 and urgent.ports == plan.ports
+    assert urgent.reason is Reason.URGENT
+
+
+def test_same_history_same_decisions(policy, sets):
+    obs = [Observation.of([80, 554], {80: HIK}), Observation.of([80, 554], {80: HIK_LATER}),
+           Observation.of([]), Observation.of([80], {80: NGINX}, probed=sets.silent)]
+    assert _walk(policy, obs) == _walk(policy, obs)
+
+
+def test_the_standard_policy_scans_everything_every_twelve_hours(sets):
+    std = StandardPolicy(sets)
+    state, plan = std.start(T0)
+    assert plan.ports is sets.standard and plan.at == T0
+    for i, obs in enumerate([Observation.of([80], {80: NGINX}), Observation.of([]), Observation.of([22])]):
+        now = T0 + i * 12 * HOUR
+        state, plan = std.decide(state, obs, now)
+        assert plan.ports is sets.standard and plan.at == now + 12 * HOUR
+    assert state.status is IpStatus.RESPONSIVE_UNESTIMATED and state.scans == 3
+    assert plan.reason is Reason.NEW_RESPONDER
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"ladder": ()}, "ladder"), ({"ladder": (10.0, 5.0)}, "must not decrease"),
+    ({"ladder": (0.0,)}, "positive"), ({"silent_interval": 0}, "silent_interval"),
+    ({"demote_after": 0}, "demote_after"),
+])
+def test_bad_parameters_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        PolicyParams(**kwargs)
+
+
+def test_ladder_steps_lists_the_scan_times_of_an_unchanging_ip():
+    assert ladder_steps(PolicyParams(), 14 * DAY) == [0, 0.5 * DAY, 1.5 * DAY, 3.5 * DAY, 6.5 * DAY, 11.5 * DAY]
+
+
+# --- properties of the back-off ---------------------------------------------------------------------
+
+ladders = st.lists(st.floats(min_value=60, max_value=90 * DAY, allow_nan=False), min_size=1, max_size=10).map(
+    lambda xs: tuple(sorted(xs)))
+answers = st.tuples(st.frozensets(st.sampled_from([22, 23, 80, 443, 554, 7547, 8000, 8080]), max_size=4),
+                    st.sampled_from([HIK, HIK_LATER, NGINX, b"", b"\xff\xfe garbage", b"SSH-2.0-dropbear"]))
+
+
+def _obs(answer):
+    ports, banner = answer
+    return Observation.of(ports, {min(ports): banner} if ports and banner else {})
+
+
+@settings(max_examples=150, deadline=None)
+@given(ladders, answers, st.integers(min_value=1, max_value=25))
+def test_backoff_is_monotone_while_nothing_changes(ladder, answer, rounds):
+    policy = EfficientPolicy(SETS, ESTIMATOR, PolicyParams(ladder=ladder))
+    if not answer[0]:
+        answer = (frozenset({80}), answer[1])
+    states, plans = _walk(policy, [_obs(answer)] * rounds, start=0.0)
+    steps = [s.step for s in states]
+    assert steps == [min(i, len(ladder) - 1) for i in range(rounds)]
+    intervals = [p.at - s.last_scanned for s, p in zip(states, plans)]
+    assert intervals == pytest.approx([ladder[k] for k in steps], rel=1e-9)
+    assert all(ladder[a] <= ladder[b] for a, b in zip(steps, steps[1:]))
+
+
+@settings(max_examples=150, deadline=None)
+@given(ladders, answers, answers, st.integers(min_value=1, max_value=12))
+def test_backoff_resets_on_any_change(ladder, first, second, rounds):
+    policy = EfficientPolicy(SETS, ESTIMATOR, PolicyParams(ladder=ladder))
+    first = first if first[0] else (frozenset({80}), first[1])
+    second = second if second[0] else (frozenset({22}), second[1])
+    states, plans = _walk(policy, [_obs(first)] * rounds, start=0.0)
+    state, plan = policy.decide(states[-1], _obs(second), plans[-1].at)
+    if plan.changed:
+        assert state.step == 0 and plan.at - plans[-1].at == pytest.approx(ladder[0], rel=1e-9)
+    else:  # only possible when the two answers are the same up to volatile parts
+        assert _obs(first).open_ports == _obs(second).open_ports
+        assert state.step == min(rounds, len(ladder) - 1)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ladders, st.lists(st.one_of(answers, st.just(None)), min_size=1, max_size=30))
+def test_intervals_are_positive_and_capped_whatever_happens(ladder, history):
+    params = PolicyParams(ladder=ladder)
+    policy = EfficientPolicy(SETS, ESTIMATOR, params)
+    now, state = 0.0, None
+    for answer in history:
+        obs = Observation.of([], complete=False) if answer is None else _obs(answer)
+        state, plan = policy.decide(state, obs, now)
+        interval = plan.at - now
+        assert interval > 0
+        if answer is None:
+            assert interval == pytest.approx(params.retry_interval)
+        elif state.responsive:
+            assert state.step <= len(ladder) - 1
+            assert interval <= ladder[-1] * (1 + 1e-9)
+            assert (state.device is None) == (state.status is IpStatus.RESPONSIVE_UNESTIMATED)
+        else:
+            assert interval == pytest.approx(params.silent_interval)
+        now = plan.at
