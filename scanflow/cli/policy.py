@@ -1,0 +1,209 @@
+"""``scanflow budget``, ``scanflow estimate`` and ``scanflow kb``: the policy core from the shell."""
+
+from __future__ import annotations
+
+import codecs
+import json
+from fractions import Fraction
+
+import click
+
+from scanflow.cli import CliContext, pass_ctx
+
+
+class _Share(click.ParamType):
+    """A share as a fraction (0.03) or a percentage (3%)."""
+
+    name = "share"
+
+    def convert(self, value, param, ctx):
+        text = str(value).strip()
+        try:
+            share = Fraction(text[:-1].strip()) / 100 if text.endswith("%") else Fraction(text)
+        except (ValueError, ZeroDivisionError):
+            self.fail(f"{value!r} is not a share; write e.g. 0.03 or 3%", param, ctx)
+        if not 0 <= share <= 1:
+            self.fail(f"{value!r} is outside 0..1 (0%..100%)", param, ctx)
+        return share
+
+
+class _Count(click.ParamType):
+    """A non-negative number of ports per IP, decimals allowed (2.2)."""
+
+    name = "number"
+
+    def convert(self, value, param, ctx):
+        try:
+            number = Fraction(str(value).replace(",", "").replace("_", ""))
+        except (ValueError, ZeroDivisionError):
+            self.fail(f"{value!r} is not a number; write e.g. 5100 or 2.2", param, ctx)
+        if number < 0:
+            self.fail(f"{value!r} is negative; give 0 or more", param, ctx)
+        return number
+
+
+@click.command("budget")
+@click.option("--ips", type=click.IntRange(min=0), default=100_000, show_default=True,
+              help="IPs scanned.")
+@click.option("--responsive-share", type=_Share(), default="0.03", show_default=True,
+              help="Share of IPs that answer (0.03 or 3%).")
+@click.option("--estimable-share", type=_Share(), default="0.03", show_default=True,
+              help="Share of responsive IPs whose device can be estimated.")
+@click.option("--standard-ports", type=_Count(), default="11000", show_default=True,
+              help="Ports of the standard set.")
+@click.option("--estimated-ports", type=_Count(), default="2.2", show_default=True,
+              help="Mean ports probed on an estimated device.")
+@click.option("--unknown-ports", type=_Count(), default="5100", show_default=True,
+              help="Ports of the unknown-device set.")
+@click.option("--silent-ports", type=_Count(), default="500", show_default=True,
+              help="Ports of the silent (non-responsive) set.")
+@click.option("--days", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Also show probes and bytes over this many days with the scan frequencies.")
+def budget(ips, responsive_share, estimable_share, standard_ports, estimated_ports, unknown_ports,
+           silent_ports, days) -> None:
+    """Port budget of the standard and efficient scans: the paper's Table 5 by default, a what-if
+    with any option changed."""
+    from scanflow.budget import BudgetParams, cadence_budget, compute_budget, format_budget, format_cadence
+
+    params = BudgetParams(ips, responsive_share, estimable_share, standard_ports, estimated_ports,
+                          unknown_ports, silent_ports)
+    paper = params == BudgetParams(responsive_share=Fraction("0.03"), estimable_share=Fraction("0.03"),
+                                   standard_ports=Fraction(11000), estimated_ports=Fraction("2.2"),
+                                   unknown_ports=Fraction(5100), silent_ports=Fraction(500))
+    b = compute_budget(params)
+    title = ("Port budget, one scan of each IP (paper Table 5)" if paper else
+             "Port budget, one scan of each IP (what-if)")
+    click.echo(format_budget(b, title))
+    if days is not None:
+        click.echo()
+        click.echo(format_cadence(cadence_budget(b, days), days))
+
+
+def _parse_ports(text: str) -> list[int]:
+    ports = []
+    for part in text.replace(" ", "").split(","):
+        if not part:
+            continue
+        lo, sep, hi = part.partition("-")
+        if not lo.isdigit() or (sep and not hi.isdigit()):
+            raise click.BadParameter(f"{part!r} is not a port or range; write e.g. 80,443,8000-8010",
+                                     param_hint="--ports")
+        first, last = int(lo), int(hi) if sep else int(lo)
+        if not 1 <= first <= last <= 65535 or last - first > 65535:
+            raise click.BadParameter(f"{part!r} is outside 1..65535", param_hint="--ports")
+        ports.extend(range(first, last + 1))
+    return ports
+
+
+def _parse_banner(item: str, hint: str) -> tuple[int, str]:
+    port, sep, value = item.partition("=")
+    if not sep or not port.strip().isdigit() or not 1 <= int(port) <= 65535:
+        raise click.BadParameter(f"{item[:40]!r}: write PORT=TEXT, e.g. 80='Server: Hikvision-Webs'",
+                                 param_hint=hint)
+    return int(port), value
+
+
+def _load_kb(kb_files, no_builtin):
+    from scanflow.knowledge import KnowledgeError, load_knowledge
+
+    try:
+        return load_knowledge(kb_files, builtin=not no_builtin)
+    except KnowledgeError as exc:
+        raise click.BadParameter(str(exc), param_hint="--kb") from None
+
+
+_kb_option = click.option("--kb", "kb_files", multiple=True, type=click.Path(dir_okay=False),
+                          help="Extra knowledge-base TOML file (repeatable); see docs/POLICY.md.")
+_no_builtin_option = click.option("--no-builtin-kb", "no_builtin", is_flag=True,
+                                  help="Use only the --kb files, not the built-in knowledge.")
+
+
+@click.command("estimate")
+@click.option("--ports", "ports_text", default="", help="Open ports, e.g. 80,554,8000.")
+@click.option("--banner", "banners", multiple=True, metavar="PORT=TEXT",
+              help=r"Banner seen on PORT; \r \n \xNN escapes are decoded (repeatable).")
+@click.option("--banner-file", "banner_files", multiple=True, metavar="PORT=PATH",
+              help="Banner of PORT read from a file, as raw bytes (repeatable).")
+@click.option("--min-confidence", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the estimate as JSON.")
+@_kb_option
+@_no_builtin_option
+@pass_ctx
+def estimate(obj: CliContext, ports_text, banners, banner_files, min_confidence, as_json, kb_files,
+             no_builtin) -> None:
+    """Estimate the device behind a host from its open ports and banners, with the evidence and
+    the ports the efficient policy would scan next."""
+    from scanflow.estimate import Estimator, safe_text
+
+    ports = _parse_ports(ports_text)
+    grabbed: dict[int, bytes] = {}
+    for item in banners:
+        port, text = _parse_banner(item, "--banner")
+        try:
+            grabbed[port] = codecs.escape_decode(text.encode("utf-8"))[0]
+        except ValueError as exc:
+            raise click.BadParameter(f"{item[:40]!r}: bad escape ({exc}); write \\\\ for a backslash",
+                                     param_hint="--banner") from None
+    for item in banner_files:
+        port, path = _parse_banner(item, "--banner-file")
+        try:
+            with open(path, "rb") as fh:
+                grabbed[port] = fh.read(1 << 16)
+        except OSError as exc:
+            raise click.BadParameter(f"{path}: {exc.strerror}; give a readable file",
+                                     param_hint="--banner-file") from None
+    if not ports and not grabbed:
+        raise click.UsageError("nothing to estimate: give --ports and/or --banner PORT=TEXT")
+    kb = _load_kb(kb_files, no_builtin)
+    est = Estimator(kb, min_confidence=min_confidence).estimate(set(ports) | set(grabbed), grabbed)
+    if as_json:
+        click.echo(json.dumps({
+            "model": est.model, "category": est.category, "confidence": est.confidence,
+            "candidate": est.candidate, "runner_up": est.runner_up, "kb_version": kb.version,
+            "evidence": [{"kind": e.kind, "value": e.value, "port": e.port, "weight": round(e.weight, 4)}
+                         for e in est.evidence],
+            "scan_ports": list(est.ports.sorted) if est.ports else None}, indent=1))
+        return
+    if est.model:
+        device = kb.device(est.model)
+        click.echo(f"model       {device.id}  ({device.vendor}: {device.name}; category {device.category})")
+    elif est.candidate:
+        click.echo(f"model       none  (best candidate {est.candidate} below {min_confidence:g})")
+    else:
+        click.echo("model       none  (no keyword or signature port matched)")
+    click.echo(f"confidence  {est.confidence:.2f}" + (f"  (runner-up {est.runner_up})" if est.runner_up else ""))
+    for i, e in enumerate(est.evidence):
+        head = "evidence   " if i == 0 else "           "
+        if e.kind == "keyword":
+            what = f"keyword '{e.value}' in the banner of port {e.port}"
+        elif e.kind == "signature-port":
+            what = f"signature port {e.value} open"
+        else:
+            what = f"model uses {e.value} of the open ports"
+        click.echo(f"{head} {what}  (+{e.weight:.2f})")
+    for port, data in sorted(grabbed.items()):
+        click.echo(f"banner {port:<5} {safe_text(data, 100)}")
+    if est.ports is not None:
+        device = kb.device(est.model)
+        malware = ", ".join(m.id for m in kb.malware_for(device)) or "none"
+        click.echo(f"scan next   {len(est.ports)} ports: {', '.join(map(str, est.ports.sorted))}")
+        click.echo(f"            (model ports {', '.join(map(str, sorted(device.ports)))}; malware: {malware})")
+    else:
+        click.echo("scan next   the unknown-device port set")
+
+
+@click.command("kb")
+@_kb_option
+@_no_builtin_option
+def kb_check(kb_files, no_builtin) -> None:
+    """Validate the knowledge base (built-in and --kb files) and print its counts."""
+    kb = _load_kb(kb_files, no_builtin)
+    counts = kb.counts()
+    click.echo(f"knowledge base {kb.version}: {counts['devices']} device models, {counts['malware']} malware "
+               f"families, from {len(kb.sources)} files")
+    click.echo("  " + ", ".join(f"{c} {n}" for c, n in counts.items() if c not in ("devices", "malware")))
+    click.echo(f"  device ports {len(kb.device_ports())}, malware ports {len(kb.malware_ports())}, "
+               f"together {len(kb.device_ports() | kb.malware_ports())}")
+
+
+COMMANDS = [budget, estimate, kb_check]
