@@ -30,6 +30,10 @@ from scanflow.knowledge import KnowledgeBase, keyword_words
 from scanflow.portsets import PortSet
 
 _WORDS = re.compile(rb"[a-z]+|[0-9]+")
+# The same words as _WORDS, found by C-level byte translation (several times faster than a regex):
+# letters lower-cased with everything else blanked, and digits with everything else blanked.
+_LETTERS = bytes(c | 0x20 if 65 <= c <= 90 or 97 <= c <= 122 else 32 for c in range(256))
+_DIGITS = bytes(c if 48 <= c <= 57 else 32 for c in range(256))
 
 KEYWORD = "keyword"
 SIGNATURE_PORT = "signature-port"
@@ -111,6 +115,8 @@ class Estimator:
             self._kw_weight.append(1.0 / len(models))
             self._first.setdefault(words[0], []).append(ki)
         self._first_keys = frozenset(self._first)
+        self._digit_firsts = frozenset(w for w in self._first if w.isdigit())
+        self._kw_single = [phrase.count(b" ") == 2 for phrase in self._kw_phrase]
         sig: dict[int, list[int]] = {}
         for mi, device in enumerate(self._models):
             for port in device.signature_ports:
@@ -141,13 +147,19 @@ class Estimator:
         hit = self._memo.get(data)
         if hit is not None:
             return hit
-        words = _WORDS.findall(data.lower())
-        firsts = self._first_keys.intersection(words)
+        firsts = self._first_keys.intersection(data.translate(_LETTERS).split())
+        if self._digit_firsts:
+            firsts = firsts | self._digit_firsts.intersection(data.translate(_DIGITS).split())
         found: list[int] = []
         if firsts:
-            text = b" " + b" ".join(words) + b" "
+            text = None  # the banner's words in order, built only when a phrase must be checked
             for first in firsts:
                 for ki in self._first[first]:
+                    if self._kw_single[ki]:
+                        found.append(ki)
+                        continue
+                    if text is None:
+                        text = b" " + b" ".join(_WORDS.findall(data.lower())) + b" "
                     if self._kw_phrase[ki] in text:
                         found.append(ki)
         result = tuple(sorted(found))
@@ -160,34 +172,48 @@ class Estimator:
 
     def estimate(self, open_ports: Iterable[int],
                  banners: Mapping[int, bytes] | Iterable[tuple[int, bytes]] = ()) -> Estimate:
-        """Estimate the device behind one host from its open TCP ports and ``{port: banner}``.
+        """Estimate the device behind one host from its open TCP ports and ``{port: banner}``
+        (a mapping or ``(port, banner)`` pairs).
 
         Never raises on banner content; ports outside 1..65535 simply match no model.
         """
-        open_set = open_ports if isinstance(open_ports, frozenset) else frozenset(open_ports)
-        items = banners.items() if isinstance(banners, Mapping) else banners
-        scores: dict[int, float] = {}
-        kw_hits: dict[int, list[tuple[int, int | None]]] = {}
-        limit = self.max_banner_bytes
-        for n, (port, data) in enumerate(items):
-            if n >= self.max_banners:
+        # Hot path (called for every responsive host): collect raw hits cheaply, score only when
+        # something matched.
+        open_set = open_ports if type(open_ports) is frozenset else frozenset(open_ports)
+        items = banners.items() if hasattr(banners, "items") else banners
+        limit, max_banners, match = self.max_banner_bytes, self.max_banners, self._match
+        found: list[tuple[int, int]] = []
+        n = 0
+        for port, data in items:
+            if n >= max_banners:
                 break
-            if not data:
-                continue
-            for ki in self._match(_as_bytes(data)[:limit]):
-                for mi in self._kw_models[ki]:
-                    hits = kw_hits.setdefault(mi, [])
-                    if all(k != ki for k, _ in hits):  # a keyword counts once per model
-                        hits.append((ki, port))
-                        scores[mi] = scores.get(mi, 0.0) + self._kw_weight[ki]
+            n += 1
+            if data:
+                if type(data) is not bytes:
+                    data = _as_bytes(data)
+                for ki in match(data[:limit]):
+                    found.append((ki, port))
+        sig_open = self._sig_ports.intersection(open_set)
+        if not found and not sig_open:
+            return NO_ESTIMATE
+        return self._score(open_set, found, sig_open)
+
+    def _score(self, open_set: frozenset[int], found: list[tuple[int, int]], sig_open) -> Estimate:
+        scores: dict[int, float] = {}
+        kw_hits: dict[int, list[tuple[int, int]]] = {}
+        for ki, port in found:
+            weight = self._kw_weight[ki]
+            for mi in self._kw_models[ki]:
+                hits = kw_hits.setdefault(mi, [])
+                if all(k != ki for k, _ in hits):  # a keyword counts once per model
+                    hits.append((ki, port))
+                    scores[mi] = scores.get(mi, 0.0) + weight
         sig_hits: dict[int, list[int]] = {}
-        for port in self._sig_ports.intersection(open_set):
+        for port in sig_open:
             models, weight = self._sig[port]
             for mi in models:
                 sig_hits.setdefault(mi, []).append(port)
                 scores[mi] = scores.get(mi, 0.0) + weight
-        if not scores:
-            return NO_ESTIMATE
         n_open = len(open_set)
         coverage: dict[int, int] = {}
         for mi in scores:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pickle
+import re
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from scanflow.estimate import COVERAGE, KEYWORD, SIGNATURE_PORT, Estimator, safe_text
-from scanflow.knowledge import DeviceModel, Malware, build_knowledge, load_knowledge
+from scanflow.knowledge import DeviceModel, Malware, build_knowledge, keyword_words, load_knowledge
 
 
 @pytest.fixture(scope="module")
@@ -203,3 +204,35 @@ def test_estimate_command_rejects_bad_input_with_one_line(tmp_path):
         assert r.exit_code == 2, (args, r.output)
         errors = [line for line in r.output.splitlines() if line.startswith("Error:")]
         assert len(errors) == 1 and hint in errors[0], (args, r.output)
+
+
+def _reference_keywords(kb, data: bytes) -> set[str]:
+    """The definition, slowly: a keyword matches when its words occur consecutively among the banner's."""
+    words = re.findall(rb"[a-z]+|[0-9]+", data.lower())
+    text = b" " + b" ".join(words) + b" "
+    out = set()
+    for d in kb.devices:
+        for kw in d.keywords:
+            kw_words = keyword_words(kw)
+            if b" " + b" ".join(kw_words) + b" " in text:
+                out.add(" ".join(w.decode() for w in kw_words))
+    return out
+
+
+DIGIT_KB = build_knowledge([_dev("digits", [80], ["3com switch", "2wire gateway"]),
+                            _dev("letters", [80], ["hg532", "acme box"])], [])
+fragments = st.sampled_from([b"3com", b"Switch", b"2WIRE", b"gateway", b"HG", b"532", b"e", b"acme", b"box",
+                             b" ", b"-", b"/", b"\xff", b"\xc3\xa9", b"\r\n", b"0", b"x"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(fragments, max_size=20).map(b"".join))
+def test_fast_matching_equals_the_word_definition(data):
+    assert set(Estimator(DIGIT_KB).keywords_in(data)) == _reference_keywords(DIGIT_KB, data)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=400))
+def test_fast_matching_equals_the_word_definition_on_the_builtin_kb(kb, est, data):
+    banner = data + b" Hikvision-Webs DVRDVS-Webs HG532e " + data
+    assert set(est.keywords_in(banner)) == _reference_keywords(kb, banner)
