@@ -4,10 +4,14 @@
 #
 #   infra/prism/build.sh            # uses the venv's apache-beam version
 #   BEAM_VERSION=2.77.0 infra/prism/build.sh
+#   SCANFLOW_PRISM_OUT=/some/dir infra/prism/build.sh   # build elsewhere (e.g. to time a cold build)
+#
+# Beam's PrismRunner would otherwise download a release zip from GitHub; scanflow always passes this
+# binary as --prism_location instead (pipelines/runners.py, docs/RUNNERS.md).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-out=$repo/infra/.cache/prism
+out=${SCANFLOW_PRISM_OUT:-$repo/infra/.cache/prism}
 python=${SCANFLOW_PYTHON:-$repo/.venv/bin/python}
 [[ -x "$python" ]] || python=python3
 
@@ -18,7 +22,7 @@ if [[ -x "$out/prism" && "$(cat "$out/VERSION" 2>/dev/null)" == "$version" ]]; t
   echo "prism: $out/prism (beam $version) is cached"
   exit 0
 fi
-command -v go >/dev/null || { echo "prism: error: go not found; install Go >= 1.22 (apt-get install golang)" >&2; exit 1; }
+command -v go >/dev/null || { echo "prism: error: go not found; install Go (Beam 2.77 needs >= 1.26; an older go with the default GOTOOLCHAIN=auto fetches that toolchain from the Go proxy)" >&2; exit 1; }
 mkdir -p "$out"
 echo "prism: building github.com/apache/beam/sdks/v2/go/cmd/prism@v$version (first time: a few minutes) ..."
 start=$(date +%s)
