@@ -100,10 +100,11 @@ class PortSet:
 
     @property
     def ref(self) -> str:
-        """``name@vN`` for a published set, ``inline:<label or digest>`` for an inline one."""
+        """``name@vN`` for a published set, ``inline:<digest>`` for an inline one (content-based, so
+        an inline set rebuilt from a command or observation record has the same ref)."""
         if self.name is not None:
             return f"{self.name}@v{self.version}"
-        return f"inline:{self.label or self.digest}"
+        return f"inline:{self.digest}"
 
     @cached_property
     def sorted(self) -> tuple[int, ...]:
@@ -132,6 +133,18 @@ class PortSet:
             raise ValueError(f"port set {self.ref} has {len(self.ports)} ports; more than "
                              f"{MAX_INLINE_PORTS} cannot go inline, publish it with a name")
         return {"name": None, "version": None, "ports": list(self.sorted)}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], published: Iterable["PortSet"] = ()) -> "PortSet":
+        """The set an Avro ``PortSet`` record refers to: one of ``published`` by name and version,
+        or the inline ports. ``KeyError`` names a reference that is not among ``published``."""
+        name, version = record.get("name"), record.get("version")
+        if name is None:
+            return cls.inline(record.get("ports") or ())
+        for ps in published:
+            if ps.name == name and ps.version == version:
+                return ps
+        raise KeyError(f"port set {name}@v{version} is not published here; load that version")
 
     def to_json(self) -> str:
         """The published form: name, version, digest, ports and provenance, as JSON."""

@@ -256,3 +256,11 @@ def test_intervals_are_positive_and_capped_whatever_happens(ladder, history):
         else:
             assert interval == pytest.approx(params.silent_interval)
         now = plan.at
+
+
+def test_probed_sets_rebuilt_from_records_compare_like_the_originals(policy, sets):
+    state, plan = policy.decide(IpState(), Observation.of([80, 554, 4444], {80: HIK}, probed=sets.unknown), T0)
+    rebuilt = PortSet.from_record(plan.ports.to_record(), [sets.standard, sets.silent, sets.unknown])
+    assert rebuilt is not plan.ports and rebuilt.ref == plan.ports.ref
+    state, plan2 = policy.decide(state, Observation.of([80, 554], {80: HIK_LATER}, probed=rebuilt), plan.at)
+    assert plan2.reason is Reason.BACKOFF and state.probed == plan.ports.ref

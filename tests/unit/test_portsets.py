@@ -120,11 +120,21 @@ def test_named_and_inline_sets_and_their_records():
     assert named.ref == "silent@v3" and named.sorted == (80, 443) and 80 in named and len(named) == 2
     assert named.to_record() == {"name": "silent", "version": 3, "ports": []}
     inline = PortSet.inline([8000, 80, 554], label="device:hikvision-ipc")
-    assert inline.is_inline and inline.ref == "inline:device:hikvision-ipc"
+    assert inline.is_inline and inline.ref == f"inline:{inline.digest}" and inline.label == "device:hikvision-ipc"
     assert inline.to_record() == {"name": None, "version": None, "ports": [80, 554, 8000]}
     assert list(inline) == [80, 554, 8000]
     with pytest.raises(ValueError, match="cannot go inline"):
         PortSet.inline(range(1, 66)).to_record()
+
+
+def test_records_resolve_back_to_the_same_sets():
+    published = [PortSet.named("silent", 1, [80]), PortSet.named("silent", 2, [80, 443])]
+    assert PortSet.from_record({"name": "silent", "version": 2, "ports": []}, published) is published[1]
+    inline = PortSet.inline([554, 80], label="device:x")
+    back = PortSet.from_record(inline.to_record())
+    assert back == inline and back.ref == inline.ref
+    with pytest.raises(KeyError, match="silent@v3"):
+        PortSet.from_record({"name": "silent", "version": 3, "ports": []}, published)
 
 
 def test_equality_is_on_name_version_and_ports_not_provenance():
