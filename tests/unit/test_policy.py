@@ -264,3 +264,13 @@ def test_probed_sets_rebuilt_from_records_compare_like_the_originals(policy, set
     assert rebuilt is not plan.ports and rebuilt.ref == plan.ports.ref
     state, plan2 = policy.decide(state, Observation.of([80, 554], {80: HIK_LATER}, probed=rebuilt), plan.at)
     assert plan2.reason is Reason.BACKOFF and state.probed == plan.ports.ref
+
+
+def test_policies_states_and_plans_pickle_for_beam_workers(policy, sets):
+    import pickle
+
+    state, plan = policy.decide(IpState(), Observation.of([80, 554], {80: HIK}, probed=sets.silent), T0)
+    again = pickle.loads(pickle.dumps(policy))
+    assert pickle.loads(pickle.dumps(state)) == state and pickle.loads(pickle.dumps(plan)) == plan
+    obs = Observation.of([80, 554], {80: HIK_LATER}, probed=plan.ports)
+    assert again.decide(state, obs, plan.at) == policy.decide(state, obs, plan.at)
