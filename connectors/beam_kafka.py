@@ -1,0 +1,653 @@
+"""Kafka for Apache Beam on kafka-python: read (splittable DoFn), decode with dead letters, encode, write.
+
+Beam's own ``ReadFromKafka`` is a Java cross-language transform that needs a Java expansion service;
+these transforms are pure Python and run on every runner that runs Python (FnApiRunner, Prism, Flink,
+Dataflow).
+
+Public transforms (see docs/CONTRACT.md for the whole contract):
+
+- :class:`ReadFromKafka` — a splittable DoFn over topic-partition offset ranges. Live (unbounded):
+  reads from the group's committed offsets, checkpoints itself every ``max_bundle_s``, keeps a
+  watermark from record timestamps that also advances when a partition is idle, and commits offsets
+  in the bundle finalizer. Replay (bounded): an offset range or a time range per partition.
+- :class:`DecodeRecords` — single-object Avro to ``(key, Decoded)``; everything that does not decode
+  or breaks the contract goes to the ``dead_letter`` output with the reason in headers.
+- :class:`DecodeWithDeadLetter` — the above with the dead letters written to Kafka.
+- :class:`EncodeRecords` / :class:`WriteToKafka` — records to single-object bytes; a batching,
+  ``acks=all`` producer keyed by address with the stable (murmur2) partitioner.
+
+Delivery guarantee: at-least-once, made effectively-once by idempotent sinks keyed on ids. Offsets
+are committed only when the runner finalizes a bundle, i.e. after the bundle's outputs are committed
+by the runner and every sink fused into the bundle has flushed with ``acks=all``. After a crash the
+reader restarts from the last commit, so records after it can be delivered again, never skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections import OrderedDict
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+
+import apache_beam as beam
+from apache_beam.io.iobase import RestrictionProgress
+from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
+from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.core import RestrictionProvider, WatermarkEstimatorProvider
+from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
+from kafka import TopicPartition
+from kafka.errors import IllegalStateError
+
+from connectors.avro_codec import AvroCodec, CodecError, Decoded, default_codec, key_for
+from connectors.kafka_io import (
+    commit_offsets,
+    dead_letter_headers,
+    make_consumer,
+    make_producer,
+    topic_partitions,
+)
+from scanflow.config import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+#: Stop offset of a live (unbounded) restriction.
+UNBOUNDED = sys.maxsize
+#: Names of the schemas carried by scanflow.events.
+EVENT_SCHEMAS = ("ScanEvent", "ScanDone")
+_METRICS = "scanflow.kafka"
+#: Partition consumers kept open per reading DoFn instance.
+_MAX_CONSUMERS = 64
+
+
+class KafkaPartition(NamedTuple):
+    """What the read SDF works on: one partition and the offsets to read (``stop=None``: live)."""
+
+    topic: str
+    partition: int
+    start: int
+    stop: int | None
+
+
+class KafkaRecord(NamedTuple):
+    """One Kafka record as read: raw key and value bytes, headers as a tuple of (name, bytes)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+
+
+# ------------------------------------------------------------------------------------------------
+# Partition discovery and start/stop offsets
+
+
+class _DiscoverPartitions(beam.DoFn):
+    """Impulse -> one :class:`KafkaPartition` per partition of the topics, with resolved offsets."""
+
+    def __init__(self, read: "ReadFromKafka"):
+        self._read = read
+
+    def process(self, _impulse):
+        r = self._read
+        consumer = make_consumer(r.kafka, group_id=r.group_id, **r.consumer_overrides)
+        try:
+            tps = topic_partitions(consumer, r.topics)
+            beginning = consumer.beginning_offsets(tps)
+            end = consumer.end_offsets(tps)
+            starts = self._starts(consumer, tps, beginning, end)
+            stops = self._stops(consumer, tps, end)
+        finally:
+            consumer.close(autocommit=False)
+        for tp in tps:
+            start = starts[tp]
+            if start < beginning[tp]:
+                # Retention already deleted what the group had not read: say so, then go on.
+                log.warning("%s[%d]: offsets %d..%d were deleted by retention before being read",
+                            tp.topic, tp.partition, start, beginning[tp] - 1)
+                start = beginning[tp]
+            stop = stops.get(tp)
+            if stop is not None:
+                stop = max(start, stop)
+            yield KafkaPartition(tp.topic, tp.partition, start, stop)
+
+    def _starts(self, consumer, tps, beginning, end):
+        r = self._read
+        if r.start_offsets is not None:
+            return {tp: r.start_offsets.get((tp.topic, tp.partition), beginning[tp]) for tp in tps}
+        if r.start_time_ms is not None:
+            return _offsets_at(consumer, tps, r.start_time_ms, end)
+        if r.start == "earliest":
+            return dict(beginning)
+        if r.start == "latest":
+            return dict(end)
+        fallback = beginning if r.reset == "earliest" else end
+        out = {}
+        for tp in tps:
+            committed = consumer.committed(tp)
+            out[tp] = committed if committed is not None else fallback[tp]
+        return out
+
+    def _stops(self, consumer, tps, end):
+        r = self._read
+        if r.stop_offsets is not None:
+            return {tp: r.stop_offsets.get((tp.topic, tp.partition), end[tp]) for tp in tps}
+        if r.stop_time_ms is not None:
+            return _offsets_at(consumer, tps, r.stop_time_ms, end)
+        if r.stop == "end":
+            return dict(end)
+        return {}
+
+
+def _offsets_at(consumer, tps, timestamp_ms: int, end) -> dict:
+    """First offset whose record timestamp is >= ``timestamp_ms`` (the end offset if none)."""
+    found = consumer.offsets_for_times({tp: timestamp_ms for tp in tps})
+    return {tp: (found[tp].offset if found.get(tp) is not None else end[tp]) for tp in tps}
+
+
+# ------------------------------------------------------------------------------------------------
+# The splittable DoFn
+
+
+class _OffsetTracker(OffsetRestrictionTracker):
+    """Offset tracker that never splits a live range except to checkpoint.
+
+    A fractional split of ``[start, 2**63)`` would hand another worker a residual starting at an
+    absurd offset (which Kafka would reset to the earliest one); only the self-checkpoint
+    (``fraction == 0``) is meaningful for a live partition.
+    """
+
+    def try_split(self, fraction_of_remainder):
+        if self._range.stop == UNBOUNDED and fraction_of_remainder > 0:
+            return None
+        return super().try_split(fraction_of_remainder)
+
+    def current_progress(self) -> RestrictionProgress:
+        if self._range.stop == UNBOUNDED:
+            done = 0 if self._current_position is None else self._current_position - self._range.start + 1
+            return RestrictionProgress(completed=float(done), remaining=1.0)
+        return super().current_progress()
+
+    def is_bounded(self):
+        return self._range.stop != UNBOUNDED
+
+
+class _PartitionRestrictions(RestrictionProvider):
+    def initial_restriction(self, element: KafkaPartition) -> OffsetRange:
+        return OffsetRange(element.start, UNBOUNDED if element.stop is None else element.stop)
+
+    def create_tracker(self, restriction: OffsetRange) -> _OffsetTracker:
+        return _OffsetTracker(restriction)
+
+    def restriction_size(self, element, restriction: OffsetRange) -> float:
+        # Live restrictions have no known size; a constant keeps runners' weighting sane.
+        return 1.0 if restriction.stop == UNBOUNDED else float(restriction.size())
+
+    def truncate(self, element, restriction: OffsetRange):
+        # On drain a live partition simply stops; a bounded replay finishes its range.
+        return None if restriction.stop == UNBOUNDED else restriction
+
+
+class _WatermarkProvider(WatermarkEstimatorProvider):
+    def initial_estimator_state(self, element, restriction):
+        return MIN_TIMESTAMP
+
+    def create_watermark_estimator(self, estimator_state):
+        return ManualWatermarkEstimator(estimator_state)
+
+
+_RESTRICTIONS = _PartitionRestrictions()
+_WATERMARKS = _WatermarkProvider()
+
+
+class _Committer:
+    """Commits next offsets for one consumer group; one per process, shared by all DoFn instances.
+
+    Bundle finalizers run on the SDK harness's threads, possibly concurrently with reads, and a
+    KafkaConsumer is not thread-safe: the committer has its own consumer and lock. It never moves a
+    partition's committed offset backwards, whatever the order finalizers arrive in.
+    """
+
+    _instances: dict[tuple, "_Committer"] = {}
+    _instances_lock = threading.Lock()
+
+    def __init__(self, kafka: KafkaSettings, group_id: str, overrides: Mapping[str, Any]):
+        self._kafka, self._group_id, self._overrides = kafka, group_id, dict(overrides)
+        self._lock = threading.Lock()
+        self._consumer = None
+        self._committed: dict[tuple[str, int], int] = {}
+
+    @classmethod
+    def for_group(cls, kafka: KafkaSettings, group_id: str, overrides: Mapping[str, Any]) -> "_Committer":
+        key = (kafka, group_id)
+        with cls._instances_lock:
+            if key not in cls._instances:
+                cls._instances[key] = cls(kafka, group_id, overrides)
+            return cls._instances[key]
+
+    def commit(self, topic: str, partition: int, next_offset: int) -> None:
+        with self._lock:
+            if self._committed.get((topic, partition), -1) >= next_offset:
+                return
+            if self._consumer is None:
+                self._consumer = make_consumer(self._kafka, group_id=self._group_id, **self._overrides)
+            commit_offsets(self._consumer, {(topic, partition): next_offset})
+            self._committed[(topic, partition)] = next_offset
+
+
+class _ReadPartition(beam.DoFn):
+    """Reads one partition's offset range; the base of the bounded and the live variants."""
+
+    def __init__(self, read: "ReadFromKafka"):
+        self._read = read
+        self._consumers: OrderedDict = OrderedDict()
+        self._torn_down = False
+
+    def setup(self):
+        self._records = Metrics.counter(_METRICS, "records_read")
+        self._checkpoints = Metrics.counter(_METRICS, "checkpoints")
+
+    def _consumer_at(self, tp, offset: int):
+        """A consumer assigned to ``tp`` and positioned at ``offset``.
+
+        One consumer per partition, kept between calls (consumers hold sockets and do not pickle, so
+        they are made on use). A resumed live restriction starts where the previous call stopped,
+        so the consumer's prefetched data is still good and no seek is needed; and no partition
+        waits behind another partition's in-flight fetch on a shared connection.
+        """
+        consumer = self._consumers.get(tp)
+        if consumer is None:
+            r = self._read
+            consumer = make_consumer(r.kafka, group_id=None, **r.consumer_overrides)
+            # Fetching the topic's metadata up front saves a retry-backoff round in the first poll.
+            consumer.partitions_for_topic(tp.topic)
+            consumer.assign([tp])
+            consumer.seek(tp, offset)
+            self._consumers[tp] = consumer
+            while len(self._consumers) > _MAX_CONSUMERS:
+                _, old = self._consumers.popitem(last=False)
+                old.close(autocommit=False)
+        else:
+            self._consumers.move_to_end(tp)
+            if consumer.position(tp) != offset:
+                consumer.seek(tp, offset)
+        return consumer
+
+    def teardown(self):
+        self._torn_down = True
+        while self._consumers:
+            _, consumer = self._consumers.popitem()
+            consumer.close(autocommit=False)
+
+    def _read_range(self, element: KafkaPartition, tracker, watermark, finalizer, live: bool):
+        r = self._read
+        tp = TopicPartition(element.topic, element.partition)
+        rng = tracker.current_restriction()
+        consumer = self._consumer_at(tp, rng.start)
+        deadline = time.monotonic() + r.max_bundle_s
+        lag = Duration(seconds=r.watermark_lag_s)
+        last_offset = rng.stop - 1
+        last_claimed = None
+        max_ts = None
+        count = 0
+        try:
+            while True:
+                try:
+                    batch = consumer.poll(timeout_ms=r.poll_timeout_ms, max_records=r.max_poll_records).get(tp)
+                except IllegalStateError:
+                    if self._torn_down:  # the runner tore the DoFn down mid-bundle (cancel, shutdown)
+                        return
+                    raise
+                if batch:
+                    for rec in batch:
+                        if not tracker.try_claim(rec.offset):
+                            return
+                        last_claimed = rec.offset
+                        count += 1
+                        ts = rec.timestamp if rec.timestamp >= 0 else 0
+                        if max_ts is None or ts > max_ts:
+                            max_ts = ts
+                        yield TimestampedValue(
+                            KafkaRecord(rec.topic, rec.partition, rec.offset, ts, rec.key, rec.value,
+                                        tuple(rec.headers) if rec.headers else ()),
+                            Timestamp(micros=ts * 1000))
+                        if rec.offset == last_offset:
+                            # The end of a bounded range: close it without waiting for a poll that
+                            # could only return records past it.
+                            tracker.try_claim(rng.stop)
+                            return
+                    _advance(watermark, Timestamp(micros=max_ts * 1000) - lag)
+                else:
+                    position = consumer.position(tp)
+                    if position >= rng.stop:
+                        # Past the end of a bounded range across a gap (deleted or control records).
+                        tracker.try_claim(rng.stop)
+                        return
+                    highwater = consumer.highwater(tp)
+                    if live and highwater is not None and position >= highwater:
+                        # Idle and caught up: nothing older than "now - lag" can still arrive from
+                        # producers stamping CreateTime, so the watermark moves with the wall clock.
+                        _advance(watermark, Timestamp.now() - lag)
+                        tracker.defer_remainder(Duration(seconds=r.idle_resume_s))
+                        self._checkpoints.inc()
+                        return
+                if live and time.monotonic() >= deadline:
+                    tracker.defer_remainder()
+                    self._checkpoints.inc()
+                    return
+        finally:
+            if max_ts is not None:
+                _advance(watermark, Timestamp(micros=max_ts * 1000) - lag)
+            if count:
+                self._records.inc(count)
+            if last_claimed is not None and r.commit_offsets and finalizer is not None:
+                finalizer.register(_commit_callback(r.kafka, r.group_id, r.consumer_overrides,
+                                                    element.topic, element.partition, last_claimed + 1))
+
+
+def _advance(watermark, candidate: Timestamp) -> None:
+    if candidate > watermark.current_watermark():
+        watermark.set_watermark(candidate)
+
+
+def _commit_callback(kafka, group_id, overrides, topic, partition, next_offset):
+    def commit():
+        _Committer.for_group(kafka, group_id, overrides).commit(topic, partition, next_offset)
+    return commit
+
+
+class _ReadBounded(_ReadPartition):
+    # The finalizer comes first: Beam passes it positionally and the SDF parameters by keyword.
+    def process(self, element: KafkaPartition, finalizer=beam.DoFn.BundleFinalizerParam,
+                tracker=beam.DoFn.RestrictionParam(_RESTRICTIONS),
+                watermark=beam.DoFn.WatermarkEstimatorParam(_WATERMARKS)):
+        yield from self._read_range(element, tracker, watermark, finalizer, live=False)
+
+
+class _ReadLive(_ReadPartition):
+    # The finalizer comes first: Beam passes it positionally and the SDF parameters by keyword.
+    @beam.DoFn.unbounded_per_element()
+    def process(self, element: KafkaPartition, finalizer=beam.DoFn.BundleFinalizerParam,
+                tracker=beam.DoFn.RestrictionParam(_RESTRICTIONS),
+                watermark=beam.DoFn.WatermarkEstimatorParam(_WATERMARKS)):
+        yield from self._read_range(element, tracker, watermark, finalizer, live=True)
+
+
+class ReadFromKafka(beam.PTransform):
+    """Read Kafka topics into a PCollection of :class:`KafkaRecord` (element time = record timestamp).
+
+    Live (default, unbounded): ``start="committed"`` resumes from ``group_id``'s committed offsets
+    (``reset`` says where to begin when the group has none); offsets are committed in the bundle
+    finalizer (``commit_offsets``, default on when a ``group_id`` is given). The watermark is the
+    newest record timestamp minus ``watermark_lag_s``, and follows the wall clock (minus the lag) while
+    a partition is idle and caught up. Partitions are listed once at start: restart the pipeline after
+    adding partitions.
+
+    Replay (bounded) as soon as one stop is given: ``stop="end"`` (the end offsets at start),
+    ``stop_offsets={(topic, partition): offset}`` (exclusive) or ``stop_time_ms`` (records with a
+    timestamp before it). Starts: ``start`` (``committed``, ``earliest``, ``latest``),
+    ``start_offsets`` or ``start_time_ms`` (the first record at or after it).
+    """
+
+    def __init__(self, kafka: KafkaSettings, topics: str | Sequence[str], *, group_id: str | None = None,
+                 start: str = "committed", start_offsets: Mapping[tuple[str, int], int] | None = None,
+                 start_time_ms: int | None = None, stop: str | None = None,
+                 stop_offsets: Mapping[tuple[str, int], int] | None = None, stop_time_ms: int | None = None,
+                 reset: str = "earliest", commit_offsets: bool | None = None, max_bundle_s: float = 1.0,
+                 poll_timeout_ms: int = 100, idle_resume_s: float = 0.2, watermark_lag_s: float = 5.0,
+                 max_poll_records: int = 5000, consumer_overrides: Mapping[str, Any] | None = None):
+        super().__init__()
+        self.kafka = kafka
+        self.topics = (topics,) if isinstance(topics, str) else tuple(topics)
+        self.group_id = group_id
+        self.start, self.start_offsets, self.start_time_ms = start, _offsets(start_offsets), start_time_ms
+        self.stop, self.stop_offsets, self.stop_time_ms = stop, _offsets(stop_offsets), stop_time_ms
+        self.reset = reset
+        self.bounded = stop is not None or stop_offsets is not None or stop_time_ms is not None
+        self.commit_offsets = (group_id is not None and not self.bounded) if commit_offsets is None \
+            else commit_offsets
+        self.max_bundle_s, self.poll_timeout_ms = max_bundle_s, poll_timeout_ms
+        self.idle_resume_s, self.watermark_lag_s = idle_resume_s, watermark_lag_s
+        self.max_poll_records = max_poll_records
+        self.consumer_overrides = dict(consumer_overrides or {})
+        self._validate()
+
+    def _validate(self) -> None:
+        if not self.topics or not all(isinstance(t, str) and t for t in self.topics):
+            raise ValueError("ReadFromKafka: give at least one topic name")
+        if self.start not in ("committed", "earliest", "latest"):
+            raise ValueError(f"ReadFromKafka: start={self.start!r}; use 'committed', 'earliest' or "
+                             "'latest' (or start_offsets / start_time_ms)")
+        if self.reset not in ("earliest", "latest"):
+            raise ValueError(f"ReadFromKafka: reset={self.reset!r}; use 'earliest' or 'latest'")
+        if self.start_offsets is not None and self.start_time_ms is not None:
+            raise ValueError("ReadFromKafka: give start_offsets or start_time_ms, not both")
+        stops = [s for s in (self.stop, self.stop_offsets, self.stop_time_ms) if s is not None]
+        if len(stops) > 1:
+            raise ValueError("ReadFromKafka: give one of stop, stop_offsets, stop_time_ms")
+        if self.stop not in (None, "end"):
+            raise ValueError(f"ReadFromKafka: stop={self.stop!r}; use 'end' for the current end offsets "
+                             "(or stop_offsets / stop_time_ms), or leave it out for a live read")
+        uses_committed = self.start == "committed" and self.start_offsets is None and self.start_time_ms is None
+        if uses_committed and self.group_id is None:
+            raise ValueError("ReadFromKafka: start='committed' needs a group_id; pass group_id=... or "
+                             "start='earliest'/'latest'")
+        if self.commit_offsets and self.group_id is None:
+            raise ValueError("ReadFromKafka: commit_offsets needs a group_id")
+        if self.max_bundle_s <= 0 or self.poll_timeout_ms <= 0 or self.max_poll_records <= 0:
+            raise ValueError("ReadFromKafka: max_bundle_s, poll_timeout_ms and max_poll_records must be > 0")
+
+    def expand(self, pbegin):
+        read = _ReadBounded(self) if self.bounded else _ReadLive(self)
+        return (pbegin
+                | "Impulse" >> beam.Impulse()
+                | "DiscoverPartitions" >> beam.ParDo(_DiscoverPartitions(self))
+                | "ReadPartitions" >> beam.ParDo(read))
+
+
+def _offsets(mapping: Mapping[tuple[str, int], int] | None) -> dict[tuple[str, int], int] | None:
+    return None if mapping is None else {(str(t), int(p)): int(o) for (t, p), o in mapping.items()}
+
+
+# ------------------------------------------------------------------------------------------------
+# Decode with dead letters
+
+
+class DeadLetter(NamedTuple):
+    """A record that could not be processed: original key and value bytes, headers with the reason."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+
+
+class _DecodeFn(beam.DoFn):
+    DEAD_LETTER = "dead_letter"
+
+    def __init__(self, codec: AvroCodec | None, expect: tuple[str, ...] | None, keep_tombstones: bool):
+        self._codec = codec
+        self._expect = frozenset(expect) if expect else None
+        self._keep_tombstones = keep_tombstones
+
+    def setup(self):
+        if self._codec is None:
+            self._codec = default_codec()
+        self._dead = Metrics.counter(_METRICS, "dead_letters")
+
+    def process(self, rec: KafkaRecord):
+        if rec.value is None and self._keep_tombstones and rec.key is not None:
+            yield rec.key.decode("utf-8", "replace"), None
+            return
+        try:
+            decoded = self._codec.decode(rec.value, self._expect)
+        except CodecError as exc:
+            self._dead.inc()
+            yield beam.pvalue.TaggedOutput(self.DEAD_LETTER, DeadLetter(
+                rec.key, rec.value, rec.headers + dead_letter_headers(
+                    exc.error_class, str(exc), rec.topic, rec.partition, rec.offset, rec.timestamp_ms)))
+            return
+        yield _record_key(decoded), decoded
+
+
+def _record_key(decoded: Decoded) -> str:
+    record = decoded.record
+    if decoded.schema == "ScanDone":
+        return record["target"]
+    if decoded.schema == "ScanCommand":
+        targets = record["targets"]
+        return targets[0] if len(targets) == 1 else record["command_id"]
+    return record["ip"]
+
+
+class DecodeRecords(beam.PTransform):
+    """:class:`KafkaRecord` -> ``(key, Decoded)`` plus a ``dead_letter`` output of :class:`DeadLetter`.
+
+    The key is the record's address (``ScanDone``: its target, an address or CIDR range). ``expect``
+    limits the accepted schemas (default: those of scanflow.events). Malformed bytes, unknown
+    fingerprints, unresolvable schemas, invalid addresses or ports all become dead letters whose
+    headers name the error class and message and the source topic, partition and offset; the pipeline
+    never stops on a bad record. With ``keep_tombstones`` a null value (compacted-topic delete) is
+    emitted as ``(key, None)`` instead of being a dead letter.
+
+    Returns ``(decoded, dead_letter)`` PCollections.
+    """
+
+    def __init__(self, expect: Iterable[str] | None = EVENT_SCHEMAS, *, codec: AvroCodec | None = None,
+                 keep_tombstones: bool = False):
+        super().__init__()
+        self._codec = codec
+        self._expect = tuple(expect) if expect is not None else None
+        self._keep_tombstones = keep_tombstones
+
+    def expand(self, records):
+        out = records | "Decode" >> beam.ParDo(
+            _DecodeFn(self._codec, self._expect, self._keep_tombstones)).with_outputs(
+                _DecodeFn.DEAD_LETTER, main="decoded")
+        return out.decoded, out[_DecodeFn.DEAD_LETTER]
+
+
+class DecodeWithDeadLetter(beam.PTransform):
+    """:class:`DecodeRecords` whose dead letters are written to ``dead_letter_topic``; returns the decoded."""
+
+    def __init__(self, kafka: KafkaSettings, dead_letter_topic: str, expect: Iterable[str] | None = EVENT_SCHEMAS,
+                 *, codec: AvroCodec | None = None, keep_tombstones: bool = False):
+        super().__init__()
+        self._kafka, self._topic = kafka, dead_letter_topic
+        self._decode = DecodeRecords(expect, codec=codec, keep_tombstones=keep_tombstones)
+
+    def expand(self, records):
+        decoded, dead = records | "DecodeRecords" >> self._decode
+        _ = dead | "WriteDeadLetters" >> WriteToKafka(self._kafka, self._topic)
+        return decoded
+
+
+# ------------------------------------------------------------------------------------------------
+# Encode and write
+
+
+class _EncodeFn(beam.DoFn):
+    DEAD_LETTER = "dead_letter"
+
+    def __init__(self, schema: str, codec: AvroCodec | None):
+        self._schema, self._codec = schema, codec
+
+    def setup(self):
+        if self._codec is None:
+            self._codec = default_codec()
+
+    def process(self, element):
+        key, record = element if isinstance(element, tuple) else (None, element)
+        try:
+            value = self._codec.encode(self._schema, record)
+            if key is None:
+                key = key_for(self._schema, record)
+        except (CodecError, KeyError, TypeError) as exc:
+            error_class = getattr(exc, "error_class", "InvalidRecord")
+            yield beam.pvalue.TaggedOutput(self.DEAD_LETTER, DeadLetter(
+                _key_bytes(key), repr(record).encode(), dead_letter_headers(error_class, str(exc))))
+            return
+        yield _key_bytes(key), value
+
+
+class EncodeRecords(beam.PTransform):
+    """Records (dicts, or ``(key, dict)``) -> ``(key bytes, single-object bytes)`` with schema ``schema``.
+
+    The key defaults to the record's address (see :func:`connectors.avro_codec.key_for`). Records that
+    break the contract go to the ``dead_letter`` output (value = the record's ``repr``) instead of
+    failing the pipeline. Returns ``(encoded, dead_letter)``.
+    """
+
+    def __init__(self, schema: str, *, codec: AvroCodec | None = None):
+        super().__init__()
+        self._schema, self._codec = schema, codec
+
+    def expand(self, records):
+        out = records | f"Encode{self._schema}" >> beam.ParDo(
+            _EncodeFn(self._schema, self._codec)).with_outputs(_EncodeFn.DEAD_LETTER, main="encoded")
+        return out.encoded, out[_EncodeFn.DEAD_LETTER]
+
+
+def _key_bytes(key) -> bytes | None:
+    return key.encode() if isinstance(key, str) else key
+
+
+class _WriteFn(beam.DoFn):
+    def __init__(self, kafka: KafkaSettings, topic: str, overrides: Mapping[str, Any]):
+        self._kafka, self._topic, self._overrides = kafka, topic, dict(overrides)
+        self._producer = None
+
+    def setup(self):
+        self._written = Metrics.counter(_METRICS, "records_written")
+
+    def start_bundle(self):
+        self._failures: list[BaseException] = []
+        self._count = 0
+
+    def process(self, element):
+        if self._producer is None:
+            self._producer = make_producer(self._kafka, **self._overrides)
+        key, value, *rest = element
+        headers = list(rest[0]) if rest and rest[0] else None
+        self._producer.send(self._topic, key=_key_bytes(key), value=value, headers=headers).add_errback(
+            self._failures.append)
+        self._count += 1
+
+    def finish_bundle(self):
+        # The bundle (and so the offset commit of the records that led here) completes only once
+        # every record is acknowledged by all in-sync replicas; a failure fails the bundle, which the
+        # runner retries: at-least-once, with duplicates absorbed by id-keyed consumers.
+        if self._producer is not None and self._count:
+            self._producer.flush()
+            if self._failures:
+                raise RuntimeError(f"{len(self._failures)} record(s) to {self._topic} were not "
+                                   f"acknowledged: {self._failures[0]!r}")
+            self._written.inc(self._count)
+
+    def teardown(self):
+        if self._producer is not None:
+            self._producer.close()
+            self._producer = None
+
+
+class WriteToKafka(beam.PTransform):
+    """Write ``(key, value)`` or ``(key, value, headers)`` elements (bytes or str keys) to ``topic``.
+
+    A batching producer with ``acks=all`` and idempotence, keys partitioned by murmur2 like Java's
+    default partitioner. Each bundle is flushed before it completes. Returns nothing useful (an empty
+    PCollection from the write step).
+    """
+
+    def __init__(self, kafka: KafkaSettings, topic: str, **producer_overrides: Any):
+        super().__init__()
+        if not topic:
+            raise ValueError("WriteToKafka: give a topic name")
+        self._kafka, self._topic, self._overrides = kafka, topic, producer_overrides
+
+    def expand(self, pcoll):
+        return pcoll | "Write" >> beam.ParDo(_WriteFn(self._kafka, self._topic, self._overrides))
