@@ -44,10 +44,17 @@ fetch() {
 running_pid() {
   # Prints the broker pid if the pid file names a live java process of ours; cleans a stale file.
   [[ -f "$pidfile" ]] || return 1
-  local pid; pid=$(cat "$pidfile" 2>/dev/null || true)
-  if [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null \
-     && tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q 'kafka.Kafka'; then
-    echo "$pid"; return 0
+  local pid cmd; pid=$(cat "$pidfile" 2>/dev/null || true)
+  if [[ "$pid" =~ ^[0-9]+$ ]]; then
+    # While the starter execs into the JVM its cmdline is briefly empty: look again before calling
+    # the pid file stale, or a live broker would be orphaned.
+    for _ in $(seq 1 20); do
+      kill -0 "$pid" 2>/dev/null || break
+      cmd=$(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null || true)
+      if [[ "$cmd" == *kafka.Kafka* ]]; then echo "$pid"; return 0; fi
+      [[ -z "$cmd" ]] || break
+      sleep 0.1
+    done
   fi
   rm -f "$pidfile"
   return 1
