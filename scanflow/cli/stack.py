@@ -14,6 +14,7 @@ from scanflow.config import REPO_ROOT
 
 KAFKA_SCRIPT = REPO_ROOT / "infra" / "kafka" / "kafka.sh"
 PRISM_SCRIPT = REPO_ROOT / "infra" / "prism" / "build.sh"
+FLINK_SCRIPT = REPO_ROOT / "infra" / "flink" / "fetch.sh"
 
 
 def run_kafka_script(obj: CliContext, action: str) -> int:
@@ -49,6 +50,12 @@ for _action, _doc in (
 def infra_prism() -> None:
     """Build (once) and cache Beam's Prism runner for the installed apache-beam version."""
     sys.exit(subprocess.call(["bash", str(PRISM_SCRIPT)]))
+
+
+@infra.command("flink")
+def infra_flink() -> None:
+    """Fetch Beam's Flink job server jar for the installed Beam version (see docs/RUNNERS.md)."""
+    sys.exit(subprocess.call(["bash", str(FLINK_SCRIPT)]))
 
 
 @click.group("topics")
