@@ -148,6 +148,38 @@ class BeamSettings:
 
 
 @dataclass(frozen=True)
+class PolicySettings:
+    """The scanning policy's tunables (defaults: the paper's) and extra knowledge-base files."""
+
+    kb_files: tuple[str, ...] = ()
+    builtin_kb: bool = True
+    min_confidence: float = 0.5
+    ladder_hours: tuple[float, ...] = (12, 24, 48, 72, 120, 168, 336, 720)
+    silent_interval_h: float = 84.0
+    standard_interval_h: float = 12.0
+    retry_interval_h: float = 12.0
+    demote_after: int = 1
+
+    def validate(self) -> None:
+        if not 0 < self.min_confidence <= 1:
+            raise ConfigError(f"policy.min_confidence: must be in (0, 1], got {self.min_confidence}")
+        if not self.ladder_hours or any(h <= 0 for h in self.ladder_hours):
+            raise ConfigError("policy.ladder_hours: give positive hours, e.g. [12, 24, 48, 72, 120, 168, 336, 720]")
+        if any(b < a for a, b in zip(self.ladder_hours, self.ladder_hours[1:])):
+            raise ConfigError(f"policy.ladder_hours: must not decrease, got {list(self.ladder_hours)}")
+        for key in ("silent_interval_h", "standard_interval_h", "retry_interval_h"):
+            _positive(f"policy.{key}", getattr(self, key))
+        if self.demote_after < 1:
+            raise ConfigError(f"policy.demote_after: must be >= 1 silent round, got {self.demote_after}")
+        for path in self.kb_files:
+            if not resolve_path(path).is_file():
+                raise ConfigError(f"policy.kb_files: {path} does not exist; list existing knowledge-base TOML files")
+
+    def kb_paths(self) -> tuple[Path, ...]:
+        return tuple(resolve_path(p) for p in self.kb_files)
+
+
+@dataclass(frozen=True)
 class Settings:
     """Every section; ``Settings()`` is the embedded local default."""
 
@@ -155,6 +187,7 @@ class Settings:
     infra: InfraSettings = field(default_factory=InfraSettings)
     topics: TopicsSettings = field(default_factory=TopicsSettings)
     beam: BeamSettings = field(default_factory=BeamSettings)
+    policy: PolicySettings = field(default_factory=PolicySettings)
 
     def validate(self) -> "Settings":
         for f in dataclasses.fields(self):

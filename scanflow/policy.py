@@ -88,6 +88,15 @@ class PolicyParams:
         return self.ladder[-1]
 
 
+def params_from_settings(policy_settings) -> PolicyParams:
+    """:class:`PolicyParams` from the ``[policy]`` section (:class:`scanflow.config.PolicySettings`)."""
+    return PolicyParams(ladder=tuple(h * HOUR for h in policy_settings.ladder_hours),
+                        silent_interval=policy_settings.silent_interval_h * HOUR,
+                        standard_interval=policy_settings.standard_interval_h * HOUR,
+                        retry_interval=policy_settings.retry_interval_h * HOUR,
+                        demote_after=policy_settings.demote_after)
+
+
 @dataclass(frozen=True, slots=True)
 class PolicyPortSets:
     """The three data-derived port sets the policies use (see :mod:`scanflow.portsets`)."""

@@ -106,6 +106,10 @@ def _parse_banner(item: str, hint: str) -> tuple[int, str]:
 def _load_kb(kb_files, no_builtin):
     from scanflow.knowledge import KnowledgeError, load_knowledge
 
+    configured = click.get_current_context().find_object(CliContext)
+    if configured is not None:  # [policy] kb_files / builtin_kb from the configuration come first
+        kb_files = (*configured.settings.policy.kb_paths(), *kb_files)
+        no_builtin = no_builtin or not configured.settings.policy.builtin_kb
     try:
         return load_knowledge(kb_files, builtin=not no_builtin)
     except KnowledgeError as exc:

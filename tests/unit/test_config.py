@@ -102,3 +102,25 @@ def test_infra_script_environment_uses_the_same_names_as_overrides():
 def test_relative_paths_resolve_against_the_checkout():
     assert resolve_path("infra/topics.toml") == REPO_ROOT / "infra" / "topics.toml"
     assert str(resolve_path("/abs/p")) == "/abs/p"
+
+
+def test_policy_section_builds_the_papers_parameters_by_default():
+    from scanflow.policy import PolicyParams, params_from_settings
+
+    assert params_from_settings(load_settings(environ={}).policy) == PolicyParams()
+    custom = load_settings(overrides={"policy.ladder_hours": "12,24,48", "policy.silent_interval_h": "72"},
+                           environ={})
+    params = params_from_settings(custom.policy)
+    assert params.ladder == (43200.0, 86400.0, 172800.0) and params.silent_interval == 72 * 3600.0
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ({"policy.ladder_hours": "24,12"}, "policy.ladder_hours: must not decrease"),
+    ({"policy.min_confidence": "1.5"}, "policy.min_confidence: must be in (0, 1]"),
+    ({"policy.kb_files": "no/such/file.toml"}, "policy.kb_files: no/such/file.toml does not exist"),
+    ({"policy.ladder_hours": "12,abc"}, "policy.ladder_hours: expected a number"),
+])
+def test_bad_policy_values_name_the_key(override, fragment):
+    with pytest.raises(ConfigError) as err:
+        load_settings(overrides=override, environ={})
+    assert fragment in str(err.value)
