@@ -147,3 +147,12 @@ def test_registry_keeps_every_version_and_resolves_latest(tmp_path):
     assert registry.by_fingerprint(v1.fingerprint) is v1
     assert registry.by_fingerprint(v2.fingerprint) is v2
     assert v1.fingerprint != v2.fingerprint
+
+
+def test_contract_document_lists_every_field_of_every_schema():
+    text = (SCHEMA_DIR.parent / "docs" / "CONTRACT.md").read_text(encoding="utf-8")
+    for name in default_registry().names():
+        sv = default_registry().latest(name)
+        assert f"### {name} (v{sv.version}, fingerprint `{sv.fingerprint.hex()}`)" in text
+        for f in sv.schema["fields"]:
+            assert f"| `{f['name']}` |" in text, f"{name}.{f['name']} is not in docs/CONTRACT.md"
