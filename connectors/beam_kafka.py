@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import dataclass, field
 import threading
 import time
 from collections import OrderedDict
@@ -91,7 +92,7 @@ class KafkaRecord(NamedTuple):
 class _DiscoverPartitions(beam.DoFn):
     """Impulse -> one :class:`KafkaPartition` per partition of the topics, with resolved offsets."""
 
-    def __init__(self, read: "ReadFromKafka"):
+    def __init__(self, read: "_ReadConfig"):
         self._read = read
 
     def process(self, _impulse):
@@ -244,7 +245,7 @@ class _Committer:
 class _ReadPartition(beam.DoFn):
     """Reads one partition's offset range; the base of the bounded and the live variants."""
 
-    def __init__(self, read: "ReadFromKafka"):
+    def __init__(self, read: "_ReadConfig"):
         self._read = read
         self._consumers: OrderedDict = OrderedDict()
         self._pending: dict = {}
@@ -458,22 +459,55 @@ class ReadFromKafka(beam.PTransform):
                  poll_timeout_ms: int = 100, idle_resume_s: float = 0.2, watermark_lag_s: float = 5.0,
                  max_poll_records: int = 5000, consumer_overrides: Mapping[str, Any] | None = None):
         super().__init__()
-        self.kafka = kafka
-        self.topics = (topics,) if isinstance(topics, str) else tuple(topics)
-        self.group_id = group_id
-        self.start, self.start_offsets, self.start_time_ms = start, _offsets(start_offsets), start_time_ms
-        self.stop, self.stop_offsets, self.stop_time_ms = stop, _offsets(stop_offsets), stop_time_ms
-        self.reset = reset
-        self.bounded = stop is not None or stop_offsets is not None or stop_time_ms is not None
-        self.commit_offsets = (group_id is not None and not self.bounded) if commit_offsets is None \
-            else commit_offsets
-        self.max_bundle_s, self.poll_timeout_ms = max_bundle_s, poll_timeout_ms
-        self.idle_resume_s, self.watermark_lag_s = idle_resume_s, watermark_lag_s
-        self.max_poll_records = max_poll_records
-        self.consumer_overrides = dict(consumer_overrides or {})
-        self._validate()
+        bounded = stop is not None or stop_offsets is not None or stop_time_ms is not None
+        self.config = _ReadConfig(
+            kafka=kafka, topics=(topics,) if isinstance(topics, str) else tuple(topics), group_id=group_id,
+            start=start, start_offsets=_offsets(start_offsets), start_time_ms=start_time_ms,
+            stop=stop, stop_offsets=_offsets(stop_offsets), stop_time_ms=stop_time_ms, reset=reset,
+            bounded=bounded,
+            commit_offsets=(group_id is not None and not bounded) if commit_offsets is None else commit_offsets,
+            max_bundle_s=max_bundle_s, poll_timeout_ms=poll_timeout_ms, idle_resume_s=idle_resume_s,
+            watermark_lag_s=watermark_lag_s, max_poll_records=max_poll_records,
+            consumer_overrides=dict(consumer_overrides or {}))
+        self.config.validate()
 
-    def _validate(self) -> None:
+    @property
+    def bounded(self) -> bool:
+        """Whether this is a replay (a stop was given) rather than a live read."""
+        return self.config.bounded
+
+    def expand(self, pbegin):
+        read = _ReadBounded(self.config) if self.config.bounded else _ReadLive(self.config)
+        return (pbegin
+                | "Impulse" >> beam.Impulse()
+                | "DiscoverPartitions" >> beam.ParDo(_DiscoverPartitions(self.config))
+                | "ReadPartitions" >> beam.ParDo(read))
+
+
+@dataclass(frozen=True)
+class _ReadConfig:
+    """What the reading DoFns need of a :class:`ReadFromKafka` (small, picklable, no pipeline)."""
+
+    kafka: KafkaSettings
+    topics: tuple[str, ...]
+    group_id: str | None
+    start: str
+    start_offsets: dict[tuple[str, int], int] | None
+    start_time_ms: int | None
+    stop: str | None
+    stop_offsets: dict[tuple[str, int], int] | None
+    stop_time_ms: int | None
+    reset: str
+    bounded: bool
+    commit_offsets: bool
+    max_bundle_s: float
+    poll_timeout_ms: int
+    idle_resume_s: float
+    watermark_lag_s: float
+    max_poll_records: int
+    consumer_overrides: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
         if not self.topics or not all(isinstance(t, str) and t for t in self.topics):
             raise ValueError("ReadFromKafka: give at least one topic name")
         if self.start not in ("committed", "earliest", "latest"):
@@ -497,14 +531,6 @@ class ReadFromKafka(beam.PTransform):
             raise ValueError("ReadFromKafka: commit_offsets needs a group_id")
         if self.max_bundle_s <= 0 or self.poll_timeout_ms <= 0 or self.max_poll_records <= 0:
             raise ValueError("ReadFromKafka: max_bundle_s, poll_timeout_ms and max_poll_records must be > 0")
-
-    def expand(self, pbegin):
-        read = _ReadBounded(self) if self.bounded else _ReadLive(self)
-        return (pbegin
-                | "Impulse" >> beam.Impulse()
-                | "DiscoverPartitions" >> beam.ParDo(_DiscoverPartitions(self))
-                | "ReadPartitions" >> beam.ParDo(read))
-
 
 def _offsets(mapping: Mapping[tuple[str, int], int] | None) -> dict[tuple[str, int], int] | None:
     return None if mapping is None else {(str(t), int(p)): int(o) for (t, p), o in mapping.items()}
