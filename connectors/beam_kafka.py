@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass, field
 import threading
 import time
+import uuid
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 import apache_beam as beam
@@ -41,7 +42,7 @@ from apache_beam.transforms.core import RestrictionProvider, WatermarkEstimatorP
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
 from kafka import TopicPartition
-from kafka.errors import IllegalStateError
+from kafka.errors import IllegalStateError, KafkaError
 
 from connectors.avro_codec import AvroCodec, CodecError, Decoded, default_codec, key_for
 from connectors.kafka_io import (
@@ -208,15 +209,17 @@ _WATERMARKS = _WatermarkProvider()
 
 
 class _Committer:
-    """Commits next offsets for one consumer group; one per process, shared by all DoFn instances.
+    """Commits next offsets for one consumer group and one pipeline run, shared by its DoFn instances.
 
     Bundle finalizers run on the SDK harness's threads, possibly concurrently with reads, and a
-    KafkaConsumer is not thread-safe: the committer has its own consumer and lock. It never moves a
-    partition's committed offset backwards, whatever the order finalizers arrive in.
+    KafkaConsumer is not thread-safe: the committer has its own consumer and lock. Within a run it
+    never moves a partition's committed offset backwards, whatever the order finalizers arrive in; a
+    new run (which may have been reset to earlier offsets on purpose) gets a new committer.
     """
 
-    _instances: dict[tuple, "_Committer"] = {}
+    _instances: "OrderedDict[tuple, _Committer]" = OrderedDict()
     _instances_lock = threading.Lock()
+    _MAX_INSTANCES = 8
 
     def __init__(self, kafka: KafkaSettings, group_id: str, overrides: Mapping[str, Any]):
         self._kafka, self._group_id, self._overrides = kafka, group_id, dict(overrides)
@@ -225,12 +228,21 @@ class _Committer:
         self._committed: dict[tuple[str, int], int] = {}
 
     @classmethod
-    def for_group(cls, kafka: KafkaSettings, group_id: str, overrides: Mapping[str, Any]) -> "_Committer":
-        key = (kafka, group_id)
+    def for_run(cls, read: "_ReadConfig") -> "_Committer":
+        key = (read.kafka, read.group_id, read.run_id)
         with cls._instances_lock:
-            if key not in cls._instances:
-                cls._instances[key] = cls(kafka, group_id, overrides)
-            return cls._instances[key]
+            committer = cls._instances.get(key)
+            if committer is None:
+                committer = cls._instances[key] = cls(read.kafka, read.group_id, read.consumer_overrides)
+                while len(cls._instances) > cls._MAX_INSTANCES:
+                    cls._instances.popitem(last=False)[1].close()
+            return committer
+
+    def close(self) -> None:
+        with self._lock:
+            if self._consumer is not None:
+                self._consumer.close(autocommit=False)
+                self._consumer = None
 
     def commit(self, topic: str, partition: int, next_offset: int) -> None:
         with self._lock:
@@ -390,8 +402,7 @@ class _ReadPartition(beam.DoFn):
                 self._records.inc(count)
             if finalizer is not None:
                 if last_claimed is not None and r.commit_offsets:
-                    finalizer.register(_commit_callback(r.kafka, r.group_id, r.consumer_overrides,
-                                                        element.topic, element.partition, last_claimed + 1))
+                    finalizer.register(_commit_callback(r, element.topic, element.partition, last_claimed + 1))
                 else:
                     # Prism sends a finalize request for every bundle of a stage that can ask for
                     # one; a bundle that registered nothing has been released by then and the SDK
@@ -408,9 +419,9 @@ def _no_op():
     pass
 
 
-def _commit_callback(kafka, group_id, overrides, topic, partition, next_offset):
+def _commit_callback(read: "_ReadConfig", topic: str, partition: int, next_offset: int):
     def commit():
-        _Committer.for_group(kafka, group_id, overrides).commit(topic, partition, next_offset)
+        _Committer.for_run(read).commit(topic, partition, next_offset)
     return commit
 
 
@@ -468,7 +479,7 @@ class ReadFromKafka(beam.PTransform):
             commit_offsets=(group_id is not None and not bounded) if commit_offsets is None else commit_offsets,
             max_bundle_s=max_bundle_s, poll_timeout_ms=poll_timeout_ms, idle_resume_s=idle_resume_s,
             watermark_lag_s=watermark_lag_s, max_poll_records=max_poll_records,
-            consumer_overrides=dict(consumer_overrides or {}))
+            consumer_overrides=dict(consumer_overrides or {}), run_id=uuid.uuid4().hex)
         self.config.validate()
 
     @property
@@ -506,6 +517,8 @@ class _ReadConfig:
     watermark_lag_s: float
     max_poll_records: int
     consumer_overrides: dict[str, Any] = field(default_factory=dict)
+    #: Tells one pipeline's committer from another's in the same worker process.
+    run_id: str = ""
 
     def validate(self) -> None:
         if not self.topics or not all(isinstance(t, str) and t for t in self.topics):
@@ -704,7 +717,10 @@ class _WriteFn(beam.DoFn):
         # every record is acknowledged by all in-sync replicas; a failure fails the bundle, which the
         # runner retries: at-least-once, with duplicates absorbed by id-keyed consumers.
         if self._producer is not None and self._count:
-            self._producer.flush()
+            try:
+                self._producer.flush()
+            except KafkaError as exc:
+                raise RuntimeError(f"records to {self._topic} were not acknowledged: {exc!r}") from exc
             if self._failures:
                 raise RuntimeError(f"{len(self._failures)} record(s) to {self._topic} were not "
                                    f"acknowledged: {self._failures[0]!r}")

@@ -175,7 +175,11 @@ class AvroProducer:
 
     def flush(self, timeout_s: float | None = None) -> None:
         """Block until everything sent is acknowledged (acks=all); raise :class:`DeliveryError` if not."""
-        self._producer.flush(timeout=timeout_s)
+        try:
+            self._producer.flush(timeout=timeout_s)
+        except KafkaError as exc:
+            # kafka-python's flush can fail as a whole when a batch failed; report it the same way.
+            self._failures.append(exc)
         if self._failures:
             failures, self._failures = self._failures, []
             raise DeliveryError(f"{len(failures)} record(s) were not delivered; first error: "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 import uuid
 from collections import Counter
@@ -279,3 +280,43 @@ def test_idle_partitions_do_not_hold_back_the_watermark(kafka, make_topic, prism
     # One on-time pane for the window of the records' own timestamps, with all of them.
     assert Counter(got) == Counter([f"{window_start_ms}|{len(events)}"])
     assert all(partition_for(e["ip"].encode(), 4) == 0 for e in events)
+
+
+# --- offsets are committed only after the effects downstream are durable --------------------------
+
+def _read_and_copy(kafka, topic, group, out):
+    """A bounded read that commits (as a live read would) and copies each value, padded, to ``out``."""
+    p = beam.Pipeline(runner=FnApiRunner())
+    _ = (p | "Read" >> ReadFromKafka(kafka, topic, group_id=group, start="earliest", stop="end",
+                                      commit_offsets=True)
+         # Incompressible padding, so the topic's max.message.bytes decides whether the write succeeds.
+         | "Pad" >> beam.Map(lambda r: (r.key, r.value + random.Random(r.offset).randbytes(3000)))
+         | "Write" >> WriteToKafka(kafka, out))
+    return p
+
+
+def test_offsets_are_committed_after_the_sink_acknowledged(kafka, make_topic):
+    topic, out = make_topic("commit-ok", partitions=3), make_topic("commit-ok-out", partitions=1)
+    group = f"scanflow-test-{uuid.uuid4().hex[:8]}"
+    metadata = _produce(kafka, topic, [_event(i) for i in range(300)])
+    _read_and_copy(kafka, topic, group, out).run().wait_until_finish()
+    ends = Counter()
+    for m in metadata:
+        ends[m.partition] = max(ends[m.partition], m.offset + 1)
+    consumer = make_consumer(kafka, group_id=group)
+    committed = committed_offsets(consumer, topic_partitions(consumer, [topic]))
+    consumer.close()
+    assert {tp.partition: o for tp, o in committed.items()} == dict(ends)
+
+
+def test_nothing_is_committed_when_the_sink_fails(kafka, make_topic):
+    topic = make_topic("commit-fail", partitions=3)
+    out = make_topic("commit-fail-out", partitions=1, **{"max.message.bytes": "1024"})
+    group = f"scanflow-test-{uuid.uuid4().hex[:8]}"
+    _produce(kafka, topic, [_event(i) for i in range(300)])
+    with pytest.raises(Exception, match="not acknowledged"):
+        _read_and_copy(kafka, topic, group, out).run().wait_until_finish()
+    consumer = make_consumer(kafka, group_id=group)
+    committed = committed_offsets(consumer, topic_partitions(consumer, [topic]))
+    consumer.close()
+    assert set(committed.values()) == {None}
