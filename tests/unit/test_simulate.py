@@ -1,0 +1,233 @@
+"""The discrete-event evaluation: hand-worked tiny worlds, equivalence of the closed-form standard scan
+with the policy loop, determinism, and the bulk handling of silent IPs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from scanflow.estimate import Estimator
+from scanflow.knowledge import load_knowledge
+from scanflow.metrics import ByteModel
+from scanflow.policy import EfficientPolicy, Observation, PolicyParams, PolicyPortSets, StandardPolicy
+from scanflow.portsets import PortSet
+from scanflow.simulate import (SCANNER_STANDARD, EvaluationConfig, Schedule, bulk_silent_rule, cover,
+                               derive_policy_sets, evaluate_seed, make_schedule, run_policy, run_standard,
+                               window_metrics)
+from scanflow.world import World, WorldConfig
+from scanflow.world.banners import NO_BANNER
+from scanflow.world.dynamics import HONEYPOT_CLASS, INITIAL, RETURNED, SPORADIC, STATIC, Segments
+from scanflow.world.hosts import GENERIC, HONEYPOT, HostProfiles
+
+H = 12 * 3600  # one round
+KB = load_knowledge()
+
+
+def tiny_world(hosts, n_ips=10, days=14) -> World:
+    """A world from ``(ip, start, end, ports, cls, event, kind)`` rows, no banners."""
+    hosts = sorted(hosts)
+    ptr = np.concatenate([[0], np.cumsum([len(h[3]) for h in hosts])]).astype(np.int64)
+    port = np.concatenate([np.array(sorted(h[3]), dtype=np.int32) for h in hosts])
+    n = len(hosts)
+    profiles = HostProfiles(ptr=ptr, port=port, proto=np.zeros(len(port), np.int8),
+                            choice=np.full(len(port), NO_BANNER, np.int16),
+                            kind=np.array([h[6] for h in hosts], np.int8), model=np.full(n, -1, np.int16),
+                            keyword=np.zeros(n, np.int16), token=np.arange(n, dtype=np.uint32), models=())
+    seg = Segments(ip=np.array([h[0] for h in hosts], np.int64), start=np.array([h[1] for h in hosts], np.int64),
+                   end=np.array([h[2] for h in hosts], np.int64), device=np.arange(n, dtype=np.int64),
+                   cls=np.array([h[4] for h in hosts], np.int8), event=np.array([h[5] for h in hosts], np.int8))
+    return World(WorldConfig(n_ips=n_ips), 1, days * 86400, seg, np.arange(n, dtype=np.int64),
+                 np.arange(n, dtype=np.uint32), profiles)
+
+
+def hand_sets(extra_standard=()) -> PolicyPortSets:
+    return PolicyPortSets(PortSet.named("standard", 1, {80, 443, 8080, *extra_standard}),
+                          PortSet.named("silent", 1, {80}), PortSet.named("unknown", 1, {80, 8080}))
+
+
+def zero_schedule(n_ips: int, days: int = 14, phase: int = 0) -> Schedule:
+    z = np.zeros(n_ips, dtype=np.int64)
+    return Schedule(H, days * 2, z, z, np.full(n_ips, phase, dtype=np.int32))
+
+
+STATIC_HOST = (2, 0, 14 * 86400, {80, 8080}, STATIC, INITIAL, GENERIC)
+SPORADIC_HOST = (3, 3 * H, 3 * H + 3600, {80}, SPORADIC, RETURNED, GENERIC)
+
+
+def test_one_static_host_worked_by_hand():
+    world = tiny_world([STATIC_HOST])
+    sets = hand_sets()
+    sched = zero_schedule(10)
+    std = run_standard(world, sched, sets.standard)
+    eff = run_policy(world, sched, EfficientPolicy(sets, Estimator(KB)))
+    m = window_metrics(world, std, eff, H, 2)
+    # standard: 10 IPs x 28 rounds, 3 ports each; the host answers on 2 ports every round (RST each)
+    assert (m.standard_attempts, int(std.probes.sum())) == (280, 840)
+    assert m.standard_bytes == (840 + 28 * 2) * 54
+    # efficient: 9 silent IPs swept at rounds 0, 7, 14, 21 on {80}; the host found at round 0 on {80},
+    # then on {80, 8080} after 12 h, 1 d, 2 d, 3 d, 5 d (rounds 1, 3, 7, 13, 23); the next (7 d) is past 2 weeks
+    assert np.flatnonzero(eff.attempts).tolist() == [0, 1, 3, 7, 13, 14, 21, 23]
+    assert m.efficient_attempts == 9 * 4 + 6
+    assert int(eff.probes.sum()) == 9 * 4 * 1 + 1 + 5 * 2
+    assert m.efficient_bytes == (47 + 1 + 5 * 2) * 54
+    assert m.pdr == 1.0 and m.ddr == 1.0
+    assert m.traffic_ratio == pytest.approx(58 * 54 / ((840 + 56) * 54))
+    assert m.attempts_ratio == pytest.approx(42 / 280)
+    assert eff.detected.tolist() == [0] and std.detected.tolist() == [0]
+
+
+def test_a_sporadic_host_between_two_sweeps_is_missed_by_the_efficient_scan():
+    world = tiny_world([STATIC_HOST, SPORADIC_HOST])
+    sets = hand_sets()
+    sched = zero_schedule(10)
+    std = run_standard(world, sched, sets.standard)
+    eff = run_policy(world, sched, EfficientPolicy(sets, Estimator(KB)))
+    m = window_metrics(world, std, eff, H, 2)
+    # the standard scan sees (3, 80) in round 3; the efficient sweeps of IP 3 are rounds 0, 7, 14, 21
+    assert (m.standard_cells, m.efficient_cells, m.common_cells) == (3, 2, 2)
+    assert m.pdr == pytest.approx(2 / 3) and m.ddr == pytest.approx(1 / 2)
+    assert m.missed_ips_by_class["sporadic"] == 1 and m.missed_ips_by_class["static"] == 0
+    assert std.detected.tolist() == [0, 3 * H] and eff.detected.tolist() == [0, -1]
+    # with the sweep of IP 3 in round 3 (phase 3) the efficient scan catches it
+    eff3 = run_policy(world, zero_schedule(10, phase=3), EfficientPolicy(sets, Estimator(KB)))
+    assert window_metrics(world, std, eff3, H, 2).ddr == 1.0
+
+
+def test_honeypots_are_left_out_of_pdr_but_counted_in_pdr_all():
+    honeypot = (5, 0, 14 * 86400, set(range(1000, 1150)), HONEYPOT_CLASS, INITIAL, HONEYPOT)
+    world = tiny_world([STATIC_HOST, honeypot])
+    sets = hand_sets(extra_standard=range(1000, 1150))
+    sched = zero_schedule(10)
+    m = window_metrics(world, run_standard(world, sched, sets.standard),
+                       run_policy(world, sched, EfficientPolicy(sets, Estimator(KB))), H, 2)
+    assert m.excluded_ips == 1
+    assert m.pdr == 1.0 and m.ddr == 1.0
+    assert m.pdr_all == pytest.approx(2 / 152) and m.ddr_all == pytest.approx(1 / 2)
+
+
+def test_windows_count_only_their_own_rounds():
+    world = tiny_world([STATIC_HOST, (4, 10 * 86400, 14 * 86400, {443}, STATIC, 1, GENERIC)])
+    sets = hand_sets()
+    sched = zero_schedule(10)
+    std = run_standard(world, sched, sets.standard)
+    eff = run_policy(world, sched, EfficientPolicy(sets, Estimator(KB)))
+    one = window_metrics(world, std, eff, H, 1)
+    assert one.standard_attempts == 10 * 14 and one.standard_cells == 2
+    assert window_metrics(world, std, eff, H, 2).standard_cells == 3
+
+
+@pytest.fixture(scope="module")
+def small():
+    cfg = EvaluationConfig(ips=6_000, weeks=2, windows=(1, 2), seeds=(4,), survey_ips=400_000, record=True)
+    derivation, _ = derive_policy_sets(cfg, KB)
+    return cfg, PolicyPortSets(derivation.standard, derivation.silent, derivation.unknown)
+
+
+@pytest.mark.parametrize("loss", [0.0, 0.2])
+def test_the_closed_form_standard_scan_equals_the_standard_policy_run_through_decide(small, loss):
+    cfg, sets = small
+    world = World.generate(cfg.world_config().replace(loss=loss), 4, horizon_days=14, kb=KB)
+    sched = make_schedule(world.n_ips, 4, world.horizon, slot=H, silent_rounds=1)
+    closed = run_standard(world, sched, sets.standard)
+    looped = run_policy(world, sched, StandardPolicy(sets), scanner=SCANNER_STANDARD)
+    assert looped.decisions > 0
+    for name in ("cells", "cell_round", "attempts", "probes", "bytes", "detected"):
+        assert np.array_equal(getattr(closed, name), getattr(looped, name)), name
+
+
+def test_standard_against_itself_is_exactly_100_percent(small):
+    cfg, sets = small
+    world = World.generate(cfg.world_config(), 4, horizon_days=14, kb=KB)
+    sched = make_schedule(world.n_ips, 4, world.horizon, slot=H, silent_rounds=1)
+    std = run_standard(world, sched, sets.standard)
+    m = window_metrics(world, std, std, H, 2)
+    assert m.standard_cells > 100
+    assert (m.pdr, m.ddr, m.pdr_all, m.ddr_all, m.traffic_ratio, m.attempts_ratio) == (1.0,) * 6
+
+
+def test_same_seed_same_figures(small):
+    cfg, sets = small
+    a = evaluate_seed(cfg, 4, sets, KB)
+    b = evaluate_seed(cfg, 4, sets, KB)
+    assert [w.__dict__ for w in a.windows] == [w.__dict__ for w in b.windows]
+    assert a.delays == b.delays or str(a.delays) == str(b.delays)  # NaN != NaN
+    assert np.array_equal(a.efficient.states, b.efficient.states)
+    assert a.efficient.records["next_at"] == b.efficient.records["next_at"]
+    c = evaluate_seed(cfg, 5, sets, KB)
+    assert [w.__dict__ for w in c.windows] != [w.__dict__ for w in a.windows]
+
+
+def test_every_answer_goes_through_the_policys_decide(small):
+    cfg, sets = small
+
+    class Spy(EfficientPolicy):
+        calls = 0
+
+        def decide(self, state, obs, now):
+            Spy.calls += 1
+            return super().decide(state, obs, now)
+
+    world = World.generate(cfg.world_config(), 4, horizon_days=14, kb=KB)
+    spy = Spy(sets, Estimator(KB))
+    sched = make_schedule(world.n_ips, 4, world.horizon, slot=H, silent_rounds=7)
+    Spy.calls = 0
+    run = run_policy(world, sched, spy, record=True)
+    found_ips = set((run.cells >> 16).tolist())
+    assert Spy.calls - 2 == run.decisions == len(run.records["ip"])  # 2 calls read the bulk rule
+    assert found_ips <= set(run.records["ip"])
+
+
+def test_desync_gives_the_efficient_scan_its_own_instants():
+    sync = make_schedule(1000, 3, 14 * 86400, slot=H, silent_rounds=7)
+    desync = make_schedule(1000, 3, 14 * 86400, slot=H, silent_rounds=7, desync=True)
+    assert sync.offset_eff is sync.offset_std
+    assert np.array_equal(sync.offset_std, desync.offset_std) and not np.array_equal(desync.offset_eff, desync.offset_std)
+    assert sync.phase.min() == 0 and sync.phase.max() == 6 and sync.n_slots == 28
+
+
+def test_cover_lists_exactly_the_rounds_probing_inside_each_segment():
+    world = World.generate(WorldConfig(n_ips=3000), 9, horizon_days=7)
+    sched = make_schedule(world.n_ips, 9, world.horizon, slot=H, silent_rounds=7)
+    seg, k = cover(world, sched, efficient=True)
+    got = set(zip(seg.tolist(), k.tolist()))
+    s = world.segments
+    want = {(i, r) for i in range(len(s)) for r in range(sched.n_slots)
+            if s.start[i] <= r * H + sched.offset_eff[s.ip[i]] < s.end[i]}
+    assert got == want and (np.diff(k) >= 0).all()
+
+
+def test_the_bulk_rule_is_read_from_the_policy():
+    sets = hand_sets()
+    rule = bulk_silent_rule(EfficientPolicy(sets, Estimator(KB)), H)
+    assert (rule.first, rule.sweep, rule.rounds) == (sets.silent, sets.silent, 7)
+    rule = bulk_silent_rule(StandardPolicy(sets), H)
+    assert (rule.sweep, rule.rounds) == (sets.standard, 1)
+    with pytest.raises(ValueError, match="whole"):
+        bulk_silent_rule(EfficientPolicy(sets, Estimator(KB), PolicyParams(silent_interval=3 * 86400 + 1)), H)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.frozensets(st.sampled_from([80, 8080, 443]), max_size=3), min_size=1, max_size=8))
+def test_any_silent_ip_gets_the_bulk_plan_whatever_its_history(history):
+    sets = hand_sets()
+    policy = EfficientPolicy(sets, Estimator(KB))
+    rule = bulk_silent_rule(policy, H)
+    state, plan = policy.start(0.0)
+    now = 0.0
+    for ports in history + [frozenset()]:
+        state, plan = policy.decide(state, Observation(ports, (), plan.ports, True), now)
+        now = plan.at
+    # after a silent round the IP is silent, and a silent IP is swept on the bulk cadence
+    assert not state.responsive
+    before = now
+    state, plan = policy.decide(state, Observation(frozenset(), (), plan.ports, True), now)
+    assert (plan.ports, plan.at - before) == (rule.sweep, rule.rounds * H)
+
+
+def test_traffic_model_prices_banner_exchanges_above_rsts():
+    world = World.generate(WorldConfig(n_ips=3000), 9, horizon_days=1)
+    from scanflow.simulate import open_costs
+    cost = open_costs(world, ByteModel())
+    talks = world.profiles.choice != NO_BANNER
+    assert (cost[~talks] == 54).all() and (cost[talks] > 54).all()
