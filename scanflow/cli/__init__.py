@@ -74,10 +74,10 @@ def show_config(obj: CliContext) -> None:
 
 
 def _register() -> None:
-    from scanflow.cli import policy, stack
+    from scanflow.cli import evaluate, lake, policy, stack
 
     # ADD A COMMAND MODULE HERE: each module exposes COMMANDS, a list of click commands/groups.
-    modules = [stack, policy]
+    modules = [stack, policy, evaluate, lake]
     for module in modules:
         for command in module.COMMANDS:
             main.add_command(command)

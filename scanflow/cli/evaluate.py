@@ -1,0 +1,119 @@
+"""``scanflow evaluate``: the standard and the efficient scan on the same synthetic internet."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from scanflow.cli import CliContext, pass_ctx
+
+
+def _weeks_list(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: give weeks separated by commas, e.g. 2,8") from None
+    if not values or any(v <= 0 for v in values):
+        raise click.BadParameter("windows must be positive numbers of weeks")
+    return values
+
+
+@click.command("evaluate")
+@click.option("--ips", type=click.IntRange(100, 50_000_000), default=100_000, show_default=True,
+              help="Addresses in the synthetic world.")
+@click.option("--weeks", type=click.FloatRange(0.5, 52), default=8.0, show_default=True,
+              help="Simulated period.")
+@click.option("--seeds", type=click.IntRange(1, 100), default=3, show_default=True,
+              help="Number of worlds (seeds 1..N), each a different sample of addresses.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="out/evaluate", show_default=True,
+              help="Directory for metrics.json, Parquet and plots.")
+@click.option("--windows", default="2", show_default=True,
+              help="Extra judging periods in weeks (comma separated); the full --weeks is always one.")
+@click.option("--loss", type=click.FloatRange(0, 0.9), default=0.0, show_default=True,
+              help="Probability that one probe of one port is lost (the paper's congestion).")
+@click.option("--desync", is_flag=True,
+              help="Let the two scans probe each IP at different instants of the 12 h round (the paper's set-up).")
+@click.option("--world", "world_items", multiple=True, metavar="KEY=VALUE",
+              help="Override a world parameter (docs/WORLD.md), e.g. --world sporadic_share=0.05 (repeatable).")
+@click.option("--survey-seed", type=int, default=0, show_default=True,
+              help="Seed of the full-port survey the port sets are derived from.")
+@click.option("--survey-ips", type=click.IntRange(10_000, 200_000_000), default=None,
+              help="Addresses in the survey (default: the paper's ~12.2 M, of which 2.7 % answer).")
+@click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
+@click.option("--no-parquet", is_flag=True, help="Skip the Parquet observations (faster, smaller).")
+@pass_ctx
+def evaluate(obj: CliContext, ips: int, weeks: float, seeds: int, out_dir: str, windows: str, loss: float, desync: bool,
+             world_items: tuple[str, ...], survey_seed: int, survey_ips: int | None, no_plots: bool,
+             no_parquet: bool) -> None:
+    """Run the standard and the efficient policy on the same synthetic internet and timeline.
+
+    Derives the port sets from an emulated full-port survey (as the paper did), then for each seed
+    generates a world and runs both policies, and prints a Table-4-style table (per seed, mean, min)
+    for 2 weeks and the full period. Writes metrics.json, observations/found/events Parquet and the
+    Figure 3, 5, 6, 7 analogs, detection delays and traffic over time as PNG into --out. The policy
+    parameters and knowledge-base files come from the [policy] configuration (defaults: the paper's).
+    """
+    from scanflow import evaluate_report as report
+    from scanflow.knowledge import load_knowledge
+    from scanflow.policy import PolicyPortSets, params_from_settings
+    from scanflow.simulate import EvaluationConfig, derive_policy_sets, evaluate_seed
+    from scanflow.world import WorldConfig
+
+    overrides = {}
+    for item in world_items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r}: write KEY=VALUE", param_hint="--world")
+        overrides[key.strip()] = value.strip()
+    policy_settings = obj.settings.policy
+    try:
+        world_cfg = WorldConfig().with_overrides(overrides)
+        cfg = EvaluationConfig(ips=ips, weeks=weeks, windows=tuple(sorted(set(_weeks_list(windows)) | {weeks})),
+                               seeds=tuple(range(1, seeds + 1)), loss=loss, desync=desync, world=world_cfg,
+                               survey_seed=survey_seed, survey_ips=survey_ips, record=not no_parquet,
+                               params=params_from_settings(policy_settings),
+                               min_confidence=policy_settings.min_confidence)
+        cfg.world_config()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    kb = load_knowledge(policy_settings.kb_paths(), builtin=policy_settings.builtin_kb)
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    click.echo("deriving port sets from the full-port survey ...", err=True)
+    derivation, survey_rows = derive_policy_sets(cfg, kb)
+    seconds["port_sets"] = time.perf_counter() - t0
+    for ps in (derivation.standard, derivation.silent, derivation.unknown):
+        ps.write(out / f"portset_{ps.name}.json")
+    port_sets = PolicyPortSets(derivation.standard, derivation.silent, derivation.unknown)
+
+    results = []
+    rounds = int(round(weeks * 14))
+    t0 = time.perf_counter()
+    with click.progressbar(length=rounds * len(cfg.seeds), label="simulating", file=sys.stderr,
+                           show_eta=True, item_show_func=lambda _: None) as bar:
+        for seed in cfg.seeds:
+            results.append(evaluate_seed(cfg, seed, port_sets, kb, progress=bar.update))
+    seconds["simulation"] = time.perf_counter() - t0
+    seconds["per_seed"] = {str(r.seed): r.seconds for r in results}
+
+    summary = report.build_summary(cfg, derivation, results, survey_rows=survey_rows, seconds=seconds)
+    click.echo(report.format_table(summary))
+    written = [report.write_json(out / "metrics.json", summary)]
+    if not no_parquet:
+        written += report.write_parquet(out, results)
+    if not no_plots:
+        try:
+            written += report.write_plots(out, derivation, results, kb.device_ports() | kb.malware_ports())
+        except report.PlotsUnavailable as exc:
+            click.echo(f"scanflow: warning: {exc}", err=True)
+    click.echo(f"\nwrote {len(written)} files to {out}/ (simulation {seconds['simulation']:.1f} s, "
+               f"port sets {seconds['port_sets']:.1f} s)")
+
+
+COMMANDS = [evaluate]

@@ -1,0 +1,300 @@
+"""What ``scanflow evaluate`` prints and writes: the Table-4-style table, ``metrics.json``, the
+observations as Parquet, and the plots (Figures 3, 5, 6 and 7 analogs, detection delays, traffic).
+
+matplotlib is imported only when plots are drawn; without it the table, JSON and Parquet are still
+written and :func:`write_plots` raises :class:`PlotsUnavailable` with the install hint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from scanflow.simulate import CHANGE_KINDS, EvaluationConfig, SeedResult, delay_samples
+from scanflow.world.dynamics import CLASS_NAMES, EVENT_NAMES
+
+#: The paper's Table 4 (real network, Dec 2019 - May 2020), for the side-by-side table.
+PAPER_TABLE4 = (
+    {"run": 1, "weeks": 2, "standard_gb": 1676, "efficient_gb": 149, "traffic_ratio": 0.0894, "pdr": 0.949},
+    {"run": 2, "weeks": 2, "standard_gb": 1676, "efficient_gb": 150, "traffic_ratio": 0.0896, "pdr": 0.965},
+    {"run": 3, "weeks": 8, "standard_gb": 7901, "efficient_gb": 312, "traffic_ratio": 0.0395, "pdr": 0.943},
+)
+#: The paper's scan-attempt ratios (section 5.2): ~28 % over 2 weeks, ~21 % over 8 weeks.
+PAPER_ATTEMPTS = {2: 0.28, 8: 0.21}
+TARGET = {"traffic_ratio": 0.0395, "pdr": 0.95, "ddr": 0.95}
+
+
+class PlotsUnavailable(RuntimeError):
+    """matplotlib is not installed."""
+
+
+def build_summary(cfg: EvaluationConfig, derivation, results: Sequence[SeedResult], *, survey_rows: int,
+                  seconds: dict[str, float]) -> dict[str, Any]:
+    """Everything ``metrics.json`` holds: the configuration, the derived port sets, per seed and
+    window the paper's figures, their mean and minimum, detection delays, and timings."""
+    windows: dict[str, Any] = {}
+    for w in sorted({m.weeks for r in results for m in r.windows}):
+        rows = [dict(seed=r.seed, **_metric_dict(m)) for r in results for m in r.windows if m.weeks == w]
+        keys = ("traffic_ratio", "pdr", "ddr", "attempts_ratio", "pdr_all", "ddr_all")
+        windows[_wkey(w)] = {
+            "per_seed": rows,
+            "mean": {k: float(np.mean([x[k] for x in rows])) for k in keys},
+            "min": {k: float(np.min([x[k] for x in rows])) for k in keys},
+            "max": {k: float(np.max([x[k] for x in rows])) for k in keys},
+            "meets_target_every_seed": all(x["traffic_ratio"] <= TARGET["traffic_ratio"] and x["pdr"] >= TARGET["pdr"]
+                                           and x["ddr"] >= TARGET["ddr"] for x in rows),
+        }
+    d = derivation
+    return {
+        "config": {"ips": cfg.ips, "weeks": cfg.weeks, "seeds": list(cfg.seeds), "loss": cfg.loss,
+                   "desync": cfg.desync, "windows": list(cfg.windows), "world": cfg.world_config().as_dict(),
+                   "survey_seed": cfg.survey_seed, "min_confidence": cfg.min_confidence,
+                   "policy": _params_dict(cfg.params)},
+        "port_sets": {"standard": len(d.standard), "silent": len(d.silent), "unknown": len(d.unknown),
+                      "unknown_base_pdr": d.pdr_curve[0] if d.pdr_curve else None,
+                      "survey_rows": survey_rows, "survey_responsive_ips": d.responsive_ips,
+                      "survey_honeypot_ips": d.honeypot_ips, "threshold_ips": d.threshold_ips,
+                      "top10": [p for p, _ in d.ranking[:10]],
+                      "digests": {"standard": d.standard.digest, "silent": d.silent.digest, "unknown": d.unknown.digest}},
+        "windows": windows,
+        "delays": {str(r.seed): r.delays for r in results},
+        "worlds": {str(r.seed): r.world.summary() for r in results},
+        "efficient_decisions": {str(r.seed): r.efficient.decisions for r in results},
+        "final_backoff": {str(r.seed): _final_backoff(r) for r in results},
+        "seconds": seconds,
+        "paper": {"table4": list(PAPER_TABLE4), "attempts": PAPER_ATTEMPTS, "target": TARGET},
+    }
+
+
+def _params_dict(params) -> dict[str, Any]:
+    from scanflow.policy import PolicyParams
+
+    p = params or PolicyParams()
+    return {"ladder_h": [x / 3600 for x in p.ladder], "silent_interval_h": p.silent_interval / 3600,
+            "standard_interval_h": p.standard_interval / 3600, "demote_after": p.demote_after}
+
+
+def _metric_dict(m) -> dict[str, Any]:
+    out = dict(m.__dict__)
+    out.pop("weeks")
+    return out
+
+
+def _wkey(weeks: float) -> str:
+    return f"{weeks:g}w"
+
+
+def _final_backoff(r: SeedResult) -> dict[str, Any]:
+    """Share of tracked responsive IPs on each ladder step at the end (the paper: ~70 % at the cap)."""
+    states = r.efficient.states
+    if states is None or not len(states):
+        return {}
+    last = states[-1].reshape(3, -1)[1:].sum(axis=0)
+    total = int(last.sum())
+    return {"tracked": total, "share_by_step": [float(x / total) if total else 0.0 for x in last],
+            "share_at_cap": float(last[-1] / total) if total else 0.0}
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """The Table-4-style text table: per seed and window, then mean and min, then the paper's rows."""
+    cfg, ps = summary["config"], summary["port_sets"]
+    mode = ("desynchronised" if cfg["desync"] else "synchronised") + (f", loss {cfg['loss']:g}" if cfg["loss"] else "")
+    lines = [f"Efficient vs standard scan: {cfg['ips']:,} IPs, {cfg['weeks']:g} weeks, seeds "
+             f"{', '.join(map(str, cfg['seeds']))}, {mode}",
+             f"port sets (derived from a {ps['survey_responsive_ips']:,}-host full-port survey): standard "
+             f"{ps['standard']:,}, silent {ps['silent']:,}, unknown-device {ps['unknown']:,}", ""]
+    head = (f"{'period':<7}{'seed':<6}{'standard GB':>12}{'efficient GB':>14}{'traffic':>9}{'PDR':>9}"
+            f"{'DDR':>9}{'attempts':>10}   {'PDR*':>7}{'DDR*':>7}")
+    lines += [head, "-" * len(head)]
+    for wk, win in summary["windows"].items():
+        for row in win["per_seed"]:
+            lines.append(f"{wk:<7}{row['seed']:<6}{row['standard_bytes'] / 1e9:>12,.1f}{row['efficient_bytes'] / 1e9:>14,.1f}"
+                         f"{_pct(row['traffic_ratio'], 2):>9}{_pct(row['pdr']):>9}{_pct(row['ddr']):>9}"
+                         f"{_pct(row['attempts_ratio']):>10}   {_pct(row['pdr_all']):>7}{_pct(row['ddr_all']):>7}")
+        for label in ("mean", "min"):
+            m = win[label]
+            lines.append(f"{wk:<7}{label:<6}{'':>12}{'':>14}{_pct(m['traffic_ratio'], 2):>9}{_pct(m['pdr']):>9}"
+                         f"{_pct(m['ddr']):>9}{_pct(m['attempts_ratio']):>10}   {_pct(m['pdr_all']):>7}{_pct(m['ddr_all']):>7}")
+        verdict = "met" if win["meets_target_every_seed"] else "NOT met"
+        lines.append(f"{'':<7}target (traffic <= 3.95 %, PDR >= 95 %, DDR >= 95 % on every seed): {verdict}")
+        lines.append("")
+    lines.append("paper, real network (Table 4; unsynchronised, with packet loss):")
+    for p in PAPER_TABLE4:
+        lines.append(f"{p['weeks']:>2} w   run {p['run']}{p['standard_gb']:>11,}{p['efficient_gb']:>14,}"
+                     f"{_pct(p['traffic_ratio'], 2):>9}{_pct(p['pdr']):>9}{'-':>9}"
+                     f"{_pct(PAPER_ATTEMPTS[p['weeks']]):>10}")
+    lines.append("PDR*/DDR*: counting also IPs with >= 100 open ports (honeypots), which PDR/DDR leave out.")
+    return "\n".join(lines)
+
+
+def _pct(x: float, digits: int = 1) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x * 100:.{digits}f} %"
+
+
+def write_json(path: Path, summary: dict[str, Any]) -> Path:
+    """``metrics.json`` (sorted keys, NaN written as null)."""
+    path.write_text(json.dumps(_clean(summary), indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    return path
+
+
+def _clean(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        return None if math.isnan(x) or math.isinf(x) else float(x)
+    return x
+
+
+def write_parquet(out: Path, results: Sequence[SeedResult]) -> list[Path]:
+    """``observations.parquet`` (every answering probe of both policies; the efficient policy's
+    decision alongside), ``found.parquet`` (distinct (ip, port) found, with the round first found) and
+    ``events.parquet`` (the world's changes and when each scan first saw them)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    obs, found, events = [], [], []
+    for r in results:
+        for run in (r.standard, r.efficient):
+            rec = run.records
+            if rec and len(rec["ip"]):
+                n = len(rec["ip"])
+                cols = {"seed": pa.array(np.full(n, r.seed, dtype=np.int32)),
+                        "policy": pa.array([run.name] * n),
+                        "ip": pa.array(np.asarray(rec["ip"], dtype=np.int64)),
+                        "t": pa.array(np.asarray(rec["t"], dtype=np.int64)),
+                        "round": pa.array(np.asarray(rec["round"], dtype=np.int32)),
+                        "open_ports": pa.array([np.asarray(p, dtype=np.int32) for p in rec["open_ports"]],
+                                               pa.list_(pa.int32()))}
+                for key, kind in (("probed", pa.string()), ("status", pa.string()), ("step", pa.int16()),
+                                  ("device", pa.string()), ("reason", pa.string()), ("changed", pa.bool_()),
+                                  ("next_at", pa.float64())):
+                    cols[key] = pa.array(rec[key] if key in rec else [None] * n, kind)
+                obs.append(pa.table(cols))
+            found.append(pa.table({"seed": pa.array(np.full(len(run.cells), r.seed, dtype=np.int32)),
+                                   "policy": pa.array([run.name] * len(run.cells)),
+                                   "ip": pa.array(run.cells >> 16), "port": pa.array((run.cells & 0xFFFF).astype(np.int32)),
+                                   "round": pa.array(run.cell_round)}))
+        s = r.world.segments
+        events.append(pa.table({"seed": pa.array(np.full(len(s), r.seed, dtype=np.int32)), "ip": pa.array(s.ip),
+                                "start": pa.array(s.start), "end": pa.array(s.end),
+                                "class": pa.array([CLASS_NAMES[c] for c in s.cls]),
+                                "event": pa.array([EVENT_NAMES[e] for e in s.event]),
+                                "standard_seen": pa.array(r.standard.detected),
+                                "efficient_seen": pa.array(r.efficient.detected)}))
+    written = []
+    for name, parts in (("observations", obs), ("found", found), ("events", events)):
+        if parts:
+            path = out / f"{name}.parquet"
+            pq.write_table(pa.concat_tables(parts), path, compression="zstd")
+            written.append(path)
+    return written
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise PlotsUnavailable("plots need matplotlib: pip install matplotlib (or pass --no-plots)") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def write_plots(out: Path, derivation, results: Sequence[SeedResult], base_ports) -> list[Path]:
+    """The PNG figures; ``base_ports`` are the device + malware ports the unknown-device set starts
+    from (the x offset of the Figure 3 curve). Returns the paths written."""
+    plt = _pyplot()
+    paths = []
+    d = derivation
+    # x of the Figure 3 curve: size of (device + malware ports) plus the top k ranked ports, k = 0, 1, ...
+    ranked = [p for p, _ in d.ranking]
+    seen = set(base_ports)
+    sizes = [len(seen)]
+    for p in ranked:
+        seen.add(p)
+        sizes.append(len(seen))
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.plot(sizes[: len(d.pdr_curve)], np.array(d.pdr_curve) * 100, lw=1.5, label="synthetic survey")
+    ax.axhline(97, color="grey", ls=":", lw=1)
+    ax.axvline(len(d.unknown), color="C1", ls="--", lw=1, label=f"derived: {len(d.unknown):,} ports")
+    ax.plot([5100], [97], "k^", label="paper: 5,100 ports at 97 %")
+    ax.set(xlabel="ports scanned (device + malware ports + top of the ranking)", ylabel="port detection rate (%)",
+           title="Figure 3 analog: ports vs port detection rate (unknown devices)", xlim=(0, min(len(sizes), 12000)))
+    ax.grid(alpha=0.3); ax.legend(loc="lower right")
+    paths.append(_save(fig, out / "fig3_port_detection_vs_ports.png", plt))
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.plot(np.arange(1, len(d.ddr_curve) + 1), np.array(d.ddr_curve) * 100, lw=1.5, label="synthetic survey")
+    ax.axhline(95, color="grey", ls=":", lw=1)
+    ax.axvline(len(d.silent), color="C1", ls="--", lw=1, label=f"derived: {len(d.silent):,} ports")
+    ax.plot([500], [95], "k^", label="paper: ~500 ports at 95 %")
+    ax.set(xscale="log", xlabel="top ports of the response ranking", ylabel="device detection rate (%)",
+           title="Figure 5 analog: ports vs device detection rate (silent IPs)")
+    ax.grid(alpha=0.3, which="both"); ax.legend(loc="lower right")
+    paths.append(_save(fig, out / "fig5_device_detection_vs_ports.png", plt))
+
+    r = results[0]
+    slot_days = r.schedule.slot / 86400
+    if r.efficient.states is not None:
+        st = r.efficient.states.reshape(len(r.efficient.states), 3, -1)[:, 1:, :].sum(axis=1)
+        total = np.maximum(st.sum(axis=1, keepdims=True), 1)
+        days = np.arange(len(st)) * slot_days
+        labels = ["12 h", "1 d", "2 d", "3 d", "5 d", "7 d", "14 d", "30 d"][: st.shape[1]]
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        ax.stackplot(days, (st / total * 100).T, labels=labels, alpha=0.9)
+        ax.set(xlabel="day", ylabel="share of tracked responsive IPs (%)", ylim=(0, 100),
+               title=f"Figure 6 analog: back-off interval of responsive IPs (seed {r.seed})")
+        ax.legend(loc="upper left", fontsize=8, ncol=4)
+        paths.append(_save(fig, out / "fig6_backoff.png", plt))
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    days = np.arange(len(r.standard.attempts)) * slot_days
+    ax.plot(days, r.standard.attempts, label="standard", lw=1.2)
+    ax.plot(days, r.efficient.attempts, label="efficient", lw=1.2)
+    ax.set(xlabel="day", ylabel="IPs probed per 12 h round", title=f"Figure 7 analog: scan attempts (seed {r.seed})")
+    ax.set_ylim(bottom=0); ax.grid(alpha=0.3); ax.legend()
+    paths.append(_save(fig, out / "fig7_attempts.png", plt))
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for res in results:
+        cum = np.cumsum(res.efficient.bytes) / np.maximum(np.cumsum(res.standard.bytes), 1)
+        ax.plot(np.arange(1, len(cum) + 1) * slot_days, cum * 100, lw=1.2, label=f"seed {res.seed}")
+    ax.axhline(3.95, color="grey", ls=":", lw=1, label="paper, 8 weeks: 3.95 %")
+    ax.set(xlabel="day", ylabel="efficient / standard bytes so far (%)", title="Traffic ratio over time")
+    ax.set_ylim(bottom=0); ax.grid(alpha=0.3); ax.legend()
+    paths.append(_save(fig, out / "traffic_ratio_over_time.png", plt))
+
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7.5), sharey=True)
+    for ax, (title, cls, event) in zip(axes.ravel(), CHANGE_KINDS):
+        for run_name in ("standard", "efficient"):
+            samples = np.concatenate([delay_samples(res.world, getattr(res, run_name), cls, event) for res in results])
+            if not len(samples):
+                continue
+            xs = np.sort(samples[~np.isnan(samples)])
+            ax.step(xs / 24, np.arange(1, len(xs) + 1) / len(samples) * 100, where="post",
+                    label=f"{run_name} ({len(samples):,} changes)")
+        ax.set(xscale="log", title=title, xlim=(1e-2, 60))
+        ax.grid(alpha=0.3, which="both"); ax.legend(loc="upper left", fontsize=8)
+    for ax in axes[1]:
+        ax.set_xlabel("days from the change to its first detection")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("changes detected (%)")
+    fig.suptitle("Detection delay, all seeds (a curve ends below 100 % where changes were never seen)")
+    paths.append(_save(fig, out / "detection_delay.png", plt))
+    return paths
+
+
+def _save(fig, path: Path, plt) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

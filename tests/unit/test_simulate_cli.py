@@ -1,0 +1,61 @@
+"""``scanflow evaluate`` end to end on a small world: table, JSON, Parquet and plots."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from scanflow.cli import main
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("evaluate")
+    args = ["evaluate", "--ips", "3000", "--weeks", "2", "--seeds", "2", "--windows", "1",
+            "--survey-ips", "300000", "--out", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+def test_prints_a_table_per_seed_with_mean_min_and_the_papers_rows(run):
+    _, output = run
+    for text in ("period", "1w     1", "1w     2", "2w     mean", "2w     min", "paper, real network", "8.94 %"):
+        assert text in output, text
+
+
+def test_writes_metrics_json_with_every_seed_and_window(run):
+    out, _ = run
+    data = json.loads((out / "metrics.json").read_text())
+    assert set(data["windows"]) == {"1w", "2w"}
+    rows = data["windows"]["2w"]["per_seed"]
+    assert [r["seed"] for r in rows] == [1, 2]
+    for r in rows:
+        assert 0 < r["traffic_ratio"] < 1 and 0 < r["pdr"] <= 1 and 0 < r["ddr"] <= 1
+    assert data["port_sets"]["standard"] > data["port_sets"]["unknown"] > data["port_sets"]["silent"] > 0
+
+
+def test_writes_observations_found_and_events_as_parquet(run):
+    out, _ = run
+    obs = pq.read_table(out / "observations.parquet")
+    assert set(obs.column("policy").to_pylist()) == {"STANDARD", "EFFICIENT"}
+    assert obs.schema.field("open_ports").type.value_type.bit_width == 32
+    found = pq.read_table(out / "found.parquet")
+    assert set(found.column("seed").to_pylist()) == {1, 2}
+    assert pq.read_table(out / "events.parquet").num_rows > 0
+
+
+def test_writes_the_plots(run):
+    pytest.importorskip("matplotlib")
+    out, _ = run
+    for name in ("fig3_port_detection_vs_ports", "fig5_device_detection_vs_ports", "fig6_backoff", "fig7_attempts",
+                 "detection_delay", "traffic_ratio_over_time"):
+        assert (out / f"{name}.png").stat().st_size > 10_000, name
+
+
+def test_bad_world_parameter_is_a_usage_error(tmp_path):
+    result = CliRunner().invoke(main, ["evaluate", "--world", "nope=1", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "unknown world parameter" in result.output
