@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -40,8 +41,9 @@ def test_bad_set_is_a_usage_error_naming_the_key():
 def test_console_script_prints_one_line_error_without_traceback(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[infra]\nkafka_port = 70000\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCANFLOW_")}  # env would win
     proc = subprocess.run([sys.executable, "-m", "scanflow", "--config", str(bad), "config"],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env=env)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "infra.kafka_port: 70000 is outside 1024..65535" in proc.stderr
