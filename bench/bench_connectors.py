@@ -10,8 +10,9 @@ Run (the broker must be up: ``scanflow infra up``)::
     .venv/bin/python bench/bench_connectors.py [--events 200000] [--partitions 12] [--producers 2]
 
 Figures are events per second of wall-clock time, startup included (consumer connections, Beam
-pipeline construction, Prism job submission); the load average is printed because other work on the
-machine changes them.
+pipeline construction, Prism job submission), and events per CPU-second of this process (all its
+threads: the kafka-python I/O threads, the in-process Beam SDK worker), which other work on a busy
+machine disturbs much less; the load average is printed for the same reason.
 """
 
 from __future__ import annotations
@@ -69,26 +70,46 @@ def _produce_worker(settings: Settings, topic: str, n: int, offset: int, barrier
     return end - start
 
 
-def bench_produce(settings: Settings, topic: str, n: int, processes: int) -> dict[str, float]:
+class _Clock:
+    """Wall-clock and this process's CPU time (all threads) of a ``with`` block."""
+
+    def __enter__(self) -> "_Clock":
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall = time.perf_counter() - self._wall
+        self.cpu = time.process_time() - self._cpu
+
+    def rates(self, n: int) -> tuple[float, float]:
+        return n / self.wall, n / self.cpu if self.cpu > 0 else float("nan")
+
+
+Rates = tuple[float, float]  # events per wall-clock second, events per CPU-second of this process
+
+
+def bench_produce(settings: Settings, topic: str, n: int, processes: int) -> dict[str, Rates]:
     """Encode + send rates: one process, ``processes`` processes, and the two parts on their own."""
-    out: dict[str, float] = {}
+    out: dict[str, Rates] = {}
     events = make_events(n)
     codec = default_codec()
-    start = time.perf_counter()
-    encoded = [codec.encode("ScanEvent", e) for e in events]
-    out["encode only (validate + fastavro)"] = n / (time.perf_counter() - start)
+    with _Clock() as clock:
+        encoded = [codec.encode("ScanEvent", e) for e in events]
+    out["encode only (validate + fastavro)"] = clock.rates(n)
 
     producer = AvroProducer(settings.kafka)
     producer.send_bytes(topic, b"warm-up", b"")
     producer.flush()
-    start = time.perf_counter()
-    for event, value in zip(events, encoded):
-        producer.send_bytes(topic, event["ip"].encode(), value)
-    producer.flush()
-    out["send only (kafka-python, pre-encoded)"] = n / (time.perf_counter() - start)
+    with _Clock() as clock:
+        for event, value in zip(events, encoded):
+            producer.send_bytes(topic, event["ip"].encode(), value)
+        producer.flush()
+    out["send only (kafka-python, pre-encoded)"] = clock.rates(n)
     producer.close()
 
-    out["produce path (encode + send), 1 process"] = n / _produce_worker(settings, topic, n, n)
+    cpu = time.process_time()
+    wall = _produce_worker(settings, topic, n, n)
+    out["produce path (encode + send), 1 process"] = (n / wall, n / (time.process_time() - cpu))
     if processes > 1:
         # Separate processes, as separate agents would be: the GIL does not serialise them. The
         # clock runs from a common start (after imports and connection) to the last flush.
@@ -104,38 +125,37 @@ def bench_produce(settings: Settings, topic: str, n: int, processes: int) -> dic
         for w in workers:
             w.join()
         elapsed = max(end for _, end in spans) - min(start for start, _ in spans)
-        out[f"produce path (encode + send), {processes} processes"] = per * processes / elapsed
+        out[f"produce path (encode + send), {processes} processes"] = (per * processes / elapsed, float("nan"))
     return out
 
 
-def bench_raw_consume(settings: Settings, topic: str, n: int) -> float:
+def bench_raw_consume(settings: Settings, topic: str, n: int) -> Rates:
     """The baseline: one kafka-python consumer over every partition + decode, in a plain loop."""
     codec = AvroCodec()
     expect = frozenset(EVENT_SCHEMAS)
-    start = time.perf_counter()
-    consumer = make_consumer(settings.kafka)
-    tps = topic_partitions(consumer, [topic])
-    consumer.assign(tps)
-    consumer.seek_to_beginning(*tps)
-    seen = 0
-    while seen < n:
-        for batch in consumer.poll(timeout_ms=1000).values():
-            for record in batch:
-                codec.decode(record.value, expect)
-                seen += 1
-    elapsed = time.perf_counter() - start
+    with _Clock() as clock:
+        consumer = make_consumer(settings.kafka)
+        tps = topic_partitions(consumer, [topic])
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        seen = 0
+        while seen < n:
+            for batch in consumer.poll(timeout_ms=1000).values():
+                for record in batch:
+                    codec.decode(record.value, expect)
+                    seen += 1
     consumer.close()
-    return seen / elapsed
+    return clock.rates(seen)
 
 
-def bench_bounded(settings: Settings, topic: str, n: int) -> float:
+def bench_bounded(settings: Settings, topic: str, n: int) -> Rates:
     """ReadFromKafka (bounded) + DecodeRecords on the FnApiRunner, pipeline startup included."""
-    start = time.perf_counter()
-    with beam.Pipeline(runner=FnApiRunner()) as p:
-        decoded, _ = (p | "Read" >> ReadFromKafka(settings.kafka, topic, start="earliest", stop="end")
-                      | "Decode" >> DecodeRecords())
-        _ = decoded | "Count" >> beam.combiners.Count.Globally()
-    return n / (time.perf_counter() - start)
+    with _Clock() as clock:
+        with beam.Pipeline(runner=FnApiRunner()) as p:
+            decoded, _ = (p | "Read" >> ReadFromKafka(settings.kafka, topic, start="earliest", stop="end")
+                          | "Decode" >> DecodeRecords())
+            _ = decoded | "Count" >> beam.combiners.Count.Globally()
+    return clock.rates(n)
 
 
 class _CountPerBundle(beam.DoFn):
@@ -153,8 +173,12 @@ class _CountPerBundle(beam.DoFn):
                                 [GlobalWindow()])
 
 
-def _prism_run(settings: Settings, topic: str, progress_topic: str, n: int) -> float:
-    """Start a live read + decode on Prism; seconds from submission until ``n`` events are decoded."""
+def _prism_run(settings: Settings, topic: str, progress_topic: str, n: int) -> _Clock:
+    """Start a live read + decode on Prism; the time from submission until ``n`` events are decoded.
+
+    The SDK worker runs in this process (LOOPBACK), so the CPU time is the Python side's; Prism's
+    own (Go) process is not counted.
+    """
     from pipelines.runners import pipeline_options
 
     options = pipeline_options(settings, streaming=True, runner="prism")
@@ -169,26 +193,27 @@ def _prism_run(settings: Settings, topic: str, progress_topic: str, n: int) -> f
     consumer.assign(tps)
     consumer.seek_to_end(*tps)
     consumer.poll(timeout_ms=0)  # resolve the end positions before the pipeline writes
-    start = time.perf_counter()
-    result = p.run()
     seen = 0
     deadline = time.monotonic() + 600
-    try:
-        while seen < n and time.monotonic() < deadline:
-            for batch in consumer.poll(timeout_ms=100).values():
-                seen += sum(int(r.value) for r in batch)
-        elapsed = time.perf_counter() - start
-    finally:
-        result.cancel()
-        consumer.close()
+    with _Clock() as clock:
+        result = p.run()
+        try:
+            while seen < n and time.monotonic() < deadline:
+                for batch in consumer.poll(timeout_ms=100).values():
+                    seen += sum(int(r.value) for r in batch)
+        except BaseException:
+            result.cancel()
+            raise
+    result.cancel()
+    consumer.close()
     if seen < n:
         raise RuntimeError(f"Prism decoded {seen} of {n} events within 600 s")
-    return elapsed
+    return clock
 
 
 def bench_prism(settings: Settings, topic: str, empty_topic: str, progress_topic: str,
-                n: int) -> tuple[float, float, float]:
-    """Live read + decode on Prism: (rate incl. job start, job start latency s, rate without it).
+                n: int) -> tuple[Rates, float, Rates]:
+    """Live read + decode on Prism: (rates incl. job start, job start in s, rates without it).
 
     The job start (submission, SDK worker, consumers, first bundle) is measured by the same pipeline
     on a topic holding a single event, and subtracted.
@@ -197,7 +222,8 @@ def bench_prism(settings: Settings, topic: str, empty_topic: str, progress_topic
         producer.send(empty_topic, "ScanEvent", make_events(1)[0])
     startup = _prism_run(settings, empty_topic, progress_topic, 1)
     total = _prism_run(settings, topic, progress_topic, n)
-    return n / total, startup, n / max(total - startup, 1e-9)
+    steady = (n / max(total.wall - startup.wall, 1e-9), n / max(total.cpu - startup.cpu, 1e-9))
+    return total.rates(n), startup.wall, steady
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -225,21 +251,20 @@ def main(argv: list[str] | None = None) -> None:
             for event in make_events(n):
                 producer.send(read_topic, "ScanEvent", event)
 
-        rows: list[tuple[str, float]] = []
-        for name, rate in bench_produce(settings, scratch_topic, n, args.producers).items():
-            rows.append((name, rate))
+        rows: list[tuple[str, Rates]] = list(bench_produce(settings, scratch_topic, n, args.producers).items())
         raw = bench_raw_consume(settings, read_topic, n)
         rows.append(("raw baseline: kafka-python consume + decode", raw))
-        bounded = bench_bounded(settings, read_topic, n)
-        rows.append(("Beam bounded read + decode, FnApiRunner", bounded))
+        rows.append(("Beam bounded read + decode, FnApiRunner", bench_bounded(settings, read_topic, n)))
         if not args.skip_prism:
             total, startup, steady = bench_prism(settings, read_topic, primer_topic, progress_topic, n)
             rows.append(("Beam live read + decode, Prism (incl. job start)", total))
             rows.append((f"Beam live read + decode, Prism (without the {startup:.1f} s job start)", steady))
         width = max(len(name) for name, _ in rows)
-        for name, rate in rows:
-            ratio = f"  {rate / raw:5.2f} x raw" if "Beam" in name else ""
-            print(f"  {name:<{width}}  {rate:>10,.0f} events/s{ratio}")
+        print(f"  {'':<{width}}  {'events/s':>10}  {'vs raw':>6}  {'events/CPU-s':>12}")
+        for name, (rate, per_cpu) in rows:
+            ratio = f"{rate / raw[0]:5.2f}x" if "Beam" in name else ""
+            cpu = f"{per_cpu:12,.0f}" if per_cpu == per_cpu else f"{'-':>12}"
+            print(f"  {name:<{width}}  {rate:>10,.0f}  {ratio:>6}  {cpu}")
         print(f"load average {os.getloadavg()[0]:.2f} at end")
     finally:
         admin.delete_topics([read_topic, scratch_topic, progress_topic, primer_topic])
