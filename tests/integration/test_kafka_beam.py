@@ -12,7 +12,6 @@ import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms import window
-from kafka import TopicPartition
 
 from connectors.avro_codec import make_record
 from connectors.beam_kafka import DecodeRecords, ReadFromKafka, WriteToKafka
