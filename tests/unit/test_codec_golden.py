@@ -54,6 +54,15 @@ SAMPLES = {
         "last_seen_at": T0, "last_scanned_at": T0, "last_changed_at": T0 - 86_400_000_000,
         "next_scan_at": T0 + 172_800_000_000, "updated_at": T0,
     },
+    ("IpState", 2): {
+        "ip": "198.18.0.7", "status": "RESPONSIVE_ESTIMATED", "policy": "EFFICIENT",
+        "device": "vendor-x/router-y", "fingerprint": "b3f1", "open_ports": [23, 80, 7547],
+        "port_digests": [{"port": 23, "digest": "0a1b"}, {"port": 80, "digest": "2c3d"}],
+        "probed": {"name": "responsive", "version": 3, "ports": []},
+        "backoff_step": 2, "silent_rounds": 0, "first_seen_at": T0 - 86_400_000_000,
+        "last_seen_at": T0, "last_scanned_at": T0, "last_changed_at": T0 - 86_400_000_000,
+        "next_scan_at": T0 + 172_800_000_000, "updated_at": T0,
+    },
     ("Observation", 1): {
         "ip": "198.51.100.7", "scan_id": "scan-0001", "agent_id": "agent-7", "command_id": "cmd-0001",
         "policy": "EFFICIENT", "started_at": T0, "ended_at": T0 + 2_500_000, "port_set": INLINE,

@@ -77,6 +77,8 @@ def test_shared_named_types_are_identical_across_files():
     definitions: dict[str, list] = {}
     for sv in ALL_VERSIONS:
         for full, defs in _named_types(sv.schema).items():
+            if full == f"scanflow.{sv.name}":  # a schema's own record differs between its versions
+                continue
             definitions.setdefault(full, []).extend(json.dumps(d, sort_keys=True) for d in defs)
     shared = {full: set(texts) for full, texts in definitions.items() if len(texts) > 1}
     assert "scanflow.PortSet" in shared and "scanflow.ScanPolicy" in shared
