@@ -28,6 +28,7 @@ from scanflow.metrics import ByteModel
 from scanflow.policy import IpStatus, Observation
 from scanflow.portsets import PortSet
 from scanflow.world.banners import NO_BANNER, RESPONSE_BYTES
+from scanflow.world.hosts import csr_gather
 from scanflow.world.model import PortMasks, World
 
 SCANNER_STANDARD, SCANNER_EFFICIENT = 1, 2
@@ -151,36 +152,55 @@ def cover(world: World, schedule: Schedule, efficient: bool) -> tuple[np.ndarray
 
 def run_standard(world: World, schedule: Schedule, standard: PortSet, byte_model: ByteModel = ByteModel(),
                  *, loss: float | None = None, record: bool = False) -> PolicyRun:
-    """The standard scan in closed form: every address, every round, the standard set."""
-    masks = PortMasks()
-    mid = masks.id_for(standard.ref, standard.ports)
-    seg, k = cover(world, schedule, efficient=False)
-    times = k * schedule.slot + schedule.offset_std[world.segments.ip[seg]]
-    row, entry = world.answers(seg, masks.matrix, np.full(len(seg), mid), times, SCANNER_STANDARD, loss)
-    n = world.n_ips
+    """The standard scan in closed form: every address, every round, the standard set.
+
+    Works per (segment, round) pair with each profile's standard ports computed once, so a honeypot's
+    thousands of ports are not expanded per round unless packet loss or records need them.
+    """
+    prof = world.profiles
+    in_set = np.zeros(65536, dtype=bool)
+    in_set[np.fromiter(standard.ports, dtype=np.int64)] = True
+    owner = np.repeat(np.arange(len(prof), dtype=np.int64), prof.n_ports)
+    kept = np.flatnonzero(in_set[prof.port])
+    ptr = np.zeros(len(prof) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(owner[kept], minlength=len(prof)), out=ptr[1:])
     cost = open_costs(world, byte_model)
+    seg, k = cover(world, schedule, efficient=False)
+    ip = world.segments.ip[seg]
+    times = k * schedule.slot + schedule.offset_std[ip]
+    p = world.seg_profile[seg]
+    hit = np.flatnonzero(ptr[p + 1] > ptr[p])
+    loss = world.config.loss if loss is None else loss
     nr = schedule.n_slots
-    probes = np.full(nr, n * len(standard), dtype=np.int64)
-    found_bytes = np.bincount(k[row], weights=cost[entry], minlength=nr)
-    ips = world.segments.ip[seg[row]]
-    codes = (ips << 16) | world.profiles.port[entry].astype(np.int64)
-    cells, cell_round = _first_rounds(codes, k[row])
     detected = np.full(len(world.segments), -1, dtype=np.int64)
-    if len(row):
-        first = np.ones(len(row), dtype=bool)
-        first[1:] = row[1:] != row[:-1]
-        hit_rows = row[first]
-        # pairs are sorted by round, so the first answering pair of a segment is its earliest
-        segs, idx = np.unique(seg[hit_rows], return_index=True)
-        detected[segs] = times[hit_rows][idx]
     records = None
-    if record and len(row):
-        starts = np.flatnonzero(np.r_[True, row[1:] != row[:-1]])
-        hit = row[starts]
-        records = {"ip": world.segments.ip[seg[hit]], "t": times[hit], "round": k[hit],
-                   "open_ports": np.split(world.profiles.port[entry], starts[1:])}
-    return PolicyRun("STANDARD", cells, cell_round, np.full(nr, n, dtype=np.int64), probes,
-                     probes * byte_model.syn + found_bytes.astype(np.int64), detected, records=records)
+    if loss > 0 or record:
+        row, pos = csr_gather(ptr, p[hit])
+        row, entry = hit[row], kept[pos]
+        if loss > 0 and len(row):
+            ok = world.delivered(ip[row], prof.port[entry], times[row], SCANNER_STANDARD, loss)
+            row, entry = row[ok], entry[ok]
+        found_bytes = np.bincount(k[row], weights=cost[entry], minlength=nr)
+        cells, cell_round = _first_rounds((ip[row] << 16) | prof.port[entry].astype(np.int64), k[row])
+        answered = np.unique(row)  # pair indices, sorted by round
+        segs, idx = np.unique(seg[answered], return_index=True)
+        detected[segs] = times[answered][idx]
+        if record and len(row):
+            starts = np.flatnonzero(np.r_[True, row[1:] != row[:-1]])
+            first = row[starts]
+            records = {"ip": ip[first], "t": times[first], "round": k[first],
+                       "open_ports": np.split(prof.port[entry], starts[1:])}
+    else:
+        cost_of_profile = np.bincount(owner[kept], weights=cost[kept], minlength=len(prof))
+        found_bytes = np.bincount(k, weights=cost_of_profile[p], minlength=nr)
+        segs, idx = np.unique(seg[hit], return_index=True)  # first answering round of each segment
+        detected[segs] = times[hit][idx]
+        row, pos = csr_gather(ptr, world.seg_profile[segs])
+        codes = (world.segments.ip[segs][row] << 16) | prof.port[kept[pos]].astype(np.int64)
+        cells, cell_round = _first_rounds(codes, k[hit][idx][row])
+    probes = np.full(nr, world.n_ips * len(standard), dtype=np.int64)
+    return PolicyRun("STANDARD", cells, cell_round, np.full(nr, world.n_ips, dtype=np.int64), probes,
+                     probes * byte_model.syn + np.round(found_bytes).astype(np.int64), detected, records=records)
 
 
 def _first_rounds(codes: np.ndarray, rounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

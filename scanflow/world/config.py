@@ -64,8 +64,10 @@ class WorldConfig:
     sporadic_duty: float = 0.08
 
     #: Share of devices that are models of the knowledge base (banners carry their keywords); the rest
-    #: are devices it does not know. Paper: only ~3 % of responsive IPs are estimable ([10], Table 5).
-    known_share: float = 0.03
+    #: are devices it does not know. Fitted so that the estimator recognises the model of ~3 % of the
+    #: responsive IPs (paper: only ~3 % are estimable, [10] and Table 5); some keywords are shared by
+    #: sibling models, so slightly more than 3 % must be known.
+    known_share: float = 0.035
     #: Share of a known model's own ports that a device instance has open (at least one is kept).
     known_port_keep: float = 0.85
     #: Mean number of extra ports, drawn from the popularity law, on a known device. *Assumption*.

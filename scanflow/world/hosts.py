@@ -67,13 +67,7 @@ class HostProfiles:
     def entries_of(self, profiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """All entries of the given profiles: ``(row, entry)`` with ``row`` the index into
         ``profiles`` each entry belongs to (vectorised CSR gather)."""
-        profiles = np.asarray(profiles, dtype=np.int64)
-        start = self.ptr[profiles]
-        count = self.ptr[profiles + 1] - start
-        row = np.repeat(np.arange(len(profiles), dtype=np.int64), count)
-        first = np.repeat(np.cumsum(count) - count, count)
-        entry = np.repeat(start, count) + (np.arange(len(row), dtype=np.int64) - first)
-        return row, entry
+        return csr_gather(self.ptr, profiles)
 
     def keyword_of(self, i: int) -> str | None:
         """The device keyword instance ``i`` shows in its banners (None for unknown devices)."""
@@ -88,6 +82,17 @@ class HostProfiles:
         return B.render(int(self.proto[entry]), int(self.choice[entry]), keyword=self.keyword_of(profile),
                         token=int(self.token[profile] if token is None else token), seed=seed, ip=ip,
                         port=int(self.port[entry]), t=t)
+
+
+def csr_gather(ptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For CSR offsets ``ptr`` and selected ``rows``: ``(i, position)`` for every element of every
+    selected row, ``i`` indexing ``rows``, in row order (vectorised, no Python loop)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    start = ptr[rows]
+    count = ptr[rows + 1] - start
+    i = np.repeat(np.arange(len(rows), dtype=np.int64), count)
+    first = np.repeat(np.cumsum(count) - count, count)
+    return i, np.repeat(start, count) + (np.arange(len(i), dtype=np.int64) - first)
 
 
 def make_profiles(rng: np.random.Generator, kinds: np.ndarray, config: WorldConfig,

@@ -160,11 +160,16 @@ class World:
         row, entry = row[keep], entry[keep]
         loss = self.config.loss if loss is None else loss
         if loss > 0 and len(row):
-            u = B.hash_uniform(self.seed, 0x1055 + scanner, self.segments.ip[seg[row]],
-                               self.profiles.port[entry], np.asarray(times, dtype=np.int64)[row])
-            keep = u >= loss
+            keep = self.delivered(self.segments.ip[seg[row]], self.profiles.port[entry],
+                                  np.asarray(times, dtype=np.int64)[row], scanner, loss)
             row, entry = row[keep], entry[keep]
         return row, entry
+
+    def delivered(self, ips: np.ndarray, ports: np.ndarray, times: np.ndarray, scanner: int,
+                  loss: float) -> np.ndarray:
+        """True where the probe of (ip, port) at ``times`` by ``scanner`` is not lost (probability
+        ``loss`` each, independent, a pure function of the world's seed and the probe)."""
+        return B.hash_uniform(self.seed, 0x1055 + scanner, ips, ports, times) >= loss
 
     def banner(self, seg: int, entry: int, t: int) -> bytes | None:
         """The banner of profile entry ``entry`` of segment ``seg``'s device, read at time ``t``."""

@@ -132,8 +132,11 @@ def test_the_closed_form_standard_scan_equals_the_standard_policy_run_through_de
     closed = run_standard(world, sched, sets.standard)
     looped = run_policy(world, sched, StandardPolicy(sets), scanner=SCANNER_STANDARD)
     assert looped.decisions > 0
+    recorded = run_standard(world, sched, sets.standard, record=True)
     for name in ("cells", "cell_round", "attempts", "probes", "bytes", "detected"):
         assert np.array_equal(getattr(closed, name), getattr(looped, name)), name
+        assert np.array_equal(getattr(closed, name), getattr(recorded, name)), name
+    assert len(recorded.records["ip"]) == len(set(zip(recorded.records["ip"].tolist(), recorded.records["round"].tolist())))
 
 
 def test_standard_against_itself_is_exactly_100_percent(small):
