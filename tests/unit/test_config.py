@@ -17,11 +17,11 @@ def test_defaults_are_the_local_stack():
 
 def test_precedence_file_then_environment_then_set(tmp_path):
     cfg = tmp_path / "scanflow.toml"
-    cfg.write_text('[kafka]\nbootstrap_servers = "10.0.0.1:9092"\nclient_id = "from-file"\n'
+    cfg.write_text('[kafka]\nbootstrap_servers = "198.18.0.1:9092"\nclient_id = "from-file"\n'
                    '[infra]\nkafka_port = 19092\n')
     env = {"SCANFLOW_KAFKA_CLIENT_ID": "from-env", "SCANFLOW_INFRA_STATUS_TIMEOUT_S": "5.5"}
     s = load_settings(cfg, {"kafka.client_id": "from-cli"}, environ=env)
-    assert s.kafka.bootstrap_servers == "10.0.0.1:9092"  # file
+    assert s.kafka.bootstrap_servers == "198.18.0.1:9092"  # file
     assert s.infra.kafka_port == 19092                   # file, coerced to int
     assert s.infra.status_timeout_s == 5.5               # environment, coerced to float
     assert s.kafka.client_id == "from-cli"               # --set wins
