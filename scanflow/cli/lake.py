@@ -1,0 +1,204 @@
+"""``scanflow query``, ``scanflow report``, ``scanflow replay`` and ``scanflow lake``: the data users live in.
+
+I/O packages (DuckDB, pyarrow, Beam) are imported inside the commands so ``scanflow --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from scanflow.cli import CliContext, pass_ctx
+
+_LAKE_HELP = "Lake root directory (default: the [lake] root setting)."
+
+
+def _root(obj: CliContext, lake: str | None) -> Path:
+    from connectors.lake_settings import lake_settings
+
+    return Path(lake) if lake else lake_settings(obj.settings).root_path()
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"scanflow: error: {message}", err=True)
+    sys.exit(code)
+
+
+@click.command("query")
+@click.argument("sql")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option("--lake", default=None, help=_LAKE_HELP)
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None,
+              help="Write the result to this file instead of standard output.")
+@click.option("--max-width", type=click.IntRange(min=8), default=60, show_default=True,
+              help="Widest cell in --format table (longer ones are cut).")
+@pass_ctx
+def query(obj: CliContext, sql: str, fmt: str, lake: str | None, out_file: str | None, max_width: int) -> None:
+    """Run SQL on the lake's DuckDB views: events, scans, observations, decisions, ip_state, their
+    *_dedup views, ip_state_latest and responses. Text and banners are shown escaped; select
+    hex(banner) for the raw bytes."""
+    from connectors.duckdb_catalog import Catalog
+    from connectors.report import format_table
+
+    import duckdb
+
+    with Catalog(_root(obj, lake)) as cat:
+        try:
+            result = cat.sql(sql)
+        except duckdb.Error as exc:
+            _fail(f"query failed: {str(exc).splitlines()[0]}", 2)
+    text = format_table(result, fmt, max_width=max_width)
+    if out_file:
+        Path(out_file).write_text(text, encoding="utf-8")
+        click.echo(f"{result.num_rows} rows -> {out_file}")
+    else:
+        click.echo(text, nl=False)
+
+
+@click.command("report")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Directory for index.html, PNG and CSV.")
+@click.option("--lake", default=None, help=_LAKE_HELP)
+@click.option("--start", default=None, help="Only data from this time (ISO 8601 or epoch seconds).")
+@click.option("--end", default=None, help="Only data before this time.")
+@click.option("--no-plots", is_flag=True, help="Skip the PNG plots (no matplotlib needed).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="DuckDB threads (default: all cores).")
+@pass_ctx
+def report(obj: CliContext, out_dir: str, lake: str | None, start: str | None, end: str | None,
+           no_plots: bool, threads: int | None) -> None:
+    """Write the canned report: port ranking (Table 1), derived port sets, traffic and detection
+    rates (Table 4), responsive and change rates, back-off (Figure 6), attempts (Figure 7), banners."""
+    from connectors.report import build_report
+
+    root = _root(obj, lake)
+    try:
+        result = build_report(root, out_dir, start=start, end=end, threads=threads, plots=not no_plots)
+    except (RuntimeError, ValueError) as exc:
+        _fail(str(exc))
+    total = sum(result.timings.values())
+    click.echo(f"report: {result.index} ({len(result.files)} files, {total:.1f} s)")
+
+
+@click.command("replay")
+@click.option("--lake", default=None, help="Lake holding the recorded scan (default: the [lake] root setting).")
+@click.option("--out", "out_lake", default=None, help="Lake to write the replay's observations and decisions to.")
+@click.option("--policy", type=click.Choice(["efficient", "standard"]), default="efficient", show_default=True)
+@click.option("--counterfactual/--no-counterfactual", default=True, show_default=True,
+              help="Let the policy see only the (IP, port, round) cells it would have probed.")
+@click.option("--source-policy", default="STANDARD", show_default=True, help="Policy of the recorded scan.")
+@click.option("--start", default=None, help="Replay rounds from this time (ISO 8601 or epoch seconds).")
+@click.option("--end", default=None, help="Replay rounds before this time.")
+@click.option("--topic", default=None, help="Replay from this Kafka topic instead of the lake (events topic).")
+@click.option("--from-offset", "from_offsets", multiple=True, metavar="PARTITION=OFFSET",
+              help="Start offset of a partition (repeatable; others start at the beginning).")
+@click.option("--to-offset", "to_offsets", multiple=True, metavar="PARTITION=OFFSET",
+              help="Stop offset (exclusive) of a partition (repeatable; others stop at the current end).")
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+@pass_ctx
+def replay(obj: CliContext, lake, out_lake, policy, counterfactual, source_policy, start, end, topic,
+           from_offsets, to_offsets, as_json) -> None:
+    """Replay a recorded scan through a policy, on the bounded Beam pipeline (FnApiRunner), and
+    compare it with the recording (Table 4 style). With --topic the recorded range is read from
+    Kafka (offsets per partition, or --start/--end as a time range); otherwise from the lake's
+    observations."""
+    import json
+
+    from pipelines.replay import ReplaySpec, run_replay
+
+    try:
+        spec = ReplaySpec(policy=policy.upper(), counterfactual=counterfactual, source_policy=source_policy.upper(),
+                          start=start, end=end, topic=topic, start_offsets=_offsets(topic, from_offsets),
+                          stop_offsets=_offsets(topic, to_offsets))
+        result = run_replay(obj.settings, spec, lake=str(_root(obj, lake)), out_lake=out_lake)
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    if as_json:
+        click.echo(json.dumps(result.as_dict(), indent=1, default=str))
+    else:
+        for line in result.lines():
+            click.echo(line)
+
+
+def _offsets(topic: str | None, items: tuple[str, ...]) -> dict[tuple[str, int], int] | None:
+    if not items:
+        return None
+    if not topic:
+        raise ValueError("--from-offset/--to-offset need --topic")
+    out = {}
+    for item in items:
+        partition, sep, offset = item.partition("=")
+        if not sep or not partition.strip().isdigit() or not offset.strip().isdigit():
+            raise ValueError(f"{item!r}: write PARTITION=OFFSET, e.g. 0=1200")
+        out[(topic, int(partition))] = int(offset)
+    return out
+
+
+@click.group("lake")
+def lake() -> None:
+    """Look after the Parquet lake: archive the events topic, compact, show what it holds."""
+
+
+@lake.command("compact")
+@click.option("--lake", "lake_dir", default=None, help=_LAKE_HELP)
+@click.option("--table", "tables", multiple=True,
+              type=click.Choice(["events", "scans", "observations", "decisions", "ip_state"]),
+              help="Compact only this table (repeatable; default: all).")
+@click.option("--keep-duplicates", is_flag=True, help="Merge files without dropping duplicate keys.")
+@pass_ctx
+def lake_compact(obj: CliContext, lake_dir: str | None, tables: tuple[str, ...], keep_duplicates: bool) -> None:
+    """Merge each hour partition's small files into files of about lake.target_file_mb, dropping
+    duplicate keys; safe to run while writers and queries run."""
+    from connectors.lake_settings import lake_settings
+    from connectors.parquet_lake import compact
+
+    results = compact(_root(obj, lake_dir), tables or None, lake_settings(obj.settings), dedupe=not keep_duplicates)
+    for r in results:
+        if r.skipped:
+            click.echo(f"{r.table}: skipped ({r.skipped})")
+        else:
+            click.echo(f"{r.table}: {r.partitions} partitions compacted, files {r.files_before} -> {r.files_after}, "
+                       f"rows {r.rows_before:,} -> {r.rows_after:,}")
+
+
+@lake.command("info")
+@click.option("--lake", "lake_dir", default=None, help=_LAKE_HELP)
+@pass_ctx
+def lake_info(obj: CliContext, lake_dir: str | None) -> None:
+    """Files, rows and distinct rows of each table."""
+    from connectors.duckdb_catalog import Catalog
+
+    root = _root(obj, lake_dir)
+    with Catalog(root) as cat:
+        click.echo(f"lake {root}")
+        for name, c in cat.counts().items():
+            click.echo(f"{name:<13} {c['files']:>7,} files {c['rows']:>14,} rows {c['unique']:>14,} distinct")
+
+
+@lake.command("archive")
+@click.option("--lake", "lake_dir", default=None, help=_LAKE_HELP)
+@click.option("--topic", default=None, help="Events topic (default: topics.events).")
+@click.option("--live", is_flag=True, help="Keep archiving new records (consumer group scanflow-archive).")
+@click.option("--start", default=None, help="Bounded: first record time (ISO 8601 or epoch seconds).")
+@click.option("--end", default=None, help="Bounded: records before this time (default: up to the current end).")
+@pass_ctx
+def lake_archive(obj: CliContext, lake_dir: str | None, topic: str | None, live: bool, start: str | None,
+                 end: str | None) -> None:
+    """Archive the events topic (ScanEvent, ScanDone) into the lake's events and scans tables."""
+    from connectors.duckdb_catalog import as_time
+    from pipelines.archive import run_archive
+
+    def ms(value):
+        t = as_time(value)
+        return None if t is None else int(t.timestamp() * 1000)
+
+    if live and (start or end):
+        _fail("--live reads from the group's committed offsets; leave out --start/--end", 2)
+    result = run_archive(obj.settings, root=str(_root(obj, lake_dir)), topic=topic,
+                         stop=None if live else ("end" if end is None else None),
+                         start_time_ms=ms(start), stop_time_ms=ms(end))
+    if result is not None:
+        click.echo(f"archived {result.rows:,} records into {result.files} files; {result.dead_letters} dead letters")
+
+
+COMMANDS = [query, report, replay, lake]
