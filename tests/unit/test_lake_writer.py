@@ -62,6 +62,8 @@ FULL_RECORDS = {
                              command_id="c2"),
     "ip_state": make_record("IpState", ip="10.0.0.9", status="RESPONSIVE_UNESTIMATED", policy="EFFICIENT",
                             fingerprint="ab", open_ports=[22, 80], backoff_step=3, silent_rounds=0,
+                            port_digests=[{"port": 22, "digest": "d22"}, {"port": 80, "digest": "d80"}],
+                            probed={"name": "unknown", "version": 2, "ports": []},
                             first_seen_at=T0, last_seen_at=T0 + 1, last_scanned_at=None, last_changed_at=T0,
                             next_scan_at=T0 + 3 * 86_400_000_000, updated_at=T0 + 2),
 }
@@ -70,8 +72,8 @@ FULL_RECORDS = {
 def _flatten(record: dict) -> dict:
     out = {}
     for k, v in record.items():
-        if k == "port_set":
-            out.update({f"port_set_{sub}": v[sub] for sub in ("name", "version", "ports")})
+        if isinstance(v, dict):  # a nested record (PortSet): one column per field
+            out.update({f"{k}_{sub}": value for sub, value in v.items()})
         else:
             out[k] = v
     return out
