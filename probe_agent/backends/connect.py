@@ -1,0 +1,245 @@
+"""The ``connect`` backend: asyncio TCP connect and banner grab. No root needed.
+
+Each probe is one TCP connection made by the kernel: SYN, and on success one read of what the
+service says (greeting ports), or one harmless request and its answer (HTTP ``GET /``, RTSP
+``OPTIONS``; see :mod:`probe_agent.banners`), cut at the banner cap, then a normal close.
+
+Packets and bytes are taken from the kernel's own counters (``TCP_INFO``: segments and payload sent,
+SYN retransmissions included) plus the close (FIN, and the ACK of the peer's FIN), at the IP layer:
+60 bytes for an IPv4 SYN with its options, 52 for other segments with timestamps (80/72 on IPv6).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import resource
+import socket
+import struct
+import time
+
+from probe_agent.backends import Backend, BackendError, Job, Probe, ProbeResult, ProbeStatus
+from probe_agent.banners import Ask, ask_for, identify, request_for
+from probe_agent.settings import AgentSettings
+
+# struct tcp_info offsets (linux/tcp.h): tcpi_segs_out (u32) and tcpi_bytes_sent (u64, Linux 4.19+).
+_SEGS_OUT = 136
+_BYTES_SENT = 200
+_TCP_INFO_LEN = 232
+_UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN}
+
+
+def _tcp_counters(sock: socket.socket) -> tuple[int, int] | None:
+    """(segments sent, payload bytes sent) from TCP_INFO, or None where unavailable."""
+    try:
+        raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
+    except (OSError, AttributeError):
+        return None
+    if len(raw) < _BYTES_SENT + 8:
+        return None
+    return struct.unpack_from("I", raw, _SEGS_OUT)[0], struct.unpack_from("Q", raw, _BYTES_SENT)[0]
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class ConnectGrabber:
+    """Connects to one (ip, port), grabs the banner, counts what it sent. Used by ``connect`` and by
+    ``masscan``'s second phase."""
+
+    def __init__(self, settings: AgentSettings):
+        self.settings = settings
+
+    def _socket(self, ip: str) -> socket.socket:
+        family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            # Bound the kernel's SYN retransmissions: a scanner needs one answer, not six tries.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_SYNCNT, self.settings.syn_retries)
+        except (OSError, AttributeError):
+            pass
+        if self.settings.interface:
+            # Packets can leave only through this interface, whatever the routing table says.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.settings.interface.encode())
+        return sock
+
+    async def grab(self, ip: str, port: int) -> ProbeResult:
+        """Probe ``ip:port``; never raises for network outcomes (they are statuses)."""
+        s = self.settings
+        v6 = ":" in ip
+        syn_bytes, seg_bytes = (80, 72) if v6 else (60, 52)
+        loop = asyncio.get_running_loop()
+        try:
+            sock = self._socket(ip)
+        except OSError as exc:
+            return ProbeResult(ip, port, ProbeStatus.ERROR, packets=0, bytes=0, error=f"socket: {exc}")
+        try:
+            try:
+                await asyncio.wait_for(loop.sock_connect(sock, (ip, port)), s.connect_timeout_s)
+            except ConnectionRefusedError:
+                return ProbeResult(ip, port, ProbeStatus.CLOSED, packets=1, bytes=syn_bytes,
+                                   timestamp_us=_now_us())
+            except (TimeoutError, asyncio.TimeoutError):
+                counters = _tcp_counters(sock)
+                syns = counters[0] if counters and counters[0] else 1 + s.syn_retries
+                return ProbeResult(ip, port, ProbeStatus.TIMEOUT, packets=syns, bytes=syns * syn_bytes,
+                                   timestamp_us=_now_us())
+            except OSError as exc:
+                if exc.errno in _UNREACHABLE:
+                    sent = 0 if exc.errno == errno.ENETUNREACH else 1
+                    return ProbeResult(ip, port, ProbeStatus.UNREACHABLE, packets=sent,
+                                       bytes=sent * syn_bytes, error=str(exc), timestamp_us=_now_us())
+                return ProbeResult(ip, port, ProbeStatus.ERROR, packets=0, bytes=0, error=str(exc))
+            opened_us = _now_us()
+            banner, eof, protocol, first_us = await self._read_banner(loop, sock, ip, port)
+            counters = _tcp_counters(sock)
+        finally:
+            sock.close()
+        # Closing sent a FIN, and will ACK the peer's FIN unless the peer closed first (that ACK was
+        # already sent and counted by the kernel).
+        close_packets = 1 if eof else 2
+        if counters:
+            segs, payload = counters
+        else:  # no TCP_INFO: SYN, ACK, and one segment for a request
+            segs, payload = 2, 0
+        packets = segs + close_packets
+        nbytes = syn_bytes + (packets - 1) * seg_bytes + payload
+        cap = s.banner_cap
+        result = ProbeResult(ip, port, ProbeStatus.OPEN, packets=packets, bytes=nbytes,
+                             timestamp_us=first_us or opened_us)
+        if banner:
+            result.kind = "BANNER"
+            result.banner = bytes(banner[:cap])
+            result.banner_truncated = len(banner) > cap
+            result.protocol = protocol or identify(result.banner)
+        else:
+            result.kind = "SYN_ACK"
+        return result
+
+    async def _read_banner(self, loop, sock: socket.socket, ip: str, port: int):
+        """Read the greeting or the answer to one request: (bytes, eof, protocol, first byte time)."""
+        s = self.settings
+        deadline = loop.time() + s.read_timeout_s
+        ask = ask_for(port, s.ask_unknown)
+        buf = bytearray()
+        protocol: str | None = None
+        first_us = 0
+        eof = False
+
+        async def read(timeout: float) -> bool:
+            """One read; False on timeout or EOF."""
+            nonlocal eof, first_us
+            timeout = min(timeout, deadline - loop.time())
+            if timeout <= 0:
+                return False
+            try:
+                chunk = await asyncio.wait_for(loop.sock_recv(sock, s.banner_cap + 1 - len(buf)), timeout)
+            except (TimeoutError, asyncio.TimeoutError):
+                return False
+            except OSError:
+                eof = True
+                return False
+            if not chunk:
+                eof = True
+                return False
+            if not first_us:
+                first_us = _now_us()
+            buf.extend(chunk)
+            return True
+
+        async def send(kind: Ask) -> None:
+            nonlocal protocol
+            request = request_for(kind, ip, port, s.contact)
+            if request is None:
+                return
+            try:
+                await asyncio.wait_for(loop.sock_sendall(sock, request[0]), max(0.01, deadline - loop.time()))
+                protocol = request[1]
+            except (OSError, TimeoutError, asyncio.TimeoutError):
+                pass
+
+        if ask in (Ask.HTTP, Ask.RTSP):
+            await send(ask)
+            got = await read(s.read_timeout_s)
+        else:
+            got = await read(s.passive_wait_s)
+            if not got and not eof and ask is Ask.LISTEN_THEN_HTTP:
+                await send(ask)
+                got = await read(s.read_timeout_s)
+        # Keep reading while data flows (multi-line greetings, HTTP bodies), up to the cap.
+        while got and len(buf) <= s.banner_cap:
+            got = await read(s.idle_gap_s)
+        return buf, eof, protocol, first_us
+
+
+class ConnectBackend(Backend):
+    """Asyncio TCP connect + banner grab, ``concurrency`` connections in flight at most."""
+
+    name = "connect"
+
+    def __init__(self, settings: AgentSettings):
+        super().__init__(settings)
+        self.grabber = ConnectGrabber(settings)
+        self._sem: asyncio.Semaphore | None = None
+
+    async def open(self) -> None:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = self.settings.concurrency + 256
+        if soft < want:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
+            except (ValueError, OSError):
+                pass
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            if soft < want:
+                raise BackendError(f"connect: {self.settings.concurrency} concurrent connections need "
+                                   f"{want} open files but the limit is {soft}; lower agent.concurrency "
+                                   "or raise `ulimit -n`")
+        self._sem = asyncio.Semaphore(self.settings.concurrency)
+
+    async def run(self, job: Job) -> None:
+        if self._sem is None:
+            await self.open()
+        sem = self._sem
+        tasks: set[asyncio.Task] = set()
+        probes = job.probes().__aiter__()
+        try:
+            while not job.stopping:
+                # The slot first, then the probe: a token is spent only when the probe can go out.
+                await sem.acquire()
+                try:
+                    probe = await probes.__anext__()
+                except StopAsyncIteration:
+                    sem.release()
+                    break
+                except BaseException:
+                    sem.release()
+                    raise
+                task = asyncio.create_task(self._one(job, probe, sem))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if tasks:
+                await asyncio.gather(*tasks)
+        except asyncio.CancelledError:
+            for task in list(tasks):
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        finally:
+            await probes.aclose()
+
+    async def _one(self, job: Job, probe: Probe, sem: asyncio.Semaphore) -> None:
+        try:
+            result = await self.grabber.grab(probe.ip, probe.port)
+        except asyncio.CancelledError:
+            # The SYN went out: account it even though the probe was abandoned.
+            job.report(ProbeResult(probe.ip, probe.port, ProbeStatus.TIMEOUT, packets=1,
+                                   bytes=80 if ":" in probe.ip else 60, target=probe.target,
+                                   error="abandoned"))
+            raise
+        finally:
+            sem.release()
+        result.target = probe.target
+        job.report(result)

@@ -1,0 +1,117 @@
+"""The connect grabber against real sockets on 127.0.0.1 (in-process servers on ephemeral ports)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+from probe_agent.backends import ProbeStatus
+from probe_agent.backends.connect import ConnectGrabber
+from probe_agent.settings import AgentSettings
+
+CONTACT = "scanflow-unit-test (purpose: https://lab.example/scan)"
+
+
+def settings(**changes):
+    opts = dict(backend="connect", allowlist=("127.0.0.1/32",), contact=CONTACT, connect_timeout_s=2.0,
+                read_timeout_s=2.0, passive_wait_s=0.3, idle_gap_s=0.1)
+    opts.update(changes)
+    return AgentSettings(**opts).validate()
+
+
+async def serve(handler):
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+def closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # bound, never listened: connecting gets a RST
+    return port
+
+
+def test_greeting_is_read_without_sending_anything():
+    received = []
+
+    async def main():
+        finished = asyncio.Event()
+
+        async def greet(reader, writer):
+            writer.write(b"220 (vsFTPd 3.0.3)\r\n")
+            await writer.drain()
+            received.append(await reader.read(100))   # everything the grabber sends, until it closes
+            writer.close()
+            finished.set()
+
+        server, port = await serve(greet)
+        async with server:
+            # Port numbers are ephemeral, so use the listen-only approach explicitly.
+            result = await ConnectGrabber(settings(ask_unknown=False)).grab("127.0.0.1", port)
+            await asyncio.wait_for(finished.wait(), 5)
+        return result
+
+    result = asyncio.run(main())
+    assert result.status is ProbeStatus.OPEN and result.kind == "BANNER"
+    assert result.banner == b"220 (vsFTPd 3.0.3)\r\n" and result.protocol == "ftp"
+    assert received == [b""]                           # the grabber said nothing, then closed
+    assert result.packets >= 3 and result.bytes >= 60 + 52 * 2
+
+
+def test_silent_unknown_port_gets_one_http_get_with_the_contact():
+    requests = []
+
+    async def main():
+        async def http(reader, writer):
+            data = await reader.readuntil(b"\r\n\r\n")
+            requests.append(data)
+            writer.write(b"HTTP/1.0 200 OK\r\nServer: test\r\n\r\nhello")
+            await writer.drain()
+            writer.close()
+
+        server, port = await serve(http)
+        async with server:
+            return await ConnectGrabber(settings()).grab("127.0.0.1", port)
+
+    result = asyncio.run(main())
+    assert len(requests) == 1 and requests[0].startswith(b"GET / HTTP/1.1\r\n")
+    assert f"User-Agent: {CONTACT}".encode() in requests[0]
+    assert result.kind == "BANNER" and result.protocol == "http"
+    assert result.banner == b"HTTP/1.0 200 OK\r\nServer: test\r\n\r\nhello"
+
+
+def test_long_banners_are_cut_at_the_cap_and_flagged():
+    async def main():
+        async def chatty(reader, writer):
+            writer.write(b"x" * 10_000)
+            await writer.drain()
+            await asyncio.sleep(0.5)
+            writer.close()
+
+        server, port = await serve(chatty)
+        async with server:
+            return await ConnectGrabber(settings(banner_cap=100)).grab("127.0.0.1", port)
+
+    result = asyncio.run(main())
+    assert result.banner == b"x" * 100 and result.banner_truncated
+
+
+def test_open_but_silent_port_is_a_syn_ack_event():
+    async def main():
+        async def silent(reader, writer):
+            await asyncio.sleep(3)
+            writer.close()
+
+        server, port = await serve(silent)
+        async with server:
+            return await ConnectGrabber(settings(ask_unknown=False)).grab("127.0.0.1", port)
+
+    result = asyncio.run(main())
+    assert result.status is ProbeStatus.OPEN and result.kind == "SYN_ACK" and result.banner is None
+
+
+def test_closed_port_is_not_an_event_and_costs_one_syn():
+    result = asyncio.run(ConnectGrabber(settings()).grab("127.0.0.1", closed_port()))
+    assert result.status is ProbeStatus.CLOSED and result.kind is None
+    assert (result.packets, result.bytes) == (1, 60)
