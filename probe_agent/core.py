@@ -1,0 +1,465 @@
+"""The agent core: commands in (a consumer group), probes out, events back, offsets committed last.
+
+Delivery: a command's offset is committed only after every record it produced (ScanEvents,
+ScanDones, dead letters) was acknowledged by Kafka (``acks=all``). The commit step takes the
+contiguous prefix of finished commands per partition, flushes the producer, then commits, so a crash
+at any point re-executes the unfinished commands; results are never lost (resent events keep their
+ids). A flush that fails stops the agent with an error and commits nothing.
+
+Stop: the first SIGTERM/SIGINT stops taking commands and gives running ones ``stop_grace_s`` to
+finish; what is still running then is abandoned: its targets end with a ScanDone ABORTED, which is
+committed like any result (the scheduler decides when to scan again). A second signal abandons at
+once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+from connectors.avro_codec import CodecError, default_codec
+from connectors.kafka_io import DeliveryError
+from probe_agent.backends import Backend, make_backend
+from probe_agent.job import CommandRun, PortSetCatalog, Prepared, TargetTally, prepare
+from probe_agent.metrics import AgentMetrics
+from probe_agent.publisher import EventPublisher
+from probe_agent.ratelimit import PolitenessCap, TokenBucket
+from probe_agent.safety import Allowlist, ExclusionList, Refusal, TrackedIps
+from probe_agent.settings import AgentSettings
+from probe_agent.targets import Target
+from scanflow.config import KafkaSettings, TopicsSettings, resolve_path
+
+log = logging.getLogger("scanflow.agent")
+
+#: Command ids remembered as executed (redeliveries of these are skipped).
+DONE_IDS_KEPT = 100_000
+
+
+class OffsetTracker:
+    """Per partition, the offsets handed out and which are finished; yields committable offsets.
+
+    Thread-safe: the event loop adds and finishes, the consumer thread takes commits and revokes.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[Any, OrderedDict[int, bool]] = {}
+
+    def add(self, tp: Any, offset: int) -> None:
+        with self._lock:
+            self._pending.setdefault(tp, OrderedDict())[offset] = False
+
+    def finish(self, tp: Any, offset: int) -> None:
+        with self._lock:
+            pending = self._pending.get(tp)
+            if pending is not None and offset in pending:
+                pending[offset] = True
+
+    def take_committable(self, only: set | None = None) -> dict[Any, int]:
+        """Remove the finished prefix of each partition; returns ``{tp: next offset to read}``."""
+        out: dict[Any, int] = {}
+        with self._lock:
+            for tp, pending in self._pending.items():
+                if only is not None and tp not in only:
+                    continue
+                last = None
+                while pending:
+                    offset, done = next(iter(pending.items()))
+                    if not done:
+                        break
+                    pending.popitem(last=False)
+                    last = offset
+                if last is not None:
+                    out[tp] = last + 1
+        return out
+
+    def revoke(self, tps) -> None:
+        with self._lock:
+            for tp in tps:
+                self._pending.pop(tp, None)
+
+    def outstanding(self) -> int:
+        with self._lock:
+            return sum(len(p) for p in self._pending.values())
+
+
+class Agent:
+    """A probe agent: run :meth:`run` for the consumer-group loop, or :meth:`execute` for one
+    command (standalone scans, tests)."""
+
+    def __init__(self, settings: AgentSettings, kafka: KafkaSettings, topics: TopicsSettings, *,
+                 backend: Backend | None = None, publisher: EventPublisher | None = None,
+                 metrics: AgentMetrics | None = None, tracked: TrackedIps | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.settings = settings.validate()
+        self.kafka, self.topics = kafka, topics
+        self.agent_id = settings.resolved_agent_id()
+        self.clock = clock
+        self.backend = backend or make_backend(settings)
+        self.metrics = metrics or AgentMetrics(self.agent_id, settings.backend, clock)
+        self.metrics.rate_cap = settings.rate_pps
+        self.publisher = publisher or EventPublisher(kafka, topics, self.agent_id)
+        self.allowlist = Allowlist(settings.allowed_networks())
+        self.exclusions = ExclusionList(resolve_path(settings.exclude_file) if settings.exclude_file else None)
+        self.tracked = tracked if tracked is not None else TrackedIps()
+        self.catalog = PortSetCatalog(resolve_path(settings.portset_dir) if settings.portset_dir else None)
+        self.bucket = TokenBucket(settings.rate_pps, max(1.0, settings.rate_pps * settings.burst_s), clock)
+        self.polite = PolitenessCap(settings.per_target_pps, clock)
+        self.codec = default_codec()
+        self.tracker = OffsetTracker()
+        self.runs: set[CommandRun] = set()
+        self._done_ids: OrderedDict[str, None] = OrderedDict()
+        self._inflight_ids: dict[str, asyncio.Task] = {}
+        self._stop = asyncio.Event()
+        self._abandon = asyncio.Event()
+        self._fatal: BaseException | None = None
+        self._opened = False
+        self._virtual_now_us = settings.sim_epoch_us
+        self._assigned = False
+        self._caught_up = False
+
+    # -- one command -------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open the backend (checks its prerequisites)."""
+        if not self._opened:
+            await self.backend.open()
+            self._opened = True
+
+    def _now_us(self) -> int:
+        return time.time_ns() // 1000
+
+    async def execute(self, command: dict, *, source: Any = None) -> list[TargetTally]:
+        """Vet, run and report one decoded ScanCommand; returns its tallies (ScanDones sent).
+
+        ``source`` is the Kafka record it came from (for dead-letter headers). Records are sent but
+        not flushed; the caller flushes before committing.
+        """
+        await self.open()
+        virtual = self.backend.virtual_time
+        prepared = prepare(command, self.settings, self.allowlist, self.catalog)
+        if isinstance(prepared, Refusal):
+            return self._refuse(command, prepared, source)
+        start_us = self._start_us(command, virtual)
+        expires = command.get("expires_at") or 0
+        if expires and start_us > expires:
+            return self._refuse_targets(prepared, "command expired before it could start", start_us)
+        if prepared.sweep and self.settings.skip_tracked and not self.tracked.caught_up.is_set():
+            # Without the full ip-state a sweep could probe IPs the scheduler scans itself.
+            while not self.tracked.caught_up.is_set() and not self._abandon.is_set():
+                await asyncio.sleep(0.1)
+        if not virtual:
+            not_before = command.get("not_before") or 0
+            while not self._abandon.is_set() and self._now_us() < not_before:
+                await asyncio.sleep(min(1.0, (not_before - self._now_us()) / 1e6))
+            start_us = self._now_us()
+        run = CommandRun(prepared, self.settings, bucket=self.bucket, polite=self.polite,
+                         exclusions=self.exclusions, tracked=self.tracked, publisher=self.publisher,
+                         metrics=self.metrics, start_us=start_us, clock=self.clock, virtual=virtual,
+                         ipv6=getattr(self.backend, "ipv6", True))
+        if self._abandon.is_set():
+            run.abort("agent stopped before the scan started")
+        self.runs.add(run)
+        self.metrics.inflight_commands = len(self.runs)
+        try:
+            if run.active and not run.stopping:
+                await self.backend.run(run)
+        except asyncio.CancelledError:
+            run.abort("agent stopped; scan abandoned")
+        finally:
+            self.runs.discard(run)
+            self.metrics.inflight_commands = len(self.runs)
+        tallies = run.finish()
+        if virtual and run.end_us:
+            self._virtual_now_us = max(self._virtual_now_us, run.end_us)
+        for tally in tallies:
+            self.publisher.done(tally)
+            self.metrics.dones_published += 1
+        outcome = "aborted" if run.aborted else "complete"
+        self.metrics.commands[outcome] += 1
+        self._remember(prepared.command_id)
+        log.info("command %s %s: %s", prepared.command_id, outcome,
+                 ", ".join(f"{t.target.text} {t.status.lower()} {t.responses} responses "
+                           f"{t.packets} packets" for t in tallies),
+                 extra={"command_id": prepared.command_id, "outcome": outcome})
+        return tallies
+
+    def _start_us(self, command: dict, virtual: bool) -> int:
+        if not virtual:
+            return self._now_us()
+        # Virtual time: the scan happens when it was due, never before the last simulated scan ended
+        # (one agent probes one thing at a time in its own timeline).
+        due = command.get("not_before") or command.get("issued_at") or 0
+        return max(due, self.settings.sim_epoch_us)
+
+    def _refuse(self, command: dict, refusal: Refusal, source: Any) -> list[TargetTally]:
+        """Refuse a whole command: dead letter + a REFUSED ScanDone per target that parses."""
+        log.warning("command %s refused: %s", command.get("command_id"), refusal.message,
+                    extra={"command_id": command.get("command_id"), "refusal": refusal.error_class})
+        self.metrics.commands["refused"] += 1
+        value = source.value if source is not None else self.codec.encode("ScanCommand", command)
+        key = source.key if source is not None else None
+        self._dead_letter(key, value, refusal.error_class, refusal.message, source)
+        tallies = []
+        now = self._start_us(command, self.backend.virtual_time)
+        for text in command.get("targets") or ():
+            try:
+                target = Target.parse(text)
+            except ValueError:
+                continue
+            tally = TargetTally(f"{command.get('command_id')}/{target.text}", target, command,
+                                command.get("policy") or "UNKNOWN", started_us=now, ended_us=now,
+                                status="REFUSED", detail=refusal.message[:500])
+            self.publisher.done(tally)
+            self.metrics.dones_published += 1
+            tallies.append(tally)
+        self._remember(command.get("command_id") or "")
+        return tallies
+
+    def _refuse_targets(self, prepared: Prepared, detail: str, now: int) -> list[TargetTally]:
+        tallies = []
+        for target in prepared.targets:
+            tally = TargetTally(f"{prepared.command_id}/{target.text}", target, prepared.command,
+                                prepared.policy, started_us=now, ended_us=now, status="REFUSED", detail=detail)
+            self.publisher.done(tally)
+            self.metrics.dones_published += 1
+            tallies.append(tally)
+        self.metrics.commands["expired"] += 1
+        self._remember(prepared.command_id)
+        return tallies
+
+    def _dead_letter(self, key, value, error_class: str, message: str, source: Any) -> None:
+        kwargs = {}
+        if source is not None:
+            kwargs = dict(topic=source.topic, partition=source.partition, offset=source.offset,
+                          timestamp_ms=source.timestamp, headers=list(source.headers or []))
+        self.publisher.dead_letter(key, value, error_class, message, **kwargs)
+        self.metrics.dead_letters += 1
+
+    def _remember(self, command_id: str) -> None:
+        if command_id:
+            self._done_ids[command_id] = None
+            while len(self._done_ids) > DONE_IDS_KEPT:
+                self._done_ids.popitem(last=False)
+
+    # -- the consumer-group loop -------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Stop taking commands; running ones get ``stop_grace_s`` to finish (first signal)."""
+        if self._stop.is_set():
+            self.abandon()
+        self._stop.set()
+
+    def abandon(self) -> None:
+        """Abandon running commands now: they end ABORTED (second signal, or after the grace)."""
+        self._stop.set()
+        self._abandon.set()
+        for run in list(self.runs):
+            run.abort("agent stopped; scan abandoned")
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT call :meth:`request_stop` (a second one abandons)."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+
+    async def run(self, *, until_idle_s: float | None = None, on_tick: Callable[[], None] | None = None) -> int:
+        """Consume commands until stopped; returns the exit code (0, or 1 after a fatal error).
+
+        ``until_idle_s``: also stop once nothing has run and nothing was waiting for that long.
+        """
+        from kafka import ConsumerRebalanceListener
+
+        from connectors.kafka_io import make_consumer
+        from probe_agent.publisher import IpStateReader
+
+        await self.open()
+        loop = asyncio.get_running_loop()
+        kx = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commands-consumer")
+
+        def call(fn, *args, **kwargs):
+            return loop.run_in_executor(kx, lambda: fn(*args, **kwargs))
+
+        reader = IpStateReader(self.kafka, self.topics.ip_state, self.tracked).start() \
+            if self.settings.skip_tracked else None
+        if reader is None:
+            self.tracked.caught_up.set()
+        consumer = await call(make_consumer, self.kafka, self.settings.resolved_group_id(),
+                              max_poll_interval_ms=300_000, client_id=f"scanflow-agent-{self.agent_id}")
+        agent = self
+
+        class Listener(ConsumerRebalanceListener):
+            def on_partitions_revoked(self, revoked):
+                # Commit what is finished in the partitions we lose; the rest is re-run by the next owner.
+                try:
+                    agent._commit_step(consumer, only=set(revoked))
+                except Exception as exc:  # noqa: BLE001 - logged; the next owner re-runs
+                    log.warning("commit on revocation failed: %s", exc)
+                agent.tracker.revoke(revoked)
+
+            def on_partitions_assigned(self, assigned):
+                agent._assigned = True
+                log.info("assigned %s", sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
+
+        await call(consumer.subscribe, [self.topics.commands], listener=Listener())
+        tasks: set[asyncio.Task] = set()
+        paused = False
+        last_commit = last_lag = self.clock()
+        idle_since = self.clock()
+        stop_deadline: float | None = None
+        try:
+            while True:
+                if self._fatal is not None:
+                    break
+                now = self.clock()
+                if self._stop.is_set():
+                    if stop_deadline is None:
+                        stop_deadline = now + self.settings.stop_grace_s
+                        log.info("stopping: %d commands running, %.0f s to finish", len(tasks),
+                                 self.settings.stop_grace_s)
+                    if now >= stop_deadline and not self._abandon.is_set():
+                        self.abandon()
+                    if not tasks:
+                        break
+                    await asyncio.wait(tasks, timeout=0.2)
+                else:
+                    full = len(tasks) >= self.settings.max_inflight_commands
+                    if full != paused:
+                        await call(_set_paused, consumer, full)
+                        paused = full
+                    polled = await call(consumer.poll, timeout_ms=200,
+                                        max_records=max(1, self.settings.max_inflight_commands - len(tasks)))
+                    for records in polled.values():
+                        for rec in records:
+                            self.tracker.add(_tp(rec), rec.offset)
+                            task = asyncio.create_task(self._handle(rec))
+                            tasks.add(task)
+                            task.add_done_callback(tasks.discard)
+                    if tasks or self.tracker.outstanding() or not self._caught_up:
+                        idle_since = now
+                    elif until_idle_s is not None and now - idle_since >= until_idle_s:
+                        self._stop.set()
+                if now - last_commit >= self.settings.commit_interval_s:
+                    await call(self._commit_step, consumer)
+                    last_commit = now
+                if now - last_lag >= 2.0 or (self._assigned and not self._caught_up):
+                    self.metrics.backlog = await call(_lag, consumer)
+                    self._caught_up = self._assigned and self.metrics.backlog == 0
+                    self.metrics.tracked_ips = len(self.tracked)
+                    last_lag = now
+                if on_tick is not None:
+                    on_tick()
+            if self._fatal is None:
+                await call(self._commit_step, consumer)
+        except DeliveryError as exc:
+            self._fatal = exc
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await call(consumer.close, autocommit=False)
+            kx.shutdown(wait=True)
+            if reader is not None:
+                reader.stop()
+            try:
+                self.publisher.close(10)
+            except DeliveryError as exc:
+                self._fatal = self._fatal or exc
+            await self.backend.close()
+        if self._fatal is not None:
+            log.error("agent stopped on a fatal error; uncommitted commands will be re-executed: %s",
+                      self._fatal)
+            return 1
+        return 0
+
+    async def _handle(self, rec) -> None:
+        tp = _tp(rec)
+        try:
+            try:
+                command = self.codec.decode_as("ScanCommand", rec.value)
+            except CodecError as exc:
+                self.metrics.commands["malformed"] += 1
+                self._dead_letter(rec.key, rec.value, exc.error_class, str(exc), rec)
+                return
+            cid = command["command_id"]
+            hint = command.get("shard_hint")
+            if self.settings.shards > 1 and hint is not None and hint != self.settings.shard:
+                self.metrics.commands["other-shard"] += 1
+                return
+            if cid in self._done_ids:
+                self.metrics.commands["duplicate"] += 1
+                return
+            running = self._inflight_ids.get(cid)
+            if running is not None:
+                await asyncio.shield(running)
+                self.metrics.commands["duplicate"] += 1
+                return
+            self._inflight_ids[cid] = asyncio.current_task()
+            try:
+                await self.execute(command, source=rec)
+            finally:
+                self._inflight_ids.pop(cid, None)
+        except (DeliveryError, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - errors are data: dead-letter, keep going
+            log.exception("command at %s/%d@%d failed", rec.topic, rec.partition, rec.offset)
+            self.metrics.errors["command-failed"] += 1
+            try:
+                self._dead_letter(rec.key, rec.value, "AgentError", f"{type(exc).__name__}: {exc}", rec)
+            except Exception as inner:  # noqa: BLE001
+                self._fatal = inner
+                return
+        self.tracker.finish(tp, rec.offset)
+
+    def _commit_step(self, consumer, only: set | None = None) -> None:
+        """(consumer thread) Flush, then commit the finished prefix of each partition."""
+        from kafka.structs import OffsetAndMetadata
+
+        offsets = self.tracker.take_committable(only)
+        if not offsets:
+            return
+        try:
+            self.publisher.flush()
+        except DeliveryError as exc:
+            self._fatal = exc
+            raise
+        assigned = consumer.assignment()
+        mine = {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()
+                if only is not None or tp in assigned}
+        if mine:
+            try:
+                consumer.commit(mine)
+            except Exception as exc:  # noqa: BLE001 - e.g. rebalanced meanwhile; records come again
+                log.warning("offset commit failed (the commands will be re-executed): %s", exc)
+
+
+def _tp(rec):
+    from kafka import TopicPartition
+
+    return TopicPartition(rec.topic, rec.partition)
+
+
+def _set_paused(consumer, pause: bool) -> None:
+    """(consumer thread) Pause every assigned partition, or resume the paused ones."""
+    if pause:
+        consumer.pause(*consumer.assignment())
+    else:
+        consumer.resume(*consumer.paused())
+
+
+def _lag(consumer) -> int:
+    """(consumer thread) Records in the assigned partitions not yet read."""
+    assigned = list(consumer.assignment())
+    if not assigned:
+        return 0
+    try:
+        ends = consumer.end_offsets(assigned)
+        return int(sum(max(0, ends[tp] - consumer.position(tp)) for tp in assigned))
+    except Exception:  # noqa: BLE001 - a gauge, best effort
+        return 0
