@@ -1,0 +1,155 @@
+"""``scanflow agent``: run a probe agent (consumer group), or scan given targets once (``--scan``)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from scanflow.cli import CliContext, pass_ctx
+from scanflow.config import ConfigError, parse_set_options
+
+
+def parse_ports(text: str) -> list[int]:
+    """``"22,80,8000-8010"`` -> sorted unique ports; ``ConfigError`` on anything else."""
+    ports: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        lo, sep, hi = part.partition("-")
+        try:
+            first, last = int(lo), int(hi) if sep else int(lo)
+        except ValueError:
+            raise ConfigError(f"--ports: {part!r} is not a port or a range like 8000-8010") from None
+        if not 1 <= first <= last <= 65535:
+            raise ConfigError(f"--ports: {part!r} is outside 1..65535")
+        ports.update(range(first, last + 1))
+    if not ports:
+        raise ConfigError("--ports: give at least one port, e.g. --ports 22,80")
+    return sorted(ports)
+
+
+@click.command("agent")
+@click.option("--backend", type=click.Choice(["connect", "masscan", "sim"]), default=None,
+              help="Scanner backend (default: agent.backend, sim).")
+@click.option("--allow", "allow", multiple=True, metavar="CIDR",
+              help="Allowlist entry (repeatable). Nothing outside the allowlist is ever probed.")
+@click.option("--exclude-file", default=None, help="Opt-out list: one CIDR per line, re-read when it changes.")
+@click.option("--rate", "rate_pps", type=float, default=None, help="Packets/s cap of the agent.")
+@click.option("--per-target-rate", "per_target_pps", type=float, default=None,
+              help="Probes/s cap per address (politeness).")
+@click.option("--contact", default=None, help="Contact string sent as User-Agent; name the operator "
+              "and the page that publishes the scan's purpose.")
+@click.option("--concurrency", type=int, default=None, help="Connections in flight at most (connect).")
+@click.option("--shards", type=int, default=None, help="Split the work over N agents (with --shard).")
+@click.option("--shard", type=int, default=None, help="This agent's shard, 0..N-1.")
+@click.option("--seed", type=int, default=None, help="Seed of the pseudorandom probe order.")
+@click.option("--interface", default=None, help="Send probes only through this network interface.")
+@click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port (0: off).")
+@click.option("--group", "group_id", default=None, help="Consumer group of the agents.")
+@click.option("--agent-id", default=None, help="This agent's id in events (default: host name).")
+@click.option("--set", "set_items", multiple=True, metavar="KEY=VALUE",
+              help="Any agent setting, e.g. --set read_timeout_s=2 (repeatable; keys of [agent]).")
+@click.option("--scan", "scan_targets", multiple=True, metavar="TARGET",
+              help="Scan these addresses/ranges once, publish the events and exit (no command topic).")
+@click.option("--ports", default=None, help="Ports for --scan, e.g. 22,80,8000-8010 (at most 64).")
+@click.option("--until-idle", type=float, default=None, metavar="SECONDS",
+              help="Stop once no command has been waiting or running for this long.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default=None, help="Log line format.")
+@click.option("--progress/--no-progress", default=None, help="One-line progress display (default: on a terminal).")
+@pass_ctx
+def agent(obj: CliContext, scan_targets: tuple[str, ...], ports: str | None, until_idle: float | None,
+          set_items: tuple[str, ...], progress: bool | None, **flags) -> None:
+    """Run a probe agent: consume scan commands, probe safely and rate-limited, publish events.
+
+    Without --scan it joins the agents' consumer group on the commands topic until SIGTERM (a second
+    signal abandons running scans). With --scan it scans the given targets once.
+    """
+    import asyncio
+
+    from probe_agent.settings import AgentSettings, settings_from_mapping
+
+    base = getattr(obj.settings, "agent", None) or AgentSettings()
+    values: dict[str, object] = {k: v for k, v in flags.items() if v is not None and k != "allow"}
+    if flags.get("allow"):
+        values["allowlist"] = ",".join(flags["allow"])
+    values.update(parse_set_options(list(set_items)))
+    if progress is not None:
+        values["progress"] = "on" if progress else "off"
+    settings = settings_from_mapping(values, base)
+    if scan_targets and not ports:
+        raise ConfigError("--scan needs --ports, e.g. --ports 22,80")
+    port_list = parse_ports(ports) if ports else []
+    if len(port_list) > 64:
+        raise ConfigError(f"--ports: {len(port_list)} ports; at most 64 go inline in a command "
+                          "(publish a port set and use agent commands for more)")
+    sys.exit(asyncio.run(_main(obj, settings, scan_targets, port_list, until_idle)))
+
+
+async def _main(obj: CliContext, settings, scan_targets, port_list, until_idle) -> int:
+    import asyncio
+    import time
+    import uuid
+
+    from connectors.avro_codec import make_record
+    from probe_agent.backends import BackendError
+    from probe_agent.core import Agent
+    from probe_agent.metrics import MetricsServer, ProgressDisplay, setup_logging
+
+    setup_logging(settings.log_format)
+    try:
+        agent_ = Agent(settings, obj.settings.kafka, obj.settings.topics)
+        await agent_.open()
+    except BackendError as exc:
+        raise ConfigError(str(exc)) from None
+    except ValueError as exc:  # an unreadable exclusion file at start
+        raise ConfigError(f"agent.exclude_file: {exc}") from None
+    server = MetricsServer(agent_.metrics, settings.metrics_host, settings.metrics_port).start() \
+        if settings.metrics_port else None
+    show = settings.progress == "on" or (settings.progress == "auto" and sys.stderr.isatty())
+    display = ProgressDisplay(agent_.metrics) if show else None
+    agent_.install_signal_handlers()
+    last = [0.0]
+
+    def tick() -> None:
+        if display is not None and time.monotonic() - last[0] >= 1.0:
+            display.update()
+            last[0] = time.monotonic()
+
+    try:
+        if not scan_targets:
+            return await agent_.run(until_idle_s=until_idle, on_tick=tick)
+        agent_.tracked.caught_up.set()  # a one-off scan is not a sweep; tracked IPs do not apply
+
+        def show_record(schema: str, record: dict) -> None:
+            if schema == "ScanEvent":
+                banner = (record["banner"] or b"")[:60].decode("latin-1").splitlines()
+                click.echo(f"{record['ip']}:{record['port']}\t{record['kind']}\t"
+                           f"{record['banner_protocol'] or ''}\t{banner[0] if banner else ''}")
+            else:
+                click.echo(f"{record['target']}\t{record['status']}\t{record['responses']} responses, "
+                           f"{record['packets_sent']} packets, {record['bytes_sent']} bytes"
+                           + (f" ({record['status_detail']})" if record["status_detail"] else ""))
+
+        agent_.publisher.listeners.append(show_record)
+        command = make_record("ScanCommand", command_id=f"cli-{uuid.uuid4().hex[:16]}",
+                              issued_at=time.time_ns() // 1000, targets=list(scan_targets),
+                              port_set={"name": None, "version": None, "ports": port_list})
+        task = asyncio.create_task(agent_.execute(command))
+        while not task.done():
+            await asyncio.wait({task}, timeout=1.0)
+            tick()
+        tallies = task.result()
+        agent_.publisher.close(30)
+        await agent_.backend.close()
+        refused = [t for t in tallies if t.status == "REFUSED"]
+        return 3 if refused and len(refused) == len(tallies) else 0
+    finally:
+        if display is not None:
+            display.finish()
+        if server is not None:
+            server.stop()
+
+
+COMMANDS = [agent]
