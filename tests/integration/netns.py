@@ -1,0 +1,432 @@
+"""A private test network: one network namespace joined to the host by a veth pair, always removed.
+
+    with TestNet() as net:                  # needs root; see require_root()
+        net.host_ip, net.ns_ip              # 198.18.X.1 (host side), 198.18.X.2 (inside)
+        proc = net.spawn([...])             # a process inside the namespace (killed on exit)
+
+Only addresses of 198.18.0.0/15 (RFC 2544, benchmarking) are used, on a /24 that no route of the
+host uses yet. Everything a test sends to ``net.ns_ip`` crosses only the veth pair; :meth:`route_ok`
+checks that the kernel routes the test's targets through it before anything is sent. The namespace
+(and with it the veth pair) is deleted on exit, on interpreter exit, and by :func:`sweep_stale` for
+namespaces whose creating process died.
+
+It also starts the test host's services (:func:`start_services`, Debian's sshd and vsftpd) and reads
+what the agent published (:func:`read_records`).
+
+Run as a module it serves the test host's banner services (inside the namespace)::
+
+    python -m tests.integration.netns serve --bind 198.18.X.2 --log FILE --http 80 --ftp 21 ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import atexit
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+PREFIX = "sfa"
+
+
+def root_skip_reason() -> str | None:
+    """Why namespace tests cannot run here (None when they can)."""
+    if os.geteuid() != 0:
+        return "needs root to create network namespaces (CI runs these as root)"
+    if not shutil.which("ip"):
+        return "needs iproute2's `ip` to create network namespaces"
+    probe = f"{PREFIX}-probe-{os.getpid()}"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if made.returncode != 0:
+        return f"cannot create a network namespace here: {made.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
+
+
+def require_root() -> None:
+    """Skip the calling test, saying why, when namespaces cannot be made."""
+    import pytest
+
+    reason = root_skip_reason()
+    if reason:
+        pytest.skip(reason)
+
+
+def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(list(args), capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed: {result.stderr.strip()}")
+    return result
+
+
+def sweep_stale() -> None:
+    """Delete namespaces left by test processes of ours that died without cleaning up."""
+    listing = _run("ip", "netns", "list", check=False).stdout
+    for line in listing.splitlines():
+        name = line.split()[0] if line.split() else ""
+        m = re.fullmatch(rf"{PREFIX}-(\d+)-[0-9a-f]+", name)
+        if m and not Path(f"/proc/{m.group(1)}").exists():
+            _run("ip", "netns", "del", name, check=False)
+
+
+def _free_subnet() -> int:
+    routes = _run("ip", "-4", "route", "show", "table", "all", check=False).stdout
+    used = {int(m) for m in re.findall(r"198\.18\.(\d+)\.", routes)}
+    choices = [x for x in range(1, 255) if x not in used]
+    if not choices:
+        raise RuntimeError("no free /24 left in 198.18.0.0/16 for a test network")
+    return random.choice(choices)
+
+
+class TestNet:
+    """One namespace + veth pair on a free 198.18.X.0/24 (see the module docstring)."""
+
+    __test__ = False  # not a test class
+
+    def __init__(self) -> None:
+        tag = f"{random.getrandbits(24):06x}"
+        self.name = f"{PREFIX}-{os.getpid()}-{tag}"
+        self.host_if = f"sfh{tag}"
+        self.ns_if = f"sfn{tag}"
+        self.subnet_index = 0
+        self.host_ip = self.ns_ip = ""
+        self.peer_mac = ""
+        self._procs: list[subprocess.Popen] = []
+        self._up = False
+
+    @property
+    def subnet(self) -> str:
+        return f"198.18.{self.subnet_index}.0/24"
+
+    def address(self, host: int) -> str:
+        """An address of the test /24 (``host`` 1..254)."""
+        return f"198.18.{self.subnet_index}.{host}"
+
+    def __enter__(self) -> "TestNet":
+        sweep_stale()
+        self.subnet_index = _free_subnet()
+        self.host_ip, self.ns_ip = self.address(1), self.address(2)
+        atexit.register(self.close)
+        try:
+            _run("ip", "netns", "add", self.name)
+            self._up = True
+            _run("ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if)
+            _run("ip", "link", "set", self.ns_if, "netns", self.name)
+            for iface, ns in ((self.host_if, None), (self.ns_if, self.name)):
+                # IPv6 off: no router solicitations or DAD packets in the interface counters.
+                cmd = ["sysctl", "-qw", f"net.ipv6.conf.{iface}.disable_ipv6=1"]
+                _run(*(["ip", "netns", "exec", ns] + cmd if ns else cmd), check=False)
+            _run("ip", "addr", "add", f"{self.host_ip}/24", "dev", self.host_if)
+            _run("ip", "link", "set", self.host_if, "up")
+            self.ns("ip", "addr", "add", f"{self.ns_ip}/24", "dev", self.ns_if)
+            self.ns("ip", "link", "set", self.ns_if, "up")
+            self.ns("ip", "link", "set", "lo", "up")
+            self.peer_mac = self.ns("cat", f"/sys/class/net/{self.ns_if}/address").stdout.strip()
+            if not self.route_ok(self.ns_ip):
+                raise RuntimeError(f"{self.ns_ip} is not routed through {self.host_if}")
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def ns(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        """Run a short command inside the namespace."""
+        return _run("ip", "netns", "exec", self.name, *args, check=check)
+
+    def spawn(self, args: list[str], **popen) -> subprocess.Popen:
+        """Start a long-running process inside the namespace; it is killed on :meth:`close`."""
+        popen.setdefault("start_new_session", True)
+        proc = subprocess.Popen(["ip", "netns", "exec", self.name, *args], **popen)
+        self._procs.append(proc)
+        return proc
+
+    def route_ok(self, ip: str) -> bool:
+        """True when the kernel sends packets for ``ip`` through this pair's host interface."""
+        out = _run("ip", "-4", "route", "get", ip, check=False).stdout
+        return f" dev {self.host_if} " in out + " "
+
+    def tx_packets(self) -> int:
+        """Packets the host sent into the namespace so far."""
+        return int(Path(f"/sys/class/net/{self.host_if}/statistics/tx_packets").read_text())
+
+    def close(self) -> None:
+        """Kill spawned processes, delete the namespace (and the veth pair with it). Idempotent."""
+        for proc in self._procs:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        deadline = time.monotonic() + 5
+        for proc in self._procs:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+                proc.wait()
+        self._procs.clear()
+        if self._up:
+            _run("ip", "netns", "del", self.name, check=False)
+            _run("ip", "link", "del", self.host_if, check=False)
+            self._up = False
+
+
+# -- packet capture ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Packet:
+    """One captured IPv4 packet (non-IPv4 frames have ``proto`` 0 and empty addresses)."""
+
+    ts: float
+    src: str
+    dst: str
+    proto: int
+    sport: int
+    dport: int
+    flags: int
+    length: int
+
+
+def read_pcap(path: str | Path) -> list[Packet]:
+    """Parse a classic pcap file of Ethernet frames (what ``tcpdump -w`` writes)."""
+    data = Path(path).read_bytes()
+    if len(data) < 24:
+        return []
+    magic = struct.unpack_from("<I", data, 0)[0]
+    endian = "<" if magic in (0xA1B2C3D4, 0xA1B23C4D) else ">"
+    nano = magic in (0xA1B23C4D, 0x4D3CB2A1)
+    out: list[Packet] = []
+    pos = 24
+    while pos + 16 <= len(data):
+        sec, frac, incl, orig = struct.unpack_from(endian + "IIII", data, pos)
+        frame = data[pos + 16:pos + 16 + incl]
+        pos += 16 + incl
+        ts = sec + frac / (1e9 if nano else 1e6)
+        if len(frame) < 34 or frame[12:14] != b"\x08\x00":
+            out.append(Packet(ts, "", "", 0, 0, 0, 0, orig))
+            continue
+        ip = frame[14:]
+        ihl = (ip[0] & 15) * 4
+        proto = ip[9]
+        src, dst = socket.inet_ntoa(ip[12:16]), socket.inet_ntoa(ip[16:20])
+        sport = dport = flags = 0
+        if proto == 6 and len(ip) >= ihl + 14:
+            sport, dport = struct.unpack_from("!HH", ip, ihl)
+            flags = ip[ihl + 13]
+        out.append(Packet(ts, src, dst, proto, sport, dport, flags, struct.unpack_from("!H", ip, 2)[0]))
+    return out
+
+
+class Capture:
+    """``tcpdump -w`` on one interface for the duration of a ``with`` block; then :meth:`packets`."""
+
+    def __init__(self, iface: str, path: str | Path, bpf: str = ""):
+        self.iface, self.path, self.bpf = iface, Path(path), bpf
+        self.dropped = 0
+        self._proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> "Capture":
+        if not shutil.which("tcpdump"):
+            raise RuntimeError("tcpdump is not installed (apt-get install tcpdump)")
+        cmd = ["tcpdump", "-i", self.iface, "-n", "-U", "--immediate-mode", "-w", str(self.path)]
+        if self.bpf:
+            cmd.append(self.bpf)
+        self._proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        line = self._proc.stderr.readline()          # "listening on IFACE ..." once it captures
+        if "listening on" not in line:
+            raise RuntimeError(f"tcpdump did not start: {line.strip()}")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        time.sleep(0.2)  # let the last frames reach tcpdump before it stops
+        proc.send_signal(signal.SIGINT)
+        rest = proc.stderr.read()
+        proc.wait(10)
+        m = re.search(r"(\d+) packets? dropped by kernel", rest)
+        self.dropped = int(m.group(1)) if m else 0
+
+    def packets(self) -> list[Packet]:
+        """Every captured packet, in capture order."""
+        return read_pcap(self.path)
+
+
+# -- the test host's services ------------------------------------------------------------------------
+
+GREETINGS = {
+    "ftp": b"220 scanflow-test FTP service ready\r\n",
+    "ssh": b"SSH-2.0-ScanflowTest_1.0\r\n",
+    "telnet": b"\xff\xfd\x18\xff\xfd\x20\xff\xfb\x01\r\nscanflow-test telnet\r\nlogin: ",
+}
+KINDS = ("http", "ftp", "ssh", "telnet", "rtsp", "silent")
+HTTP_BODY = b"<html><head><title>scanflow test camera</title></head><body>ok</body></html>"
+RTSP_REPLY = (b"RTSP/1.0 200 OK\r\nCSeq: 1\r\nServer: scanflow-test-rtsp\r\n"
+              b"Public: OPTIONS, DESCRIBE, SETUP, PLAY, TEARDOWN\r\n\r\n")
+
+
+def http_reply(user_agent: str) -> bytes:
+    """What the test HTTP service answers: its headers name the User-Agent it was sent."""
+    return (b"HTTP/1.1 200 OK\r\nServer: scanflow-test-httpd\r\nX-Seen-User-Agent: " + user_agent.encode()
+            + b"\r\nContent-Type: text/html\r\nContent-Length: " + str(len(HTTP_BODY)).encode()
+            + b"\r\nConnection: close\r\n\r\n" + HTTP_BODY)
+
+
+async def _serve(bind: str, services: list[tuple[str, int]], log_path: str) -> None:
+    log = open(log_path, "a", buffering=1)
+
+    def record(kind: str, port: int, data: bytes) -> None:
+        log.write(f"{kind}\t{port}\t{data.hex()}\n")
+
+    def handler(kind: str, port: int):
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                if kind in GREETINGS:
+                    writer.write(GREETINGS[kind])
+                    await writer.drain()
+                    # Keep what the client says, if anything, until it closes (or 10 s).
+                    data = b""
+                    try:
+                        while len(data) < 65536:
+                            chunk = await asyncio.wait_for(reader.read(4096), 10)
+                            if not chunk:
+                                break
+                            data += chunk
+                    except asyncio.TimeoutError:
+                        pass
+                    record(kind, port, data)
+                elif kind == "silent":
+                    # Accepts, then never says anything: an open port without a banner.
+                    record(kind, port, await reader.read(65536))
+                elif kind in ("http", "rtsp"):
+                    data = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+                    record(kind, port, data)
+                    if kind == "http":
+                        ua = next((line.split(b":", 1)[1].strip().decode("latin-1")
+                                   for line in data.split(b"\r\n") if line.lower().startswith(b"user-agent:")), "")
+                        writer.write(http_reply(ua))
+                    else:
+                        writer.write(RTSP_REPLY)
+                    await writer.drain()
+            except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
+                pass
+            finally:
+                writer.close()
+        return handle
+
+    servers = [await asyncio.start_server(handler(kind, port), bind, port) for kind, port in services]
+    print("ready", flush=True)
+    await asyncio.gather(*(s.serve_forever() for s in servers))
+
+
+def start_services(net: "TestNet | None", bind: str, log: Path, services: list[tuple[str, int]]) -> subprocess.Popen:
+    """Start :func:`_serve` (``python -m tests.integration.netns serve``) inside ``net`` (or on this
+    host when ``net`` is None, for loopback tests) and wait until it listens."""
+    args = [sys.executable, "-m", "tests.integration.netns", "serve", "--bind", bind, "--log", str(log)]
+    for kind, port in services:
+        args += [f"--{kind}", str(port)]
+    repo = Path(__file__).resolve().parents[2]
+    popen = dict(stdout=subprocess.PIPE, text=True, cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)})
+    if net is not None:
+        proc = net.spawn(args, **popen)
+    else:
+        proc = subprocess.Popen(args, start_new_session=True, **popen)
+    if proc.stdout.readline().strip() != "ready":
+        proc.kill()
+        raise RuntimeError("the test services did not start")
+    return proc
+
+
+def start_sshd(net: TestNet, tmp: Path, port: int = 22) -> subprocess.Popen:
+    """Debian's OpenSSH server inside ``net`` (a throwaway host key, no configuration file)."""
+    key = tmp / "ssh_host_ed25519_key"
+    if not key.exists():
+        _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key))
+    Path("/run/sshd").mkdir(exist_ok=True)  # its privilege-separation directory
+    proc = net.spawn(["/usr/sbin/sshd", "-D", "-e", "-f", "/dev/null", "-h", str(key), "-o",
+                      f"ListenAddress={net.ns_ip}", "-o", f"Port={port}", "-o", "PidFile=none"],
+                     stderr=subprocess.PIPE, text=True)
+    _wait_listening(net, port, proc)
+    return proc
+
+
+def start_vsftpd(net: TestNet, tmp: Path, port: int = 21, banner: str = "scanflow test vsftpd") -> subprocess.Popen:
+    """Debian's vsftpd inside ``net``, in the foreground, local users only (nobody logs in)."""
+    conf = tmp / "vsftpd.conf"
+    conf.write_text(f"listen=YES\nlisten_ipv6=NO\nlisten_address={net.ns_ip}\nlisten_port={port}\n"
+                    "background=NO\nanonymous_enable=NO\nlocal_enable=YES\nwrite_enable=NO\n"
+                    f"ftpd_banner={banner}\n")
+    proc = net.spawn(["/usr/sbin/vsftpd", str(conf)], stderr=subprocess.PIPE, text=True)
+    _wait_listening(net, port, proc)
+    return proc
+
+
+def _wait_listening(net: TestNet, port: int, proc: subprocess.Popen, timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[3]} exited: {proc.stderr.read() if proc.stderr else ''}")
+        if f":{port} " in net.ns("ss", "-Hltn", check=False).stdout:
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port} in {net.name}")
+
+
+def read_records(kafka, topic: str, done, timeout_s: float = 60.0) -> list[tuple[bytes | None, object]]:
+    """Read ``topic`` from the beginning until ``done(records)`` is true (or the timeout); returns
+    ``(key, Decoded or raw bytes)`` pairs. A helper of the agent tests (real broker, unique topics)."""
+    from connectors.avro_codec import CodecError, decode
+    from connectors.kafka_io import make_consumer, topic_partitions
+
+    consumer = make_consumer(kafka)
+    try:
+        tps = topic_partitions(consumer, [topic])
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        out: list = []
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not done(out):
+            for records in consumer.poll(timeout_ms=200).values():
+                for rec in records:
+                    try:
+                        out.append((rec.key, decode(rec.value)))
+                    except CodecError:
+                        out.append((rec.key, rec))
+        return out
+    finally:
+        consumer.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``serve``: run the banner services until killed."""
+    parser = argparse.ArgumentParser(prog="python -m tests.integration.netns")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    serve = sub.add_parser("serve")
+    serve.add_argument("--bind", required=True)
+    serve.add_argument("--log", required=True)
+    for kind in KINDS:
+        serve.add_argument(f"--{kind}", type=int, action="append", default=[], metavar="PORT")
+    args = parser.parse_args(argv)
+    services = [(kind, port) for kind in KINDS for port in getattr(args, kind)]
+    asyncio.run(_serve(args.bind, services, args.log))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
