@@ -94,23 +94,31 @@ def report(obj: CliContext, out_dir: str, lake: str | None, start: str | None, e
               help="Start offset of a partition (repeatable; others start at the beginning).")
 @click.option("--to-offset", "to_offsets", multiple=True, metavar="PARTITION=OFFSET",
               help="Stop offset (exclusive) of a partition (repeatable; others stop at the current end).")
+@click.option("--port-sets", "port_sets_dir", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Directory with standard.json, silent.json and unknown.json (PortSet.write); default: "
+                   "derived from the recording in the lake.")
+@click.option("--tolerance", "tolerance_s", type=click.FloatRange(min=0), default=3600.0, show_default=True,
+              help="Seconds a recorded round may come before the planned time and still be taken.")
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
 @pass_ctx
 def replay(obj: CliContext, lake, out_lake, policy, counterfactual, source_policy, start, end, topic,
-           from_offsets, to_offsets, as_json) -> None:
-    """Replay a recorded scan through a policy, on the bounded Beam pipeline (FnApiRunner), and
+           from_offsets, to_offsets, port_sets_dir, tolerance_s, as_json) -> None:
+    """Replay a recorded scan through a policy on the bounded Beam pipeline (FnApiRunner) and
     compare it with the recording (Table 4 style). With --topic the recorded range is read from
-    Kafka (offsets per partition, or --start/--end as a time range); otherwise from the lake's
-    observations."""
+    Kafka (--from-offset/--to-offset per partition, or --start/--end as a time range); otherwise
+    from the lake's events and scans. --out writes the replay's decisions and observations to a lake."""
     import json
 
     from pipelines.replay import ReplaySpec, run_replay
 
+    root = _root(obj, lake)
     try:
         spec = ReplaySpec(policy=policy.upper(), counterfactual=counterfactual, source_policy=source_policy.upper(),
                           start=start, end=end, topic=topic, start_offsets=_offsets(topic, from_offsets),
-                          stop_offsets=_offsets(topic, to_offsets))
-        result = run_replay(obj.settings, spec, lake=str(_root(obj, lake)), out_lake=out_lake)
+                          stop_offsets=_offsets(topic, to_offsets), tolerance_s=tolerance_s)
+        port_sets = _port_sets(port_sets_dir, root, spec, topic)
+        result = run_replay(obj.settings, spec, port_sets=port_sets, lake=None if topic else str(root),
+                            out_lake=out_lake)
     except ValueError as exc:
         _fail(str(exc), 2)
     if as_json:
@@ -118,6 +126,27 @@ def replay(obj: CliContext, lake, out_lake, policy, counterfactual, source_polic
     else:
         for line in result.lines():
             click.echo(line)
+
+
+def _port_sets(directory: str | None, root: Path, spec, topic: str | None):
+    """The policy's port sets: published files, or derived from the recording in the lake."""
+    from scanflow.policy import PolicyPortSets
+    from scanflow.portsets import PortSet
+
+    if directory:
+        return PolicyPortSets(*(PortSet.read(Path(directory) / f"{role}.json") for role in ("standard", "silent", "unknown")))
+    if topic:
+        raise ValueError("a replay from --topic needs --port-sets DIR (standard.json, silent.json, unknown.json)")
+    from connectors.duckdb_catalog import Catalog
+    from scanflow.knowledge import load_knowledge
+
+    kb = load_knowledge()
+    with Catalog(root) as cat:
+        d = cat.derive_port_sets(policy=spec.source_policy, start=spec.start, end=spec.end,
+                                 device_ports=kb.device_ports(), malware_ports=kb.malware_ports())
+    click.echo(f"port sets derived from the recording: standard {len(d.standard):,}, silent {len(d.silent):,}, "
+               f"unknown {len(d.unknown):,} ports", err=True)
+    return PolicyPortSets(d.standard, d.silent, d.unknown)
 
 
 def _offsets(topic: str | None, items: tuple[str, ...]) -> dict[tuple[str, int], int] | None:
