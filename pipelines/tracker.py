@@ -1,0 +1,218 @@
+"""What happens to one IP, as a pure function of its state, its rounds and the time: no Beam here.
+
+The Beam stage (:mod:`pipelines.changes`) keeps a :class:`~pipelines.state.Tracked` per IP and a bag
+of rounds waiting for the watermark, and calls :meth:`IpTracker.wake` when the IP's one event-time
+timer fires. ``wake`` processes, in event-time order, every round that ended by then and the IP's
+due times:
+
+- a round: dropped if its scan id was applied already (a round delivered twice) or if it ended
+  at or before the IP's last decision (late); otherwise ``policy.decide(state, observation, round end)``;
+- the next scan time: the command is issued (:class:`Due`);
+- the watchdog (``command_ttl_s + round_timeout_s`` after an issued command with no round back): the
+  policy decides on an incomplete, silent observation, which keeps the state and retries.
+
+A responsive result keeps (or starts) the IP's state; a non-responsive one removes it (the IP is
+demoted to the sweeps: a tombstone if it was tracked). Every decision is reported (:class:`Decided`)
+and the final state of each wake is reported once (:class:`Snapshot`) for ``scanflow.ip-state``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Mapping, NamedTuple
+
+from scanflow.policy import IpState, IpStatus, Observation, Reason, ScanPlan
+from scanflow.portsets import PortSet
+
+from pipelines.glue import US, Round, observation, published_sets
+from pipelines.records import micros
+from pipelines.state import Tracked, short_hash
+
+_INCONCLUSIVE = Observation(frozenset(), (), None, False)
+
+
+class Decided(NamedTuple):
+    """One decision: ``previous`` (None for an IP not tracked before) -> ``state`` with ``plan``.
+    ``tracked`` says whether the IP keeps per-IP state (False: silent, left to the sweeps);
+    ``scan_id`` is None for a decision made by the watchdog."""
+
+    ip: str
+    scan_id: str | None
+    at: float
+    previous: IpState | None
+    state: IpState
+    plan: ScanPlan
+    tracked: bool
+
+
+class Due(NamedTuple):
+    """A scan that is due now: the command to issue."""
+
+    ip: str
+    at: float
+    ports: PortSet
+    reason: Reason
+
+
+class Snapshot(NamedTuple):
+    """The IP's state after a wake (None: a tombstone, the IP is no longer tracked)."""
+
+    ip: str
+    tracked: Tracked | None
+    updated_at: float
+
+
+class IpTracker:
+    """Applies rounds and due times to one IP's :class:`Tracked` state with an efficient policy.
+
+    ``horizon`` (replay only): no due time at or after it is scheduled, so a bounded run ends.
+    ``policies``: the ScanDone policies whose rounds are this scheduler's (UNKNOWN: a round that
+    timed out without its ScanDone); rounds of another policy (the standard baseline running beside
+    it) are ignored. Counts of what was dropped and why are in ``counts``.
+    """
+
+    def __init__(self, policy, *, recent_scans: int = 4, command_ttl_s: float, round_timeout_s: float,
+                 horizon: float | None = None, policies: tuple[str, ...] = ("EFFICIENT", "UNKNOWN")):
+        self.policy = policy
+        self.recent_scans = recent_scans
+        self.watchdog_s = command_ttl_s + round_timeout_s
+        self.horizon = horizon
+        self.policies = frozenset(policies)
+        self.published: Mapping[tuple[str, int], PortSet] = published_sets(policy)
+        self.counts: Counter[str] = Counter()
+
+    def due_at(self, t: Tracked | None) -> float | None:
+        """When the IP must be woken for its next scan (or its watchdog); None if never."""
+        if t is None:
+            return None
+        at = t.next_at + self.watchdog_s if t.issued else t.next_at
+        return None if self.horizon is not None and at >= self.horizon else at
+
+    def restore(self, current: Tracked | None, restored: Tracked | None, updated_at: float) -> Tracked | None:
+        """The state after a record from ``scanflow.ip-state`` (a restart): the newer one wins;
+        ``restored`` None is a tombstone."""
+        if current is not None and updated_at <= current.updated_at:
+            self.counts["restore_older"] += 1
+            return current
+        self.counts["restored" if restored is not None else "restored_tombstone"] += 1
+        return self.sanitize(restored) if restored is not None else None
+
+    def sanitize(self, t: Tracked) -> Tracked:
+        """A restored state whose device model the knowledge base no longer has falls back to
+        responsive-not-estimated (the policy then probes the unknown set)."""
+        device = t.state.device
+        if device is None:
+            return t
+        try:
+            self.policy.estimator.port_set(device)
+        except KeyError:
+            self.counts["restored_unknown_device"] += 1
+            fields = {name: getattr(t.state, name) for name in IpState.__slots__}
+            fields.update(device=None, confidence=0.0, status=IpStatus.RESPONSIVE_UNESTIMATED)
+            return t.with_(state=IpState(**fields))
+        return t
+
+    def wake(self, ip: str, t: Tracked | None, pending: list[tuple[int, Round]], until_us: int
+             ) -> tuple[Tracked | None, list[Any], list[tuple[int, Round]]]:
+        """Process everything of ``ip`` due by ``until_us`` (the watermark, in microseconds): rounds
+        whose element time is <= it and due times <= it, in event-time order.
+
+        ``pending`` holds ``(element time in micros, round)``. Returns the new state, the outputs
+        (:class:`Decided`, :class:`Due`, then one :class:`Snapshot` if the state changed) and the
+        rounds still waiting.
+        """
+        ready = sorted((r for us, r in pending if us <= until_us), key=lambda r: (r.ended_us, r.scan_id))
+        rest = [(us, r) for us, r in pending if us > until_us]
+        out: list[Any] = []
+        start = t
+        i = 0
+        while True:
+            due = self.due_at(t)
+            due_us = micros(due) if due is not None else None
+            if due_us is not None and due_us > until_us:
+                due_us = None
+            nxt = ready[i] if i < len(ready) else None
+            if nxt is None and due_us is None:
+                break
+            if nxt is not None and (due_us is None or nxt.ended_us <= due_us):
+                t = self._round(ip, t, nxt, out)
+                i += 1
+            elif not t.issued:
+                out.append(Due(ip, t.next_at, self.policy.ports_for(t.state), t.reason))
+                t = t.with_(issued=True, updated_at=t.next_at)
+            else:
+                self.counts["watchdog"] += 1
+                t = self._decide(ip, t, None, _INCONCLUSIVE, due, out)
+        if t is not start:
+            out.append(Snapshot(ip, t, t.updated_at if t is not None else out_time(out, until_us / US)))
+        return t, out, rest
+
+    def _round(self, ip: str, t: Tracked | None, rnd: Round, out: list) -> Tracked | None:
+        if rnd.policy not in self.policies:
+            self.counts["other_policy"] += 1
+            return t
+        if t is not None:
+            if t.seen(rnd.scan_id):
+                self.counts["duplicate_round"] += 1
+                return t
+            if rnd.at <= t.decided_at:
+                # Ended at or before the IP's last decision: late, or a round applied before a
+                # restart whose scan id the state does not hold (restored from a bare record).
+                self.counts["late_round"] += 1
+                return t
+        return self._decide(ip, t, rnd.scan_id, observation(rnd, self.published), rnd.at, out)
+
+    def _decide(self, ip: str, t: Tracked | None, scan_id: str | None, obs: Observation, now: float,
+                out: list) -> Tracked | None:
+        previous = t.state if t is not None else None
+        state, plan = self.policy.decide(previous, obs, now)
+        tracked = state.responsive
+        out.append(Decided(ip, scan_id, now, previous, state, plan, tracked))
+        if not tracked:
+            return None
+        recent = t.recent if t is not None else ()
+        if scan_id is not None:
+            recent = (short_hash(scan_id),) + recent[:self.recent_scans - 1]
+        return Tracked(state, plan.at, plan.reason, False, now, now, recent)
+
+
+def out_time(out: list, default: float) -> float:
+    """The time of the last decision in ``out`` (when a tombstone was decided)."""
+    for item in reversed(out):
+        if isinstance(item, Decided):
+            return item.at
+    return default
+
+
+def from_ip_state_record(record: Mapping[str, Any], retry_s: float,
+                         published: Mapping[tuple[str, int], PortSet] = {}) -> Tracked:
+    """A state rebuilt from an ``IpState`` record without the scheduler's header (written by hand or
+    by another program). A v2 record carries the banner digests and the last probed set, so change
+    detection is exact; a v1 record has neither (the next round is compared on open ports only).
+    Recent scan ids are never in the record: the last decision's time (``last_scanned_at``) guards
+    against rounds delivered again instead."""
+    def sec(us):
+        return None if us is None else us / US
+
+    updated = sec(record.get("updated_at")) or 0.0
+    next_at = sec(record.get("next_scan_at"))
+    if next_at is None:
+        next_at = updated + retry_s
+    status = IpStatus(record["status"]) if record.get("status") in IpStatus.__members__ else \
+        IpStatus.RESPONSIVE_UNESTIMATED
+    if status is IpStatus.RESPONSIVE_ESTIMATED and not record.get("device"):
+        status = IpStatus.RESPONSIVE_UNESTIMATED
+    digests = tuple(sorted((int(d["port"]), d["digest"]) for d in record.get("port_digests") or ()))
+    probed = None
+    if record.get("probed"):
+        try:
+            probed = PortSet.from_record(record["probed"], published.values()).ref
+        except (KeyError, ValueError):
+            probed = None
+    state = IpState(status, int(record.get("backoff_step") or 0), frozenset(record.get("open_ports") or ()),
+                    digests, record.get("device") if status is IpStatus.RESPONSIVE_ESTIMATED else None, 0.0, probed,
+                    int(record.get("silent_rounds") or 0), 0, sec(record.get("first_seen_at")),
+                    sec(record.get("last_seen_at")), sec(record.get("last_scanned_at")),
+                    sec(record.get("last_changed_at")))
+    decided = max(sec(record.get("last_scanned_at")) or 0.0, min(updated, next_at))
+    return Tracked(state, next_at, Reason.BACKOFF, updated >= next_at, decided, updated, ())

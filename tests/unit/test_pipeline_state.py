@@ -1,0 +1,83 @@
+"""The scheduler's compact per-IP state: exact round trips, the size budget, the restore header."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings as hsettings, strategies as st
+
+from pipelines.policy_setup import build_policy
+from pipelines.settings import PipelineSettings
+from pipelines.state import RefTable, Tracked, pack, pack_header, short_hash, unpack, unpack_header
+from scanflow.config import Settings
+from scanflow.policy import IpState, IpStatus, Observation, Reason
+
+POLICY = build_policy(Settings(), PipelineSettings())
+REFS = RefTable.of_policy(POLICY)
+T0 = 1_700_000_000.0
+HIK = b"HTTP/1.1 200 OK\r\nServer: Hikvision-Webs\r\n\r\n"
+
+times = st.one_of(st.none(), st.floats(min_value=0, max_value=4e9, allow_nan=False))
+refs = st.one_of(st.none(), st.sampled_from([POLICY.port_sets.silent.ref, POLICY.port_sets.unknown.ref,
+                                             POLICY.estimator.port_sets()[3].ref, "other@v7", "inline:0123"]))
+
+
+@st.composite
+def tracked_states(draw):
+    ports = sorted(draw(st.sets(st.integers(1, 65535), max_size=40)))
+    digests = tuple((p, draw(st.binary(min_size=8, max_size=8)).hex()) for p in ports if draw(st.booleans()))
+    device = draw(st.one_of(st.none(), st.text(min_size=1, max_size=40)))
+    state = IpState(draw(st.sampled_from(list(IpStatus))), draw(st.integers(0, 300)), frozenset(ports), digests,
+                    device, draw(st.floats(0, 1)) if device else 0.0, draw(refs), draw(st.integers(0, 300)),
+                    draw(st.integers(0, 10**9)), draw(times), draw(times), draw(times), draw(times))
+    recent = tuple(draw(st.binary(min_size=8, max_size=8)) for _ in range(draw(st.integers(0, 8))))
+    return Tracked(state, draw(st.floats(0, 4e9)), draw(st.sampled_from(list(Reason))), draw(st.booleans()),
+                   draw(st.floats(0, 4e9)), draw(st.floats(0, 4e9)), recent)
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(tracked_states())
+def test_pack_unpack_is_exact(t):
+    assert unpack(pack(t, REFS), REFS) == t
+
+
+def test_states_the_policy_makes_fit_the_byte_budget():
+    # A realistic tracked IP: an estimated camera after three unchanged rounds, four scan ids kept.
+    obs = Observation.of([80, 554, 8000], {80: HIK}, probed=POLICY.port_sets.silent)
+    state, plan = POLICY.decide(None, obs, T0)
+    for i in range(3):
+        state, plan = POLICY.decide(state, Observation.of([80, 554, 8000], {80: HIK}, probed=plan.ports), plan.at)
+    assert state.status is IpStatus.RESPONSIVE_ESTIMATED and state.step == 3
+    t = Tracked(state, plan.at, plan.reason, False, T0, T0, tuple(short_hash(f"s{i}") for i in range(4)))
+    packed = pack(t, REFS)
+    assert unpack(packed, REFS) == t
+    # The ref of the model's inline port set is stored as 8 bytes, not as its text.
+    assert state.probed.encode() not in packed
+    assert len(packed) + len("203.0.113.200") <= 300
+
+
+def test_an_unknown_ref_is_kept_as_text_and_a_known_one_as_a_hash():
+    silent = POLICY.port_sets.silent.ref
+    base = Tracked(IpState(IpStatus.RESPONSIVE_UNESTIMATED, probed="mine@v3"), T0, Reason.BACKOFF, False, T0, T0)
+    assert b"mine@v3" in pack(base, REFS)
+    known = base.with_(state=IpState(IpStatus.RESPONSIVE_UNESTIMATED, probed=silent))
+    assert silent.encode() not in pack(known, REFS) and unpack(pack(known, REFS), REFS) == known
+    assert REFS.port_set(silent) is POLICY.port_sets.silent
+
+
+def test_damaged_or_foreign_bytes_are_refused_with_a_reason():
+    t = Tracked(IpState(IpStatus.RESPONSIVE_UNESTIMATED, open_ports=frozenset({80})), T0, Reason.BACKOFF,
+                False, T0, T0)
+    data = pack(t, REFS)
+    with pytest.raises(ValueError, match="version"):
+        unpack(b"\x09" + data[1:], REFS)
+    with pytest.raises(ValueError, match="does not unpack|trailing"):
+        unpack(data[:-3], REFS)
+    with pytest.raises(ValueError, match="trailing"):
+        unpack(data + b"\x00", REFS)
+
+
+def test_header_carries_a_state_or_a_dated_tombstone():
+    t = Tracked(IpState(IpStatus.RESPONSIVE_ESTIMATED, device="hikvision-ipc", open_ports=frozenset({80})),
+                T0 + 5, Reason.CHANGED, True, T0, T0 + 5)
+    assert unpack_header(pack_header(t, t.updated_at, REFS), REFS) == (t, T0 + 5)
+    assert unpack_header(pack_header(None, T0 + 9, REFS), REFS) == (None, T0 + 9)
