@@ -1,0 +1,183 @@
+"""Stage: change detection and scheduling, stateful per IP, with one event-time timer per IP.
+
+Per IP the stage keeps the compact :class:`~pipelines.state.Tracked` state (last answer's ports and
+banner digests = its fingerprint, back-off step, device, next scan time, recent scan ids) and a bag
+of rounds waiting for the watermark. The logic is :class:`pipelines.tracker.IpTracker`, which calls
+the policy core's ``decide``: the core compares the answer with the IP's last fingerprint, estimates
+the device when it changed and picks the port set and next scan time. This stage only stores,
+orders, dedupes and times.
+
+Why one timer: rounds, the next scan time and the watchdog all wait on the same watermark; one
+timer always set to the earliest of them makes the order of processing the event-time order on any
+runner, whatever order the runner fires timers or delivers elements in.
+
+Outputs (all records ready for their sinks):
+
+- main: ``Decision`` records (one per round applied, and per watchdog decision);
+- ``commands``: ``(ip, ScanCommand record)`` when an IP's next scan time is reached;
+- ``states``: ``(ip, IpState record or None, headers)`` for ``scanflow.ip-state`` (None = tombstone);
+  the ``scanflow.scheduler.state`` header carries the exact packed state for a restart.
+
+Restore: ``(ip, RestoreRecord)`` elements (the ``ip-state`` topic read at start) set the state
+directly; the newer state wins.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, NamedTuple
+
+import apache_beam as beam
+from apache_beam.coders import BytesCoder, FastPrimitivesCoder
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.utils.timestamp import Timestamp
+
+from pipelines.glue import Round, timer_time
+from pipelines.records import command_record, decision_record, ip_state_record, micros
+from pipelines.state import STATE_HEADER, RefTable, pack, pack_header, unpack, unpack_header
+from pipelines.tracker import Decided, Due, IpTracker, Snapshot, from_ip_state_record
+
+COMMANDS = "commands"
+STATES = "states"
+_METRICS = "scanflow.changes"
+
+
+class RestoreRecord(NamedTuple):
+    """One record of ``scanflow.ip-state`` read at start: the scheduler's state header if present,
+    else the decoded ``IpState`` record; both None for a tombstone without header (then ``ts`` is
+    its Kafka timestamp in seconds)."""
+
+    header: bytes | None
+    record: Mapping[str, Any] | None
+    ts: float
+
+
+class _TrackFn(beam.DoFn):
+    """The per-IP state, the rounds waiting for the watermark and the IP's one timer."""
+
+    TRACKED = ReadModifyWriteStateSpec("tracked", BytesCoder())
+    # (element time in micros, the Round as a plain tuple)
+    PENDING = BagStateSpec("pending", FastPrimitivesCoder())
+    WAKE = TimerSpec("wake", TimeDomain.WATERMARK)
+
+    def __init__(self, policy, *, recent_scans: int, command_ttl_s: float, round_timeout_s: float,
+                 horizon: float | None):
+        self._policy = policy
+        self._args = dict(recent_scans=recent_scans, command_ttl_s=command_ttl_s,
+                          round_timeout_s=round_timeout_s, horizon=horizon)
+        self._ttl = command_ttl_s
+
+    def setup(self):
+        self._tracker = IpTracker(self._policy, **self._args)
+        self._refs = RefTable.of_policy(self._policy)
+        self._name = self._policy.name
+        self._reported: dict[str, int] = {}
+        self._counters = {}
+
+    def _flush_counts(self):
+        for name, value in self._tracker.counts.items():
+            delta = value - self._reported.get(name, 0)
+            if delta:
+                if name not in self._counters:
+                    self._counters[name] = Metrics.counter(_METRICS, name)
+                self._counters[name].inc(delta)
+                self._reported[name] = value
+
+    def finish_bundle(self):
+        self._flush_counts()
+
+    def process(self, element, ts=beam.DoFn.TimestampParam, tracked=beam.DoFn.StateParam(TRACKED),
+                pending=beam.DoFn.StateParam(PENDING), wake=beam.DoFn.TimerParam(WAKE)):
+        ip, item = element
+        raw = tracked.read()
+        current = unpack(raw, self._refs) if raw is not None else None
+        waiting = [us for us, _ in pending.read()]
+        if isinstance(item, RestoreRecord):
+            restored, updated_at = self._parse_restore(item)
+            new = self._tracker.restore(current, restored, updated_at)
+            if new is not current:
+                current = new
+                if new is None:
+                    tracked.clear()
+                else:
+                    tracked.write(pack(new, self._refs))
+        else:
+            pending.add((ts.micros, tuple(item)))
+            waiting.append(ts.micros)
+        self._set(wake, current, waiting)
+
+    def _set(self, wake, current, waiting_us: list[int]) -> None:
+        due = self._tracker.due_at(current)
+        times = list(waiting_us)
+        if due is not None:
+            times.append(micros(due))
+        if times:
+            wake.set(timer_time(min(times)))
+        else:
+            wake.clear()
+
+    def _parse_restore(self, item: RestoreRecord):
+        if item.header is not None:
+            return unpack_header(item.header, self._refs)
+        if item.record is not None:
+            t = from_ip_state_record(item.record, self._policy.params.retry_interval, self._tracker.published)
+            return t, t.updated_at
+        return None, item.ts
+
+    @on_timer(WAKE)
+    def on_wake(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
+                tracked=beam.DoFn.StateParam(TRACKED), pending=beam.DoFn.StateParam(PENDING),
+                wake=beam.DoFn.TimerParam(WAKE)):
+        """The watermark reached the IP's earliest round or due time: apply everything due by now
+        in event-time order, emit decisions, commands and the new state, and set the next wake-up."""
+        raw = tracked.read()
+        current = unpack(raw, self._refs) if raw is not None else None
+        items = [(us, Round(*r)) for us, r in pending.read()]
+        new, out, rest = self._tracker.wake(key, current, items, fired.micros)
+        if new is not current:
+            if new is None:
+                tracked.clear()
+            else:
+                tracked.write(pack(new, self._refs))
+        if len(rest) != len(items):
+            pending.clear()
+            for us, rnd in rest:
+                pending.add((us, tuple(rnd)))
+        self._set(wake, new, [us for us, _ in rest])
+        for o in out:
+            yield from self._emit(o)
+
+    def _emit(self, o):
+        if isinstance(o, Decided):
+            yield decision_record(ip=o.ip, policy=self._name, decided_at=o.at, scan_id=o.scan_id,
+                                  previous=o.previous, state=o.state, plan=o.plan, tracked=o.tracked)
+        elif isinstance(o, Due):
+            yield beam.pvalue.TaggedOutput(COMMANDS, (o.ip, command_record(
+                policy=self._name, target=o.ip, not_before=o.at, ttl_s=self._ttl, ports=o.ports,
+                reason=o.reason.value)))
+        elif isinstance(o, Snapshot):
+            t = o.tracked
+            record = None if t is None else ip_state_record(o.ip, self._name, t.state, t.next_at, t.updated_at,
+                                                            self._refs.port_set(t.state.probed))
+            yield beam.pvalue.TaggedOutput(STATES, (o.ip, record, (
+                (STATE_HEADER, pack_header(t, o.updated_at, self._refs)),)))
+
+
+class DetectChanges(beam.PTransform):
+    """``(ip, Round)`` and ``(ip, RestoreRecord)`` -> ``(decisions, commands, states)``.
+
+    ``horizon`` (bounded replay): no wake-up is scheduled at or after it, so the run ends.
+    """
+
+    def __init__(self, policy, *, recent_scans: int = 4, command_ttl_s: float, round_timeout_s: float,
+                 horizon: float | None = None):
+        super().__init__()
+        self._fn = _TrackFn(policy, recent_scans=recent_scans, command_ttl_s=command_ttl_s,
+                            round_timeout_s=round_timeout_s, horizon=horizon)
+
+    def expand(self, keyed):
+        out = (keyed
+               | "Track" >> beam.ParDo(self._fn).with_input_types(beam.typehints.KV[str, Any])
+               .with_outputs(COMMANDS, STATES, main="decisions"))
+        return out.decisions, out[COMMANDS], out[STATES]

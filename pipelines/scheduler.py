@@ -1,0 +1,215 @@
+"""The scheduler pipeline: wiring only. Every stage lives in its own module.
+
+::
+
+    ReadEvents ─► AssembleRounds ─► EstimateDevices ─► DetectChanges ─┬─► decisions ──► archive (lake)
+    (Kafka, decode,  (per scan id:     (fingerprint +     (per IP: state, ├─► commands ──┐
+     dead letters)    until ScanDone    device of each     dedupe, policy  └─► states ──► WriteIpStates
+                      or timeout)       answer) ─► archive  core, timer)                 (ip-state, compacted)
+    ReadIpStates (restore at start) ──────────────────────────►┘              Sweeps ─►┴─► WriteCommands
+
+:class:`Scheduler` is the part shared by the live pipeline (:func:`build_live`, Prism by default) and
+the bounded replay (:func:`build_replay`, FnApiRunner): items in, decisions / commands / states /
+observations out. ``run_live`` and ``run_replay`` are what ``scanflow pipeline run`` calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import apache_beam as beam
+
+from pipelines.changes import DetectChanges
+from pipelines.commands import WriteCommands, WriteIpStates
+from pipelines.devices import EstimateDevices
+from pipelines.rounds import AssembleRounds
+from pipelines.settings import PipelineSettings
+from pipelines.sweeps import Sweeps
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SchedulerOutputs:
+    """The PCollections a :class:`Scheduler` produces."""
+
+    decisions: Any      # Decision records
+    commands: Any       # (ip, ScanCommand record) from the per-IP timers
+    states: Any         # (ip, IpState record or None, headers)
+    observations: Any   # Observation records (empty unless archived)
+
+
+class Scheduler(beam.PTransform):
+    """Events -> decisions, per-IP commands, state changes and archived observations.
+
+    Input: a PCollection of :class:`~pipelines.glue.Event` / :class:`~pipelines.glue.Done`, or a dict
+    ``{"items": ..., "restore": ...}`` with the ``(ip, RestoreRecord)`` of a restart. ``horizon``
+    (bounded replays) ends every timer before it.
+    """
+
+    def __init__(self, policy, settings: PipelineSettings, *, horizon: float | None = None, archive: bool = False):
+        super().__init__()
+        self._policy, self._settings, self._horizon, self._archive = policy, settings, horizon, archive
+
+    def expand(self, inputs):
+        items, restore = (inputs["items"], inputs.get("restore")) if isinstance(inputs, dict) else (inputs, None)
+        s = self._settings
+        rounds = items | "AssembleRounds" >> AssembleRounds(s.round_timeout_s, s.dedupe_horizon_s, self._horizon)
+        rounds, observations = rounds | "EstimateDevices" >> EstimateDevices(self._policy.estimator, self._archive)
+        keyed = rounds if restore is None else (rounds, restore) | "WithRestore" >> beam.Flatten()
+        decisions, commands, states = keyed | "DetectChanges" >> DetectChanges(
+            self._policy, recent_scans=s.recent_scans, command_ttl_s=s.command_ttl_s,
+            round_timeout_s=s.round_timeout_s, horizon=self._horizon)
+        return SchedulerOutputs(decisions, commands, states, observations)
+
+
+def _archive(outputs: SchedulerOutputs, root: str, mode: str) -> None:
+    """Observations and decisions to the Parquet lake (``connectors.beam_lake``)."""
+    from connectors.beam_lake import WriteToLake
+
+    _ = outputs.observations | "ArchiveObservations" >> WriteToLake(root, "observations", mode=mode)
+    _ = outputs.decisions | "ArchiveDecisions" >> WriteToLake(root, "decisions", mode=mode)
+
+
+def build_live(p: beam.Pipeline, settings, pipeline: PipelineSettings, policy, *, now: float | None = None,
+               restore: bool = True, rewind: bool = True) -> SchedulerOutputs:
+    """The live scheduler on ``p``: events from the consumer group, state restored from
+    ``scanflow.ip-state``, commands and state changes back to Kafka, sweeps from now on."""
+    from pipelines.sources import ReadEvents, ReadIpStates, rewound_start_offsets
+
+    kafka, topics = settings.kafka, settings.topics
+    start_offsets = (rewound_start_offsets(kafka, topics.events, pipeline.group_id, pipeline.rewind_s)
+                     if rewind else None)
+    items = p | "ReadEvents" >> ReadEvents(kafka, topics.events, topics.dead_letter, group_id=pipeline.group_id,
+                                           start_offsets=start_offsets, watermark_lag_s=pipeline.watermark_lag_s)
+    inputs: Any = items
+    if restore:
+        inputs = {"items": items,
+                  "restore": p | "ReadIpStates" >> ReadIpStates(kafka, topics.ip_state, topics.dead_letter)}
+    out = inputs | "Schedule" >> Scheduler(policy, pipeline, archive=bool(pipeline.archive_dir))
+    commands = out.commands
+    if pipeline.sweep_ranges:
+        sweeps = p | "Sweeps" >> Sweeps(pipeline.sweep_networks(), prefix=pipeline.sweep_prefix,
+                                        period_s=policy.params.silent_interval, silent=policy.port_sets.silent,
+                                        ttl_s=pipeline.command_ttl_s, start=time.time() if now is None else now,
+                                        tick_s=pipeline.sweep_tick_s, policy=policy.name)
+        commands = (commands, sweeps) | "AllCommands" >> beam.Flatten()
+    _ = commands | "WriteCommands" >> WriteCommands(kafka, topics.commands, topics.dead_letter)
+    _ = out.states | "WriteIpStates" >> WriteIpStates(kafka, topics.ip_state, topics.dead_letter)
+    if pipeline.archive_dir:
+        _archive(out, pipeline.archive_dir, mode="bundle")
+    return out
+
+
+def build_replay(p: beam.Pipeline, items, pipeline: PipelineSettings, policy, *, start: float, horizon: float,
+                 archive_dir: str = "") -> tuple[SchedulerOutputs, Any]:
+    """The same stages, bounded, over ``items`` (timestamped events of ``[start, horizon)``).
+
+    Returns the scheduler's outputs and the sweep commands of the window (the efficient policy's
+    range traffic). Nothing is sent to Kafka: a replay must not command live agents.
+    """
+    out = items | "Schedule" >> Scheduler(policy, pipeline, horizon=horizon, archive=bool(archive_dir))
+    sweeps = p | "Sweeps" >> Sweeps(pipeline.sweep_networks(), prefix=pipeline.sweep_prefix,
+                                    period_s=policy.params.silent_interval, silent=policy.port_sets.silent,
+                                    ttl_s=pipeline.command_ttl_s, start=start, stop=horizon, policy=policy.name)
+    if archive_dir:
+        _archive(out, archive_dir, mode="grouped")
+    return out, sweeps
+
+
+def replay_runner():
+    """Beam's FnApiRunner for bounded replays, with its in-process worker's state cache off.
+
+    Beam's state cache weighs every cached value with ``objsize``, which walks the globals of every
+    loaded module on each call (about 1 ms here); with per-key state on every element that was 85 %
+    of a replay's time. The in-process worker reads state from memory anyway, so the cache buys
+    nothing. (The module constant is the only switch for the in-process worker; set for the process.)
+    """
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner, worker_handlers
+
+    worker_handlers.STATE_CACHE_SIZE_MB = 0
+    return FnApiRunner()
+
+
+#: Extra option for portable runners (Prism, Flink): the SDK worker's state cache off, for the reason
+#: given in :func:`replay_runner` (each state write would cost a walk over all modules' globals).
+NO_STATE_CACHE = "--max_cache_memory_usage_mb=0"
+
+
+class _Tally(beam.DoFn):
+    def __init__(self, name: str):
+        self._name = name
+
+    def setup(self):
+        from apache_beam.metrics import Metrics
+
+        self._counter = Metrics.counter("scanflow.pipeline", self._name)
+
+    def process(self, element):
+        self._counter.inc()
+
+
+def tally(pcoll, name: str) -> None:
+    """Count ``pcoll``'s elements in the counter ``scanflow.pipeline/<name>``."""
+    _ = pcoll | f"Tally{name.title().replace('_', '')}" >> beam.ParDo(_Tally(name))
+
+
+def counters(result) -> dict[str, int]:
+    """The ``scanflow.*`` counters of a finished (or cancelled) pipeline result."""
+    out: dict[str, int] = {}
+    try:
+        for c in result.metrics().query()["counters"]:
+            if c.key.metric.namespace.startswith("scanflow"):
+                name = f"{c.key.metric.namespace}/{c.key.metric.name}"
+                out[name] = out.get(name, 0) + (c.committed if c.committed is not None else c.attempted or 0)
+    except Exception:  # noqa: BLE001 - metrics are a report, never a reason to fail a run
+        log.debug("no metrics from %r", result, exc_info=True)
+    return out
+
+
+def run_live(settings, pipeline: PipelineSettings, *, runner: str | None = None, extra: list[str] | None = None,
+             duration_s: float | None = None, on_start=None):
+    """Build and run the live scheduler; block until it ends, ``duration_s`` passes or Ctrl-C
+    (then the job is cancelled). Returns the pipeline result."""
+    from pipelines.policy_setup import build_policy
+    from pipelines.runners import pipeline_options
+
+    policy = build_policy(settings, pipeline)
+    options = pipeline_options(settings, streaming=True, runner=runner, extra=[NO_STATE_CACHE, *(extra or [])])
+    p = beam.Pipeline(options=options)
+    out = build_live(p, settings, pipeline, policy)
+    tally(out.decisions, "decisions")
+    tally(out.commands, "commands")
+    result = p.run()
+    if on_start is not None:
+        on_start(result)
+    try:
+        result.wait_until_finish(duration=int(duration_s * 1000) if duration_s else None)
+    except KeyboardInterrupt:
+        log.info("interrupted: cancelling the pipeline")
+    finally:
+        if not str(result.state).endswith(("DONE", "FAILED", "CANCELLED")):
+            result.cancel()
+    return result
+
+
+def run_replay(settings, pipeline: PipelineSettings, *, since: float, until: float, archive_dir: str = ""):
+    """Replay ``scanflow.events`` of ``[since, until)`` through the same stages on the FnApiRunner;
+    nothing is sent to Kafka. Returns the finished result (see :func:`counters`)."""
+    from pipelines.policy_setup import build_policy
+    from pipelines.sources import ReadEvents
+
+    policy = build_policy(settings, pipeline)
+    p = beam.Pipeline(runner=replay_runner())
+    items = p | "ReadEvents" >> ReadEvents(settings.kafka, settings.topics.events, settings.topics.dead_letter,
+                                           start_time_ms=int(since * 1000), stop_time_ms=int(until * 1000))
+    out, sweeps = build_replay(p, items, pipeline, policy, start=since, horizon=until, archive_dir=archive_dir)
+    tally(out.decisions, "decisions")
+    tally(out.commands, "commands")
+    tally(sweeps, "sweep_commands")
+    result = p.run()
+    result.wait_until_finish()
+    return result

@@ -1,0 +1,166 @@
+"""Stage: read the scheduler's inputs from Kafka.
+
+- :class:`ReadEvents`: ``scanflow.events`` -> :class:`~pipelines.glue.Event` / :class:`~pipelines.glue.Done`
+  through the Beam Kafka connector (live: consumer group, wall-clock watermark on idle partitions;
+  replay: a time range) and decode-with-dead-letter.
+- :class:`ReadIpStates`: ``scanflow.ip-state`` from the beginning to its end at start ->
+  ``(ip, RestoreRecord)``, the state a restarted scheduler resumes from. Its watermark is held back
+  until it is read completely, so no round is decided before every IP's state is restored.
+- :func:`rewound_start_offsets`: where a live run starts reading events: ``rewind_s`` before the
+  group's committed position, so rounds still open when the previous run stopped are assembled
+  again (rounds already applied are dropped by scan id).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Mapping
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from connectors.avro_codec import CodecError, default_codec
+from connectors.beam_kafka import DeadLetter, DecodeWithDeadLetter, KafkaRecord, ReadFromKafka, WriteToKafka
+from connectors.kafka_io import dead_letter_headers, make_consumer, topic_partitions
+from scanflow.config import KafkaSettings
+
+from pipelines.changes import RestoreRecord
+from pipelines.glue import from_record
+from pipelines.state import STATE_HEADER
+
+log = logging.getLogger(__name__)
+
+#: Watermark lag of the restore read: larger than any epoch time, so the watermark stays before
+#: every event until the read is complete (a bounded read then jumps to the end of time).
+_HOLD_WATERMARK_S = 1e10
+
+
+class _ToItems(beam.DoFn):
+    def setup(self):
+        self._skipped = Metrics.counter("scanflow.events", "not_for_the_scheduler")
+
+    def process(self, element):
+        _, decoded = element
+        item = from_record(decoded.schema, decoded.record)
+        if item is None:
+            self._skipped.inc()  # e.g. a UDP response: the policy's port sets are TCP
+            return
+        yield item
+
+
+class ReadEvents(beam.PTransform):
+    """Events for the scheduler: live from a consumer group, or a bounded replay.
+
+    Live (``group_id`` given, no stop): offsets are committed as the connector reads (see
+    :mod:`connectors.beam_kafka`); ``start_offsets`` (see :func:`rewound_start_offsets`) says where to
+    begin. Replay: ``start_time_ms`` / ``stop_time_ms``. Undecodable records go to
+    ``dead_letter_topic`` with the reason in headers.
+    """
+
+    def __init__(self, kafka: KafkaSettings, topic: str, dead_letter_topic: str, *, group_id: str | None = None,
+                 start_offsets: Mapping[tuple[str, int], int] | None = None, start_time_ms: int | None = None,
+                 stop_time_ms: int | None = None, watermark_lag_s: float = 5.0):
+        super().__init__()
+        kwargs = dict(watermark_lag_s=watermark_lag_s)
+        if stop_time_ms is not None:
+            kwargs.update(stop_time_ms=stop_time_ms)
+            if start_time_ms is not None:
+                kwargs.update(start_time_ms=start_time_ms)
+            else:
+                kwargs.update(start="earliest")
+        elif start_offsets:
+            kwargs.update(group_id=group_id, start_offsets=start_offsets)
+        else:
+            kwargs.update(group_id=group_id)
+            if group_id is None:
+                kwargs.update(start="earliest")
+        self._read = ReadFromKafka(kafka, topic, **kwargs)
+        self._decode = DecodeWithDeadLetter(kafka, dead_letter_topic)
+
+    def expand(self, pbegin):
+        return (pbegin
+                | "Read" >> self._read
+                | "Decode" >> self._decode
+                | "ToItems" >> beam.ParDo(_ToItems()))
+
+
+class _ToRestore(beam.DoFn):
+    DEAD_LETTER = "dead_letter"
+
+    def setup(self):
+        self._codec = default_codec()
+        self._read = Metrics.counter("scanflow.restore", "records")
+
+    def process(self, rec: KafkaRecord):
+        if rec.key is None:
+            return
+        ip = rec.key.decode("utf-8", "replace")
+        self._read.inc()
+        header = next((value for name, value in rec.headers if name == STATE_HEADER), None)
+        if header is not None or rec.value is None:
+            yield ip, RestoreRecord(header, None, rec.timestamp_ms / 1000)
+            return
+        try:
+            record = self._codec.decode_as("IpState", rec.value)
+        except CodecError as exc:
+            yield beam.pvalue.TaggedOutput(self.DEAD_LETTER, DeadLetter(
+                rec.key, rec.value, rec.headers + dead_letter_headers(
+                    exc.error_class, str(exc), rec.topic, rec.partition, rec.offset, rec.timestamp_ms)))
+            return
+        yield ip, RestoreRecord(None, record, rec.timestamp_ms / 1000)
+
+
+class ReadIpStates(beam.PTransform):
+    """``scanflow.ip-state`` as it is at start (a bounded read) -> ``(ip, RestoreRecord)``."""
+
+    def __init__(self, kafka: KafkaSettings, topic: str, dead_letter_topic: str):
+        super().__init__()
+        self._kafka, self._dead_letter = kafka, dead_letter_topic
+        self._read = ReadFromKafka(kafka, topic, start="earliest", stop="end",
+                                   watermark_lag_s=_HOLD_WATERMARK_S)
+
+    def expand(self, pbegin):
+        out = (pbegin
+               | "Read" >> self._read
+               | "Parse" >> beam.ParDo(_ToRestore()).with_outputs(_ToRestore.DEAD_LETTER, main="restore"))
+        _ = out[_ToRestore.DEAD_LETTER] | "WriteDeadLetters" >> WriteToKafka(self._kafka, self._dead_letter)
+        return out.restore
+
+
+def rewound_start_offsets(kafka: KafkaSettings, topic: str, group_id: str, rewind_s: float
+                          ) -> dict[tuple[str, int], int] | None:
+    """Per partition, the first offset whose record is at most ``rewind_s`` older than the record
+    before the group's committed offset (never after the committed offset). None when the group has
+    committed nothing yet (the reader then starts at the earliest offset)."""
+    consumer = make_consumer(kafka, group_id=group_id)
+    try:
+        tps = topic_partitions(consumer, [topic])
+        committed = {tp: consumer.committed(tp) for tp in tps}
+        if all(c is None for c in committed.values()):
+            return None
+        beginning = consumer.beginning_offsets(tps)
+        out: dict[tuple[str, int], int] = {}
+        for tp in tps:
+            c = committed[tp]
+            if c is None or c <= beginning[tp]:
+                out[(tp.topic, tp.partition)] = beginning[tp]
+                continue
+            consumer.assign([tp])
+            consumer.seek(tp, c - 1)
+            last = None
+            for _ in range(20):
+                batch = consumer.poll(timeout_ms=500, max_records=1).get(tp)
+                if batch:
+                    last = batch[0]
+                    break
+            if last is None:
+                out[(tp.topic, tp.partition)] = c
+                continue
+            target = last.timestamp - int(rewind_s * 1000)
+            found = consumer.offsets_for_times({tp: target}).get(tp)
+            out[(tp.topic, tp.partition)] = min(c, found.offset) if found is not None else c
+        log.info("events: resuming %s from %s (rewound %.0f s before the committed offsets)",
+                 topic, out, rewind_s)
+        return out
+    finally:
+        consumer.close(autocommit=False)
