@@ -74,10 +74,10 @@ def show_config(obj: CliContext) -> None:
 
 
 def _register() -> None:
-    from scanflow.cli import agent, evaluate, lake, policy, stack
+    from scanflow.cli import agent, evaluate, lake, pipeline, policy, stack
 
     # ADD A COMMAND MODULE HERE: each module exposes COMMANDS, a list of click commands/groups.
-    modules = [stack, policy, evaluate, lake, agent]
+    modules = [stack, policy, evaluate, lake, agent, pipeline]
     for module in modules:
         for command in module.COMMANDS:
             main.add_command(command)
