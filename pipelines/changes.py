@@ -178,6 +178,7 @@ class DetectChanges(beam.PTransform):
 
     def expand(self, keyed):
         out = (keyed
-               | "Track" >> beam.ParDo(self._fn).with_input_types(beam.typehints.KV[str, Any])
-               .with_outputs(COMMANDS, STATES, main="decisions"))
+               # A declared key type gives the runner a deterministic key coder to group state by.
+               | "KeyByIp" >> beam.Map(lambda kv: kv).with_output_types(beam.typehints.KV[str, Any])
+               | "Track" >> beam.ParDo(self._fn).with_outputs(COMMANDS, STATES, main="decisions"))
         return out.decisions, out[COMMANDS], out[STATES]
