@@ -88,8 +88,8 @@ def evaluate(obj: CliContext, ips: int, weeks: float, seeds: int, out_dir: str, 
     click.echo("deriving port sets from the full-port survey ...", err=True)
     derivation, survey_rows = derive_policy_sets(cfg, kb)
     seconds["port_sets"] = time.perf_counter() - t0
-    for ps in (derivation.standard, derivation.silent, derivation.unknown):
-        ps.write(out / f"portset_{ps.name}.json")
+    written = [ps.write(out / f"portset_{ps.name}.json")
+               for ps in (derivation.standard, derivation.silent, derivation.unknown)]
     port_sets = PolicyPortSets(derivation.standard, derivation.silent, derivation.unknown)
 
     results = []
@@ -104,7 +104,7 @@ def evaluate(obj: CliContext, ips: int, weeks: float, seeds: int, out_dir: str, 
 
     summary = report.build_summary(cfg, derivation, results, survey_rows=survey_rows, seconds=seconds)
     click.echo(report.format_table(summary))
-    written = [report.write_json(out / "metrics.json", summary)]
+    written.append(report.write_json(out / "metrics.json", summary))
     if not no_parquet:
         written += report.write_parquet(out, results)
     if not no_plots:
