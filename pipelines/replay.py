@@ -2,7 +2,7 @@
 
     recorded events (a Kafka topic range, or the lake) -> per IP: its scan rounds, in time order
         -> the chosen policy's decide() on each round it would have made -> tallies, decisions
-        -> Table-4 comparison (scanflow.metrics.compare) + decisions and observations into a lake
+        -> Table-4 comparison (scanflow.metrics.compare) + an evaluation lake (optional)
 
 **Counterfactual replay.** From a recorded *standard* scan (every IP, every 12 h, the standard set),
 the efficient policy is evaluated seeing only the (IP, port, round) cells it would have probed:
@@ -22,7 +22,13 @@ read from the policy by :func:`scanflow.simulate.bulk_silent_rule`), as the live
 decisions are written for them.
 
 Both sides' traffic is modelled with the same :class:`scanflow.metrics.ByteModel`, so the ratio
-compares policies, not agents; the bytes the recording's agents reported are given beside it.
+compares policies, not agents.
+
+The output lake (``out_lake``) holds both sides of the comparison: a ScanDone per round of each side
+(bytes from the byte model), the recording's answered rounds and every replayed round as
+observations, and the replayed policy's decisions; replayed rounds carry the recorded scan_id with
+``~<policy>`` appended. ``scanflow report --lake OUT`` is then the evaluation's report (Table 1,
+Table 4, Figures 6 and 7) and agrees with the comparison printed by the replay.
 """
 
 from __future__ import annotations
@@ -72,6 +78,7 @@ class IpReplay:
     replayed: PolicyTally
     decisions: list[dict] = field(default_factory=list)
     observations: list[dict] = field(default_factory=list)
+    scans: list[dict] = field(default_factory=list)
     unobserved_probes: int = 0
     recorded_bytes: int = 0
     events: int = 0
@@ -100,10 +107,17 @@ def replay_ip(ip: str, rounds: list[RecordedRound], policy, *, counterfactual: b
     """
     out = IpReplay(PolicyTally(byte_model), PolicyTally(byte_model))
     for r in rounds:
-        out.standard.add_round(ip, r.ports_probed or (len(r.probed) if r.probed else 0), r.open_ports,
-                               [(p, len(b)) for p, b in r.banners])
+        probes = r.ports_probed or (len(r.probed) if r.probed else 0)
+        out.standard.add_round(ip, probes, r.open_ports, [(p, len(b)) for p, b in r.banners])
+        if records:  # the recording itself, so the output lake holds both sides of the comparison
+            out.scans.append(_scan_record(ip, r, r.policy, r.scan_id, probes, r.probed, r.open_ports, r.banners,
+                                          byte_model))
+            if r.open_ports:
+                out.observations.append(_observation_record(
+                    ip, r, Observation(r.open_ports, r.banners, r.probed, r.complete), r.policy, r.probed, r.scan_id))
     if not rounds:
         return out
+    tag = f"~{policy.name.lower()}"
     answered = any(r.open_ports for r in rounds)
     times = [r.at for r in rounds]
     if counterfactual and silent_rule is not None and not answered and all(r.complete for r in rounds):
@@ -112,7 +126,12 @@ def replay_ip(ip: str, rounds: list[RecordedRound], policy, *, counterfactual: b
         interval = silent_rule.rounds * policy.params.standard_interval
         i = phase
         while i < len(rounds):
-            out.replayed.add_round(ip, len(silent_rule.first if i == phase else silent_rule.sweep))
+            ports = silent_rule.first if i == phase else silent_rule.sweep
+            out.replayed.add_round(ip, len(ports))
+            if records:
+                r = rounds[i]
+                out.scans.append(_scan_record(ip, r, policy.name, r.scan_id + tag, len(ports), ports, frozenset(), (),
+                                              byte_model))
             i = max(bisect.bisect_left(times, times[i] + interval - tolerance_s, lo=i + 1), i + 1)
         return out
     state = None
@@ -140,8 +159,11 @@ def replay_ip(ip: str, rounds: list[RecordedRound], policy, *, counterfactual: b
         previous = state
         state, plan = policy.decide(state, obs, r.at)
         if records:
-            out.observations.append(_observation_record(ip, r, obs, policy.name, ports))
-            out.decisions.append(_decision_record(ip, r, previous, state, plan, policy.name))
+            sid = r.scan_id + tag
+            out.observations.append(_observation_record(ip, r, obs, policy.name, ports, sid))
+            out.decisions.append(_decision_record(ip, r, previous, state, plan, policy.name, sid))
+            out.scans.append(_scan_record(ip, r, policy.name, sid, len(ports) if ports is not None else r.ports_probed,
+                                          ports, obs.open_ports, obs.banners, byte_model))
         if counterfactual:
             nxt = bisect.bisect_left(times, plan.at - tolerance_s, lo=i + 1)
             i = max(nxt, i + 1)
@@ -150,11 +172,24 @@ def replay_ip(ip: str, rounds: list[RecordedRound], policy, *, counterfactual: b
     return out
 
 
-def _observation_record(ip: str, r: RecordedRound, obs: Observation, policy: str, ports: PortSet | None) -> dict:
+def _scan_record(ip: str, r: RecordedRound, policy: str, scan_id: str, probes: int, ports: PortSet | None,
+                 open_ports: frozenset[int], banners, byte_model: ByteModel) -> dict:
+    """A ScanDone for one round of one side, its bytes from the byte model (as the tallies)."""
+    grabbed = [(p, len(b)) for p, b in banners]
+    sent = byte_model.round_bytes(probes, len(open_ports - {p for p, _ in grabbed}), grabbed)
+    return {"scan_id": scan_id, "agent_id": r.agent_id, "command_id": None, "target": ip, "policy": policy,
+            "started_at": int(r.at * US), "ended_at": int(r.at * US),
+            "port_set": _record_of(ports) if ports is not None else {"name": None, "version": None, "ports": []},
+            "ports_probed": probes, "addresses_probed": 1, "packets_sent": probes, "bytes_sent": sent,
+            "responses": len(open_ports), "status": "COMPLETE" if r.complete else "ABORTED", "status_detail": None}
+
+
+def _observation_record(ip: str, r: RecordedRound, obs: Observation, policy: str, ports: PortSet | None,
+                        scan_id: str) -> dict:
     from scanflow.fingerprint import answer_fingerprint
 
     banners = dict(obs.banners)
-    return {"ip": ip, "scan_id": r.scan_id, "agent_id": r.agent_id, "command_id": None, "policy": policy,
+    return {"ip": ip, "scan_id": scan_id, "agent_id": r.agent_id, "command_id": None, "policy": policy,
             "started_at": int(r.at * US), "ended_at": int(r.at * US),
             "port_set": _record_of(ports) if ports is not None else {"name": None, "version": None, "ports": []},
             "ports_probed": len(ports) if ports is not None else 0,
@@ -165,11 +200,11 @@ def _observation_record(ip: str, r: RecordedRound, obs: Observation, policy: str
             "device": None}
 
 
-def _decision_record(ip: str, r: RecordedRound, previous, state, plan, policy: str) -> dict:
+def _decision_record(ip: str, r: RecordedRound, previous, state, plan, policy: str, scan_id: str) -> dict:
     decided = int(r.at * US)
-    material = "\x1f".join((ip, policy, str(decided), r.scan_id)).encode()
+    material = "\x1f".join((ip, policy, str(decided), scan_id)).encode()
     return {"decision_id": hashlib.blake2b(material, digest_size=16).hexdigest(), "ip": ip, "policy": policy,
-            "decided_at": decided, "scan_id": r.scan_id,
+            "decided_at": decided, "scan_id": scan_id,
             "previous_status": previous.status.value if previous is not None else "UNKNOWN",
             "status": state.status.value, "changed": bool(plan.changed), "device": state.device,
             "backoff_step": int(state.step), "reason": plan.reason.value, "next_scan_at": int(plan.at * US),
@@ -339,6 +374,8 @@ class _ReplayIps(beam.DoFn):
             yield beam.pvalue.TaggedOutput("decisions", d)
         for o in result.observations:
             yield beam.pvalue.TaggedOutput("observations", o)
+        for d in result.scans:
+            yield beam.pvalue.TaggedOutput("scans", d)
         yield _Totals.of(result, n_events)
 
 
@@ -495,7 +532,8 @@ class ReplayResult:
 
 class ReplayRecorded(beam.PTransform):
     """``(ip, compact item)`` pairs (+ range ScanDones) -> a PCollection with one merged :class:`_Totals`;
-    decisions and observations are written to ``out_lake`` when given."""
+    the evaluation lake (scans, observations, decisions of both sides) is written to ``out_lake``
+    when given."""
 
     def __init__(self, spec: ReplaySpec, policy, out_lake: str | None = None):
         super().__init__()
@@ -508,12 +546,13 @@ class ReplayRecorded(beam.PTransform):
                     | "GroupByIp" >> beam.GroupByKey()
                     | "ReplayIps" >> beam.ParDo(_ReplayIps(self._spec, self._policy, self._out is not None),
                                                 ranges=beam.pvalue.AsSingleton(index))
-                    .with_outputs("decisions", "observations", main="totals"))
+                    .with_outputs("decisions", "observations", "scans", main="totals"))
         if self._out is not None:
             from connectors.beam_lake import WriteToLake
 
             _ = replayed.decisions | "WriteDecisions" >> WriteToLake(self._out, "decisions")
             _ = replayed.observations | "WriteObservations" >> WriteToLake(self._out, "observations")
+            _ = replayed.scans | "WriteScans" >> WriteToLake(self._out, "scans")
         return replayed.totals | "Merge" >> beam.CombineGlobally(_MergeTotals())
 
 

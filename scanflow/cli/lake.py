@@ -230,4 +230,54 @@ def lake_archive(obj: CliContext, lake_dir: str | None, topic: str | None, live:
         click.echo(f"archived {result.rows:,} records into {result.files} files; {result.dead_letters} dead letters")
 
 
+@lake.command("record-sim")
+@click.option("--lake", "lake_dir", default=None, help=_LAKE_HELP)
+@click.option("--ips", type=click.IntRange(min=100), default=10_000, show_default=True, help="Addresses in the world.")
+@click.option("--weeks", type=click.FloatRange(min=0.5), default=2.0, show_default=True)
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--survey-ips", type=click.IntRange(min=1000), default=100_000, show_default=True,
+              help="Addresses of the full-port survey the port sets are derived from.")
+@pass_ctx
+def lake_record_sim(obj: CliContext, lake_dir: str | None, ips: int, weeks: float, seed: int, survey_ips: int) -> None:
+    """Record a simulated standard scan into the lake: a synthetic world (scanflow.world) probed
+    every 12 h on the standard set, as ScanEvents and ScanDones (events and scans tables), and the
+    derived port sets in <lake>/_portsets/. Then evaluate the efficient policy on it with
+    `scanflow replay --lake L --port-sets L/_portsets --out EVAL` and `scanflow report --lake EVAL`."""
+    from connectors.lake_settings import lake_settings
+    from connectors.parquet_lake import LakeWriter
+    from pipelines.replay import world_standard_records
+    from scanflow.estimate import Estimator
+    from scanflow.knowledge import load_knowledge
+    from scanflow.policy import EfficientPolicy, PolicyPortSets, params_from_settings
+    from scanflow.simulate import EvaluationConfig, bulk_silent_rule, derive_policy_sets, make_schedule
+    from scanflow.world import World
+
+    root = _root(obj, lake_dir)
+    kb = load_knowledge()
+    params = params_from_settings(obj.settings.policy)
+    cfg = EvaluationConfig(ips=ips, weeks=weeks, seeds=(seed,), survey_ips=survey_ips)
+    derivation, _ = derive_policy_sets(cfg, kb)
+    sets = PolicyPortSets(derivation.standard, derivation.silent, derivation.unknown)
+    (root / "_portsets").mkdir(parents=True, exist_ok=True)
+    for role in ("standard", "silent", "unknown"):
+        getattr(sets, role).write(root / "_portsets" / f"{role}.json")
+    world = World.generate(cfg.world_config(), seed, horizon_days=weeks * 7, kb=kb)
+    rule = bulk_silent_rule(EfficientPolicy(sets, Estimator(kb), params), params.standard_interval)
+    schedule = make_schedule(world.n_ips, seed, world.horizon, slot=params.standard_interval, silent_rounds=rule.rounds)
+    counts = {"ScanEvent": 0, "ScanDone": 0}
+    batch: dict[str, list] = {"events": [], "scans": []}
+    with LakeWriter(root, lake_settings(obj.settings)) as writer:
+        for schema, record in world_standard_records(world, schedule, sets.standard):
+            counts[schema] += 1
+            table = "events" if schema == "ScanEvent" else "scans"
+            batch[table].append(record)
+            if len(batch[table]) >= 100_000:
+                writer.write(table, batch[table])
+                batch[table] = []
+        for table, records in batch.items():
+            writer.write(table, records)
+    click.echo(f"recorded {counts['ScanEvent']:,} ScanEvents and {counts['ScanDone']:,} ScanDones of "
+               f"{world.n_ips:,} addresses over {schedule.n_slots} rounds into {root}; port sets in {root / '_portsets'}")
+
+
 COMMANDS = [query, report, replay, lake]

@@ -5,10 +5,12 @@ run on the same world, and determinism (same range, same policy -> same output).
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pyarrow.parquet as pq
 import pytest
 
+from connectors.duckdb_catalog import Catalog
 from connectors.kafka_io import AvroProducer
 from connectors.parquet_lake import table_files
 from pipelines.replay import RecordedRound, ReplaySpec, replay_ip, run_replay, world_standard_records
@@ -62,9 +64,14 @@ def _spec(simulated, topic, **kw) -> ReplaySpec:
     return ReplaySpec(topic=topic, tolerance_s=60.0, phases=phases, **kw)
 
 
-def test_counterfactual_replay_agrees_with_the_simulators_efficient_run(simulated, recorded_topic, settings):
-    topic, _ = recorded_topic
-    result = run_replay(settings, _spec(simulated, topic), policy=simulated["policy"])
+@pytest.fixture(scope="module")
+def full_replay(simulated, recorded_topic, settings):
+    """The counterfactual replay of the whole recorded range."""
+    return run_replay(settings, _spec(simulated, recorded_topic[0]), policy=simulated["policy"])
+
+
+def test_counterfactual_replay_agrees_with_the_simulators_efficient_run(simulated, full_replay):
+    result = full_replay
     world, sets = simulated["world"], simulated["sets"]
     sim_eff, sim_std = simulated["efficient"], simulated["standard"]
 
@@ -84,7 +91,7 @@ def test_counterfactual_replay_agrees_with_the_simulators_efficient_run(simulate
     assert 0 < result.traffic_ratio < 0.5 and 0 < result.attempts_ratio < 0.5
 
 
-def test_same_range_same_policy_same_output(simulated, recorded_topic, settings, tmp_path):
+def test_same_range_same_policy_same_output(simulated, recorded_topic, full_replay, settings, tmp_path):
     topic, metadata = recorded_topic
     # a range: the first two thirds of every partition
     ends: dict[int, int] = {}
@@ -96,17 +103,23 @@ def test_same_range_same_policy_same_output(simulated, recorded_topic, settings,
     second = run_replay(settings, spec, policy=simulated["policy"], out_lake=str(tmp_path / "b"))
     assert first == second
     assert first.standard_attempts < int(simulated["standard"].attempts.sum())  # it was a range, not all
-    for table in ("decisions", "observations"):
+    for table in ("decisions", "observations", "scans"):
         a = [p.relative_to(tmp_path / "a") for p in table_files(tmp_path / "a", table)]
         b = [p.relative_to(tmp_path / "b") for p in table_files(tmp_path / "b", table)]
         assert a and a == b  # content-named files: the same names mean the same rows
         rows = sum(pq.ParquetFile(p).metadata.num_rows for p in table_files(tmp_path / "a", table))
         assert rows > 0
+    # the output lake is the evaluation: its Table 4 is the replay's comparison
+    with Catalog(tmp_path / "a") as cat:
+        table4 = cat.traffic()
+    assert table4["pdr"] == pytest.approx(first.pdr) and table4["ddr"] == pytest.approx(first.ddr)
+    assert (table4["standard_attempts"], table4["efficient_attempts"]) == (first.standard_attempts,
+                                                                         first.replayed_attempts)
+    assert (table4["standard_bytes"], table4["efficient_bytes"]) == (first.standard_bytes, first.replayed_bytes)
     # the same range by time gives the same answer as by offsets when it covers the same records
-    everything = run_replay(settings, _spec(simulated, topic), policy=simulated["policy"])
     by_time = run_replay(settings, _spec(simulated, topic, start="2019-12-01T00:00:00Z", end="2019-12-31T00:00:00Z"),
                          policy=simulated["policy"])
-    assert by_time == everything
+    assert by_time == full_replay
 
 
 def test_replay_without_counterfactual_decides_on_every_recorded_round(simulated):
@@ -117,10 +130,36 @@ def test_replay_without_counterfactual_decides_on_every_recorded_round(simulated
               for k in range(6)]
     full = replay_ip("192.0.2.7", rounds, policy, counterfactual=False)
     assert len(full.decisions) == 6 and full.replayed.attempts == 6
-    assert [d["scan_id"] for d in full.decisions] == [f"s{k}" for k in range(6)]
+    assert [d["scan_id"] for d in full.decisions] == [f"s{k}~efficient" for k in range(6)]
     cf = replay_ip("192.0.2.7", rounds, policy, counterfactual=True, phase=0, tolerance_s=60)
     # the efficient policy first probes with its silent set and backs off: fewer rounds, fewer probes
     assert cf.replayed.attempts < 6 and cf.replayed.probes < full.replayed.probes
     assert all(d["policy"] == "EFFICIENT" for d in cf.decisions)
     assert dataclasses.asdict(cf.standard) == dataclasses.asdict(full.standard)
     assert isinstance(standard, PortSet)
+
+
+def test_a_simulated_run_gives_a_lake_that_query_and_report_work_on(tmp_path):
+    from click.testing import CliRunner
+
+    from scanflow.cli import main
+
+    runner = CliRunner()
+    recorded, evaluation = str(tmp_path / "recorded"), str(tmp_path / "evaluation")
+    steps = [["lake", "record-sim", "--lake", recorded, "--ips", "500", "--weeks", "1", "--survey-ips", "10000"],
+             ["replay", "--lake", recorded, "--port-sets", str(tmp_path / "recorded" / "_portsets"), "--out", evaluation,
+              "--json"],
+             ["report", "--lake", evaluation, "--out", str(tmp_path / "report"), "--no-plots"]]
+    outputs = []
+    for args in steps:
+        result = runner.invoke(main, args)
+        assert result.exit_code == 0, result.output
+        outputs.append(result.output)
+    replayed = json.loads(outputs[1][outputs[1].index("{"):])
+    assert replayed["standard_attempts"] == 500 * 14
+    page = (tmp_path / "report" / "index.html").read_text(encoding="utf-8")
+    assert "Table 4" in page and f"{replayed['pdr']:.2%}" in page
+    query = runner.invoke(main, ["query", "SELECT policy, count(*) AS n FROM scans_dedup GROUP BY policy ORDER BY policy",
+                                 "--lake", evaluation, "--format", "json"])
+    assert json.loads(query.output) == [{"policy": "EFFICIENT", "n": replayed["replayed_attempts"]},
+                                        {"policy": "STANDARD", "n": 500 * 14}]
