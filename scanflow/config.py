@@ -159,6 +159,7 @@ class PolicySettings:
     standard_interval_h: float = 12.0
     retry_interval_h: float = 12.0
     demote_after: int = 1
+    initial_scan: str = "standard"
 
     def validate(self) -> None:
         if not 0 < self.min_confidence <= 1:
@@ -171,6 +172,9 @@ class PolicySettings:
             _positive(f"policy.{key}", getattr(self, key))
         if self.demote_after < 1:
             raise ConfigError(f"policy.demote_after: must be >= 1 silent round, got {self.demote_after}")
+        if self.initial_scan not in ("standard", "silent"):
+            raise ConfigError(f"policy.initial_scan: {self.initial_scan!r} is not one of standard, silent "
+                              "(standard: the paper's first scan with the standard set)")
         for path in self.kb_files:
             if not resolve_path(path).is_file():
                 raise ConfigError(f"policy.kb_files: {path} does not exist; list existing knowledge-base TOML files")

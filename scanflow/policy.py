@@ -14,6 +14,12 @@ The efficient policy (the paper's method) keeps every IP in one of three states:
                             malware that infects it;
 ``RESPONSIVE_UNESTIMATED``  answered, but no model: probed with the *unknown* port set (~5,100 ports).
 
+The first scan of an IP (``start``) is a classification scan with the *standard* set, as in the paper
+("devices are estimated from the banners and ports obtained in the first scan"; only the next and
+later scans use the estimated model's ports): an IP that answers it is estimated from that round, one
+that does not joins the silent sweep. ``PolicyParams.initial_scan = "silent"`` makes the first scan a
+silent sweep instead (cheaper, but the ~5 % of hosts the silent set misses are then never found).
+
 A responsive IP is rescanned on the back-off ladder (12 h, 1 d, 2 d, 3 d, 5 d, 7 d, 14 d, 30 d): one
 step further each time the answer is unchanged, back to 12 h when it changes. "Changed" compares the
 open ports and normalised banner digests (:mod:`scanflow.fingerprint`) **on the ports probed in both
@@ -21,7 +27,7 @@ rounds**, so narrowing the probe to a model's ports is not mistaken for a change
 answered without a banner this time is not a change of banner. An IP that stops answering falls back
 to ``NON_RESPONSIVE`` after ``demote_after`` complete silent rounds (1, as in the paper). A round that
 did not complete (aborted, refused, timed out) never changes the state: it is retried after
-``retry_interval``.
+``retry_interval`` (an incomplete first scan is retried as the first scan, with its set).
 
 The standard policy (the baseline) probes every IP with the standard set every 12 h.
 """
@@ -40,6 +46,8 @@ HOUR = 3600.0
 DAY = 24 * HOUR
 #: The paper's back-off ladder: 12 h, 1 d, 2 d, 3 d, 5 d, 7 d, 14 d, 30 d (cap).
 DEFAULT_LADDER = (12 * HOUR, 1 * DAY, 2 * DAY, 3 * DAY, 5 * DAY, 7 * DAY, 14 * DAY, 30 * DAY)
+#: What the first scan of an IP may use (``PolicyParams.initial_scan``); the first is the paper's.
+INITIAL_SCANS = ("standard", "silent")
 
 
 class IpStatus(str, enum.Enum):
@@ -70,6 +78,9 @@ class PolicyParams:
     standard_interval: float = 12 * HOUR
     retry_interval: float = 12 * HOUR
     demote_after: int = 1
+    #: The port set of an IP's first scan: "standard" (the paper: classify every IP once with the
+    #: standard set) or "silent" (start every IP in the silent sweep).
+    initial_scan: str = "standard"
 
     def __post_init__(self) -> None:
         if not self.ladder or any(s <= 0 for s in self.ladder):
@@ -81,6 +92,8 @@ class PolicyParams:
                 raise ValueError(f"{name}: must be > 0 seconds, got {getattr(self, name)}")
         if self.demote_after < 1:
             raise ValueError(f"demote_after: must be >= 1 silent round, got {self.demote_after}")
+        if self.initial_scan not in INITIAL_SCANS:
+            raise ValueError(f"initial_scan: must be one of {', '.join(INITIAL_SCANS)}, got {self.initial_scan!r}")
 
     @property
     def cap(self) -> float:
@@ -94,7 +107,8 @@ def params_from_settings(policy_settings) -> PolicyParams:
                         silent_interval=policy_settings.silent_interval_h * HOUR,
                         standard_interval=policy_settings.standard_interval_h * HOUR,
                         retry_interval=policy_settings.retry_interval_h * HOUR,
-                        demote_after=policy_settings.demote_after)
+                        demote_after=policy_settings.demote_after,
+                        initial_scan=policy_settings.initial_scan)
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,10 +216,17 @@ class EfficientPolicy:
         self._last = len(params.ladder) - 1
         self._by_ref = {ps.ref: ps.ports for ps in (port_sets.standard, port_sets.silent, port_sets.unknown)}
         self._by_ref.update((ps.ref, ps.ports) for ps in estimator.port_sets())
+        self._initial = port_sets.standard if params.initial_scan == "standard" else port_sets.silent
+
+    @property
+    def initial_ports(self) -> PortSet:
+        """The port set of an IP's first scan (``PolicyParams.initial_scan``)."""
+        return self._initial
 
     def start(self, now: float) -> tuple[IpState, ScanPlan]:
-        """An IP never scanned: silent, first scan now with the silent set."""
-        return IpState(), ScanPlan(now, self.port_sets.silent, Reason.INITIAL)
+        """An IP never scanned: not (yet) responsive, first scan now with the initial set (the
+        standard set by default, so the device is estimated from a full classification round)."""
+        return IpState(), ScanPlan(now, self._initial, Reason.INITIAL)
 
     def interval(self, step: int) -> float:
         """Seconds until the next scan of a responsive IP on ladder step ``step`` (capped)."""
@@ -229,6 +250,10 @@ class EfficientPolicy:
         state = state or IpState()
         if not obs.open_ports:
             if not obs.complete:  # inconclusive: keep everything, try again
+                if (not state.responsive and obs.probed is not None and obs.probed.ref == self._initial.ref
+                        and self._initial.ref != self.port_sets.silent.ref):
+                    # the first (classification) scan did not complete: it is still to be made
+                    return state, ScanPlan(now + self.params.retry_interval, self._initial, Reason.INITIAL)
                 return state, ScanPlan(now + self.params.retry_interval, self.ports_for(state), Reason.BACKOFF)
             return self._silent(state, obs, now)
         if not obs.complete:

@@ -114,7 +114,21 @@ def test_policy_section_builds_the_papers_parameters_by_default():
     assert params.ladder == (43200.0, 86400.0, 172800.0) and params.silent_interval == 72 * 3600.0
 
 
+def test_policy_initial_scan_is_the_papers_standard_set_unless_set_to_silent(tmp_path):
+    from scanflow.policy import PolicyParams, params_from_settings
+
+    assert load_settings(environ={}).policy.initial_scan == "standard"
+    assert params_from_settings(load_settings(environ={}).policy).initial_scan == "standard"
+    silent = load_settings(overrides={"policy.initial_scan": "silent"}, environ={})
+    assert params_from_settings(silent.policy) == PolicyParams(initial_scan="silent")
+    cfg = tmp_path / "scanflow.toml"
+    cfg.write_text('[policy]\ninitial_scan = "silent"\n')
+    assert load_settings(cfg, environ={}).policy.initial_scan == "silent"
+    assert load_settings(environ={"SCANFLOW_POLICY_INITIAL_SCAN": "silent"}).policy.initial_scan == "silent"
+
+
 @pytest.mark.parametrize("override, fragment", [
+    ({"policy.initial_scan": "full"}, "policy.initial_scan: 'full' is not one of standard, silent"),
     ({"policy.ladder_hours": "24,12"}, "policy.ladder_hours: must not decrease"),
     ({"policy.min_confidence": "1.5"}, "policy.min_confidence: must be in (0, 1]"),
     ({"policy.kb_files": "no/such/file.toml"}, "policy.kb_files: no/such/file.toml does not exist"),
@@ -124,3 +138,4 @@ def test_bad_policy_values_name_the_key(override, fragment):
     with pytest.raises(ConfigError) as err:
         load_settings(overrides=override, environ={})
     assert fragment in str(err.value)
+    assert "\n" not in str(err.value), "errors are one line"

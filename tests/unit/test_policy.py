@@ -39,10 +39,93 @@ def policy(sets, estimator):
     return EfficientPolicy(sets, estimator)
 
 
-def test_an_ip_starts_silent_with_the_silent_set(policy, sets):
+def test_an_ip_starts_with_a_classification_scan_on_the_standard_set(policy, sets):
+    # the paper: devices are estimated from the banners and ports of the *first* scan
+    assert PolicyParams().initial_scan == "standard"
     state, plan = policy.start(T0)
+    assert state.status is IpStatus.NON_RESPONSIVE and not state.responsive and state.scans == 0
+    assert plan.at == T0 and plan.ports is sets.standard and plan.reason is Reason.INITIAL
+    assert policy.initial_ports is sets.standard
+
+
+def test_an_ip_starts_silent_with_the_silent_set_when_asked(sets, estimator):
+    silent_first = EfficientPolicy(sets, estimator, PolicyParams(initial_scan="silent"))
+    state, plan = silent_first.start(T0)
     assert state.status is IpStatus.NON_RESPONSIVE and not state.responsive
     assert plan.at == T0 and plan.ports is sets.silent and plan.reason is Reason.INITIAL
+
+
+def test_a_silent_first_scan_joins_the_sweep(policy, sets):
+    state, plan = policy.start(T0)
+    state, plan = policy.decide(state, Observation.of([], probed=plan.ports), T0)
+    assert state.status is IpStatus.NON_RESPONSIVE and state.probed == sets.standard.ref
+    assert plan.ports is sets.silent and plan.reason is Reason.SWEEP and plan.at == T0 + 3.5 * DAY
+    assert not plan.changed
+    state, plan2 = policy.decide(state, Observation.of([], probed=plan.ports), plan.at)
+    assert plan2.ports is sets.silent and plan2.at == plan.at + 3.5 * DAY  # the standard set never again
+
+
+def test_the_device_is_estimated_from_the_standard_first_scan(policy, sets, estimator):
+    state, plan = policy.start(T0)
+    first = Observation.of([80, 554, 4444, 10001], {80: HIK}, probed=plan.ports)
+    state, plan = policy.decide(state, first, T0)
+    assert state.status is IpStatus.RESPONSIVE_ESTIMATED and state.device == "hikvision-ipc"
+    assert plan.reason is Reason.NEW_RESPONDER and plan.changed and plan.at == T0 + 12 * HOUR
+    assert plan.ports == estimator.port_set("hikvision-ipc") and state.probed == sets.standard.ref
+    assert state.open_ports == {80, 554, 4444, 10001}
+
+
+def test_narrowing_from_the_standard_set_to_the_model_ports_is_not_a_change(policy, sets):
+    state, plan = policy.start(T0)
+    # the first round (standard set, ports 1-11000) sees the camera also on 4444 and 10001, outside
+    # its model's ports; the model's 37215 and 52869 lie outside the standard set (not probed then)
+    state, plan = policy.decide(state, Observation.of([80, 554, 4444, 10001], {80: HIK}, probed=plan.ports), T0)
+    model = plan.ports
+    assert not {4444, 10001} & model.ports and {37215, 52869} <= model.ports
+    assert not {37215, 52869} & sets.standard.ports
+    # the next round probes only the model's ports: 4444 and 10001 unseen, 37215 newly seen open
+    state, plan2 = policy.decide(state, Observation.of([80, 554, 37215], {80: HIK_LATER}, probed=model), plan.at)
+    assert plan2.reason is Reason.BACKOFF and not plan2.changed and state.step == 1
+    assert plan2.at == plan.at + DAY and plan2.ports == model
+    assert state.open_ports == {80, 554, 4444, 10001, 37215}  # unprobed ports keep their last state
+    assert state.probed == model.ref and state.last_changed == T0
+    # from now on the comparison is model set against model set: 37215 closing is a change
+    state, plan3 = policy.decide(state, Observation.of([80, 554], {80: HIK_LATER}, probed=model), plan2.at)
+    assert plan3.reason is Reason.CHANGED and plan3.changed and state.step == 0
+
+
+def test_a_model_port_closing_right_after_the_standard_first_scan_is_a_change(policy):
+    state, plan = policy.start(T0)
+    state, plan = policy.decide(state, Observation.of([80, 554], {80: HIK}, probed=plan.ports), T0)
+    state, plan2 = policy.decide(state, Observation.of([80], {80: HIK_LATER}, probed=plan.ports), plan.at)
+    assert plan2.reason is Reason.CHANGED and state.step == 0
+    # and so is a new banner on a port probed both times
+    state, plan = policy.start(T0)
+    state, plan = policy.decide(state, Observation.of([80, 554], {80: HIK}, probed=plan.ports), T0)
+    state, plan3 = policy.decide(state, Observation.of([80, 554], {80: NGINX}, probed=plan.ports), plan.at)
+    assert plan3.reason is Reason.CHANGED
+
+
+def test_narrowing_from_the_standard_set_to_the_unknown_set_is_not_a_change(policy, sets):
+    state, plan = policy.start(T0)
+    state, plan = policy.decide(state, Observation.of([80, 443, 6543], {80: NGINX}, probed=plan.ports), T0)
+    assert state.status is IpStatus.RESPONSIVE_UNESTIMATED and plan.ports is sets.unknown
+    assert 6543 not in sets.unknown.ports
+    state, plan2 = policy.decide(state, Observation.of([80, 443], {80: NGINX}, probed=sets.unknown), plan.at)
+    assert plan2.reason is Reason.BACKOFF and state.step == 1 and 6543 in state.open_ports
+    # a port probed both times that closes is a change
+    state, plan3 = policy.decide(state, Observation.of([80], {80: NGINX}, probed=sets.unknown), plan2.at)
+    assert plan3.reason is Reason.CHANGED
+
+
+def test_an_incomplete_first_scan_is_retried_as_the_first_scan(policy, sets):
+    state, plan = policy.start(T0)
+    again, retry = policy.decide(state, Observation.of([], probed=plan.ports, complete=False), T0)
+    assert again == state and retry.ports is sets.standard and retry.reason is Reason.INITIAL
+    assert retry.at == T0 + 12 * HOUR
+    # an incomplete silent sweep is retried as a sweep, not as a classification scan
+    swept, retry2 = policy.decide(IpState(), Observation.of([], probed=sets.silent, complete=False), T0)
+    assert swept == IpState() and retry2.ports is sets.silent and retry2.reason is Reason.BACKOFF
 
 
 def test_silent_ips_are_swept_every_three_and_a_half_days(policy, sets):
@@ -183,7 +266,7 @@ def test_the_standard_policy_scans_everything_every_twelve_hours(sets):
 @pytest.mark.parametrize("kwargs, message", [
     ({"ladder": ()}, "ladder"), ({"ladder": (10.0, 5.0)}, "must not decrease"),
     ({"ladder": (0.0,)}, "positive"), ({"silent_interval": 0}, "silent_interval"),
-    ({"demote_after": 0}, "demote_after"),
+    ({"demote_after": 0}, "demote_after"), ({"initial_scan": "unknown"}, "initial_scan: must be one of"),
 ])
 def test_bad_parameters_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -255,6 +338,38 @@ def test_intervals_are_positive_and_capped_whatever_happens(ladder, history):
             assert (state.device is None) == (state.status is IpStatus.RESPONSIVE_UNESTIMATED)
         else:
             assert interval == pytest.approx(params.silent_interval)
+        now = plan.at
+
+
+host_ports = st.frozensets(st.sampled_from([21, 22, 23, 80, 443, 554, 4444, 7547, 8000, 8080, 9000, 10001,
+                                            37215, 52869]), min_size=1, max_size=6)
+
+
+@settings(max_examples=150, deadline=None)
+@given(host_ports, st.sampled_from([HIK, NGINX, b"SSH-2.0-dropbear", b""]), st.integers(min_value=1, max_value=6))
+def test_a_host_that_does_not_change_is_never_a_change_after_the_standard_first_scan(ports, banner, rounds):
+    """Whatever the host has open, seeing it first through the standard set and then through the
+    plan's (narrower, possibly partly new) ports is never a change while the host stays the same."""
+    policy = EfficientPolicy(SETS, ESTIMATOR)
+    state, plan = policy.start(0.0)
+    now = 0.0
+    talk = min(ports)
+    for i in range(rounds + 1):
+        probed = plan.ports
+        seen = ports & probed.ports
+        banners = {talk: banner.replace(b"Mon, 01", b"Fri, 05") if i % 2 else banner} if talk in seen and banner else {}
+        state, plan = policy.decide(state, Observation.of(seen, banners, probed=probed), now)
+        if not seen:
+            # nothing of the host inside the probed set (e.g. a model estimated from a banner on a port
+            # outside the model's ports): a complete silent round, which demotes, never a "change"
+            assert not state.responsive and plan.reason is Reason.SWEEP and plan.ports is SETS.silent
+            return
+        if i == 0:
+            assert plan.reason is Reason.NEW_RESPONDER
+        else:
+            assert plan.reason is Reason.BACKOFF and not plan.changed, (i, sorted(seen), probed.ref)
+            assert state.step == min(i, len(DEFAULT_LADDER) - 1)
+        assert state.open_ports <= ports
         now = plan.at
 
 
