@@ -24,9 +24,10 @@ import time
 from pathlib import Path
 
 
-def _child(ips: int, weeks: float, seed: int, sets_path: str, overrides: dict, bootstrap: str) -> None:
+def _child(ips: int, weeks: float, seed: int, sets_path: str, overrides: dict, policy: dict) -> None:
     t0 = time.perf_counter()
     from scanflow.knowledge import load_knowledge
+    from scanflow.policy import PolicyParams
     from scanflow.simulate import EvaluationConfig, evaluate_seed
     from scanflow.world import WorldConfig
 
@@ -34,10 +35,8 @@ def _child(ips: int, weeks: float, seed: int, sets_path: str, overrides: dict, b
         sets = pickle.load(fh)
     kb = load_knowledge()
     cfg = EvaluationConfig(ips=ips, weeks=weeks, windows=(2.0, weeks), seeds=(seed,), record=False,
-                           world=WorldConfig().with_overrides(overrides))
+                           world=WorldConfig().with_overrides(overrides), params=PolicyParams(**policy))
     imports = time.perf_counter() - t0
-    if bootstrap == "standard":
-        _patch_standard_first_round()
     t0 = time.perf_counter()
     result = evaluate_seed(cfg, seed, sets, kb)
     total = time.perf_counter() - t0
@@ -61,21 +60,10 @@ def _peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _patch_standard_first_round() -> None:
-    """What-if for the sensitivity table only: the first probe of every IP uses the standard set (the
-    start-up the paper's Table 4 traffic suggests); every later decision is the policy core's."""
-    from scanflow.policy import EfficientPolicy, IpState, Reason, ScanPlan
-
-    def start(self, now):
-        return IpState(), ScanPlan(now, self.port_sets.standard, Reason.INITIAL)
-
-    EfficientPolicy.start = start
-
-
 def _run_child(ips: int, weeks: float, seed: int, sets_path: str, overrides: dict | None = None,
-               bootstrap: str = "silent") -> dict:
+               policy: dict | None = None) -> dict:
     cmd = [sys.executable, __file__, "--child", str(ips), str(weeks), str(seed), sets_path,
-           json.dumps(overrides or {}), bootstrap]
+           json.dumps(overrides or {}), json.dumps(policy or {})]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(out.stderr)
@@ -96,19 +84,23 @@ def _derive(sets_path: str) -> float:
     return seconds
 
 
+NO_SPORADIC = {"sporadic_share": "0", "dynamic_share": "0.25"}
+STATIC_ONLY = {"sporadic_share": "0", "dynamic_share": "0"}
+SILENT_FIRST = {"initial_scan": "silent"}
+#: (label, world overrides, policy parameters): each row changes only what it names.
 SENSITIVITY = [
-    ("default (sporadic 12.5 %, dynamic 12.5 %)", {}, "silent"),
-    ("no sporadic responders (dynamic 25 %)", {"sporadic_share": "0", "dynamic_share": "0.25"}, "silent"),
-    ("sporadic 1 %, dynamic 24 %", {"sporadic_share": "0.01", "dynamic_share": "0.24"}, "silent"),
-    ("sporadic 3 %, dynamic 22 %", {"sporadic_share": "0.03", "dynamic_share": "0.22"}, "silent"),
-    ("sporadic 6 %, dynamic 19 %", {"sporadic_share": "0.06", "dynamic_share": "0.19"}, "silent"),
-    ("sporadic 25 %, no dynamic", {"sporadic_share": "0.25", "dynamic_share": "0"}, "silent"),
-    ("static only (no dynamic, no sporadic)", {"sporadic_share": "0", "dynamic_share": "0"}, "silent"),
-    ("dynamic occupants all different (pool types 0)", {"dynamic_pool_types": "0"}, "silent"),
-    ("sporadic episodes 6 h (duty refit 0.105)", {"sporadic_on_hours": "6", "sporadic_duty": "0.105"}, "silent"),
-    ("what-if: first probe with the standard set", {}, "standard"),
-    ("what-if: first probe standard, no sporadic", {"sporadic_share": "0", "dynamic_share": "0.25"}, "standard"),
-    ("what-if: first probe standard, static only", {"sporadic_share": "0", "dynamic_share": "0"}, "standard"),
+    ("default (sporadic 12.5 %, dynamic 12.5 %)", {}, {}),
+    ("no sporadic responders (dynamic 25 %)", NO_SPORADIC, {}),
+    ("sporadic 1 %, dynamic 24 %", {"sporadic_share": "0.01", "dynamic_share": "0.24"}, {}),
+    ("sporadic 3 %, dynamic 22 %", {"sporadic_share": "0.03", "dynamic_share": "0.22"}, {}),
+    ("sporadic 6 %, dynamic 19 %", {"sporadic_share": "0.06", "dynamic_share": "0.19"}, {}),
+    ("sporadic 25 %, no dynamic", {"sporadic_share": "0.25", "dynamic_share": "0"}, {}),
+    ("static only (no dynamic, no sporadic)", STATIC_ONLY, {}),
+    ("dynamic occupants all different (pool types 0)", {"dynamic_pool_types": "0"}, {}),
+    ("sporadic episodes 6 h (duty refit 0.105)", {"sporadic_on_hours": "6", "sporadic_duty": "0.105"}, {}),
+    ("variant: silent first scan", {}, SILENT_FIRST),
+    ("variant: silent first scan, no sporadic", NO_SPORADIC, SILENT_FIRST),
+    ("variant: silent first scan, static only", STATIC_ONLY, SILENT_FIRST),
 ]
 
 
@@ -174,8 +166,8 @@ def calibration(n_ips: int = 300_000, seeds: tuple[int, ...] = (11, 12)) -> None
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--child":
-        ips, weeks, seed, sets_path, overrides, bootstrap = argv[1:7]
-        _child(int(ips), float(weeks), int(seed), sets_path, json.loads(overrides), bootstrap)
+        ips, weeks, seed, sets_path, overrides, policy = argv[1:7]
+        _child(int(ips), float(weeks), int(seed), sets_path, json.loads(overrides), json.loads(policy))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ips", type=int, nargs="+", default=[100_000, 1_000_000])
@@ -195,8 +187,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"\n{args.sensitivity_ips:,} IPs, {args.weeks:g} weeks, seed {args.seed}:")
             print(f"{'world':<48}{'traffic 2w':>11}{'PDR 2w':>8}{'DDR 2w':>8}{'traffic 8w':>11}"
                   f"{'PDR 8w':>8}{'DDR 8w':>8}")
-            for label, overrides, bootstrap in SENSITIVITY:
-                r = _run_child(args.sensitivity_ips, args.weeks, args.seed, sets_path, overrides, bootstrap)
+            for label, overrides, policy in SENSITIVITY:
+                r = _run_child(args.sensitivity_ips, args.weeks, args.seed, sets_path, overrides, policy)
                 w2, w8 = r["windows"]["2w"], r["windows"][f"{args.weeks:g}w"]
                 print(f"{label:<48}{w2['traffic']:>10.2%}{w2['pdr']:>8.1%}{w2['ddr']:>8.1%}"
                       f"{w8['traffic']:>10.2%}{w8['pdr']:>8.1%}{w8['ddr']:>8.1%}", flush=True)

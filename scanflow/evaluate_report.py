@@ -75,7 +75,8 @@ def _params_dict(params) -> dict[str, Any]:
 
     p = params or PolicyParams()
     return {"ladder_h": [x / 3600 for x in p.ladder], "silent_interval_h": p.silent_interval / 3600,
-            "standard_interval_h": p.standard_interval / 3600, "demote_after": p.demote_after}
+            "standard_interval_h": p.standard_interval / 3600, "demote_after": p.demote_after,
+            "initial_scan": p.initial_scan}
 
 
 def _metric_dict(m) -> dict[str, Any]:
@@ -103,10 +104,13 @@ def format_table(summary: dict[str, Any]) -> str:
     """The Table-4-style text table: per seed and window, then mean and min, then the paper's rows."""
     cfg, ps = summary["config"], summary["port_sets"]
     mode = ("desynchronised" if cfg["desync"] else "synchronised") + (f", loss {cfg['loss']:g}" if cfg["loss"] else "")
+    initial = cfg.get("policy", {}).get("initial_scan", "standard")
+    first = ("first scan of each IP with the standard set (the paper's)" if initial == "standard"
+             else "first scan of each IP a silent sweep (policy.initial_scan=silent)")
     lines = [f"Efficient vs standard scan: {cfg['ips']:,} IPs, {cfg['weeks']:g} weeks, seeds "
              f"{', '.join(map(str, cfg['seeds']))}, {mode}",
              f"port sets (derived from a {ps['survey_responsive_ips']:,}-host full-port survey): standard "
-             f"{ps['standard']:,}, silent {ps['silent']:,}, unknown-device {ps['unknown']:,}", ""]
+             f"{ps['standard']:,}, silent {ps['silent']:,}, unknown-device {ps['unknown']:,}; {first}", ""]
     head = (f"{'period':<7}{'seed':<6}{'standard GB':>12}{'efficient GB':>14}{'traffic':>9}{'PDR':>9}"
             f"{'DDR':>9}{'attempts':>10}   {'PDR*':>7}{'DDR*':>7}")
     lines += [head, "-" * len(head)]

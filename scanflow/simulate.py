@@ -7,9 +7,10 @@ so both observe the world's true state at the moment they probe and only the pol
 ``desync`` gives the efficient scan its own instants (the paper's real-network set-up) and ``loss``
 drops probes at random (its congestion losses), to measure how much of a shortfall they explain.
 
-The efficient policy is the policy core itself (:class:`scanflow.policy.EfficientPolicy`): each
-responsive IP's observation goes through ``decide`` exactly as in the stream. Only silent IPs are handled
-in bulk, like the sweeps of the live system: the plan after a silent round is read from the policy once
+The efficient policy is the policy core itself (:class:`scanflow.policy.EfficientPolicy`): every IP's
+first probe is the policy's ``start`` (by default a classification scan with the standard set, all in
+the first round like the standard scan's), and each responsive IP's observation goes through
+``decide`` exactly as in the stream. Only silent IPs are handled in bulk, like the sweeps of the live system: the plan after a silent round is read from the policy once
 (:func:`bulk_silent_rule`) and applied to every silent IP that stays silent; the bookkeeping counters of
 a silent IP's state (``scans``, ``last_scanned``) are therefore not advanced by bulk sweeps, and no
 decision reads them. The standard scan is computed in closed form over the world's time segments
@@ -39,8 +40,11 @@ STATUS_CODE = {IpStatus.NON_RESPONSIVE: 0, IpStatus.RESPONSIVE_ESTIMATED: 1, IpS
 class Schedule:
     """When each address is probed: round ``k`` probes address ``i`` at ``k * slot + offset[i]``.
 
-    ``phase[i]`` is the round of the efficient scan's first (silent) probe of ``i``: the first sweep
-    is spread evenly over one silent interval, as sweeps are.
+    ``phase[i]`` is the round of the efficient scan's first probe of ``i`` (its ``start``): round 0
+    for every address when that probe is the paper's classification scan with the standard set (one
+    full round at the start, timed like the standard scan's round 0); spread evenly over one silent
+    interval when it is a silent sweep (``initial_scan = "silent"``), as sweeps are. See
+    :func:`first_probe_rounds`.
     """
 
     slot: int
@@ -62,7 +66,8 @@ class Schedule:
 
 def make_schedule(n_ips: int, seed: int, horizon: int, *, slot: float, silent_rounds: int,
                   desync: bool = False) -> Schedule:
-    """The probe schedule of one evaluation (deterministic by seed)."""
+    """The probe schedule of one evaluation (deterministic by seed); the first probes are spread over
+    ``silent_rounds`` rounds (1: all in round 0; pass :func:`first_probe_rounds` of the policy's rule)."""
     slot_s = int(round(slot))
     rng = np.random.default_rng([int(seed), 0x5C4ED])
     off_std = rng.integers(0, slot_s, n_ips, dtype=np.int64)
@@ -96,6 +101,14 @@ def bulk_silent_rule(policy, slot: float) -> BulkRule:
                          f"{slot:.0f} s rounds with one port set; got {plan1.at} s with {plan1.ports.ref}, "
                          f"then {plan2.at - plan1.at} s with {plan2.ports.ref}")
     return BulkRule(plan0.ports, plan1.ports, int(round(rounds)))
+
+
+def first_probe_rounds(rule: BulkRule) -> int:
+    """Over how many rounds the first probes of a policy are spread: a silent first probe is a sweep and
+    is spread over one silent interval like every sweep; a first probe with another set (the paper's
+    classification scan with the standard set) is one full round at the start, like the standard
+    scan's first round."""
+    return rule.rounds if rule.first.ref == rule.sweep.ref else 1
 
 
 @dataclass
@@ -530,7 +543,7 @@ def evaluate_seed(cfg: EvaluationConfig, seed: int, port_sets, kb=None, *,
     policy = EfficientPolicy(port_sets, Estimator(kb, min_confidence=cfg.min_confidence), params)
     rule = bulk_silent_rule(policy, params.standard_interval)
     schedule = make_schedule(world.n_ips, seed, world.horizon, slot=params.standard_interval,
-                             silent_rounds=rule.rounds, desync=cfg.desync)
+                             silent_rounds=first_probe_rounds(rule), desync=cfg.desync)
     clock["world"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     std = run_standard(world, schedule, port_sets.standard, record=cfg.record)

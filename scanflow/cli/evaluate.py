@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -42,19 +43,23 @@ def _weeks_list(text: str) -> tuple[float, ...]:
               help="Seed of the full-port survey the port sets are derived from.")
 @click.option("--survey-ips", type=click.IntRange(10_000, 200_000_000), default=None,
               help="Addresses in the survey (default: the paper's ~12.2 M, of which 2.7 % answer).")
+@click.option("--initial-scan", type=click.Choice(["standard", "silent"]), default=None,
+              help="Port set of each IP's first scan: standard (the paper's classification scan) or silent "
+                   "(start in the silent sweep). Default: policy.initial_scan of the configuration (standard).")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
 @click.option("--no-parquet", is_flag=True, help="Skip the Parquet observations (faster, smaller).")
 @pass_ctx
 def evaluate(obj: CliContext, ips: int, weeks: float, seeds: int, out_dir: str, windows: str, loss: float, desync: bool,
-             world_items: tuple[str, ...], survey_seed: int, survey_ips: int | None, no_plots: bool,
-             no_parquet: bool) -> None:
+             world_items: tuple[str, ...], survey_seed: int, survey_ips: int | None, initial_scan: str | None,
+             no_plots: bool, no_parquet: bool) -> None:
     """Run the standard and the efficient policy on the same synthetic internet and timeline.
 
     Derives the port sets from an emulated full-port survey (as the paper did), then for each seed
     generates a world and runs both policies, and prints a Table-4-style table (per seed, mean, min)
     for 2 weeks and the full period. Writes metrics.json, observations/found/events Parquet and the
     Figure 3, 5, 6, 7 analogs, detection delays and traffic over time as PNG into --out. The policy
-    parameters and knowledge-base files come from the [policy] configuration (defaults: the paper's).
+    parameters and knowledge-base files come from the [policy] configuration (defaults: the paper's);
+    --initial-scan (or --set policy.initial_scan=...) chooses the first scan of each IP.
     """
     from scanflow import evaluate_report as report
     from scanflow.knowledge import load_knowledge
@@ -74,7 +79,7 @@ def evaluate(obj: CliContext, ips: int, weeks: float, seeds: int, out_dir: str, 
         cfg = EvaluationConfig(ips=ips, weeks=weeks, windows=tuple(sorted(set(_weeks_list(windows)) | {weeks})),
                                seeds=tuple(range(1, seeds + 1)), loss=loss, desync=desync, world=world_cfg,
                                survey_seed=survey_seed, survey_ips=survey_ips, record=not no_parquet,
-                               params=params_from_settings(policy_settings),
+                               params=_policy_params(params_from_settings(policy_settings), initial_scan),
                                min_confidence=policy_settings.min_confidence)
         cfg.world_config()
     except ValueError as exc:
@@ -114,6 +119,11 @@ def evaluate(obj: CliContext, ips: int, weeks: float, seeds: int, out_dir: str, 
             click.echo(f"scanflow: warning: {exc}", err=True)
     click.echo(f"\nwrote {len(written)} files to {out}/ (simulation {seconds['simulation']:.1f} s, "
                f"port sets {seconds['port_sets']:.1f} s)")
+
+
+def _policy_params(params, initial_scan: str | None):
+    """The configured policy parameters, with ``--initial-scan`` if given."""
+    return params if initial_scan is None else dataclasses.replace(params, initial_scan=initial_scan)
 
 
 COMMANDS = [evaluate]

@@ -13,8 +13,8 @@ from scanflow.metrics import ByteModel
 from scanflow.policy import EfficientPolicy, Observation, PolicyParams, PolicyPortSets, StandardPolicy
 from scanflow.portsets import PortSet
 from scanflow.simulate import (SCANNER_STANDARD, EvaluationConfig, Schedule, bulk_silent_rule, cover,
-                               derive_policy_sets, evaluate_seed, make_schedule, run_policy, run_standard,
-                               window_metrics)
+                               derive_policy_sets, evaluate_seed, first_probe_rounds, make_schedule, run_policy,
+                               run_standard, window_metrics)
 from scanflow.world import World, WorldConfig
 from scanflow.world.banners import NO_BANNER
 from scanflow.world.dynamics import HONEYPOT_CLASS, INITIAL, RETURNED, SPORADIC, STATIC, Segments
@@ -62,6 +62,28 @@ def test_one_static_host_worked_by_hand():
     std = run_standard(world, sched, sets.standard)
     eff = run_policy(world, sched, EfficientPolicy(sets, Estimator(KB)))
     m = window_metrics(world, std, eff, H, 2)
+    # efficient (the paper's start): round 0 probes all 10 IPs with the standard set {80, 443, 8080};
+    # the 9 silent IPs are then swept at rounds 7, 14, 21 on {80}; the host, found on {80, 8080} at
+    # round 0, is rescanned on the unknown set {80, 8080} after 12 h, 1 d, 2 d, 3 d, 5 d (rounds 1, 3,
+    # 7, 13, 23): the narrowing from 3 ports to 2 is not a change
+    assert np.flatnonzero(eff.attempts).tolist() == [0, 1, 3, 7, 13, 14, 21, 23]
+    assert eff.attempts[0] == 10 and int(eff.probes[0]) == 10 * 3
+    assert m.efficient_attempts == 10 + 9 * 3 + 5
+    assert int(eff.probes.sum()) == 30 + 9 * 3 * 1 + 5 * 2
+    assert m.efficient_bytes == (67 + 6 * 2) * 54  # SYNs, plus an RST per open port found, 6 rounds x 2
+    assert m.pdr == 1.0 and m.ddr == 1.0
+    assert m.traffic_ratio == pytest.approx(79 * 54 / ((840 + 56) * 54))
+    assert eff.detected.tolist() == [0]
+    assert eff.states[1].sum() == 1  # the host is tracked individually from round 0 on
+
+
+def test_one_static_host_worked_by_hand_with_a_silent_first_scan():
+    world = tiny_world([STATIC_HOST])
+    sets = hand_sets()
+    sched = zero_schedule(10)
+    std = run_standard(world, sched, sets.standard)
+    eff = run_policy(world, sched, EfficientPolicy(sets, Estimator(KB), PolicyParams(initial_scan="silent")))
+    m = window_metrics(world, std, eff, H, 2)
     # standard: 10 IPs x 28 rounds, 3 ports each; the host answers on 2 ports every round (RST each)
     assert (m.standard_attempts, int(std.probes.sum())) == (280, 840)
     assert m.standard_bytes == (840 + 28 * 2) * 54
@@ -99,11 +121,16 @@ def test_honeypots_are_left_out_of_pdr_but_counted_in_pdr_all():
     world = tiny_world([STATIC_HOST, honeypot])
     sets = hand_sets(extra_standard=range(1000, 1150))
     sched = zero_schedule(10)
-    m = window_metrics(world, run_standard(world, sched, sets.standard),
-                       run_policy(world, sched, EfficientPolicy(sets, Estimator(KB))), H, 2)
+    std = run_standard(world, sched, sets.standard)
+    silent_first = EfficientPolicy(sets, Estimator(KB), PolicyParams(initial_scan="silent"))
+    m = window_metrics(world, std, run_policy(world, sched, silent_first), H, 2)
     assert m.excluded_ips == 1
     assert m.pdr == 1.0 and m.ddr == 1.0
     assert m.pdr_all == pytest.approx(2 / 152) and m.ddr_all == pytest.approx(1 / 2)
+    # the paper's start probes the honeypot with the standard set once and finds all its ports
+    m = window_metrics(world, std, run_policy(world, sched, EfficientPolicy(sets, Estimator(KB))), H, 2)
+    assert m.excluded_ips == 1 and m.pdr == 1.0 and m.ddr == 1.0
+    assert m.pdr_all == 1.0 and m.ddr_all == 1.0
 
 
 def test_windows_count_only_their_own_rounds():
@@ -161,6 +188,28 @@ def test_same_seed_same_figures(small):
     assert [w.__dict__ for w in c.windows] != [w.__dict__ for w in a.windows]
 
 
+@pytest.mark.parametrize("initial_scan", ["standard", "silent"])
+def test_every_ips_first_probe_is_the_policys_start(small, initial_scan):
+    cfg, sets = small
+    cfg = EvaluationConfig(**{**cfg.__dict__, "params": PolicyParams(initial_scan=initial_scan), "record": False})
+    r = evaluate_seed(cfg, 4, sets, KB)
+    n = r.world.n_ips
+    first = r.efficient.attempts[:7]
+    if initial_scan == "standard":
+        # one classification round at the start, timed like the standard scan's round 0
+        assert not r.schedule.phase.any()
+        assert first[0] == n and r.efficient.probes[0] == n * len(sets.standard)
+        # synchronised and loss-free: the efficient scan's first round is exactly the standard scan's
+        assert r.efficient.bytes[0] == r.standard.bytes[0]
+        assert set(r.efficient.cells[r.efficient.cell_round == 0].tolist()) == \
+            set(r.standard.cells[r.standard.cell_round == 0].tolist())
+    else:
+        # a first sweep spread over one silent interval (7 rounds); later rounds add 12 h follow-ups
+        assert set(np.unique(r.schedule.phase).tolist()) == set(range(7))
+        assert first[0] == int((r.schedule.phase == 0).sum()) < n / 5
+        assert r.efficient.probes[0] == first[0] * len(sets.silent)
+
+
 def test_every_answer_goes_through_the_policys_decide(small):
     cfg, sets = small
 
@@ -203,7 +252,11 @@ def test_cover_lists_exactly_the_rounds_probing_inside_each_segment():
 def test_the_bulk_rule_is_read_from_the_policy():
     sets = hand_sets()
     rule = bulk_silent_rule(EfficientPolicy(sets, Estimator(KB)), H)
+    assert (rule.first, rule.sweep, rule.rounds) == (sets.standard, sets.silent, 7)
+    assert first_probe_rounds(rule) == 1  # a classification round at the start, like the standard scan's
+    rule = bulk_silent_rule(EfficientPolicy(sets, Estimator(KB), PolicyParams(initial_scan="silent")), H)
     assert (rule.first, rule.sweep, rule.rounds) == (sets.silent, sets.silent, 7)
+    assert first_probe_rounds(rule) == 7  # a first sweep, spread over one silent interval
     rule = bulk_silent_rule(StandardPolicy(sets), H)
     assert (rule.sweep, rule.rounds) == (sets.standard, 1)
     with pytest.raises(ValueError, match="whole"):
@@ -211,10 +264,11 @@ def test_the_bulk_rule_is_read_from_the_policy():
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.frozensets(st.sampled_from([80, 8080, 443]), max_size=3), min_size=1, max_size=8))
-def test_any_silent_ip_gets_the_bulk_plan_whatever_its_history(history):
+@given(st.lists(st.frozensets(st.sampled_from([80, 8080, 443]), max_size=3), min_size=1, max_size=8),
+       st.sampled_from(["standard", "silent"]))
+def test_any_silent_ip_gets_the_bulk_plan_whatever_its_history(history, initial_scan):
     sets = hand_sets()
-    policy = EfficientPolicy(sets, Estimator(KB))
+    policy = EfficientPolicy(sets, Estimator(KB), PolicyParams(initial_scan=initial_scan))
     rule = bulk_silent_rule(policy, H)
     state, plan = policy.start(0.0)
     now = 0.0

@@ -23,7 +23,8 @@ def run(tmp_path_factory):
 
 def test_prints_a_table_per_seed_with_mean_min_and_the_papers_rows(run):
     _, output = run
-    for text in ("period", "1w     1", "1w     2", "2w     mean", "2w     min", "paper, real network", "8.94 %"):
+    for text in ("period", "1w     1", "1w     2", "2w     mean", "2w     min", "paper, real network", "8.94 %",
+                 "first scan of each IP with the standard set"):
         assert text in output, text
 
 
@@ -59,3 +60,21 @@ def test_writes_the_plots(run):
 def test_bad_world_parameter_is_a_usage_error(tmp_path):
     result = CliRunner().invoke(main, ["evaluate", "--world", "nope=1", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "unknown world parameter" in result.output
+
+
+@pytest.mark.parametrize("how", [["--set", "policy.initial_scan=silent", "evaluate"], ["evaluate", "--initial-scan", "silent"]])
+def test_the_silent_first_scan_variant_is_selectable(tmp_path, how, run):
+    args = how + ["--ips", "3000", "--weeks", "2", "--seeds", "1", "--windows", "1", "--survey-ips", "300000",
+                  "--no-plots", "--no-parquet", "--out", str(tmp_path)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "first scan of each IP a silent sweep" in result.output
+    silent = json.loads((tmp_path / "metrics.json").read_text())
+    default = json.loads((run[0] / "metrics.json").read_text())
+    assert silent["config"]["policy"]["initial_scan"] == "silent"
+    assert default["config"]["policy"]["initial_scan"] == "standard"
+    # a silent first scan costs less in the first week than a standard-set classification round
+    s1 = silent["windows"]["1w"]["per_seed"][0]
+    d1 = default["windows"]["1w"]["per_seed"][0]
+    assert s1["efficient_bytes"] < d1["efficient_bytes"]
+    assert s1["standard_bytes"] == d1["standard_bytes"]
