@@ -379,32 +379,9 @@ class Agent:
         return 0
 
     async def _handle(self, rec) -> None:
-        tp = _tp(rec)
+        """Run one command record; mark its offset finished unless cancelled or fatally failed."""
         try:
-            try:
-                command = self.codec.decode_as("ScanCommand", rec.value)
-            except CodecError as exc:
-                self.metrics.commands["malformed"] += 1
-                self._dead_letter(rec.key, rec.value, exc.error_class, str(exc), rec)
-                return
-            cid = command["command_id"]
-            hint = command.get("shard_hint")
-            if self.settings.shards > 1 and hint is not None and hint != self.settings.shard:
-                self.metrics.commands["other-shard"] += 1
-                return
-            if cid in self._done_ids:
-                self.metrics.commands["duplicate"] += 1
-                return
-            running = self._inflight_ids.get(cid)
-            if running is not None:
-                await asyncio.shield(running)
-                self.metrics.commands["duplicate"] += 1
-                return
-            self._inflight_ids[cid] = asyncio.current_task()
-            try:
-                await self.execute(command, source=rec)
-            finally:
-                self._inflight_ids.pop(cid, None)
+            await self._handle_record(rec)
         except (DeliveryError, asyncio.CancelledError):
             raise
         except Exception as exc:  # noqa: BLE001 - errors are data: dead-letter, keep going
@@ -412,10 +389,36 @@ class Agent:
             self.metrics.errors["command-failed"] += 1
             try:
                 self._dead_letter(rec.key, rec.value, "AgentError", f"{type(exc).__name__}: {exc}", rec)
-            except Exception as inner:  # noqa: BLE001
+            except Exception as inner:  # noqa: BLE001 - cannot even report it: stop, re-run later
                 self._fatal = inner
                 return
-        self.tracker.finish(tp, rec.offset)
+        self.tracker.finish(_tp(rec), rec.offset)
+
+    async def _handle_record(self, rec) -> None:
+        try:
+            command = self.codec.decode_as("ScanCommand", rec.value)
+        except CodecError as exc:
+            self.metrics.commands["malformed"] += 1
+            self._dead_letter(rec.key, rec.value, exc.error_class, str(exc), rec)
+            return
+        cid = command["command_id"]
+        hint = command.get("shard_hint")
+        if self.settings.shards > 1 and hint is not None and hint != self.settings.shard:
+            self.metrics.commands["other-shard"] += 1
+            return
+        if cid in self._done_ids:
+            self.metrics.commands["duplicate"] += 1
+            return
+        running = self._inflight_ids.get(cid)
+        if running is not None:
+            await asyncio.shield(running)
+            self.metrics.commands["duplicate"] += 1
+            return
+        self._inflight_ids[cid] = asyncio.current_task()
+        try:
+            await self.execute(command, source=rec)
+        finally:
+            self._inflight_ids.pop(cid, None)
 
     def _commit_step(self, consumer, only: set | None = None) -> None:
         """(consumer thread) Flush, then commit the finished prefix of each partition."""
