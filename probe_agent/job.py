@@ -245,6 +245,10 @@ class CommandRun(Job):
         """The tally of active target ``index`` (index into the job's space)."""
         return self.tallies[self.active[index]]
 
+    def excluded_networks(self) -> list[str]:
+        self.exclusions.maybe_refresh()
+        return self.exclusions.lines()
+
     def target_of(self, ip: str) -> int | None:
         addr = ipaddress.ip_address(ip)
         for net, index in self._networks:
@@ -396,6 +400,7 @@ class CommandRun(Job):
                     tally.mark_block(take - np.uint64(target.base), np.asarray(space.ports))
                     ranges.extend(_runs(take))
                     per_target[index] = per_target.get(index, 0) + len(take)
+                    self.metrics.probes += len(take) * n_ports
                     count += len(take)
                     if count >= per_chunk:
                         yield AddressChunk(ranges, per_target, space.ports.tolist())

@@ -132,6 +132,10 @@ class Job(abc.ABC):
         """Add packets and bytes sent for ``target`` (batch backends that count in bulk)."""
 
     @abc.abstractmethod
+    def excluded_networks(self) -> list[str]:
+        """The exclusion list in force, as CIDR text (for tools that take their own list)."""
+
+    @abc.abstractmethod
     def target_of(self, ip: str) -> int | None:
         """Index of the command target that ``ip`` belongs to, or None."""
 

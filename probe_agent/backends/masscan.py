@@ -1,0 +1,237 @@
+"""The ``masscan`` backend: SYN discovery with Debian's masscan, then banners with the connect grabber.
+
+Two phases, like ZMap + ZGrab2:
+
+1. masscan sends SYNs at the job's rate from a raw socket on ``agent.masscan_interface`` to the
+   router (or on-link peer) MAC ``agent.masscan_router_mac``, over an include file of exactly the
+   addresses the core found eligible (allowlisted, not excluded, not tracked in sweeps, this shard's),
+   with the exclusion list passed again as ``--excludefile``. Each SYN-ACK becomes a SYN_ACK event
+   (with the TTL masscan saw) as soon as masscan prints it.
+2. Once masscan has sent its last SYN (its progress line says 100 % and it only waits for late
+   answers), every open port gets one connect-and-grab through the core's rate caps; a banner becomes
+   a BANNER event.
+
+masscan's own ``--banners`` mode is not used: it needs a firewalled source port and hung in tests
+here. masscan 1.3.2 also does not always exit after ``--wait`` when nothing more arrives (its receive
+thread blocks), so the backend runs it line-buffered (``stdbuf -oL``: every result is out as soon as it
+is printed) and ends it once the wait is over. Large jobs run as several masscan invocations of at
+most ``masscan_chunk_probes`` probes, so exclusion list changes apply between them.
+
+Accounting: SYNs (addresses x ports x (1 + retries)), 40 bytes each at the IP layer as masscan
+builds them, plus two 40-byte RSTs per open port (masscan's and the kernel's); RSTs answering closed
+ports are not seen and not counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import ipaddress
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import tempfile
+
+from probe_agent.backends import AddressChunk, Backend, BackendError, Job, ProbeResult, ProbeStatus
+from probe_agent.backends.connect import ConnectGrabber
+from probe_agent.safety import Allowlist
+from probe_agent.settings import AgentSettings
+
+log = logging.getLogger("scanflow.agent.masscan")
+
+SYN_BYTES = 40
+RST_BYTES = 40
+_WAITING = re.compile(rb"100\.00% done, waiting (-?\d+)-secs")
+
+
+def interface_ipv4(name: str) -> str | None:
+    """The IPv4 address of interface ``name`` (SIOCGIFADDR), or None."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        packed = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))
+        return socket.inet_ntoa(packed[20:24])
+    except OSError:
+        return None
+    finally:
+        s.close()
+
+
+def _ip(value: int) -> str:
+    return str(ipaddress.IPv4Address(value))
+
+
+class MasscanBackend(Backend):
+    """SYN discovery through a masscan subprocess (root), banners through :class:`ConnectGrabber`."""
+
+    name = "masscan"
+    needs_root = True
+    ipv6 = False
+    #: Probes per masscan invocation (exclusions are re-read between invocations).
+    chunk_probes = 10_000_000
+
+    def __init__(self, settings: AgentSettings):
+        super().__init__(settings)
+        self.grabber = ConnectGrabber(settings)
+        self.allowlist = Allowlist(settings.allowed_networks())
+        self._lock: asyncio.Lock | None = None
+        self._grab_slots: asyncio.Semaphore | None = None
+        self.adapter_ip = settings.masscan_adapter_ip
+        self.runs = 0
+
+    def command(self, include: str, exclude: str, ports: list[int], rate: float) -> list[str]:
+        """The masscan command line for one chunk (an explicit interface, MAC, source and guard)."""
+        s = self.settings
+        cmd = [s.masscan_path, "--interface", s.masscan_interface, "--router-mac", s.masscan_router_mac,
+               "--adapter-ip", self.adapter_ip, "--rate", str(max(1, int(rate))), "--seed", str(s.seed),
+               "--ports", ",".join(map(str, ports)), "--include-file", include, "--excludefile", exclude,
+               "--exclude", "255.255.255.255", "--wait", str(max(0, round(s.masscan_wait_s))),
+               "--retries", str(s.masscan_retries), "--output-format", "ndjson", "--output-filename", "-"]
+        stdbuf = shutil.which("stdbuf")
+        return ([stdbuf, "-oL"] if stdbuf else []) + cmd
+
+    async def open(self) -> None:
+        s = self.settings
+        if os.geteuid() != 0:
+            raise BackendError("masscan: sends raw packets and needs root; run the agent as root or use "
+                               "--backend connect")
+        if not shutil.which(s.masscan_path):
+            raise BackendError(f"masscan: {s.masscan_path!r} not found; apt-get install masscan")
+        if not s.masscan_interface or not os.path.isdir(f"/sys/class/net/{s.masscan_interface}"):
+            raise BackendError(f"masscan: agent.masscan_interface {s.masscan_interface!r} is not an "
+                               "interface here; name the one the probes must leave through")
+        if not s.masscan_router_mac:
+            raise BackendError("masscan: set agent.masscan_router_mac to the MAC of the next hop (the "
+                               "router, or the peer on a point-to-point link)")
+        if not self.adapter_ip:
+            self.adapter_ip = interface_ipv4(s.masscan_interface) or ""
+            if not self.adapter_ip:
+                raise BackendError(f"masscan: interface {s.masscan_interface} has no IPv4 address; set "
+                                   "agent.masscan_adapter_ip")
+        self._lock = asyncio.Lock()
+        self._grab_slots = asyncio.Semaphore(s.concurrency)
+
+    async def run(self, job: Job) -> None:
+        if self._lock is None:
+            await self.open()
+        for chunk in job.address_chunks(self.chunk_probes):
+            if job.stopping:
+                return
+            async with self._lock:  # one masscan at a time: they would share the link and the rate
+                await self._scan_chunk(job, chunk)
+
+    def _check_allowed(self, chunk: AddressChunk) -> None:
+        # Defence in depth: the core only hands out vetted addresses, and masscan must never see others.
+        for lo, hi in chunk.ranges:
+            first, last = ipaddress.IPv4Address(lo), ipaddress.IPv4Address(hi)
+            for net in ipaddress.summarize_address_range(first, last):
+                if not any(net.version == a.version and net.subnet_of(a) for a in self.allowlist.networks):
+                    raise BackendError(f"masscan: refusing to scan {net}: outside the allowlist")
+
+    async def _scan_chunk(self, job: Job, chunk: AddressChunk) -> None:
+        self._check_allowed(chunk)
+        s = self.settings
+        opened: list[tuple[str, int]] = []
+        tx_done = asyncio.Event()
+        grabs: set[asyncio.Task] = set()
+        with tempfile.TemporaryDirectory(prefix="scanflow-masscan-") as tmp:
+            include = os.path.join(tmp, "include.txt")
+            exclude = os.path.join(tmp, "exclude.txt")
+            with open(include, "w") as fh:
+                fh.writelines(f"{_ip(lo)}-{_ip(hi)}\n" for lo, hi in chunk.ranges)
+            with open(exclude, "w") as fh:
+                lines = [n for n in job.excluded_networks() if ":" not in n]
+                fh.writelines(f"{n}\n" for n in lines + ["255.255.255.255/32"])
+            cmd = self.command(include, exclude, chunk.ports, job.rate_pps)
+            log.info("masscan: %d addresses x %d ports at %d pps", chunk.addresses, len(chunk.ports),
+                     int(job.rate_pps))
+            proc = await asyncio.create_subprocess_exec(
+                *cmd, cwd=tmp, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                start_new_session=True)
+            self.runs += 1
+
+            async def grab(ip: str, port: int) -> None:
+                await tx_done.wait()
+                async with self._grab_slots:
+                    if not await job.pace(ip):
+                        return
+                    result = await self.grabber.grab(ip, port)
+                if result.kind != "BANNER":
+                    result.kind = None  # the SYN_ACK event is out already; this only accounts packets
+                job.report(result)
+
+            async def read_results() -> None:
+                async for line in proc.stdout:
+                    try:
+                        rec = json.loads(line)
+                    except ValueError:
+                        continue
+                    data = rec.get("data") or {}
+                    if rec.get("rec_type") != "status" or data.get("status") != "open":
+                        continue
+                    ip, port = rec["ip"], int(rec["port"])
+                    opened.append((ip, port))
+                    job.report(ProbeResult(ip, port, ProbeStatus.OPEN, kind="SYN_ACK", ttl=data.get("ttl"),
+                                           packets=0, bytes=0, timestamp_us=int(rec.get("timestamp", 0)) * 1_000_000
+                                           or job.start_us))
+                    task = asyncio.create_task(grab(ip, port))
+                    grabs.add(task)
+                    task.add_done_callback(grabs.discard)
+
+            async def watch_progress() -> None:
+                buf = b""
+                stop_at = None
+                loop = asyncio.get_running_loop()
+                while True:
+                    try:
+                        data = await asyncio.wait_for(proc.stderr.read(4096), 0.5)
+                    except asyncio.TimeoutError:
+                        data = None
+                    if data == b"":
+                        return
+                    if data:
+                        buf = (buf + data)[-4096:]
+                        m = _WAITING.findall(buf)
+                        if m and not tx_done.is_set():
+                            tx_done.set()
+                            stop_at = loop.time() + s.masscan_wait_s + 1.5
+                    if job.stopping or (stop_at is not None and loop.time() >= stop_at):
+                        # Either abandoned, or the wait is over and masscan's receive thread hangs.
+                        _signal(proc, signal.SIGTERM)
+                        try:
+                            await asyncio.wait_for(proc.wait(), 3)
+                        except asyncio.TimeoutError:
+                            _signal(proc, signal.SIGKILL)
+                        return
+
+            try:
+                await asyncio.gather(read_results(), watch_progress())
+                await proc.wait()
+            except asyncio.CancelledError:
+                _signal(proc, signal.SIGKILL)
+                raise
+            finally:
+                tx_done.set()
+            if proc.returncode not in (0, -signal.SIGTERM, -signal.SIGKILL) and not opened:
+                log.warning("masscan exited with %s", proc.returncode)
+            if grabs:
+                await asyncio.gather(*grabs)
+        retries = 1 + s.masscan_retries
+        for target, addresses in chunk.per_target.items():
+            syns = addresses * len(chunk.ports) * retries
+            job.account(target, syns, syns * SYN_BYTES)
+        for ip, _ in opened:
+            index = job.target_of(ip)
+            if index is not None:
+                job.account(index, 2, 2 * RST_BYTES)
+
+
+def _signal(proc, sig) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
