@@ -191,7 +191,8 @@ class TestNet:
 
 @dataclass(frozen=True)
 class Packet:
-    """One captured IPv4 packet (non-IPv4 frames have ``proto`` 0 and empty addresses)."""
+    """One captured frame: IPv4 (``proto`` 6 for TCP), ARP (``proto`` 0, the sender and target
+    addresses as ``src`` and ``dst``) or anything else (``proto`` -1, no addresses)."""
 
     ts: float
     src: str
@@ -218,8 +219,11 @@ def read_pcap(path: str | Path) -> list[Packet]:
         frame = data[pos + 16:pos + 16 + incl]
         pos += 16 + incl
         ts = sec + frac / (1e9 if nano else 1e6)
+        if len(frame) >= 42 and frame[12:14] == b"\x08\x06":  # ARP: sender and target address
+            out.append(Packet(ts, socket.inet_ntoa(frame[28:32]), socket.inet_ntoa(frame[38:42]), 0, 0, 0, 0, orig))
+            continue
         if len(frame) < 34 or frame[12:14] != b"\x08\x00":
-            out.append(Packet(ts, "", "", 0, 0, 0, 0, orig))
+            out.append(Packet(ts, "", "", -1, 0, 0, 0, orig))
             continue
         ip = frame[14:]
         ihl = (ip[0] & 15) * 4
@@ -389,9 +393,10 @@ def _wait_listening(net: TestNet, port: int, proc: subprocess.Popen, timeout_s: 
     raise RuntimeError(f"nothing listens on port {port} in {net.name}")
 
 
-def read_records(kafka, topic: str, done, timeout_s: float = 60.0) -> list[tuple[bytes | None, object]]:
+def read_records(kafka, topic: str, done, timeout_s: float = 60.0, raw: bool = False) -> list[tuple[bytes | None, object]]:
     """Read ``topic`` from the beginning until ``done(records)`` is true (or the timeout); returns
-    ``(key, Decoded or raw bytes)`` pairs. A helper of the agent tests (real broker, unique topics)."""
+    ``(key, Decoded)`` pairs (the Kafka record where the value does not decode, or always with
+    ``raw``). A helper of the agent tests (real broker, unique topics)."""
     from connectors.avro_codec import CodecError, decode
     from connectors.kafka_io import make_consumer, topic_partitions
 
@@ -405,6 +410,9 @@ def read_records(kafka, topic: str, done, timeout_s: float = 60.0) -> list[tuple
         while time.monotonic() < deadline and not done(out):
             for records in consumer.poll(timeout_ms=200).values():
                 for rec in records:
+                    if raw:
+                        out.append((rec.key, rec))
+                        continue
                     try:
                         out.append((rec.key, decode(rec.value)))
                     except CodecError:
