@@ -160,6 +160,8 @@ class PolicySettings:
     retry_interval_h: float = 12.0
     demote_after: int = 1
     initial_scan: str = "standard"
+    recall_interval_h: float = 0.0
+    recall_for_h: float = 168.0
 
     def validate(self) -> None:
         if not 0 < self.min_confidence <= 1:
@@ -175,6 +177,9 @@ class PolicySettings:
         if self.initial_scan not in ("standard", "silent"):
             raise ConfigError(f"policy.initial_scan: {self.initial_scan!r} is not one of standard, silent "
                               "(standard: the paper's first scan with the standard set)")
+        if self.recall_interval_h < 0:
+            raise ConfigError(f"policy.recall_interval_h: must be >= 0 (0 = off), got {self.recall_interval_h}")
+        _positive("policy.recall_for_h", self.recall_for_h)
         for path in self.kb_files:
             if not resolve_path(path).is_file():
                 raise ConfigError(f"policy.kb_files: {path} does not exist; list existing knowledge-base TOML files")

@@ -29,6 +29,10 @@ to ``NON_RESPONSIVE`` after ``demote_after`` complete silent rounds (1, as in th
 did not complete (aborted, refused, timed out) never changes the state: it is retried after
 ``retry_interval`` (an incomplete first scan is retried as the first scan, with its set).
 
+Beyond the paper, off by default: with ``PolicyParams.recall_interval`` > 0 an IP that answered before
+and goes silent is probed on the ports it last answered on every ``recall_interval`` until
+``recall_for`` after its last answer (a *recall*), and only then joins the silent sweep.
+
 The standard policy (the baseline) probes every IP with the standard set every 12 h.
 """
 
@@ -40,7 +44,7 @@ from typing import Iterable, Mapping, Protocol
 
 from scanflow.estimate import Estimator
 from scanflow.fingerprint import fingerprint as _fingerprint, port_digests
-from scanflow.portsets import PortSet
+from scanflow.portsets import MAX_INLINE_PORTS, PortSet
 
 HOUR = 3600.0
 DAY = 24 * HOUR
@@ -81,6 +85,11 @@ class PolicyParams:
     #: The port set of an IP's first scan: "standard" (the paper: classify every IP once with the
     #: standard set) or "silent" (start every IP in the silent sweep).
     initial_scan: str = "standard"
+    #: Extension beyond the paper, off by default (0): an IP that answered before and went silent is
+    #: probed on the ports it last answered on every ``recall_interval`` seconds while less than
+    #: ``recall_for`` seconds have passed since its last answer, and only then joins the silent sweep.
+    recall_interval: float = 0.0
+    recall_for: float = 7 * DAY
 
     def __post_init__(self) -> None:
         if not self.ladder or any(s <= 0 for s in self.ladder):
@@ -92,6 +101,9 @@ class PolicyParams:
                 raise ValueError(f"{name}: must be > 0 seconds, got {getattr(self, name)}")
         if self.demote_after < 1:
             raise ValueError(f"demote_after: must be >= 1 silent round, got {self.demote_after}")
+        if self.recall_interval < 0 or self.recall_for <= 0:
+            raise ValueError(f"recall_interval, recall_for: must be >= 0 and > 0 seconds, got "
+                             f"{self.recall_interval}, {self.recall_for}")
         if self.initial_scan not in INITIAL_SCANS:
             raise ValueError(f"initial_scan: must be one of {', '.join(INITIAL_SCANS)}, got {self.initial_scan!r}")
 
@@ -108,7 +120,9 @@ def params_from_settings(policy_settings) -> PolicyParams:
                         standard_interval=policy_settings.standard_interval_h * HOUR,
                         retry_interval=policy_settings.retry_interval_h * HOUR,
                         demote_after=policy_settings.demote_after,
-                        initial_scan=policy_settings.initial_scan)
+                        initial_scan=policy_settings.initial_scan,
+                        recall_interval=policy_settings.recall_interval_h * HOUR,
+                        recall_for=policy_settings.recall_for_h * HOUR)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +169,8 @@ class IpState:
 
     ``digests`` are per-port normalised banner digests; ``probed`` the ref of the port set of the
     last complete round (so the next comparison knows which ports were looked at both times).
+    ``recall`` (only with ``PolicyParams.recall_interval``): the ports a silent IP last answered on,
+    probed while the recall lasts (kept one more round after it answers again, for the comparison).
     """
 
     status: IpStatus = IpStatus.NON_RESPONSIVE
@@ -170,6 +186,7 @@ class IpState:
     last_seen: float | None = None
     last_scanned: float | None = None
     last_changed: float | None = None
+    recall: frozenset[int] = frozenset()
 
     @property
     def responsive(self) -> bool:
@@ -243,6 +260,8 @@ class EfficientPolicy:
             return self.estimator.port_set(state.device)
         if state.status is IpStatus.RESPONSIVE_UNESTIMATED:
             return self.port_sets.unknown
+        if state.recall:
+            return recall_set(state.recall)
         return self.port_sets.silent
 
     def decide(self, state: IpState | None, obs: Observation, now: float) -> tuple[IpState, ScanPlan]:
@@ -273,16 +292,31 @@ class EfficientPolicy:
         if state.responsive and silent_rounds < self.params.demote_after:
             new = _with(state, silent_rounds=silent_rounds, scans=state.scans + 1, last_scanned=now)
             return new, ScanPlan(now + self.interval(0), self.ports_for(state), Reason.BACKOFF)
+        recall = self._recall_ports(state, now)
         new = IpState(IpStatus.NON_RESPONSIVE, 0, frozenset(), (), None, 0.0,
                       obs.probed.ref if obs.probed is not None else None, silent_rounds, state.scans + 1,
                       state.first_seen, state.last_seen, now,
-                      now if state.responsive else state.last_changed)
+                      now if state.responsive else state.last_changed, recall)
+        if recall:
+            return new, ScanPlan(now + self.params.recall_interval, recall_set(recall), Reason.SWEEP,
+                                 changed=state.responsive)
         return new, ScanPlan(now + self.params.silent_interval, self.port_sets.silent, Reason.SWEEP,
                              changed=state.responsive)
+
+    def _recall_ports(self, state: IpState, now: float) -> frozenset[int]:
+        """The ports to recall a silent IP on next (empty: the silent sweep): the last answer's ports,
+        while the next recall probe is within ``recall_for`` of the last answer."""
+        p = self.params
+        if p.recall_interval <= 0 or state.last_seen is None or now + p.recall_interval - state.last_seen > p.recall_for:
+            return frozenset()
+        ports = state.open_ports if state.responsive else state.recall
+        return ports if len(ports) <= MAX_INLINE_PORTS else frozenset()
 
     def _changed(self, state: IpState, obs: Observation) -> bool:
         cur = obs.probed.ports if obs.probed is not None else None
         prev = self._by_ref.get(state.probed) if state.probed is not None else None
+        if prev is None and state.recall and state.probed == recall_set(state.recall).ref:
+            prev = state.recall  # the last round was a recall probe
         if cur is None:
             common = prev
         elif prev is None or prev is cur or state.probed == obs.probed.ref:
@@ -322,9 +356,12 @@ class EfficientPolicy:
                 digests = tuple(sorted((p, d) for p, d in merged.items() if p in open_ports))
             last_changed = state.last_changed
         status = IpStatus.RESPONSIVE_ESTIMATED if device is not None else IpStatus.RESPONSIVE_UNESTIMATED
+        # a recall round that answered: keep its ports one more round, so the next comparison knows them
+        recall = (state.recall if state.recall and obs.probed is not None
+                  and obs.probed.ref == recall_set(state.recall).ref else frozenset())
         new = IpState(status, step, open_ports, digests, device, confidence,
                       obs.probed.ref if obs.probed is not None else state.probed, 0, state.scans + 1,
-                      state.first_seen if state.first_seen is not None else now, now, now, last_changed)
+                      state.first_seen if state.first_seen is not None else now, now, now, last_changed, recall)
         ports = self.estimator.port_set(device) if device is not None else self.port_sets.unknown
         return new, ScanPlan(now + self._ladder[step], ports, reason, changed)
 
@@ -362,6 +399,11 @@ class StandardPolicy:
                       state.silent_rounds + 1, state.scans + 1, state.first_seen, state.last_seen, now,
                       now if state.responsive else state.last_changed)
         return new, ScanPlan(at, self.port_sets.standard, Reason.SWEEP, state.responsive)
+
+
+def recall_set(ports: Iterable[int]) -> PortSet:
+    """The inline port set of a recall probe (``PolicyParams.recall_interval``)."""
+    return PortSet.inline(ports, label="recall")
 
 
 def _digests_differ(old: tuple[tuple[int, str], ...], new: tuple[tuple[int, str], ...]) -> bool:

@@ -127,8 +127,19 @@ def test_policy_initial_scan_is_the_papers_standard_set_unless_set_to_silent(tmp
     assert load_settings(environ={"SCANFLOW_POLICY_INITIAL_SCAN": "silent"}).policy.initial_scan == "silent"
 
 
+def test_policy_recall_is_off_by_default_and_set_in_hours():
+    from scanflow.policy import params_from_settings
+
+    assert params_from_settings(load_settings(environ={}).policy).recall_interval == 0
+    on = load_settings(overrides={"policy.recall_interval_h": "12", "policy.recall_for_h": "72"}, environ={})
+    params = params_from_settings(on.policy)
+    assert params.recall_interval == 12 * 3600.0 and params.recall_for == 72 * 3600.0
+
+
 @pytest.mark.parametrize("override, fragment", [
     ({"policy.initial_scan": "full"}, "policy.initial_scan: 'full' is not one of standard, silent"),
+    ({"policy.recall_interval_h": "-1"}, "policy.recall_interval_h: must be >= 0"),
+    ({"policy.recall_for_h": "0"}, "policy.recall_for_h: must be > 0"),
     ({"policy.ladder_hours": "24,12"}, "policy.ladder_hours: must not decrease"),
     ({"policy.min_confidence": "1.5"}, "policy.min_confidence: must be in (0, 1]"),
     ({"policy.kb_files": "no/such/file.toml"}, "policy.kb_files: no/such/file.toml does not exist"),

@@ -267,6 +267,7 @@ def test_the_standard_policy_scans_everything_every_twelve_hours(sets):
     ({"ladder": ()}, "ladder"), ({"ladder": (10.0, 5.0)}, "must not decrease"),
     ({"ladder": (0.0,)}, "positive"), ({"silent_interval": 0}, "silent_interval"),
     ({"demote_after": 0}, "demote_after"), ({"initial_scan": "unknown"}, "initial_scan: must be one of"),
+    ({"recall_interval": -1}, "recall_interval"), ({"recall_for": 0}, "recall_for"),
 ])
 def test_bad_parameters_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -389,3 +390,85 @@ def test_policies_states_and_plans_pickle_for_beam_workers(policy, sets):
     assert pickle.loads(pickle.dumps(state)) == state and pickle.loads(pickle.dumps(plan)) == plan
     obs = Observation.of([80, 554], {80: HIK_LATER}, probed=plan.ports)
     assert again.decide(state, obs, plan.at) == policy.decide(state, obs, plan.at)
+
+
+# --- beyond the paper: recall of known, now silent IPs (off by default) ---------------------------------
+
+RECALL = PolicyParams(recall_interval=12 * HOUR, recall_for=2 * DAY)
+
+
+def test_recall_is_off_by_default(policy, sets):
+    assert PolicyParams().recall_interval == 0
+    state, plan = policy.decide(IpState(), Observation.of([80, 554], {80: HIK}), T0)
+    state, plan = policy.decide(state, Observation.of([], probed=plan.ports), plan.at)
+    assert plan.ports is sets.silent and not state.recall
+
+
+def test_a_demoted_ip_is_recalled_on_its_last_ports_then_swept(sets, estimator):
+    recall = EfficientPolicy(sets, estimator, RECALL)
+    state, plan = recall.decide(IpState(), Observation.of([80, 4444], {80: NGINX}, probed=sets.standard), T0)
+    seen = state.last_seen
+    state, plan = recall.decide(state, Observation.of([], probed=plan.ports), plan.at)  # silent: demoted
+    assert state.status is IpStatus.NON_RESPONSIVE and state.recall == {80, 4444}
+    assert plan.ports.ports == {80, 4444} and plan.ports.is_inline and plan.ports.label == "recall"
+    assert plan.reason is Reason.SWEEP and plan.changed and plan.ports == recall.ports_for(state)
+    times = []
+    while plan.ports is not sets.silent:
+        times.append(plan.at)
+        state, plan = recall.decide(state, Observation.of([], probed=plan.ports), plan.at)
+        assert not plan.changed
+    # recall probes every 12 h while within 2 days of the last answer, then the 3.5-day sweep
+    assert [t - seen for t in times] == [24 * HOUR, 36 * HOUR, 48 * HOUR]
+    assert plan.at == times[-1] + 3.5 * DAY and not state.recall
+    state, plan2 = recall.decide(state, Observation.of([], probed=plan.ports), plan.at)
+    assert plan2.ports is sets.silent and plan2.at == plan.at + 3.5 * DAY
+
+
+def test_an_ip_that_answers_a_recall_is_a_new_responder_and_the_recall_set_is_not_a_change(sets, estimator):
+    recall = EfficientPolicy(sets, estimator, RECALL)
+    state, plan = recall.decide(IpState(), Observation.of([80, 554, 4444], {80: HIK}, probed=sets.standard), T0)
+    model = plan.ports
+    state, plan = recall.decide(state, Observation.of([], probed=model), plan.at)
+    assert plan.ports.ports == {80, 554, 4444}
+    state, plan = recall.decide(state, Observation.of([80, 554, 4444], {80: HIK_LATER}, probed=plan.ports), plan.at)
+    assert state.responsive and state.device == "hikvision-ipc" and plan.reason is Reason.NEW_RESPONDER
+    assert plan.ports == model and state.recall == {80, 554, 4444}  # kept for the next comparison
+    # the model's ports seen next: 4444 (recall only) unseen, 37215 (model only) new: no change
+    after = recall.decide(state, Observation.of([80, 554, 37215], {80: HIK}, probed=model), plan.at)
+    assert after[1].reason is Reason.BACKOFF and after[0].step == 1 and not after[0].recall
+    assert after[0].open_ports == {80, 554, 4444, 37215}
+    # but a port probed by both the recall and the model set that closes is a change
+    closed = recall.decide(state, Observation.of([80, 37215], {80: HIK}, probed=model), plan.at)
+    assert closed[1].reason is Reason.CHANGED
+
+
+def test_no_recall_for_more_ports_than_an_inline_set_holds(sets, estimator):
+    recall = EfficientPolicy(sets, estimator, RECALL)
+    many = range(1000, 1100)
+    state, plan = recall.decide(IpState(), Observation.of(many, probed=sets.standard), T0)
+    state, plan = recall.decide(state, Observation.of([], probed=plan.ports), plan.at)
+    assert plan.ports is sets.silent and not state.recall
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.one_of(answers, st.just(None)), min_size=1, max_size=20),
+       st.sampled_from([6 * HOUR, 12 * HOUR, DAY]), st.sampled_from([DAY, 3 * DAY, 7 * DAY]))
+def test_a_silent_ip_always_ends_in_the_sweep_within_the_recall_window(history, interval, window):
+    params = PolicyParams(recall_interval=interval, recall_for=window)
+    policy = EfficientPolicy(SETS, ESTIMATOR, params)
+    state, plan = policy.start(0.0)
+    now = 0.0
+    for answer in history:
+        obs = Observation.of([], probed=plan.ports, complete=False) if answer is None else \
+            Observation(_obs(answer).open_ports, _obs(answer).banners, plan.ports, True)
+        state, plan = policy.decide(state, obs, now)
+        now = plan.at
+    while True:  # silent from now on
+        state, plan = policy.decide(state, Observation.of([], probed=plan.ports), now)
+        assert not state.responsive
+        if plan.ports is SETS.silent:
+            break
+        assert state.recall and plan.ports.ports == state.recall and plan.at - now == interval
+        assert plan.at - state.last_seen <= window
+        now = plan.at
+    assert plan.at - now == params.silent_interval and not state.recall
