@@ -76,7 +76,8 @@ def _params_dict(params) -> dict[str, Any]:
     p = params or PolicyParams()
     return {"ladder_h": [x / 3600 for x in p.ladder], "silent_interval_h": p.silent_interval / 3600,
             "standard_interval_h": p.standard_interval / 3600, "demote_after": p.demote_after,
-            "initial_scan": p.initial_scan}
+            "initial_scan": p.initial_scan, "recall_interval_h": p.recall_interval / 3600,
+            "recall_for_h": p.recall_for / 3600}
 
 
 def _metric_dict(m) -> dict[str, Any]:
@@ -107,6 +108,10 @@ def format_table(summary: dict[str, Any]) -> str:
     initial = cfg.get("policy", {}).get("initial_scan", "standard")
     first = ("first scan of each IP with the standard set (the paper's)" if initial == "standard"
              else "first scan of each IP a silent sweep (policy.initial_scan=silent)")
+    recall = cfg.get("policy", {}).get("recall_interval_h") or 0
+    if recall:
+        first += (f"; beyond the paper: recall of silent IPs on their last ports every {recall:g} h for "
+                  f"{cfg['policy']['recall_for_h']:g} h after their last answer")
     lines = [f"Efficient vs standard scan: {cfg['ips']:,} IPs, {cfg['weeks']:g} weeks, seeds "
              f"{', '.join(map(str, cfg['seeds']))}, {mode}",
              f"port sets (derived from a {ps['survey_responsive_ips']:,}-host full-port survey): standard "

@@ -10,9 +10,11 @@ drops probes at random (its congestion losses), to measure how much of a shortfa
 The efficient policy is the policy core itself (:class:`scanflow.policy.EfficientPolicy`): every IP's
 first probe is the policy's ``start`` (by default a classification scan with the standard set, all in
 the first round like the standard scan's), and each responsive IP's observation goes through
-``decide`` exactly as in the stream. Only silent IPs are handled in bulk, like the sweeps of the live system: the plan after a silent round is read from the policy once
-(:func:`bulk_silent_rule`) and applied to every silent IP that stays silent; the bookkeeping counters of
-a silent IP's state (``scans``, ``last_scanned``) are therefore not advanced by bulk sweeps, and no
+``decide`` exactly as in the stream. Only silent IPs are handled in bulk, like the sweeps of the live
+system: the plan after a silent round is read from the policy once (:func:`bulk_silent_rule`) and
+applied to every silent IP whose last plan was that bulk plan and that stays silent (a silent IP the
+policy still probes otherwise, e.g. a recall, goes through ``decide``); the bookkeeping counters of a
+silent IP's state (``scans``, ``last_scanned``) are therefore not advanced by bulk sweeps, and no
 decision reads them. The standard scan is computed in closed form over the world's time segments
 (:func:`run_standard`); :func:`run_policy` with :class:`scanflow.policy.StandardPolicy` gives the same
 result and is used by the tests to check it.
@@ -324,16 +326,17 @@ def _decide_one(world: World, schedule: Schedule, policy, rule: BulkRule, masks:
     tr.states[ip] = state
     nxt = schedule.round_of(plan.at, ip)
     tr.next_round[ip] = max(nxt, k + 1)
-    if state.responsive:
+    # bulk sweeps take over only when the policy's plan is exactly the bulk plan; anything else (a
+    # responsive IP, or a silent one the policy still probes individually, e.g. a recall) is tracked
+    bulk = (not state.responsive and plan.ports.ref == rule.sweep.ref
+            and abs(plan.at - t - rule.rounds * schedule.slot) < 1e-6)
+    if not bulk:
         tr.tracked[ip] = True
         tr.plans[ip] = plan.ports
         tr.mask_of[ip] = masks.id_for(plan.ports.ref, plan.ports.ports)
         tr.size_of[ip] = len(plan.ports)
         tr.code_of[ip] = STATUS_CODE[state.status] * ladder_len + min(state.step, ladder_len - 1)
     else:
-        if plan.ports != rule.sweep:
-            raise ValueError(f"policy {policy.name} demoted {ip} to a port set ({plan.ports.ref}) other than "
-                             f"its silent sweep ({rule.sweep.ref}); the simulator sweeps silent IPs in bulk")
         tr.tracked[ip] = False
         tr.plans.pop(ip, None)
         tr.mask_of[ip] = masks.id_for(rule.sweep.ref, rule.sweep.ports)

@@ -116,6 +116,34 @@ def test_a_sporadic_host_between_two_sweeps_is_missed_by_the_efficient_scan():
     assert window_metrics(world, std, eff3, H, 2).ddr == 1.0
 
 
+def test_a_recall_catches_a_sporadic_device_returning_between_sweeps():
+    # on-line at round 0 (found by the standard first scan), off at the 12 h follow-up, back at round 3
+    first = (3, 0, 3600, {80, 8080}, SPORADIC, INITIAL, GENERIC)
+    back = (3, 3 * H, 3 * H + 3600, {80, 8080}, SPORADIC, RETURNED, GENERIC)
+    world = tiny_world([STATIC_HOST, first, back])
+    sets = hand_sets()
+    sched = zero_schedule(10)
+    plain = run_policy(world, sched, EfficientPolicy(sets, Estimator(KB)))
+    params = PolicyParams(recall_interval=H, recall_for=2 * 86400)
+    recall = run_policy(world, sched, EfficientPolicy(sets, Estimator(KB), params), record=True)
+    seg_back = int(np.flatnonzero((world.segments.ip == 3) & (world.segments.start == 3 * H))[0])
+    assert plain.detected[seg_back] == -1  # demoted at round 1, next sweep at round 8
+    assert recall.detected[seg_back] == 3 * H  # recalled on {80, 8080} at round 2 (silent) and 3
+    rec = recall.records
+    rows = [(r, reason, probed) for ip, r, reason, probed in zip(rec["ip"], rec["round"], rec["reason"], rec["probed"])
+            if ip == 3]
+    recall_ref = PortSet.inline({80, 8080}).ref
+    # round 0: standard set, answers; 1: unknown set, silent: demoted to a recall of {80, 8080}; 2: recall,
+    # silent; 3: recall, answers (a new responder); 4: unknown set, silent; 5-7: recalls until 2 days
+    # after the last answer (round 3); then the bulk sweep takes over: rounds 14, 21 with the others
+    assert rows == [(0, "NEW_RESPONDER", sets.standard.ref), (1, "SWEEP", sets.unknown.ref),
+                    (2, "SWEEP", recall_ref), (3, "NEW_RESPONDER", recall_ref), (4, "SWEEP", sets.unknown.ref),
+                    (5, "SWEEP", recall_ref), (6, "SWEEP", recall_ref), (7, "SWEEP", recall_ref)]
+    assert recall.attempts[14] == 9 and recall.attempts[15] == 0 and recall.attempts[21] == 9
+    assert plain.attempts[14] == 8 and plain.attempts[15] == 1  # without recall: swept from round 8 on
+    assert recall.decisions == plain.decisions + 6
+
+
 def test_honeypots_are_left_out_of_pdr_but_counted_in_pdr_all():
     honeypot = (5, 0, 14 * 86400, set(range(1000, 1150)), HONEYPOT_CLASS, INITIAL, HONEYPOT)
     world = tiny_world([STATIC_HOST, honeypot])
@@ -280,6 +308,35 @@ def test_any_silent_ip_gets_the_bulk_plan_whatever_its_history(history, initial_
     before = now
     state, plan = policy.decide(state, Observation(frozenset(), (), plan.ports, True), now)
     assert (plan.ports, plan.at - before) == (rule.sweep, rule.rounds * H)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.frozensets(st.sampled_from([80, 8080, 443]), max_size=3), min_size=1, max_size=8),
+       st.sampled_from([H, 2 * H]), st.sampled_from([86400, 7 * 86400]))
+def test_once_the_policy_plans_the_bulk_sweep_it_keeps_planning_it(history, interval, window):
+    """With recalls, a silent IP is probed individually for a while; the simulator hands it to the bulk
+    sweeps only when the plan is the bulk plan, which must then hold for every further silent round."""
+    sets = hand_sets()
+    policy = EfficientPolicy(sets, Estimator(KB), PolicyParams(recall_interval=interval, recall_for=window))
+    rule = bulk_silent_rule(policy, H)
+    state, plan = policy.start(0.0)
+    now = 0.0
+    for ports in history:
+        state, plan = policy.decide(state, Observation(ports, (), plan.ports, True), now)
+        now = plan.at
+    for _ in range(40):
+        before = now
+        state, plan = policy.decide(state, Observation(frozenset(), (), plan.ports, True), now)
+        now = plan.at
+        if (plan.ports, plan.at - before) == (rule.sweep, rule.rounds * H):
+            break
+    else:
+        raise AssertionError("a silent IP never reached the bulk sweep")
+    for _ in range(3):
+        before = now
+        state, plan = policy.decide(state, Observation(frozenset(), (), plan.ports, True), now)
+        assert (plan.ports, plan.at - before) == (rule.sweep, rule.rounds * H) and not state.recall
+        now = plan.at
 
 
 def test_traffic_model_prices_banner_exchanges_above_rsts():
