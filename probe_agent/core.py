@@ -290,8 +290,11 @@ class Agent:
             if self.settings.skip_tracked else None
         if reader is None:
             self.tracked.caught_up.set()
+        # A 10 s session (heartbeats run in the client's own thread, so long scans do not count)
+        # lets the group hand a crashed agent's partitions to another within seconds.
         consumer = await call(make_consumer, self.kafka, self.settings.resolved_group_id(),
-                              max_poll_interval_ms=300_000, client_id=f"scanflow-agent-{self.agent_id}")
+                              max_poll_interval_ms=300_000, session_timeout_ms=10_000,
+                              heartbeat_interval_ms=3_000, client_id=f"scanflow-agent-{self.agent_id}")
         agent = self
 
         class Listener(ConsumerRebalanceListener):

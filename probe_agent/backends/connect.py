@@ -220,8 +220,13 @@ class ConnectBackend(Backend):
                 task = asyncio.create_task(self._one(job, probe, sem))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
-            if tasks:
-                await asyncio.gather(*tasks)
+            while tasks:
+                await asyncio.wait(set(tasks), timeout=0.2)
+                if job.stopping:
+                    # Abandoned: do not wait for slow services to time out.
+                    for task in list(tasks):
+                        task.cancel()
+                    await asyncio.gather(*tasks, return_exceptions=True)
         except asyncio.CancelledError:
             for task in list(tasks):
                 task.cancel()

@@ -317,8 +317,12 @@ async def _serve(bind: str, services: list[tuple[str, int]], log_path: str) -> N
                         pass
                     record(kind, port, data)
                 elif kind == "silent":
-                    # Accepts, then never says anything: an open port without a banner.
-                    record(kind, port, await reader.read(65536))
+                    # Accepts and never says anything, nor closes: an open port without a banner
+                    # that keeps a grabber waiting until its own timeout.
+                    data = b""
+                    while chunk := await reader.read(65536):
+                        data += chunk
+                    record(kind, port, data)
                 elif kind in ("http", "rtsp"):
                     data = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
                     record(kind, port, data)

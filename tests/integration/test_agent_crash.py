@@ -1,0 +1,142 @@
+"""Crash and stop: the agent as a real process, commands and events on the real broker.
+
+- ``kill -9`` in the middle of a command: nothing was committed, so after a restart the command is
+  executed again and every response reaches Kafka (re-sent events keep their ids).
+- SIGTERM in the middle of a command: after the grace period the scan is abandoned cleanly, its
+  ScanDone says ABORTED, the offset is committed and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+from connectors.avro_codec import make_record
+from connectors.kafka_io import AvroProducer, committed_offsets, make_consumer, topic_partitions
+from scanflow.config import REPO_ROOT
+from tests.integration.netns import read_records, start_services
+
+CONTACT = "scanflow-integration-test (purpose and opt-out: https://lab.example/scan)"
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+class Setup:
+    def __init__(self, make_topic, tmp_path):
+        self.commands = make_topic("agent-cmd", 1)
+        self.events = make_topic("agent-events", 12)
+        self.dead_letter = make_topic("agent-dl", 1)
+        self.ip_state = make_topic("agent-state", 1)
+        self.group = f"test-{uuid.uuid4().hex[:8]}"
+        self.ssh, self.ftp, self.http, self.silent, self.closed = free_ports(5)
+        self.services = start_services(None, "127.0.0.1", tmp_path / "services.log",
+                                       [("ssh", self.ssh), ("ftp", self.ftp), ("http", self.http),
+                                        ("silent", self.silent)])
+
+    def agent(self, *extra: str) -> subprocess.Popen:
+        args = [sys.executable, "-m", "scanflow"]
+        for key in ("commands", "events", "dead_letter", "ip_state"):
+            args += ["--set", f"topics.{key}={getattr(self, key)}"]
+        args += ["agent", "--backend", "connect", "--allow", "127.0.0.1/32", "--contact", CONTACT,
+                 "--group", self.group, "--agent-id", "crash-test", "--no-progress",
+                 "--set", "passive_wait_s=0.5", "--set", "commit_interval_s=0.2", *extra]
+        return subprocess.Popen(args, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def send_command(self, kafka, command_id: str) -> None:
+        ports = sorted([self.ssh, self.ftp, self.http, self.silent, self.closed])
+        with AvroProducer(kafka) as producer:
+            producer.send(self.commands, "ScanCommand", make_record(
+                "ScanCommand", command_id=command_id, targets=["127.0.0.1"],
+                port_set={"name": None, "version": None, "ports": ports}, reason="INITIAL"))
+
+    def committed(self, kafka) -> int:
+        consumer = make_consumer(kafka, group_id=self.group)
+        try:
+            return sum(o or 0 for o in committed_offsets(consumer, topic_partitions(consumer, [self.commands])).values())
+        finally:
+            consumer.close()
+
+    def close(self) -> None:
+        self.services.terminate()
+        self.services.wait(10)
+
+
+def wait_for(predicate, timeout_s: float = 60.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError("condition not met in time")
+
+
+def test_a_command_killed_mid_scan_is_executed_again_and_no_response_is_lost(kafka, make_topic, tmp_path):
+    s = Setup(make_topic, tmp_path)
+    try:
+        s.send_command(kafka, "crash-1")
+        # The silent port holds the command open for a minute: the kill lands mid-command.
+        first = s.agent("--set", "read_timeout_s=60")
+        try:
+            early = read_records(kafka, s.events, lambda out: any(d.schema == "ScanEvent" for _, d in out),
+                                 timeout_s=60)
+            assert [d for _, d in early if d.schema == "ScanEvent"], "the agent published nothing"
+            assert not [d for _, d in early if d.schema == "ScanDone"]
+        finally:
+            first.send_signal(signal.SIGKILL)
+            first.wait(10)
+        assert s.committed(kafka) == 0               # nothing acknowledged as done
+
+        second = s.agent("--set", "read_timeout_s=2", "--until-idle", "3")
+        out, err = second.communicate(timeout=120)
+        assert second.returncode == 0, err
+        assert s.committed(kafka) == 1
+
+        got = read_records(kafka, s.events, lambda out: any(d.schema == "ScanDone" for _, d in out))
+        events = [d.record for _, d in got if d.schema == "ScanEvent"]
+        (done,) = [d.record for _, d in got if d.schema == "ScanDone"]
+        assert done["status"] == "COMPLETE" and done["responses"] == 4
+        assert {e["port"] for e in events} == {s.ssh, s.ftp, s.http, s.silent}
+        by_id: dict[str, list[dict]] = {}
+        for e in events:
+            by_id.setdefault(e["event_id"], []).append(e)
+        assert len(by_id) == 4                        # re-sent responses carry the same ids
+        assert [e for e in events if e["port"] == s.silent][0]["kind"] == "SYN_ACK"
+        early_ids = {d.record["event_id"] for _, d in early if d.schema == "ScanEvent"}
+        assert all(len(by_id[i]) == 2 for i in early_ids)   # once before the crash, once after
+    finally:
+        s.close()
+
+
+def test_sigterm_abandons_a_long_scan_cleanly_and_reports_it_aborted(kafka, make_topic, tmp_path):
+    s = Setup(make_topic, tmp_path)
+    try:
+        s.send_command(kafka, "stop-1")
+        agent = s.agent("--set", "read_timeout_s=120", "--set", "stop_grace_s=1")
+        try:
+            read_records(kafka, s.events, lambda out: any(d.schema == "ScanEvent" for _, d in out), timeout_s=60)
+            agent.send_signal(signal.SIGTERM)
+            out, err = agent.communicate(timeout=60)
+        finally:
+            if agent.poll() is None:
+                agent.kill()
+        assert agent.returncode == 0, err
+        got = read_records(kafka, s.events, lambda out: any(d.schema == "ScanDone" for _, d in out))
+        (done,) = [d.record for _, d in got if d.schema == "ScanDone"]
+        assert done["status"] == "ABORTED" and "abandon" in done["status_detail"]
+        assert done["packets_sent"] >= 5               # one SYN per port at least
+        assert s.committed(kafka) == 1                 # the abandoned scan is a final, durable answer
+    finally:
+        s.close()
