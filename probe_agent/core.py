@@ -120,7 +120,6 @@ class Agent:
         self._abandon = asyncio.Event()
         self._fatal: BaseException | None = None
         self._opened = False
-        self._virtual_now_us = settings.sim_epoch_us
         self._assigned = False
         self._caught_up = False
 
@@ -176,8 +175,6 @@ class Agent:
             self.runs.discard(run)
             self.metrics.inflight_commands = len(self.runs)
         tallies = run.finish()
-        if virtual and run.end_us:
-            self._virtual_now_us = max(self._virtual_now_us, run.end_us)
         for tally in tallies:
             self.publisher.done(tally)
             self.metrics.dones_published += 1
@@ -195,7 +192,7 @@ class Agent:
             return self._now_us()
         # Virtual time: the scan happens when it was due, never before the last simulated scan ended
         # (one agent probes one thing at a time in its own timeline).
-        due = command.get("not_before") or command.get("issued_at") or 0
+        due = command.get("not_before") or command.get("issued_at") or self._now_us()
         return max(due, self.settings.sim_epoch_us)
 
     def _refuse(self, command: dict, refusal: Refusal, source: Any) -> list[TargetTally]:

@@ -105,6 +105,8 @@ class Job(abc.ABC):
 
     settings: "AgentSettings"
     rate_pps: float
+    #: Virtual-time backends set when the scan ended (job clock, microseconds); None: now.
+    end_us: int | None = None
 
     @abc.abstractmethod
     def probes(self) -> AsyncIterator[Probe]:
