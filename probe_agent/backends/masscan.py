@@ -199,6 +199,9 @@ class MasscanBackend(Backend):
                         if m and not tx_done.is_set():
                             tx_done.set()
                             stop_at = loop.time() + s.masscan_wait_s + 1.5
+                        if m and int(m[-1]) <= 0 and stop_at is not None:
+                            # Its own countdown is over: what could still arrive has arrived.
+                            stop_at = min(stop_at, loop.time() + 0.3)
                     if job.stopping or (stop_at is not None and loop.time() >= stop_at):
                         # Either abandoned, or the wait is over and masscan's receive thread hangs.
                         _signal(proc, signal.SIGTERM)
