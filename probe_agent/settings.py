@@ -25,6 +25,10 @@ DEFAULT_CONTACT = f"scanflow/{__version__} (research scanner; operator contact n
 TEST_NETWORKS = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("198.18.0.0/15"),
                  ipaddress.ip_network("::1/128"))
 
+#: The scanner backends (``probe_agent.backends.BACKENDS``; a test keeps the two in step). Listed here
+#: so that these settings depend on nothing but the standard library and scanflow.config.
+BACKEND_NAMES = ("connect", "masscan", "sim")
+
 #: Longest banner a ScanEvent may carry (the contract's BANNER_CAP).
 MAX_BANNER_CAP = 4096
 
@@ -91,10 +95,8 @@ class AgentSettings:
 
     def validate(self) -> "AgentSettings":
         """Check every value; raise :class:`ConfigError` naming the key and the fix. Returns self."""
-        from probe_agent.backends import backend_names
-
-        if self.backend not in backend_names():
-            raise ConfigError(f"agent.backend: {self.backend!r} is not one of {', '.join(backend_names())}")
+        if self.backend not in BACKEND_NAMES:
+            raise ConfigError(f"agent.backend: {self.backend!r} is not one of {', '.join(BACKEND_NAMES)}")
         for entry in self.allowlist:
             _network("agent.allowlist", entry)
         if self.exclude_file and not resolve_path(self.exclude_file).is_file():

@@ -58,3 +58,12 @@ def test_shards_get_their_own_consumer_group_and_agent_id():
     assert s.resolved_group_id() == "scanflow-agents.shard-1of3"
     assert s.resolved_agent_id().endswith("shard1of3")
     assert AgentSettings().resolved_group_id() == "scanflow-agents"
+
+
+def test_backend_names_match_the_registry():
+    from probe_agent.backends import backend_class, backend_names
+    from probe_agent.settings import BACKEND_NAMES
+
+    assert sorted(BACKEND_NAMES) == backend_names()
+    for name in BACKEND_NAMES:
+        assert backend_class(name).name == name

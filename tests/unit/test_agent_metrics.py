@@ -1,0 +1,74 @@
+"""Observability: Prometheus text over HTTP, the progress line, JSON log lines."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import urllib.request
+
+from probe_agent.metrics import AgentMetrics, JsonFormatter, MetricsServer, ProgressDisplay, setup_logging
+
+
+def sample() -> AgentMetrics:
+    now = [100.0]
+    m = AgentMetrics("agent-1", "connect", clock=lambda: now[0])
+    m.probe_rate()
+    m.probes, m.packets, m.bytes = 5000, 5200, 312_000
+    m.responses["BANNER"] += 7
+    m.statuses["closed"] += 4990
+    m.errors["socket"] += 1
+    m.commands["complete"] += 3
+    m.backlog, m.inflight_commands, m.rate_cap = 12, 2, 1000.0
+    now[0] = 105.0
+    return m
+
+
+def test_prometheus_text_has_every_figure_with_labels():
+    text = sample().prometheus()
+    lines = set(text.splitlines())
+    labels = 'agent="agent-1",backend="connect"'
+    assert f"scanflow_agent_probes_total{{{labels}}} 5000" in lines
+    assert f'scanflow_agent_responses_total{{{labels},kind="BANNER"}} 7' in lines
+    assert f'scanflow_agent_errors_total{{{labels},class="socket"}} 1' in lines
+    assert f"scanflow_agent_backlog{{{labels}}} 12" in lines
+    assert "# TYPE scanflow_agent_probes_total counter" in lines and "# TYPE scanflow_agent_backlog gauge" in lines
+
+
+def test_metrics_endpoint_serves_the_text_on_loopback():
+    m = sample()
+    server = MetricsServer(m, "127.0.0.1", 0).start()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5) as resp:
+            body = resp.read().decode()
+            assert resp.headers["Content-Type"].startswith("text/plain")
+        assert body == m.prometheus()         # the clock is frozen, so even the uptime matches
+        assert "scanflow_agent_probes_total" in body
+    finally:
+        server.stop()
+
+
+def test_progress_line_shows_rate_responses_errors_and_backlog():
+    m = sample()
+    line = m.progress_line()
+    assert "probes 5,000 (1,000/s)" in line and "responses 7" in line and "errors 1" in line
+    assert "backlog 12" in line
+    out = io.StringIO()
+    display = ProgressDisplay(m, out)
+    display.update()
+    display.finish()
+    assert out.getvalue().startswith("\r") and out.getvalue().endswith("\n") and out.getvalue().count("\n") == 1
+
+
+def test_json_logs_are_one_object_per_line_with_extra_fields():
+    out = io.StringIO()
+    root = logging.getLogger("scanflow")
+    saved = root.handlers[:], root.propagate, root.level
+    try:
+        setup_logging("json", stream=out)
+        logging.getLogger("scanflow.agent").info("command %s done", "c-1", extra={"command_id": "c-1"})
+    finally:
+        root.handlers[:], root.propagate, root.level = saved[0], saved[1], saved[2]
+    record = json.loads(out.getvalue().splitlines()[-1])
+    assert record["msg"] == "command c-1 done" and record["command_id"] == "c-1" and record["level"] == "info"
+    assert isinstance(JsonFormatter().format(logging.makeLogRecord({"msg": "x"})), str)
