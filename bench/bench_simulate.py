@@ -7,8 +7,10 @@ resident memory (``VmHWM``). The port sets are derived once beforehand (the pape
 survey, ~12.2 M addresses) and timed separately; they are the same for every world.
 
 With ``--calibration`` it prints the paper's measured facts as measured on generated worlds (the
-table of ``docs/WORLD.md``). With ``--sensitivity`` it instead runs the what-if table of ``docs/EVALUATION.md``: the efficient
-policy's figures when the world parameters the paper does not pin down vary, one seed per row.
+table of ``docs/WORLD.md``). With ``--sensitivity`` it instead runs the what-if table of
+``docs/EVALUATION.md``, one seed per row: the efficient policy's figures when the world parameters the
+paper does not pin down vary, with the silent first scan variant, with other silent sweep intervals,
+and with the recall extension (policy parameters; the world stays at its defaults in those rows).
 """
 
 from __future__ import annotations
@@ -101,6 +103,11 @@ SENSITIVITY = [
     ("variant: silent first scan", {}, SILENT_FIRST),
     ("variant: silent first scan, no sporadic", NO_SPORADIC, SILENT_FIRST),
     ("variant: silent first scan, static only", STATIC_ONLY, SILENT_FIRST),
+    ("policy what-if: silent sweep every 2 d", {}, {"silent_interval": 2 * 86400}),
+    ("policy what-if: silent sweep every 1 d", {}, {"silent_interval": 86400}),
+    ("policy what-if: silent sweep every 12 h", {}, {"silent_interval": 43200}),
+    ("extension: recall every 12 h for 7 d", {}, {"recall_interval": 43200, "recall_for": 7 * 86400}),
+    ("extension: recall every 1 d for 14 d", {}, {"recall_interval": 86400, "recall_for": 14 * 86400}),
 ]
 
 
@@ -185,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
         _derive(sets_path)
         if args.sensitivity:
             print(f"\n{args.sensitivity_ips:,} IPs, {args.weeks:g} weeks, seed {args.seed}:")
-            print(f"{'world':<48}{'traffic 2w':>11}{'PDR 2w':>8}{'DDR 2w':>8}{'traffic 8w':>11}"
+            print(f"{'world / policy':<48}{'traffic 2w':>11}{'PDR 2w':>8}{'DDR 2w':>8}{'traffic 8w':>11}"
                   f"{'PDR 8w':>8}{'DDR 8w':>8}")
             for label, overrides, policy in SENSITIVITY:
                 r = _run_child(args.sensitivity_ips, args.weeks, args.seed, sets_path, overrides, policy)
