@@ -41,6 +41,11 @@ log = logging.getLogger("scanflow.agent")
 DONE_IDS_KEPT = 100_000
 
 
+class NotStarted(Exception):
+    """The agent is stopping and this command had not started: leave it to the next agent
+    (its offset is not committed, nothing was published for it)."""
+
+
 class OffsetTracker:
     """Per partition, the offsets handed out and which are finished; yields committable offsets.
 
@@ -137,9 +142,12 @@ class Agent:
     async def execute(self, command: dict, *, source: Any = None) -> list[TargetTally]:
         """Vet, run and report one decoded ScanCommand; returns its tallies (ScanDones sent).
 
-        ``source`` is the Kafka record it came from (for dead-letter headers). Records are sent but
-        not flushed; the caller flushes before committing.
+        ``source`` is the Kafka record it came from (for dead-letter headers); with a source, a
+        command that has not started when a stop is requested raises :class:`NotStarted` (it is
+        left to the next agent). Records are sent but not flushed; the caller flushes before
+        committing.
         """
+        from_group = source is not None
         await self.open()
         virtual = self.backend.virtual_time
         prepared = prepare(command, self.settings, self.allowlist, self.catalog)
@@ -151,19 +159,23 @@ class Agent:
             return self._refuse_targets(prepared, "command expired before it could start", start_us)
         if prepared.sweep and self.settings.skip_tracked and not self.tracked.caught_up.is_set():
             # Without the full ip-state a sweep could probe IPs the scheduler scans itself.
-            while not self.tracked.caught_up.is_set() and not self._abandon.is_set():
+            while not self.tracked.caught_up.is_set():
+                if self._stop.is_set() and from_group:
+                    raise NotStarted(prepared.command_id)
                 await asyncio.sleep(0.1)
         if not virtual:
             not_before = command.get("not_before") or 0
-            while not self._abandon.is_set() and self._now_us() < not_before:
+            while self._now_us() < not_before:
+                if self._stop.is_set() and from_group:
+                    raise NotStarted(prepared.command_id)
                 await asyncio.sleep(min(1.0, (not_before - self._now_us()) / 1e6))
             start_us = self._now_us()
+        if self._stop.is_set() and from_group:
+            raise NotStarted(prepared.command_id)
         run = CommandRun(prepared, self.settings, bucket=self.bucket, polite=self.polite,
                          exclusions=self.exclusions, tracked=self.tracked, publisher=self.publisher,
                          metrics=self.metrics, start_us=start_us, clock=self.clock, virtual=virtual,
                          ipv6=getattr(self.backend, "ipv6", True))
-        if self._abandon.is_set():
-            run.abort("agent stopped before the scan started")
         self.runs.add(run)
         self.metrics.inflight_commands = len(self.runs)
         try:
@@ -246,6 +258,11 @@ class Agent:
                 self._done_ids.popitem(last=False)
 
     # -- the consumer-group loop -------------------------------------------------------------------
+
+    @property
+    def stop_requested(self) -> bool:
+        """True once a stop was requested (a signal, or :meth:`request_stop`)."""
+        return self._stop.is_set()
 
     def request_stop(self) -> None:
         """Stop taking commands; running ones get ``stop_grace_s`` to finish (first signal)."""
@@ -379,9 +396,13 @@ class Agent:
         return 0
 
     async def _handle(self, rec) -> None:
-        """Run one command record; mark its offset finished unless cancelled or fatally failed."""
+        """Run one command record; mark its offset finished unless cancelled, not started or
+        fatally failed."""
         try:
             await self._handle_record(rec)
+        except NotStarted:
+            self.metrics.commands["left-for-next-agent"] += 1
+            return
         except (DeliveryError, asyncio.CancelledError):
             raise
         except Exception as exc:  # noqa: BLE001 - errors are data: dead-letter, keep going

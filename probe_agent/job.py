@@ -135,14 +135,16 @@ class TargetTally:
     detail: str | None = None
     bitmap: bytearray | None = None
 
-    def __post_init__(self) -> None:
-        if self.target.size > 1:
+    def _bits(self) -> bytearray | None:
+        # Allocated on the first probe only: a refused target may be a range of any size.
+        if self.bitmap is None and self.target.size > 1:
             self.bitmap = bytearray((self.target.size + 7) // 8)
+        return self.bitmap
 
     def mark(self, offset: int, port: int) -> None:
         """One probe of the address at ``offset`` on ``port``."""
         self.ports_seen.add(port)
-        bm = self.bitmap
+        bm = self._bits()
         if bm is None:
             self.addresses_probed = 1
             return
@@ -154,7 +156,7 @@ class TargetTally:
     def mark_block(self, offsets: np.ndarray, ports: np.ndarray) -> None:
         """Many probes at once."""
         self.ports_seen.update(np.unique(ports).tolist())
-        if self.bitmap is None:
+        if self._bits() is None:
             self.addresses_probed = 1 if len(offsets) else self.addresses_probed
             return
         view = np.frombuffer(self.bitmap, dtype=np.uint8)

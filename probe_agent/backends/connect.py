@@ -197,6 +197,14 @@ class ConnectBackend(Backend):
                 raise BackendError(f"connect: {self.settings.concurrency} concurrent connections need "
                                    f"{want} open files but the limit is {soft}; lower agent.concurrency "
                                    "or raise `ulimit -n`")
+        if self.settings.interface:
+            try:
+                self.grabber._socket("127.0.0.1").close()
+            except PermissionError:
+                raise BackendError(f"connect: binding probes to interface {self.settings.interface} needs "
+                                   "root or CAP_NET_RAW; run as root or leave agent.interface empty") from None
+            except OSError as exc:
+                raise BackendError(f"connect: agent.interface {self.settings.interface!r}: {exc}") from None
         self._sem = asyncio.Semaphore(self.settings.concurrency)
 
     async def run(self, job: Job) -> None:

@@ -137,9 +137,14 @@ async def _main(obj: CliContext, settings, scan_targets, port_list, until_idle) 
                               issued_at=time.time_ns() // 1000, targets=list(scan_targets),
                               port_set={"name": None, "version": None, "ports": port_list})
         task = asyncio.create_task(agent_.execute(command))
+        abandon_at = None
         while not task.done():
-            await asyncio.wait({task}, timeout=1.0)
+            await asyncio.wait({task}, timeout=0.5)
             tick()
+            if agent_.stop_requested and abandon_at is None:
+                abandon_at = time.monotonic() + settings.stop_grace_s
+            if abandon_at is not None and time.monotonic() >= abandon_at:
+                agent_.abandon()
         tallies = task.result()
         agent_.publisher.close(30)
         await agent_.backend.close()

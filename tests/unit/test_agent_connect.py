@@ -115,3 +115,14 @@ def test_closed_port_is_not_an_event_and_costs_one_syn():
     result = asyncio.run(ConnectGrabber(settings()).grab("127.0.0.1", closed_port()))
     assert result.status is ProbeStatus.CLOSED and result.kind is None
     assert (result.packets, result.bytes) == (1, 60)
+
+
+def test_an_unknown_interface_is_a_clear_error_at_start():
+    import pytest
+
+    from probe_agent.backends import BackendError
+    from probe_agent.backends.connect import ConnectBackend
+
+    backend = ConnectBackend(settings(interface="nosuchif0"))
+    with pytest.raises(BackendError, match="nosuchif0"):
+        asyncio.run(backend.open())
