@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     from scanflow.estimate import Estimator
     from scanflow.knowledge import load_knowledge
     from scanflow.policy import EfficientPolicy, PolicyParams, PolicyPortSets
-    from scanflow.simulate import EvaluationConfig, bulk_silent_rule, derive_policy_sets, make_schedule
+    from scanflow.simulate import (EvaluationConfig, bulk_silent_rule, derive_policy_sets, first_probe_rounds,
+                                   make_schedule)
     from scanflow.world import World
 
     settings = load_settings(environ={k: v for k, v in os.environ.items() if k.startswith("SCANFLOW_")})
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     policy = EfficientPolicy(sets, Estimator(kb), PolicyParams())
     rule = bulk_silent_rule(policy, PolicyParams().standard_interval)
     schedule = make_schedule(world.n_ips, args.seed, world.horizon, slot=PolicyParams().standard_interval,
-                             silent_rounds=rule.rounds)
+                             silent_rounds=first_probe_rounds(rule))
     records = list(world_standard_records(world, schedule, sets.standard))
     n_events = sum(1 for schema, _ in records if schema == "ScanEvent")
     print(f"recording: {len(records):,} records ({n_events:,} ScanEvents, {len(records) - n_events:,} ScanDones), "

@@ -249,7 +249,8 @@ def lake_record_sim(obj: CliContext, lake_dir: str | None, ips: int, weeks: floa
     from scanflow.estimate import Estimator
     from scanflow.knowledge import load_knowledge
     from scanflow.policy import EfficientPolicy, PolicyPortSets, params_from_settings
-    from scanflow.simulate import EvaluationConfig, bulk_silent_rule, derive_policy_sets, make_schedule
+    from scanflow.simulate import (EvaluationConfig, bulk_silent_rule, derive_policy_sets, first_probe_rounds,
+                                   make_schedule)
     from scanflow.world import World
 
     root = _root(obj, lake_dir)
@@ -263,7 +264,8 @@ def lake_record_sim(obj: CliContext, lake_dir: str | None, ips: int, weeks: floa
         getattr(sets, role).write(root / "_portsets" / f"{role}.json")
     world = World.generate(cfg.world_config(), seed, horizon_days=weeks * 7, kb=kb)
     rule = bulk_silent_rule(EfficientPolicy(sets, Estimator(kb), params), params.standard_interval)
-    schedule = make_schedule(world.n_ips, seed, world.horizon, slot=params.standard_interval, silent_rounds=rule.rounds)
+    schedule = make_schedule(world.n_ips, seed, world.horizon, slot=params.standard_interval,
+                             silent_rounds=first_probe_rounds(rule))
     counts = {"ScanEvent": 0, "ScanDone": 0}
     batch: dict[str, list] = {"events": [], "scans": []}
     with LakeWriter(root, lake_settings(obj.settings)) as writer:

@@ -17,7 +17,8 @@ from pipelines.replay import RecordedRound, ReplaySpec, replay_ip, run_replay, w
 from scanflow.estimate import Estimator
 from scanflow.knowledge import load_knowledge
 from scanflow.policy import EfficientPolicy, PolicyParams, PolicyPortSets
-from scanflow.simulate import EvaluationConfig, bulk_silent_rule, derive_policy_sets, make_schedule, run_policy, run_standard
+from scanflow.simulate import (EvaluationConfig, bulk_silent_rule, derive_policy_sets, first_probe_rounds,
+                               make_schedule, run_policy, run_standard)
 from scanflow.world import World
 
 
@@ -32,7 +33,7 @@ def simulated():
     policy = EfficientPolicy(sets, Estimator(kb), PolicyParams())
     rule = bulk_silent_rule(policy, PolicyParams().standard_interval)
     schedule = make_schedule(world.n_ips, 3, world.horizon, slot=PolicyParams().standard_interval,
-                             silent_rounds=rule.rounds)
+                             silent_rounds=first_probe_rounds(rule))
     return {"world": world, "sets": sets, "policy": policy, "schedule": schedule,
             "standard": run_standard(world, schedule, sets.standard),
             "efficient": run_policy(world, schedule, policy),
