@@ -25,6 +25,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -101,8 +102,7 @@ def connect_inside(open_ports: int, concurrency: int) -> None:
                 conn.close()
 
     threading.Thread(target=greet, daemon=True).start()
-    tmp = Path(f"/tmp/bench-agent-{os.getpid()}")
-    tmp.mkdir(exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-agent-"))
     PortSet.named("all", 1, range(1, 65536)).write(tmp / "all-v1.json")
     settings = AgentSettings(backend="connect", allowlist=("127.0.0.1/32",), contact=CONTACT, rate_pps=1e6,
                              per_target_pps=1e6, burst_s=0.01, concurrency=concurrency, connect_timeout_s=2,
@@ -171,8 +171,7 @@ def bench_masscan(args, kafka) -> None:
 
     ports = list(range(1, args.ports + 1))
     with TestNet() as net:
-        tmp = Path(f"/tmp/bench-agent-{os.getpid()}")
-        tmp.mkdir(exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix="bench-agent-"))
         start_services(net, net.ns_ip, tmp / "services.log", [("ssh", 22), ("http", 80), ("ftp", 21)])
         PortSet.named("k", 1, ports).write(tmp / "k-v1.json")
         settings = AgentSettings(
