@@ -1,0 +1,113 @@
+"""The scheduler process of ``scanflow run``: the live Beam scheduler on a Prism job server.
+
+Run as ``python -m scanflow.loop.scheduler SPEC.json`` by :mod:`scanflow.loop.orchestrate`, never
+imported by the core: Beam and the ``pipelines`` package are imported inside :func:`main` only.
+
+The spec (JSON, written by the orchestrator) names the run's topics, the sweep ranges, the lake
+directory for observations and decisions, the Prism endpoint and the time scale. Time is compressed
+the way the closed-loop test compresses it: every duration of the policy (back-off ladder, silent
+sweep period, standard and retry intervals) is multiplied by ``scale`` (wall seconds per virtual
+second), so one virtual day passes in ``86400 * scale`` wall seconds while the pipeline keeps its
+ordinary wall-clock watermark.
+
+Before the pipeline starts, the policy's named port sets are written to ``portset_dir`` (the agents
+resolve named sets there); once the job is submitted, ``ready`` is written so the orchestrator knows
+when to start the clock. SIGTERM or SIGINT cancels the job and exits 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+log = logging.getLogger("scanflow.loop.scheduler")
+
+
+def scaled_policy(policy, scale: float):
+    """``policy`` (:class:`scanflow.config.PolicySettings`) with every duration times ``scale``."""
+    return dataclasses.replace(
+        policy,
+        ladder_hours=tuple(h * scale for h in policy.ladder_hours),
+        silent_interval_h=policy.silent_interval_h * scale,
+        standard_interval_h=policy.standard_interval_h * scale,
+        retry_interval_h=policy.retry_interval_h * scale,
+        # 0 means "recall off"; scaling keeps it off.
+        recall_interval_h=policy.recall_interval_h * scale,
+        recall_for_h=policy.recall_for_h * scale)
+
+
+def pipeline_settings_for(spec: dict):
+    """The scheduler's :class:`pipelines.settings.PipelineSettings` for a run spec."""
+    from pipelines.settings import PipelineSettings
+
+    scale = spec["scale"]
+    # Floors keep the pipeline's bookkeeping sane when a virtual hour is under a wall second: a
+    # round timeout only matters for a lost ScanDone, and a dedupe horizon shorter than Kafka's
+    # redelivery window would let a replayed round count twice.
+    round_timeout = max(3600 * scale, 30.0)
+    return PipelineSettings(
+        sweep_ranges=tuple(spec["sweep_ranges"]), sweep_prefix=spec["sweep_prefix"],
+        sweep_tick_s=spec.get("sweep_tick_s", 1.0), round_timeout_s=round_timeout,
+        command_ttl_s=max(6 * 3600 * scale, 30.0), dedupe_horizon_s=max(24 * 3600 * scale, 120.0),
+        rewind_s=2 * round_timeout, group_id=spec["group_id"], watermark_lag_s=1.0,
+        archive_dir=spec["lake_dir"]).validate()
+
+
+def main(argv: list[str]) -> int:
+    """Run the scheduler described by the spec file ``argv[0]`` until signalled."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # kafka-python logs every connection at INFO; the log should show the pipeline, not the sockets.
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    spec = json.loads(Path(argv[0]).read_text())
+
+    import apache_beam as beam
+
+    from pipelines.policy_setup import build_policy
+    from pipelines.runners import pipeline_options
+    from pipelines.scheduler import NO_STATE_CACHE, build_live, tally
+    from scanflow.config import load_settings, parse_set_options
+
+    settings = load_settings(spec.get("config_file"), parse_set_options(spec.get("set", [])))
+    settings = dataclasses.replace(settings, topics=dataclasses.replace(settings.topics, **spec["topics"]),
+                                   policy=scaled_policy(settings.policy, spec["scale"]))
+    ps = pipeline_settings_for(spec)
+    policy = build_policy(settings, ps)
+    portset_dir = Path(spec["portset_dir"])
+    portset_dir.mkdir(parents=True, exist_ok=True)
+    for ps_ in (policy.port_sets.standard, policy.port_sets.silent, policy.port_sets.unknown):
+        ps_.write(portset_dir / f"{ps_.name}-v{ps_.version}.json")
+
+    options = pipeline_options(settings, streaming=True, runner="prism",
+                               extra=[NO_STATE_CACHE, f"--job_endpoint={spec['job_endpoint']}"])
+    p = beam.Pipeline(options=options)
+    out = build_live(p, settings, ps, policy, now=spec["start"])
+    tally(out.decisions, "decisions")
+    tally(out.commands, "commands")
+
+    def stop(signum, frame):  # noqa: ARG001 - signal handler signature
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    result = p.run()
+    Path(spec["ready_file"]).write_text("running\n")
+    log.info("scheduler running: %s -> %s", settings.topics.events, settings.topics.commands)
+    try:
+        result.wait_until_finish()
+    except KeyboardInterrupt:
+        log.info("stop requested: cancelling the pipeline")
+    finally:
+        if not str(result.state).endswith(("DONE", "FAILED", "CANCELLED")):
+            try:
+                result.cancel()
+            except Exception:  # noqa: BLE001 - the job server may already be gone at shutdown
+                log.warning("cancel failed", exc_info=True)
+    log.info("scheduler: %s", result.state)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
