@@ -74,10 +74,10 @@ def show_config(obj: CliContext) -> None:
 
 
 def _register() -> None:
-    from scanflow.cli import agent, evaluate, lake, pipeline, policy, stack
+    from scanflow.cli import agent, evaluate, lake, pipeline, policy, run, stack
 
     # ADD A COMMAND MODULE HERE: each module exposes COMMANDS, a list of click commands/groups.
-    modules = [stack, policy, evaluate, lake, agent, pipeline]
+    modules = [stack, policy, evaluate, lake, agent, pipeline, run]
     for module in modules:
         for command in module.COMMANDS:
             main.add_command(command)
