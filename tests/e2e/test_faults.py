@@ -155,3 +155,122 @@ def test_agent_kill9_mid_run_every_command_done_and_lake_reconciles(kafka, loop_
     figures.update(committed_at_kill=at_kill, first_seen=done_before, agents=dict(agents),
                    recovery_s=round(recovered_s, 1), lake=lake)
     print("FIGURES agent-kill9", json.dumps(figures))
+
+
+# The scheduler as its own process: the live pipeline (pipelines.scheduler.run_live) with the
+# policy's ladder compressed to seconds and a group of its own, on a Prism runner it starts itself,
+# so that a kill -9 of its process group takes the runner down with it. ``scanflow pipeline run``
+# cannot be used as is: its [pipeline] section (group, timeouts) is not part of the settings yet.
+SCHEDULER = """
+import dataclasses, os, sys
+from scanflow.config import load_settings
+from pipelines.scheduler import run_live
+from pipelines.settings import PipelineSettings
+
+settings = load_settings(environ={k: v for k, v in os.environ.items() if k.startswith("SCANFLOW_")})
+settings = dataclasses.replace(settings, policy=dataclasses.replace(
+    settings.policy, ladder_hours=tuple(s / 3600 for s in (5, 10, 20, 40, 80, 160, 320, 640))))
+ps = PipelineSettings(round_timeout_s=60, rewind_s=120, command_ttl_s=3600, watermark_lag_s=1.0,
+                      group_id=sys.argv[1])
+print("scheduler starting", flush=True)
+run_live(settings, ps, runner="prism", on_start=lambda r: print("scheduler running", flush=True))
+"""
+
+SSH = b"SSH-2.0-OpenSSH_9.6\r\n"
+HIK = b"HTTP/1.1 200 OK\r\nServer: Hikvision-Webs\r\n\r\n"
+
+
+def _answering(i: int) -> bool:
+    return i % 10 != 0                       # one IP in ten answers nothing (not tracked)
+
+
+def _produce_scans(kafka_options, topic: str, ips: list[int], start_s: float) -> None:
+    """One complete per-IP scan of each IP: its responses, then its ScanDone."""
+    from pipelines.records import micros
+
+    with AvroProducer(kafka_options, event_time_timestamps=True) as producer:
+        for k, i in enumerate(ips):
+            ip, t = f"198.18.1.{i + 1}", start_s + k * 0.01
+            scan = f"r1-{ip}"
+            if _answering(i):
+                answer = [(80, HIK), (554, None)] if i % 2 else [(22, SSH)]
+                for port, banner in answer:
+                    producer.send(topic, "ScanEvent", make_record(
+                        "ScanEvent", scan_id=scan, agent_id="agent-1", ip=ip, port=port, transport="TCP",
+                        kind="BANNER" if banner else "SYN_ACK", banner=banner, timestamp=micros(t)))
+            producer.send(topic, "ScanDone", make_record(
+                "ScanDone", scan_id=scan, agent_id="agent-1", target=ip, policy="EFFICIENT",
+                started_at=micros(t), ended_at=micros(t + 0.5),
+                port_set={"name": None, "version": None, "ports": [22, 80, 554]},
+                ports_probed=3, addresses_probed=1, status="COMPLETE"))
+        producer.flush()
+
+
+def test_pipeline_kill9_mid_run_no_decision_twice(kafka, loop_topics, tmp_path):
+    """SIGKILL the scheduler (and its Prism runner) after part of the IPs were decided; restart it."""
+    script = tmp_path / "scheduler.py"
+    script.write_text(SCHEDULER)
+    group = new_group("e2e-scheduler")
+    env = dict(os.environ, **{f"SCANFLOW_TOPICS_{k.upper()}": getattr(loop_topics, k)
+                              for k in ("events", "commands", "ip_state", "dead_letter")})
+    log = tmp_path / "scheduler.log"
+    batches = [list(range(b * 50, b * 50 + 50)) for b in range(4)]
+    answering = {f"198.18.1.{i + 1}" for b in batches for i in b if _answering(i)}
+    commands, states = Follow(kafka, loop_topics.commands), Follow(kafka, loop_topics.ip_state)
+
+    def per_ip_ips(f):
+        return {c["targets"][0] for c in f.records("ScanCommand") if "/" not in c["targets"][0]}
+
+    try:
+        _produce_scans(kafka, loop_topics.events, batches[0], time.time())
+        first = start([os.sys.executable, str(script), group], log, env=env)
+        try:
+            # Part of the IPs decided (their first command out), not all: the kill lands mid-run.
+            assert commands.until(lambda f: len(per_ip_ips(f)) >= 20, timeout_s=180), log.read_text()[-3000:]
+        finally:
+            kill9(first)
+        at_kill = len(per_ip_ips(commands))
+        assert first.returncode == -9 and 0 < at_kill < len(answering)
+        # The rest of the round arrives while no scheduler runs.
+        for batch in batches[1:]:
+            _produce_scans(kafka, loop_topics.events, batch, time.time())
+
+        t0 = time.monotonic()
+        second = start([os.sys.executable, str(script), group], log, env=env)
+        try:
+            assert commands.until(lambda f: per_ip_ips(f) >= answering, timeout_s=180), log.read_text()[-3000:]
+            recovered_s = time.monotonic() - t0
+            # Room for a wrong second decision to show up (two ladder steps), then stop cleanly.
+            time.sleep(10)
+            commands.drain()
+            states.drain()
+        finally:
+            stop(second)
+    finally:
+        commands.close()
+        states.close()
+
+    cmds = [c for c in commands.records("ScanCommand") if "/" not in c["targets"][0]]
+    ids_by_ip: dict[str, set[str]] = defaultdict(set)
+    for c in cmds:
+        ids_by_ip[c["targets"][0]].add(c["command_id"])
+    assert set(ids_by_ip) == answering                        # every answering IP decided
+    assert all(len(ids) == 1 for ids in ids_by_ip.values())   # and decided once: one command id
+    assert {c["reason"] for c in cmds} == {"NEW_RESPONDER"}
+    resent = len(cmds) - len({c["command_id"] for c in cmds})
+    # ip-state: after dedupe, each IP went through one transition (tracked, step 0, next scan =
+    # its command's not_before); a replayed round re-writing the same state is absorbed.
+    not_before = {c["targets"][0]: c["not_before"] for c in cmds}
+    final: dict[str, dict] = {}
+    transitions: dict[str, set] = defaultdict(set)
+    for _, d in states.decoded:
+        rec = d.record
+        final[rec["ip"]] = rec
+        transitions[rec["ip"]].add((rec["status"], rec["backoff_step"], rec["last_scanned_at"]))
+    assert set(final) == answering
+    assert all(len(t) == 1 for t in transitions.values()), {ip: t for ip, t in transitions.items() if len(t) > 1}
+    assert all(r["backoff_step"] == 0 and r["next_scan_at"] == not_before[ip] for ip, r in final.items())
+    print("FIGURES pipeline-kill9", json.dumps({
+        "ips": 200, "answering": len(answering), "decided_at_kill": at_kill, "commands": len(cmds),
+        "command_ids": len({c["command_id"] for c in cmds}), "resent_commands": resent,
+        "ip_state_records": len(states.decoded), "recovery_s": round(recovered_s, 1)}))
