@@ -25,7 +25,7 @@ services: setup
 	@$(BIN)/scanflow infra up
 
 run: setup
-	@$(BIN)/scanflow up
+	@$(BIN)/scanflow run $(RUN_ARGS)
 
 test: services
 	@$(BIN)/python -m pytest $(PYTEST_ARGS)
