@@ -441,7 +441,18 @@ class Loop:
 
     def stop_all(self) -> None:
         """Agents first (SIGTERM: they finish or hand back their commands), then the scheduler once
-        it has read the last events, then Prism."""
+        it has read the last events, then Prism. Whatever still lives afterwards (say, a second
+        Ctrl-C cut the orderly stop short) is killed: the children run in their own sessions, so
+        nothing else would end them."""
+        try:
+            self._stop_in_order()
+        finally:
+            for p in self.procs:
+                if p.alive():
+                    p.popen.kill()
+                    p.popen.wait()
+
+    def _stop_in_order(self) -> None:
         agents = [p for p in self.procs if p.name.startswith("agent-")]
         self.echo("\n[6/7] stopping: agents ..." if self.tty else "[6/7] stopping: agents ...")
         for p in agents:
