@@ -274,3 +274,69 @@ def test_pipeline_kill9_mid_run_no_decision_twice(kafka, loop_topics, tmp_path):
         "ips": 200, "answering": len(answering), "decided_at_kill": at_kill, "commands": len(cmds),
         "command_ids": len({c["command_id"] for c in cmds}), "resent_commands": resent,
         "ip_state_records": len(states.decoded), "recovery_s": round(recovered_s, 1)}))
+
+
+def test_broker_kill9_mid_run_agent_carries_on_and_counts_reconcile(second_broker, tmp_path):
+    """SIGKILL a broker of the test's own while a sim agent works on it; start it again."""
+    import dataclasses
+
+    from kafka import KafkaAdminClient
+
+    from scanflow.config import KafkaSettings
+    from tests.e2e.conftest import Topics
+
+    up = second_broker("up")
+    assert up.returncode == 0, up.stdout + up.stderr
+    kafka = dataclasses.replace(KafkaSettings(), bootstrap_servers=second_broker.bootstrap)
+    topics = Topics(events="events", commands="commands", ip_state="ip-state", dead_letter="dead-letter")
+    admin = KafkaAdminClient(**kafka.client_options())
+    admin.create_topics(
+        {"events": {"num_partitions": 6, "replication_factor": 1},
+         "commands": {"num_partitions": 3, "replication_factor": 1},
+         "ip-state": {"num_partitions": 3, "replication_factor": 1, "configs": {"cleanup.policy": "compact"}},
+         "dead-letter": {"num_partitions": 1, "replication_factor": 1}}, wait_for_metadata=True)
+    admin.close()
+
+    epoch_us = int(time.time()) * US
+    commands = _commands(600, epoch_us, "bkill")
+    _produce(kafka, topics.commands, "ScanCommand", commands)
+    group = new_group("e2e-agents")
+    log = tmp_path / "agent.log"
+    agent = start(_agent_argv(topics, group, "agent-c", epoch_us, "--set", "max_inflight_commands=1",
+                              bootstrap=second_broker.bootstrap), log)
+    try:
+        def progressed():
+            assert agent.poll() is None, log.read_text()[-2000:]
+            n = committed_total(kafka, group, topics.commands)
+            return n >= 20 and n
+        wait_for(progressed, timeout_s=120, step_s=0.05)
+        pid = int((second_broker.state / "kafka.pid").read_text())
+        at_kill = committed_total(kafka, group, topics.commands)
+        os.kill(pid, 9)
+        t_kill = time.monotonic()
+        # The broker is gone; the agent keeps running (it retries) rather than exiting.
+        wait_for(lambda: second_broker("status").returncode != 0, timeout_s=30)
+        time.sleep(3)
+        assert agent.poll() is None, log.read_text()[-3000:]
+        restarted = second_broker("up")
+        assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+        assert at_kill < len(commands), "the broker died mid-run"
+        wait_for(lambda: agent.poll() is None and committed_total(kafka, group, topics.commands) == len(commands)
+                 or (agent.poll() is not None and AssertionError(log.read_text()[-3000:])),
+                 timeout_s=240, step_s=0.2)
+        recovered_s = time.monotonic() - t_kill
+        assert agent.poll() is None, log.read_text()[-3000:]
+    finally:
+        code = stop(agent)
+    assert code == 0, log.read_text()[-3000:]
+
+    follow = Follow(kafka, topics.events)
+    try:
+        figures = _reconcile(follow, commands)
+    finally:
+        follow.close()
+    lake = _archive_and_count(topics, tmp_path / "lake", bootstrap=second_broker.bootstrap)
+    assert lake["events_distinct"] == figures["events_distinct"] > 0
+    assert lake["scans_distinct"] == len(commands)
+    figures.update(committed_at_kill=at_kill, recovery_s=round(recovered_s, 1), lake=lake)
+    print("FIGURES broker-kill9", json.dumps(figures))
