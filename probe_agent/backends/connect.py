@@ -77,7 +77,9 @@ class ConnectGrabber:
             return ProbeResult(ip, port, ProbeStatus.ERROR, packets=0, bytes=0, error=f"socket: {exc}")
         try:
             try:
-                await asyncio.wait_for(loop.sock_connect(sock, (ip, port)), s.connect_timeout_s)
+                # asyncio.timeout, not wait_for: no extra task per probe.
+                async with asyncio.timeout(s.connect_timeout_s):
+                    await loop.sock_connect(sock, (ip, port))
             except ConnectionRefusedError:
                 return ProbeResult(ip, port, ProbeStatus.CLOSED, packets=1, bytes=syn_bytes,
                                    timestamp_us=_now_us())
@@ -135,7 +137,8 @@ class ConnectGrabber:
             if timeout <= 0:
                 return False
             try:
-                chunk = await asyncio.wait_for(loop.sock_recv(sock, s.banner_cap + 1 - len(buf)), timeout)
+                async with asyncio.timeout(timeout):
+                    chunk = await loop.sock_recv(sock, s.banner_cap + 1 - len(buf))
             except (TimeoutError, asyncio.TimeoutError):
                 return False
             except OSError:
@@ -155,7 +158,8 @@ class ConnectGrabber:
             if request is None:
                 return
             try:
-                await asyncio.wait_for(loop.sock_sendall(sock, request[0]), max(0.01, deadline - loop.time()))
+                async with asyncio.timeout(max(0.01, deadline - loop.time())):
+                    await loop.sock_sendall(sock, request[0])
                 protocol = request[1]
             except (OSError, TimeoutError, asyncio.TimeoutError):
                 pass

@@ -248,7 +248,9 @@ class Capture:
     def __enter__(self) -> "Capture":
         if not shutil.which("tcpdump"):
             raise RuntimeError("tcpdump is not installed (apt-get install tcpdump)")
-        cmd = ["tcpdump", "-i", self.iface, "-n", "-U", "--immediate-mode", "-w", str(self.path)]
+        # A 16 MiB buffer and short snapshots: a loaded machine drops nothing at test rates.
+        cmd = ["tcpdump", "-i", self.iface, "-n", "-U", "--immediate-mode", "-B", "16384", "-s", "128",
+               "-w", str(self.path)]
         if self.bpf:
             cmd.append(self.bpf)
         self._proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True)
