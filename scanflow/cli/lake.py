@@ -217,15 +217,20 @@ def lake_archive(obj: CliContext, lake_dir: str | None, topic: str | None, live:
     from connectors.duckdb_catalog import as_time
     from pipelines.archive import run_archive
 
-    def ms(value):
-        t = as_time(value)
+    def ms(value, flag):
+        # A bad time is the user's input, not a crash: one line naming the accepted forms.
+        try:
+            t = as_time(value)
+        except ValueError as exc:
+            _fail(f"{flag}: {exc}", 2)
         return None if t is None else int(t.timestamp() * 1000)
 
+    start_ms, end_ms = ms(start, "--start"), ms(end, "--end")
     if live and (start or end):
         _fail("--live reads from the group's committed offsets; leave out --start/--end", 2)
     result = run_archive(obj.settings, root=str(_root(obj, lake_dir)), topic=topic,
                          stop=None if live else ("end" if end is None else None),
-                         start_time_ms=ms(start), stop_time_ms=ms(end))
+                         start_time_ms=start_ms, stop_time_ms=end_ms)
     if result is not None:
         click.echo(f"archived {result.rows:,} records into {result.files} files; {result.dead_letters} dead letters")
 
