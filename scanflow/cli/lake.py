@@ -69,8 +69,15 @@ def report(obj: CliContext, out_dir: str, lake: str | None, start: str | None, e
            no_plots: bool, threads: int | None) -> None:
     """Write the canned report: port ranking (Table 1), derived port sets, traffic and detection
     rates (Table 4), responsive and change rates, back-off (Figure 6), attempts (Figure 7), banners."""
+    from connectors.duckdb_catalog import as_time
     from connectors.report import build_report
 
+    # A bad time is a usage error (exit 2), told before any work starts.
+    for flag, value in (("--start", start), ("--end", end)):
+        try:
+            as_time(value)
+        except ValueError as exc:
+            _fail(f"{flag}: {exc}", 2)
     root = _root(obj, lake)
     try:
         result = build_report(root, out_dir, start=start, end=end, threads=threads, plots=not no_plots)
