@@ -1,4 +1,4 @@
-"""Stage: change detection and scheduling, stateful per IP, with one event-time timer per IP.
+"""Stage: change detection and scheduling, stateful per IP, with event-time timers per IP.
 
 Per IP the stage keeps the compact :class:`~pipelines.state.Tracked` state (last answer's ports and
 banner digests = its fingerprint, back-off step, device, next scan time, recent scan ids) and a bag
@@ -7,9 +7,11 @@ the policy core's ``decide``: the core compares the answer with the IP's last fi
 the device when it changed and picks the port set and next scan time. This stage only stores,
 orders, dedupes and times.
 
-Why one timer: rounds, the next scan time and the watchdog all wait on the same watermark; one
-timer always set to the earliest of them makes the order of processing the event-time order on any
-runner, whatever order the runner fires timers or delivers elements in.
+Timers: ``round`` wakes the IP when the watermark passes a round that arrived (set without reading
+any state, so an arriving round costs one append and one timer), ``due`` at its next scan time or
+watchdog. Whichever fires, the same wake-up applies *everything* due by then in event-time order and
+sets both timers again, so the order of decisions is the event-time order on any runner, whatever
+order the runner fires timers or delivers elements in.
 
 Outputs (all records ready for their sinks):
 
@@ -33,6 +35,7 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Timestamp
 
+from pipelines.beamfix import lighten_state_cache_weigher
 from pipelines.glue import Round, timer_time
 from pipelines.records import command_record, decision_record, ip_state_record, micros
 from pipelines.state import STATE_HEADER, RefTable, pack, pack_header, unpack, unpack_header
@@ -59,16 +62,21 @@ class _TrackFn(beam.DoFn):
     TRACKED = ReadModifyWriteStateSpec("tracked", BytesCoder())
     # (element time in micros, the Round as a plain tuple)
     PENDING = BagStateSpec("pending", FastPrimitivesCoder())
-    WAKE = TimerSpec("wake", TimeDomain.WATERMARK)
+    #: The watermark passed a round that arrived (the latest set wins; a wake-up re-arms it).
+    ROUND = TimerSpec("round", TimeDomain.WATERMARK)
+    #: The IP's next scan time, or its watchdog after the command was issued.
+    DUE = TimerSpec("due", TimeDomain.WATERMARK)
 
     def __init__(self, policy, *, recent_scans: int, command_ttl_s: float, round_timeout_s: float,
-                 horizon: float | None):
+                 horizon: float | None, emit_states: bool = True):
         self._policy = policy
+        self._emit_states = emit_states
         self._args = dict(recent_scans=recent_scans, command_ttl_s=command_ttl_s,
                           round_timeout_s=round_timeout_s, horizon=horizon)
         self._ttl = command_ttl_s
 
     def setup(self):
+        lighten_state_cache_weigher()
         self._tracker = IpTracker(self._policy, **self._args)
         self._refs = RefTable.of_policy(self._policy)
         self._name = self._policy.name
@@ -88,34 +96,31 @@ class _TrackFn(beam.DoFn):
         self._flush_counts()
 
     def process(self, element, ts=beam.DoFn.TimestampParam, tracked=beam.DoFn.StateParam(TRACKED),
-                pending=beam.DoFn.StateParam(PENDING), wake=beam.DoFn.TimerParam(WAKE)):
+                pending=beam.DoFn.StateParam(PENDING), round_timer=beam.DoFn.TimerParam(ROUND),
+                due_timer=beam.DoFn.TimerParam(DUE)):
         ip, item = element
+        if not isinstance(item, RestoreRecord):
+            # A round waits for the watermark; nothing is read here.
+            pending.add((ts.micros, tuple(item)))
+            round_timer.set(timer_time(ts.micros))
+            return
         raw = tracked.read()
         current = unpack(raw, self._refs) if raw is not None else None
-        waiting = [us for us, _ in pending.read()]
-        if isinstance(item, RestoreRecord):
-            restored, updated_at = self._parse_restore(item)
-            new = self._tracker.restore(current, restored, updated_at)
-            if new is not current:
-                current = new
-                if new is None:
-                    tracked.clear()
-                else:
-                    tracked.write(pack(new, self._refs))
-        else:
-            pending.add((ts.micros, tuple(item)))
-            waiting.append(ts.micros)
-        self._set(wake, current, waiting)
+        restored, updated_at = self._parse_restore(item)
+        new = self._tracker.restore(current, restored, updated_at)
+        if new is not current:
+            if new is None:
+                tracked.clear()
+            else:
+                tracked.write(pack(new, self._refs))
+            self._set_due(due_timer, new)
 
-    def _set(self, wake, current, waiting_us: list[int]) -> None:
-        due = self._tracker.due_at(current)
-        times = list(waiting_us)
-        if due is not None:
-            times.append(micros(due))
-        if times:
-            wake.set(timer_time(min(times)))
+    def _set_due(self, due_timer, t) -> None:
+        due = self._tracker.due_at(t)
+        if due is None:
+            due_timer.clear()
         else:
-            wake.clear()
+            due_timer.set(timer_time(micros(due)))
 
     def _parse_restore(self, item: RestoreRecord):
         if item.header is not None:
@@ -125,12 +130,23 @@ class _TrackFn(beam.DoFn):
             return t, t.updated_at
         return None, item.ts
 
-    @on_timer(WAKE)
-    def on_wake(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
-                tracked=beam.DoFn.StateParam(TRACKED), pending=beam.DoFn.StateParam(PENDING),
-                wake=beam.DoFn.TimerParam(WAKE)):
-        """The watermark reached the IP's earliest round or due time: apply everything due by now
-        in event-time order, emit decisions, commands and the new state, and set the next wake-up."""
+    @on_timer(ROUND)
+    def on_round(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
+                 tracked=beam.DoFn.StateParam(TRACKED), pending=beam.DoFn.StateParam(PENDING),
+                 round_timer=beam.DoFn.TimerParam(ROUND), due_timer=beam.DoFn.TimerParam(DUE)):
+        """The watermark passed a round of this IP: wake up (see :meth:`_wake`)."""
+        yield from self._wake(key, fired, tracked, pending, round_timer, due_timer)
+
+    @on_timer(DUE)
+    def on_due(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
+               tracked=beam.DoFn.StateParam(TRACKED), pending=beam.DoFn.StateParam(PENDING),
+               round_timer=beam.DoFn.TimerParam(ROUND), due_timer=beam.DoFn.TimerParam(DUE)):
+        """The IP's next scan time (or its watchdog) came: wake up (see :meth:`_wake`)."""
+        yield from self._wake(key, fired, tracked, pending, round_timer, due_timer)
+
+    def _wake(self, key, fired, tracked, pending, round_timer, due_timer):
+        """Apply everything of the IP due by the firing time in event-time order, emit decisions,
+        commands and the new state, and set both timers again."""
         raw = tracked.read()
         current = unpack(raw, self._refs) if raw is not None else None
         items = [(us, Round(*r)) for us, r in pending.read()]
@@ -144,7 +160,11 @@ class _TrackFn(beam.DoFn):
             pending.clear()
             for us, rnd in rest:
                 pending.add((us, tuple(rnd)))
-        self._set(wake, new, [us for us, _ in rest])
+        if rest:
+            round_timer.set(timer_time(min(us for us, _ in rest)))
+        else:
+            round_timer.clear()
+        self._set_due(due_timer, new)
         for o in out:
             yield from self._emit(o)
 
@@ -156,7 +176,7 @@ class _TrackFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(COMMANDS, (o.ip, command_record(
                 policy=self._name, target=o.ip, not_before=o.at, ttl_s=self._ttl, ports=o.ports,
                 reason=o.reason.value)))
-        elif isinstance(o, Snapshot):
+        elif isinstance(o, Snapshot) and self._emit_states:
             t = o.tracked
             record = None if t is None else ip_state_record(o.ip, self._name, t.state, t.next_at, t.updated_at,
                                                             self._refs.port_set(t.state.probed))
@@ -168,13 +188,14 @@ class DetectChanges(beam.PTransform):
     """``(ip, Round)`` and ``(ip, RestoreRecord)`` -> ``(decisions, commands, states)``.
 
     ``horizon`` (bounded replay): no wake-up is scheduled at or after it, so the run ends.
+    ``emit_states=False`` leaves the ``states`` output empty (a replay writes no ip-state).
     """
 
     def __init__(self, policy, *, recent_scans: int = 4, command_ttl_s: float, round_timeout_s: float,
-                 horizon: float | None = None):
+                 horizon: float | None = None, emit_states: bool = True):
         super().__init__()
         self._fn = _TrackFn(policy, recent_scans=recent_scans, command_ttl_s=command_ttl_s,
-                            round_timeout_s=round_timeout_s, horizon=horizon)
+                            round_timeout_s=round_timeout_s, horizon=horizon, emit_states=emit_states)
 
     def expand(self, keyed):
         out = (keyed

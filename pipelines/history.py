@@ -10,7 +10,7 @@ silent, hosts that appear late. :func:`record_history` scans it the way the live
 - a tracked host is scanned at its plan's time with its plan's ports (answers only on probed ports);
 - each scan emits ``ScanEvent`` records for the open probed ports and one ``ScanDone``; with
   ``dead_agent_every`` some scans lose their ScanDone (the agent died): the round then closes
-  ``round_timeout_s`` after its first response, not complete; a scan that died before any response
+  ``round_timeout_s`` after its last response, not complete; a scan that died before any response
   is noticed by the scheduler's watchdog ``command_ttl_s + round_timeout_s`` after its slot.
 
 It returns the records in time order and every decision the policy made, so a pipeline fed the
@@ -215,9 +215,9 @@ def record_history(hosts: list[Host], policy, *, start: float, horizon: float, p
                 if t + command_ttl_s + round_timeout_s < horizon:
                     decide(target, Observation.of([], complete=False), t + command_ttl_s + round_timeout_s, None)
                 continue
-            first = min(r["timestamp"] for _, r in records[mark:])
+            last = max(r["timestamp"] for _, r in records[mark:])
             decide(target, Observation.of(ports, banners, probed=None, complete=False),
-                   first / US + round_timeout_s, scan_id)
+                   last / US + round_timeout_s, scan_id)
         else:
             decide(target, Observation.of(ports, banners, probed=plan.ports), t + SCAN_SECONDS, scan_id)
         if duplicate_every and scans % duplicate_every == 0:

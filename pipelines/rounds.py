@@ -7,9 +7,12 @@ round per (ip, scan id) (:func:`pipelines.glue.assemble`).
 
 Time: a round closes when the watermark passes its ScanDone's element time (so every response sent
 before the ScanDone is in, whatever partition it came through), or ``round_timeout_s`` after its
-first response when the ScanDone never comes (the agent died): then it is ``TIMED_OUT``, which the
+last response when the ScanDone never comes (the agent died): then it is ``TIMED_OUT``, which the
 policy treats as not complete. A closed scan id is remembered for ``dedupe_horizon_s``: a round
 delivered again (agent retry, replay overlap) is not assembled twice.
+
+Cost: an element only appends to state and sets a timer; nothing is read per element (on a portable
+runner every state read is a round trip to the runner). State is read once, when a timer fires.
 """
 
 from __future__ import annotations
@@ -22,19 +25,22 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.transforms.timeutil import TimeDomain
 
+from pipelines.beamfix import lighten_state_cache_weigher
 from pipelines.glue import US, Done, Event, assemble, timer_time
 
 _METRICS = "scanflow.rounds"
-_OPEN, _CLOSED = 0, 1
 
 
 class _AssembleFn(beam.DoFn):
-    """Per scan id: a bag of responses, the ScanDone when it came, one event-time timer."""
+    """Per scan id: a bag of responses, the ScanDone when it came, a closed mark; two timers."""
 
     EVENTS = BagStateSpec("events", FastPrimitivesCoder())
-    # (phase, first element time in micros, the ScanDone as a plain tuple or None)
-    META = ReadModifyWriteStateSpec("meta", FastPrimitivesCoder())
+    DONE = ReadModifyWriteStateSpec("done", FastPrimitivesCoder())
+    CLOSED = ReadModifyWriteStateSpec("closed", FastPrimitivesCoder())
+    #: The ScanDone's time; after the round closed, the end of the dedupe horizon.
     CLOSE = TimerSpec("close", TimeDomain.WATERMARK)
+    #: ``round_timeout_s`` after the latest response: the agent died if no ScanDone came by then.
+    TIMEOUT = TimerSpec("timeout", TimeDomain.WATERMARK)
 
     def __init__(self, round_timeout_s: float, dedupe_horizon_s: float, horizon: float | None):
         self._timeout_us = int(round(round_timeout_s * US))
@@ -42,56 +48,85 @@ class _AssembleFn(beam.DoFn):
         self._horizon_us = int(round(horizon * US)) if horizon is not None else None
 
     def setup(self):
+        lighten_state_cache_weigher()
         self._late = Metrics.counter(_METRICS, "after_close")
         self._rounds = Metrics.counter(_METRICS, "rounds")
         self._timed_out = Metrics.counter(_METRICS, "timed_out_scans")
+        self._stale = Metrics.counter(_METRICS, "stale_rounds")
 
     def process(self, element, ts=beam.DoFn.TimestampParam, events=beam.DoFn.StateParam(EVENTS),
-                meta=beam.DoFn.StateParam(META), close=beam.DoFn.TimerParam(CLOSE)):
+                done=beam.DoFn.StateParam(DONE), close=beam.DoFn.TimerParam(CLOSE),
+                timeout=beam.DoFn.TimerParam(TIMEOUT)):
         _, item = element
-        current = meta.read()
-        if current is not None and current[0] == _CLOSED:
-            self._late.inc()  # a scan delivered again, or a response after its round closed
-            return
         if isinstance(item, Done):
-            if current is not None and current[2] is not None:
-                return  # the same ScanDone again
-            meta.write((_OPEN, current[1] if current else ts.micros, tuple(item)))
-            # Close once the watermark passes the ScanDone: responses sent before it are all in.
+            # The same ScanDone twice writes the same value. Close once the watermark passes it:
+            # every response sent before it is in by then.
+            done.write(tuple(item))
             close.set(timer_time(ts.micros))
-            return
-        events.add(tuple(item))
-        if current is None:
-            meta.write((_OPEN, ts.micros, None))
-            close.set(timer_time(ts.micros + self._timeout_us))
+        else:
+            events.add(tuple(item))
+            timeout.set(timer_time(ts.micros + self._timeout_us))
 
     @on_timer(CLOSE)
     def on_close(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
-                 events=beam.DoFn.StateParam(EVENTS), meta=beam.DoFn.StateParam(META),
-                 close=beam.DoFn.TimerParam(CLOSE)):
-        """Emit the scan's rounds, one per IP, then remember the scan id for the dedupe horizon;
-        the second firing (after the horizon) forgets it."""
-        current = meta.read()
-        if current is None:
+                 events=beam.DoFn.StateParam(EVENTS), done=beam.DoFn.StateParam(DONE),
+                 closed=beam.DoFn.StateParam(CLOSED), close=beam.DoFn.TimerParam(CLOSE),
+                 timeout=beam.DoFn.TimerParam(TIMEOUT)):
+        """The ScanDone's time has passed: emit the scan's rounds, one per IP. When the scan was
+        closed already (the dedupe horizon has passed, or its ScanDone came again), forget it."""
+        if closed.read():
+            self._forget(events, done, closed, timeout)
             return
-        if current[0] == _CLOSED:
-            meta.clear()
+        yield from self._close(key, fired.micros, events, done, closed, close, timeout)
+
+    @on_timer(TIMEOUT)
+    def on_timeout(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
+                   events=beam.DoFn.StateParam(EVENTS), done=beam.DoFn.StateParam(DONE),
+                   closed=beam.DoFn.StateParam(CLOSED), close=beam.DoFn.TimerParam(CLOSE),
+                   timeout=beam.DoFn.TimerParam(TIMEOUT)):
+        """No response for ``round_timeout_s``: without a ScanDone the agent died, and the scan is
+        closed as timed out; responses after a closed scan are dropped here."""
+        if closed.read():
+            dropped = sum(1 for _ in events.read())
+            self._late.inc(dropped)  # responses after their round closed
+            events.clear()
             return
-        done = Done(*current[2]) if current[2] is not None else None
-        if done is None:
+        if done.read() is not None:
+            return  # its ScanDone came: the close timer decides
+        yield from self._close(key, fired.micros, events, done, closed, close, timeout)
+
+    def _close(self, key, fired_us, events, done, closed, close, timeout):
+        items = [Event(*e) for e in events.read()]
+        raw = done.read()
+        end = Done(*raw) if raw is not None else None
+        if end is None:
             self._timed_out.inc()
-        # A timed-out round ends at its deadline (the timer itself fires on a whole millisecond).
-        ended_us = current[1] + self._timeout_us
-        for rnd in assemble(key, (Event(*e) for e in events.read()), done, ended_us):
+        # A timed-out round ends at its deadline: the latest response + the timeout (the timer
+        # itself fires on a whole millisecond).
+        ended_us = max((e.ts_us for e in items), default=fired_us - self._timeout_us) + self._timeout_us
+        for rnd in assemble(key, items, end, ended_us):
+            if rnd.ended_us < fired_us - self._dedupe_us:
+                # A scan sent again long after it ended (its records re-stamped when re-sent):
+                # older than anything this stage still remembers, so it may be applied already.
+                self._stale.inc()
+                continue
             self._rounds.inc()
             yield rnd.ip, rnd
         events.clear()
-        forget = fired.micros + self._dedupe_us
+        done.clear()
+        timeout.clear()
+        forget = fired_us + self._dedupe_us
         if self._horizon_us is not None and forget >= self._horizon_us:
-            meta.clear()  # a bounded replay ends before the horizon: nothing to remember past it
-            return
-        meta.write((_CLOSED, current[1], None))
+            return  # a bounded replay ends before the horizon: nothing to remember past it
+        closed.write(1)
         close.set(timer_time(forget))
+
+    @staticmethod
+    def _forget(events, done, closed, timeout):
+        events.clear()
+        done.clear()
+        closed.clear()
+        timeout.clear()
 
 
 class AssembleRounds(beam.PTransform):

@@ -47,12 +47,14 @@ class Scheduler(beam.PTransform):
 
     Input: a PCollection of :class:`~pipelines.glue.Event` / :class:`~pipelines.glue.Done`, or a dict
     ``{"items": ..., "restore": ...}`` with the ``(ip, RestoreRecord)`` of a restart. ``horizon``
-    (bounded replays) ends every timer before it.
+    (bounded replays) ends every timer before it; ``emit_states=False`` skips the ip-state records.
     """
 
-    def __init__(self, policy, settings: PipelineSettings, *, horizon: float | None = None, archive: bool = False):
+    def __init__(self, policy, settings: PipelineSettings, *, horizon: float | None = None, archive: bool = False,
+                 emit_states: bool = True):
         super().__init__()
         self._policy, self._settings, self._horizon, self._archive = policy, settings, horizon, archive
+        self._emit_states = emit_states
 
     def expand(self, inputs):
         items, restore = (inputs["items"], inputs.get("restore")) if isinstance(inputs, dict) else (inputs, None)
@@ -62,7 +64,7 @@ class Scheduler(beam.PTransform):
         keyed = rounds if restore is None else (rounds, restore) | "WithRestore" >> beam.Flatten()
         decisions, commands, states = keyed | "DetectChanges" >> DetectChanges(
             self._policy, recent_scans=s.recent_scans, command_ttl_s=s.command_ttl_s,
-            round_timeout_s=s.round_timeout_s, horizon=self._horizon)
+            round_timeout_s=s.round_timeout_s, horizon=self._horizon, emit_states=self._emit_states)
         return SchedulerOutputs(decisions, commands, states, observations)
 
 
@@ -111,7 +113,8 @@ def build_replay(p: beam.Pipeline, items, pipeline: PipelineSettings, policy, *,
     Returns the scheduler's outputs and the sweep commands of the window (the efficient policy's
     range traffic). Nothing is sent to Kafka: a replay must not command live agents.
     """
-    out = items | "Schedule" >> Scheduler(policy, pipeline, horizon=horizon, archive=bool(archive_dir))
+    out = items | "Schedule" >> Scheduler(policy, pipeline, horizon=horizon, archive=bool(archive_dir),
+                                          emit_states=False)
     sweeps = p | "Sweeps" >> Sweeps(pipeline.sweep_networks(), prefix=pipeline.sweep_prefix,
                                     period_s=policy.params.silent_interval, silent=policy.port_sets.silent,
                                     ttl_s=pipeline.command_ttl_s, start=start, stop=horizon, policy=policy.name)

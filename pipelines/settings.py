@@ -22,7 +22,7 @@ class PipelineSettings:
     - ``sweep_ranges``: CIDR ranges the silent sweeps cover (empty: no sweeps are issued);
     - ``sweep_prefix``: size of one range command (an IPv4 prefix length; /24 = 256 addresses);
     - ``sweep_tick_s``: how often the live sweep generator issues the blocks that fell due;
-    - ``round_timeout_s``: a scan round without its ``ScanDone`` is closed this long after its first
+    - ``round_timeout_s``: a scan round without its ``ScanDone`` is closed this long after its last
       response (the agent died) and counts as not complete;
     - ``command_ttl_s``: a command may start up to this long after its ``not_before``
       (``expires_at`` = ``not_before`` + ttl);
@@ -31,10 +31,10 @@ class PipelineSettings:
       ``recent_scans`` scan ids for longer);
     - ``rewind_s``: on start the events are re-read from this long before the last committed
       position, so that rounds open when the previous run stopped are assembled again; must be at
-      least ``round_timeout_s``;
+      least ``round_timeout_s`` (and cover the longest scan plus the timeout);
     - ``silent_set`` / ``unknown_set`` / ``standard_set``: published port-set files
       (``PortSet.write``); empty: a provisional set built from the knowledge base (see
-      :func:`pipelines.portsets.policy_port_sets`);
+      :func:`pipelines.policy_setup.policy_port_sets`);
     - ``group_id``: the Kafka consumer group of the live events reader;
     - ``watermark_lag_s``: how far the live watermark trails the newest record (and the wall clock
       when a partition is idle);
