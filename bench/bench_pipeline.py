@@ -1,0 +1,260 @@
+"""Throughput and state size of the scheduler pipeline.
+
+Three measurements (pick with ``--only``):
+
+``bounded``  events/s through the bounded pipeline (the replay) on the FnApiRunner: an event
+             history of ``--hosts`` hosts over ``--days`` days (:mod:`pipelines.history`) from memory,
+             and the same history from a Kafka topic (bounded read + decode + the stages).
+``live``     events/s through the live pipeline on Prism: the history (shifted to end now) is
+             produced to a fresh events topic first, then the pipeline is started and timed until the
+             ``scanflow.ip-state`` topic shows every IP's last decision (with and without job start).
+``state``    bytes of scheduler state per tracked IP, over ``--tracked`` IPs (1 M by default) whose
+             states come from the policy core (1-4 rounds each: new responder, unchanged, changed):
+             the packed value plus the key, as the runner stores them.
+
+Run with the broker up (``scanflow infra up``) for the Kafka parts::
+
+    .venv/bin/python bench/bench_pipeline.py [--hosts 5000] [--days 10] [--tracked 1000000]
+
+Figures are wall-clock; the load average is printed because other work on the machine changes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import random
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import apache_beam as beam  # noqa: E402
+from apache_beam.transforms.window import TimestampedValue  # noqa: E402
+
+from pipelines.glue import US, Done, from_record  # noqa: E402
+from pipelines.history import record_history, toy_world  # noqa: E402
+from pipelines.policy_setup import build_policy  # noqa: E402
+from pipelines.records import micros  # noqa: E402
+from pipelines.scheduler import NO_STATE_CACHE, build_live, build_replay, replay_runner  # noqa: E402
+from pipelines.settings import PipelineSettings  # noqa: E402
+from pipelines.state import RefTable, Tracked, pack, short_hash  # noqa: E402
+from scanflow.config import load_settings  # noqa: E402
+from scanflow.policy import DAY, Observation  # noqa: E402
+
+
+def _load() -> str:
+    return "load average " + ", ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def _cpu_self() -> float:
+    """CPU seconds (user + system) of this process so far, all threads (LOOPBACK workers included)."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _cpu_of(pid: int) -> float:
+    """CPU seconds of another process (the Prism job server) from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _stamp(item):
+    return TimestampedValue(item, (item.ended_us if isinstance(item, Done) else item.ts_us) / 1e6)
+
+
+def _history(policy, settings, hosts: int, days: float, start: float):
+    world = toy_world(hosts, kb=policy.estimator.kb, silent=policy.port_sets.silent.ports, start=start, days=days)
+    return record_history(world, policy, start=start, horizon=start + days * DAY, prefix=28,
+                          round_timeout_s=settings.round_timeout_s, command_ttl_s=settings.command_ttl_s)
+
+
+def _sweep_ranges(hosts: int) -> tuple[str, ...]:
+    import ipaddress
+
+    first = int(ipaddress.IPv4Address("198.51.100.0"))
+    nets = ipaddress.summarize_address_range(ipaddress.IPv4Address(first),
+                                             ipaddress.IPv4Address(first + hosts - 1))
+    return tuple(str(n.supernet(new_prefix=min(n.prefixlen, 28))) for n in nets)
+
+
+def bench_bounded(cfg, hosts: int, days: float) -> None:
+    start = 1_700_000_000.0
+    ps = PipelineSettings(sweep_ranges=_sweep_ranges(hosts), sweep_prefix=28)
+    policy = build_policy(cfg, ps)
+    t = time.perf_counter()
+    history = _history(policy, ps, hosts, days, start)
+    items = [from_record(n, r) for n, r in history.records]
+    print(f"history: {len(items):,} events, {len(history.decisions):,} decisions "
+          f"({time.perf_counter() - t:.1f} s to generate, not timed below)")
+    t, cpu = time.perf_counter(), _cpu_self()
+    with beam.Pipeline(runner=replay_runner()) as p:
+        events = p | beam.Create(items, reshuffle=False) | beam.Map(_stamp)
+        out, _ = build_replay(p, events, ps, policy, start=start, horizon=start + days * DAY)
+    dt, cpu = time.perf_counter() - t, _cpu_self() - cpu
+    print(f"bounded, FnApiRunner, from memory: {len(items) / dt:>10,.0f} events/s, "
+          f"{len(items) / cpu:,.0f} events/CPU-s ({dt:.1f} s; {_load()})")
+
+    from connectors.kafka_admin import admin_client
+    from connectors.kafka_io import AvroProducer
+    from kafka.admin import NewTopic
+
+    topic = f"bench.pipeline.{uuid.uuid4().hex[:8]}"
+    admin = admin_client(cfg.kafka)
+    admin.create_topics([NewTopic(topic, 6, 1)])
+    try:
+        with AvroProducer(cfg.kafka, event_time_timestamps=True) as producer:
+            for name, record in history.records:
+                producer.send(topic, name, record)
+        from pipelines.sources import ReadEvents
+
+        t, cpu = time.perf_counter(), _cpu_self()
+        with beam.Pipeline(runner=replay_runner()) as p:
+            events = p | ReadEvents(cfg.kafka, topic, cfg.topics.dead_letter, start_time_ms=int(start * 1000),
+                                    stop_time_ms=int((start + days * DAY) * 1000) + 1)
+            build_replay(p, events, ps, policy, start=start, horizon=start + days * DAY)
+        dt, cpu = time.perf_counter() - t, _cpu_self() - cpu
+        print(f"bounded, FnApiRunner, from Kafka:  {len(items) / dt:>10,.0f} events/s, "
+              f"{len(items) / cpu:,.0f} events/CPU-s ({dt:.1f} s; {_load()})")
+    finally:
+        admin.delete_topics([topic])
+        admin.close()
+
+
+def bench_live(cfg, hosts: int, days: float, state_cache: bool = False) -> None:
+    from connectors.kafka_admin import admin_client
+    from connectors.kafka_io import AvroProducer, make_consumer, topic_partitions
+    from kafka.admin import NewTopic
+    from pipelines.runners import PrismServer, pipeline_options, prism_binary
+
+    now = time.time()
+    start = now - days * DAY - 3600
+    ps = PipelineSettings(group_id=f"bench-{uuid.uuid4().hex[:8]}", watermark_lag_s=1.0)
+    policy = build_policy(cfg, ps)
+    history = _history(policy, ps, hosts, days, start)
+    last = {}
+    for d in history.decisions:
+        if d["next_scan_at"] is not None:
+            last[d["ip"]] = max(last.get(d["ip"], 0), d["decided_at"])
+        else:
+            last.pop(d["ip"], None)
+    names = {k: f"bench.{k}.{uuid.uuid4().hex[:8]}" for k in ("events", "commands", "state", "dead")}
+    admin = admin_client(cfg.kafka)
+    admin.create_topics([NewTopic(names["events"], 6, 1), NewTopic(names["commands"], 3, 1),
+                         NewTopic(names["state"], 6, 1, topic_configs={"cleanup.policy": "compact"}),
+                         NewTopic(names["dead"], 1, 1)])
+    topics = dataclasses.replace(cfg.topics, events=names["events"], commands=names["commands"],
+                                 ip_state=names["state"], dead_letter=names["dead"])
+    run_cfg = dataclasses.replace(cfg, topics=topics)
+    try:
+        with AvroProducer(cfg.kafka, event_time_timestamps=True) as producer:
+            for name, record in history.records:
+                producer.send(names["events"], name, record)
+        consumer = make_consumer(cfg.kafka)
+        consumer.assign(topic_partitions(consumer, [names["state"]]))
+        seen: dict[str, int] = {}
+        log_path = Path(f"/tmp/bench-prism-{uuid.uuid4().hex[:6]}.log")
+        with PrismServer(prism_binary(cfg), log_path) as server:
+            options = pipeline_options(run_cfg, streaming=True, runner="prism",
+                                       extra=[*([] if state_cache else [NO_STATE_CACHE]), *server.pipeline_args()])
+            p = beam.Pipeline(options=options)
+            build_live(p, run_cfg, ps, policy)
+            t0, cpu0, prism0 = time.perf_counter(), _cpu_self(), _cpu_of(server._proc.pid)
+            result = p.run()
+            first = None
+            from connectors.avro_codec import default_codec
+
+            codec = default_codec()
+            try:
+                while sum(1 for ip, at in last.items() if seen.get(ip, 0) >= at) < len(last):
+                    for batch in consumer.poll(timeout_ms=200).values():
+                        for r in batch:
+                            first = first or time.perf_counter()
+                            if r.value is not None:
+                                rec = codec.decode(r.value).record
+                                seen[rec["ip"]] = max(seen.get(rec["ip"], 0), rec["updated_at"])
+                    if time.perf_counter() - t0 > 1800:
+                        raise SystemExit("live benchmark: not done after 30 minutes")
+                done = time.perf_counter()
+                cpu, prism_cpu = _cpu_self() - cpu0, _cpu_of(server._proc.pid) - prism0
+            finally:
+                result.cancel()
+                consumer.close()
+        n = len(history.records)
+        print(f"live, Prism (SDK state cache {'on' if state_cache else 'off'}), {n:,} events backlog, "
+              f"{len(last):,} tracked IPs: "
+              f"{n / (done - t0):>8,.0f} events/s with job start ({done - t0:.1f} s), "
+              f"{n / (done - first):,.0f} events/s after the first state record; "
+              f"{n / (cpu + prism_cpu):,.0f} events/CPU-s (Python {cpu:.1f} s + Prism {prism_cpu:.1f} s; {_load()})")
+    finally:
+        admin.delete_topics(list(names.values()))
+        admin.close()
+
+
+def bench_state(cfg, tracked: int, seed: int = 5) -> None:
+    ps = PipelineSettings()
+    policy = build_policy(cfg, ps)
+    refs = RefTable.of_policy(policy)
+    kb = policy.estimator.kb
+    rng = random.Random(seed)
+    devices = [d for d in kb.devices if d.keywords]
+    silent = policy.port_sets.silent
+    sizes, keys = [], []
+    t = time.perf_counter()
+    now = 1_700_000_000.0
+    for i in range(tracked):
+        ip = f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"
+        if rng.random() < 0.5:
+            d = rng.choice(devices)
+            ports = sorted(rng.sample(sorted(d.ports), min(len(d.ports), rng.randint(1, 3))))
+            banners = {ports[0]: f"HTTP/1.1 200 OK\r\nServer: {d.keywords[0]}\r\n\r\n".encode()}
+        else:
+            ports = sorted(rng.sample([21, 22, 23, 25, 80, 443, 8080, 7547], rng.randint(1, 3)))
+            banners = {p: f"SSH-2.0-OpenSSH_{rng.randint(6, 9)}\r\n".encode() for p in ports if rng.random() < 0.5}
+        state, plan = policy.decide(None, Observation.of(ports, banners, probed=silent), now)
+        recent = [short_hash(f"{ip}-0")]
+        for k in range(rng.randint(0, 3)):
+            state, plan = policy.decide(state, Observation.of(ports, banners, probed=plan.ports), plan.at)
+            recent.insert(0, short_hash(f"{ip}-{k + 1}"))
+        value = pack(Tracked(state, plan.at, plan.reason, rng.random() < 0.5, plan.at - 43200, plan.at - 43200,
+                             tuple(recent[:ps.recent_scans])), refs)
+        sizes.append(len(value))
+        keys.append(len(ip))
+    dt = time.perf_counter() - t
+    total = [s + k for s, k in zip(sizes, keys)]
+    total.sort()
+    print(f"state: {tracked:,} tracked IPs ({dt:.0f} s to build): value {statistics.mean(sizes):.1f} B mean, "
+          f"value + key {statistics.mean(total):.1f} B mean, p50 {total[len(total) // 2]} B, "
+          f"p99 {total[int(len(total) * 0.99)]} B, max {total[-1]} B; "
+          f"{sum(total) / 2**20:.0f} MiB for all")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--hosts", type=int, default=5000)
+    ap.add_argument("--days", type=float, default=10.0)
+    ap.add_argument("--tracked", type=int, default=1_000_000)
+    ap.add_argument("--only", choices=("bounded", "live", "state"), action="append")
+    ap.add_argument("--state-cache", action="store_true",
+                    help="live: keep the SDK worker's state cache on (default: off, as the CLI runs it)")
+    args = ap.parse_args(argv)
+    logging.disable(logging.WARNING)
+    cfg = load_settings()
+    for what in args.only or ("bounded", "live", "state"):
+        if what == "bounded":
+            bench_bounded(cfg, args.hosts, args.days)
+        elif what == "live":
+            bench_live(cfg, args.hosts, args.days, args.state_cache)
+        else:
+            bench_state(cfg, args.tracked)
+
+
+if __name__ == "__main__":
+    main()
