@@ -178,11 +178,15 @@ class Agent:
                          ipv6=getattr(self.backend, "ipv6", True))
         self.runs.add(run)
         self.metrics.inflight_commands = len(self.runs)
+        cancelled = False
         try:
             if run.active and not run.stopping:
                 await self.backend.run(run)
         except asyncio.CancelledError:
+            # Still say what was done (ABORTED), then let the cancellation through: the offset is
+            # not committed, so the command runs again elsewhere.
             run.abort("agent stopped; scan abandoned")
+            cancelled = True
         finally:
             self.runs.discard(run)
             self.metrics.inflight_commands = len(self.runs)
@@ -197,13 +201,14 @@ class Agent:
                  ", ".join(f"{t.target.text} {t.status.lower()} {t.responses} responses "
                            f"{t.packets} packets" for t in tallies),
                  extra={"command_id": prepared.command_id, "outcome": outcome})
+        if cancelled:
+            raise asyncio.CancelledError
         return tallies
 
     def _start_us(self, command: dict, virtual: bool) -> int:
         if not virtual:
             return self._now_us()
-        # Virtual time: the scan happens when it was due, never before the last simulated scan ended
-        # (one agent probes one thing at a time in its own timeline).
+        # Virtual time: the scan happens when it was due, whatever the wall clock says.
         due = command.get("not_before") or command.get("issued_at") or self._now_us()
         return max(due, self.settings.sim_epoch_us)
 

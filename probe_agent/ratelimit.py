@@ -17,16 +17,21 @@ class TokenBucket:
     :meth:`acquire` waits for tokens before a packet is sent. Packets that are only known after the
     fact (the ACK and request of an established connection, its FIN) are :meth:`charge` d: the balance
     may go negative and later acquires wait until it is paid back, so the long-run packet rate stays
-    at or under ``rate`` whatever each probe turned out to cost. The bucket starts full.
+    at or under ``rate`` whatever each probe turned out to cost.
+
+    The bucket starts empty (``start_full=False``): no burst when an agent (re)starts, and at most
+    ``rate * t`` packets in the first ``t`` seconds. Its depth (``capacity``) is what a sender that
+    was held up (a busy machine) may catch up at once, so the average keeps to the rate.
     """
 
-    def __init__(self, rate: float, capacity: float, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, rate: float, capacity: float, clock: Callable[[], float] = time.monotonic, *,
+                 start_full: bool = False):
         if rate <= 0 or capacity <= 0:
             raise ValueError("rate and capacity must be > 0")
         self.rate = float(rate)
         self.capacity = float(capacity)
         self.clock = clock
-        self._tokens = float(capacity)
+        self._tokens = float(capacity) if start_full else 0.0
         self._stamp = clock()
         self.granted = 0
         self.charged = 0

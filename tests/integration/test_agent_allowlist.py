@@ -146,7 +146,8 @@ def test_exclusions_win_over_the_allowlist_and_changes_apply(kafka, make_topic, 
 def test_packet_rate_on_the_wire_stays_within_ten_percent_of_the_cap(kafka, make_topic, tmp_path):
     require_root()
     # 1,000 packets/s needs a few % of a CPU, so even a machine loaded with other jobs keeps up;
-    # 6,000 probes (6 s) make the start-up burst of the bucket (0.1 s) and stray stalls small.
+    # the bucket starts empty, and its 0.5 s depth lets the agent catch up when the busy machine
+    # holds it up, so over 6,000 probes (6 s) the average is the cap.
     cap_pps = 1000
     ports = list(range(20001, 26001))
     open_ports = [20100, 21100, 22100, 23100, 24100]
@@ -155,7 +156,7 @@ def test_packet_rate_on_the_wire_stays_within_ten_percent_of_the_cap(kafka, make
     with TestNet() as net:
         start_services(net, net.ns_ip, tmp_path / "services.log", [("ssh", p) for p in open_ports])
         settings = AgentSettings(backend="connect", allowlist=(f"{net.ns_ip}/32",), interface=net.host_if,
-                                 contact=CONTACT, rate_pps=cap_pps, per_target_pps=cap_pps, burst_s=0.1,
+                                 contact=CONTACT, rate_pps=cap_pps, per_target_pps=cap_pps, burst_s=0.5,
                                  concurrency=256,
                                  connect_timeout_s=2, read_timeout_s=2, passive_wait_s=0.5,
                                  portset_dir=str(tmp_path), agent_id="test-agent", skip_tracked=False)

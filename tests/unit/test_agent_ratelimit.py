@@ -29,10 +29,25 @@ def test_bucket_grants_the_rate_over_a_long_run():
             await bucket.acquire(1, sleep=clock.sleep)
 
     start = clock.t
-    asyncio.run(drain(10_025))
-    # The first 25 come from the full bucket; the other 10,000 need exactly 20 s at 500/s.
+    asyncio.run(drain(10_000))
+    # The bucket starts empty: 10,000 packets take exactly 20 s at 500/s, no burst at the start.
     assert clock.t - start == pytest.approx(20.0, rel=1e-9)
-    assert bucket.granted == 10_025
+    assert bucket.granted == 10_000
+
+
+def test_a_full_bucket_lets_its_depth_through_at_once():
+    clock = Clock()
+    bucket = TokenBucket(rate=500, capacity=25, clock=clock, start_full=True)
+    assert sum(1 for _ in range(30) if bucket.try_acquire() == 0) == 25
+
+
+def test_a_sender_held_up_catches_up_at_most_the_depth():
+    clock = Clock()
+    bucket = TokenBucket(rate=100, capacity=50, clock=clock)
+    clock.t += 0.3                                  # held up 0.3 s: 30 tokens accrued, all usable
+    assert sum(1 for _ in range(100) if bucket.try_acquire() == 0) == 30
+    clock.t += 2.0                                  # held up 2 s: only the depth (50) is kept
+    assert sum(1 for _ in range(300) if bucket.try_acquire() == 0) == 50
 
 
 def test_bucket_never_bursts_more_than_its_capacity_after_idling():
@@ -47,7 +62,7 @@ def test_bucket_never_bursts_more_than_its_capacity_after_idling():
 
 def test_charged_packets_are_paid_back_before_new_grants():
     clock = Clock()
-    bucket = TokenBucket(rate=10, capacity=1, clock=clock)
+    bucket = TokenBucket(rate=10, capacity=1, clock=clock, start_full=True)
     assert bucket.try_acquire() == 0
     bucket.charge(4)              # that probe cost 5 packets in all
     wait = bucket.try_acquire()
