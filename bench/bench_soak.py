@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scanflow.config import load_settings  # noqa: E402
-from scanflow.loop.orchestrate import Loop, LoopSpec, proc_status_kb  # noqa: E402
+from scanflow.loop.orchestrate import Loop, LoopError, LoopSpec, proc_status_kb  # noqa: E402
 
 
 def slope_per_min(points: list[tuple[float, float]]) -> float:
@@ -68,13 +68,19 @@ def main() -> int:
 
     loop = Loop(spec, settings, echo=lambda line: print(line, flush=True), progress_every_s=args.every, tty=False,
                 on_sample=on_sample)
-    result = loop.run()
-    p = result.progress
-    wall = result.loop_wall_s
-    print()
-    print(f"bench_soak: {wall / 60:.1f} min of the loop, {args.ips:,} IPs, {p.virtual_days:.1f} virtual days, "
-          f"{args.agents} agents; {p.events:,} events ({p.events / wall:,.1f}/s), "
-          f"{p.commands:,} commands ({p.commands / wall:,.1f}/s), {p.lake_rows:,} lake rows")
+    try:
+        result = loop.run()
+    except LoopError as exc:
+        # A process died: the memory samples up to that point are still the soak's figures.
+        result = None
+        print(f"\nbench_soak: the loop failed after {(time.monotonic() - t0) / 60:.1f} min: {exc}")
+    if result is not None:
+        p = result.progress
+        wall = result.loop_wall_s
+        print()
+        print(f"bench_soak: {wall / 60:.1f} min of the loop, {args.ips:,} IPs, {p.virtual_days:.1f} virtual days, "
+              f"{args.agents} agents; {p.events:,} events ({p.events / wall:,.1f}/s), "
+              f"{p.commands:,} commands ({p.commands / wall:,.1f}/s), {p.lake_rows:,} lake rows")
     print(f"  {'process':<13} {'samples':>7} {'first MB':>9} {'last MB':>8} {'max MB':>7} "
           f"{'slope MB/min':>13} {'growth MB':>10}  verdict")
     for name, points in sorted(samples.items()):
@@ -86,7 +92,7 @@ def main() -> int:
         flat = abs(growth) < args.flat_mb or abs(growth) < 0.05 * mean
         print(f"  {name:<13} {len(points):>7} {points[0][1]:>9.1f} {points[-1][1]:>8.1f} "
               f"{max(v for _, v in points):>7.1f} {slope:>13.3f} {growth:>10.1f}  {'flat' if flat else 'GROWING'}")
-    return 0
+    return 0 if result is not None else 1
 
 
 if __name__ == "__main__":
