@@ -121,15 +121,21 @@ def test_hostile_commands_and_ip_state_are_refused_and_good_commands_still_run(k
     assert not [e for e in events.records("ScanEvent") if not ipaddress.ip_address(e["ip"]) in world]
     # Every hostile command is in the dead-letter topic with its reason (original bytes unchanged).
     reasons = Counter()
-    sent_values = {value for _, value in hostile.values()}
+    name_of = {value: name for name, (_, value) in hostile.items()}
+    reason_of: dict[str, str] = {}
     for rec in dead.raw:
         headers = dict(rec.headers or [])
         assert headers.get("scanflow.error.class"), rec
-        assert rec.value in sent_values
+        assert rec.value in name_of
+        reason_of[name_of[rec.value]] = headers["scanflow.error.class"].decode()
         reasons[headers["scanflow.error.class"].decode()] += 1
-    assert sum(reasons.values()) == len(hostile), (reasons, len(hostile))
+    assert sum(reasons.values()) == len(hostile) == len(reason_of), (reasons, len(hostile))
+    for name in ("outside_allowlist", "loopback_not_allowed", "whole_internet", "half_outside"):
+        assert reason_of[name] == "OutsideAllowlist", (name, reason_of[name])
+    assert reason_of["foreign_fingerprint"] == "UnknownFingerprint"
+    assert reason_of["invalid_ip"] == "InvalidIp" and reason_of["invalid_port"] == "InvalidPort"
     print("FIGURES bad-commands", json.dumps({"hostile": len(hostile), "good": len(good),
-                                              "dead_lettered_by_reason": dict(reasons),
+                                              "dead_lettered_by_reason": dict(reasons), "reason_of": reason_of,
                                               "refused_dones": sum(d["status"] == "REFUSED" for d in dones)}))
 
 
