@@ -413,7 +413,14 @@ def read_records(kafka, topic: str, done, timeout_s: float = 60.0, raw: bool = F
         consumer.seek_to_beginning(*tps)
         out: list = []
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and not done(out):
+        ends = None
+        while time.monotonic() < deadline:
+            if ends is None and done(out):
+                # Also read what the other partitions hold up to now: a range's events and its
+                # ScanDone are keyed differently, so they need not arrive together.
+                ends = consumer.end_offsets(tps)
+            if ends is not None and all(consumer.position(tp) >= end for tp, end in ends.items()):
+                break
             for records in consumer.poll(timeout_ms=200).values():
                 for rec in records:
                     if raw:
