@@ -159,6 +159,12 @@ class ProgressDisplay:
         self.stream.flush()
         self._width = len(line)
 
+    def clear(self) -> None:
+        """Blank the line (before a log line is written to the same terminal)."""
+        if self._width:
+            self.stream.write("\r" + " " * self._width + "\r")
+            self._width = 0
+
     def finish(self) -> None:
         """End the line so that later output starts on a fresh one."""
         if self._width:
@@ -183,9 +189,23 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, separators=(",", ":"))
 
 
-def setup_logging(fmt: str = "text", level: int = logging.INFO, stream: TextIO = sys.stderr) -> None:
-    """Configure the ``scanflow`` loggers: JSON lines or plain text, on ``stream``."""
-    handler = logging.StreamHandler(stream)
+class _ClearingHandler(logging.StreamHandler):
+    """A stream handler that blanks the progress line first, so log lines never mix with it."""
+
+    def __init__(self, stream: TextIO, display: ProgressDisplay):
+        super().__init__(stream)
+        self.display = display
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.display.clear()
+        super().emit(record)
+
+
+def setup_logging(fmt: str = "text", level: int = logging.INFO, stream: TextIO = sys.stderr,
+                  display: ProgressDisplay | None = None) -> None:
+    """Configure the ``scanflow`` loggers: JSON lines or plain text, on ``stream`` (sharing it with
+    ``display``'s progress line when given)."""
+    handler = logging.StreamHandler(stream) if display is None else _ClearingHandler(stream, display)
     handler.setFormatter(JsonFormatter() if fmt == "json" else
                          logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger("scanflow")

@@ -109,6 +109,8 @@ async def _main(obj: CliContext, settings, scan_targets, port_list, until_idle) 
         if settings.metrics_port else None
     show = settings.progress == "on" or (settings.progress == "auto" and sys.stderr.isatty())
     display = ProgressDisplay(agent_.metrics) if show else None
+    if display is not None:
+        setup_logging(settings.log_format, display=display)   # log lines blank the progress line first
     agent_.install_signal_handlers()
     last = [0.0]
 

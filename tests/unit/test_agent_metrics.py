@@ -72,3 +72,20 @@ def test_json_logs_are_one_object_per_line_with_extra_fields():
     record = json.loads(out.getvalue().splitlines()[-1])
     assert record["msg"] == "command c-1 done" and record["command_id"] == "c-1" and record["level"] == "info"
     assert isinstance(JsonFormatter().format(logging.makeLogRecord({"msg": "x"})), str)
+
+
+def test_log_lines_blank_the_progress_line_first():
+    out = io.StringIO()
+    display = ProgressDisplay(sample(), out)
+    root = logging.getLogger("scanflow")
+    saved = root.handlers[:], root.propagate, root.level
+    try:
+        setup_logging("text", stream=out, display=display)
+        display.update()
+        logging.getLogger("scanflow.agent").warning("a log line")
+    finally:
+        root.handlers[:], root.propagate, root.level = saved[0], saved[1], saved[2]
+    text = out.getvalue()
+    drawn = text.index("probes 5,000")
+    blanked = text.index("\r" + " " * len(sample().progress_line()) + "\r")
+    assert drawn < blanked < text.index("a log line")
