@@ -40,7 +40,6 @@ from apache_beam.transforms.window import TimestampedValue  # noqa: E402
 from pipelines.glue import US, Done, from_record  # noqa: E402
 from pipelines.history import record_history, toy_world  # noqa: E402
 from pipelines.policy_setup import build_policy  # noqa: E402
-from pipelines.records import micros  # noqa: E402
 from pipelines.scheduler import NO_STATE_CACHE, build_live, build_replay, replay_runner  # noqa: E402
 from pipelines.settings import PipelineSettings  # noqa: E402
 from pipelines.state import RefTable, Tracked, pack, short_hash  # noqa: E402

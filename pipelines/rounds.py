@@ -11,8 +11,9 @@ last response when the ScanDone never comes (the agent died): then it is ``TIMED
 policy treats as not complete. A closed scan id is remembered for ``dedupe_horizon_s``: a round
 delivered again (agent retry, replay overlap) is not assembled twice.
 
-Cost: an element only appends to state and sets a timer; nothing is read per element (on a portable
-runner every state read is a round trip to the runner). State is read once, when a timer fires.
+Cost: the responses of a scan that arrive in one bundle are sent on together; each such batch only
+appends to state and sets timers, nothing is read per element (on a portable runner every state read
+is a round trip to the runner). State is read once, when a timer fires.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from apache_beam.coders import FastPrimitivesCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.windowed_value import WindowedValue
 
 from pipelines.beamfix import lighten_state_cache_weigher
 from pipelines.glue import US, Done, Event, assemble, timer_time
@@ -54,18 +57,24 @@ class _AssembleFn(beam.DoFn):
         self._timed_out = Metrics.counter(_METRICS, "timed_out_scans")
         self._stale = Metrics.counter(_METRICS, "stale_rounds")
 
-    def process(self, element, ts=beam.DoFn.TimestampParam, events=beam.DoFn.StateParam(EVENTS),
-                done=beam.DoFn.StateParam(DONE), close=beam.DoFn.TimerParam(CLOSE),
-                timeout=beam.DoFn.TimerParam(TIMEOUT)):
-        _, item = element
-        if isinstance(item, Done):
-            # The same ScanDone twice writes the same value. Close once the watermark passes it:
-            # every response sent before it is in by then.
-            done.write(tuple(item))
-            close.set(timer_time(ts.micros))
-        else:
-            events.add(tuple(item))
-            timeout.set(timer_time(ts.micros + self._timeout_us))
+    def process(self, element, events=beam.DoFn.StateParam(EVENTS), done=beam.DoFn.StateParam(DONE),
+                close=beam.DoFn.TimerParam(CLOSE), timeout=beam.DoFn.TimerParam(TIMEOUT)):
+        _, batch = element
+        latest, has_done = None, False
+        for us, fields, is_done in batch:
+            if is_done:
+                # The same ScanDone twice writes the same value. Close once the watermark passes
+                # it: every response sent before it is in by then.
+                done.write(fields)
+                close.set(timer_time(us))
+                has_done = True
+            else:
+                events.add(fields)
+                latest = us if latest is None else max(latest, us)
+        if latest is not None and not has_done:
+            # Only a scan whose ScanDone has not come with its responses needs the timeout (timers
+            # are what a runner charges most for, per element).
+            timeout.set(timer_time(latest + self._timeout_us))
 
     @on_timer(CLOSE)
     def on_close(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
@@ -129,6 +138,24 @@ class _AssembleFn(beam.DoFn):
         timeout.clear()
 
 
+class _GatherInBundle(beam.DoFn):
+    """Responses of one scan that arrive in the same bundle go to the keyed stage together: one
+    element, one state append and one timer per scan and bundle instead of per response. (A
+    per-IP scan's responses and ScanDone are consecutive records of one partition.)"""
+
+    def start_bundle(self):
+        self._scans: dict = {}
+
+    def process(self, item, ts=beam.DoFn.TimestampParam, win=beam.DoFn.WindowParam):
+        self._scans.setdefault((item.scan_id, win), []).append((ts.micros, tuple(item), isinstance(item, Done)))
+
+    def finish_bundle(self):
+        for (scan_id, win), batch in self._scans.items():
+            # The earliest element time of the batch: none of its items is later than it may be.
+            yield WindowedValue((scan_id, batch), Timestamp(micros=min(us for us, _, _ in batch)), [win])
+        self._scans = {}
+
+
 class AssembleRounds(beam.PTransform):
     """:class:`~pipelines.glue.Event` / :class:`~pipelines.glue.Done` -> ``(ip, Round)``.
 
@@ -143,6 +170,5 @@ class AssembleRounds(beam.PTransform):
 
     def expand(self, items):
         return (items
-                | "KeyByScan" >> beam.Map(lambda item: (item.scan_id, item)).with_output_types(
-                    beam.typehints.KV[str, Any])
+                | "KeyByScan" >> beam.ParDo(_GatherInBundle()).with_output_types(beam.typehints.KV[str, Any])
                 | "GatherScan" >> beam.ParDo(self._fn))
