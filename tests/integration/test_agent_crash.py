@@ -87,11 +87,11 @@ def test_a_command_killed_mid_scan_is_executed_again_and_no_response_is_lost(kaf
     s = Setup(make_topic, tmp_path)
     try:
         s.send_command(kafka, "crash-1")
-        # The silent port holds the command open for a minute: the kill lands mid-command.
-        first = s.agent("--set", "read_timeout_s=60")
+        # The silent port holds the command open for minutes: the kill lands mid-command.
+        first = s.agent("--set", "read_timeout_s=300")
         try:
             early = read_records(kafka, s.events, lambda out: any(d.schema == "ScanEvent" for _, d in out),
-                                 timeout_s=60)
+                                 timeout_s=180)
             assert [d for _, d in early if d.schema == "ScanEvent"], "the agent published nothing"
             assert not [d for _, d in early if d.schema == "ScanDone"]
         finally:
@@ -124,9 +124,11 @@ def test_sigterm_abandons_a_long_scan_cleanly_and_reports_it_aborted(kafka, make
     s = Setup(make_topic, tmp_path)
     try:
         s.send_command(kafka, "stop-1")
-        agent = s.agent("--set", "read_timeout_s=120", "--set", "stop_grace_s=1")
+        agent = s.agent("--set", "read_timeout_s=600", "--set", "stop_grace_s=1")
         try:
-            read_records(kafka, s.events, lambda out: any(d.schema == "ScanEvent" for _, d in out), timeout_s=60)
+            early = read_records(kafka, s.events, lambda out: any(d.schema == "ScanEvent" for _, d in out),
+                                 timeout_s=180)
+            assert [d for _, d in early if d.schema == "ScanEvent"], "the agent published nothing"
             agent.send_signal(signal.SIGTERM)
             out, err = agent.communicate(timeout=60)
         finally:
