@@ -68,6 +68,13 @@ class Setup:
         finally:
             consumer.close()
 
+    @staticmethod
+    def log_of(agent: subprocess.Popen) -> str:
+        """The agent published nothing: stop it and say what it logged."""
+        agent.kill()
+        _, err = agent.communicate()
+        return f"the agent published nothing; its log:\n{err[-4000:]}"
+
     def close(self) -> None:
         self.services.terminate()
         self.services.wait(10)
@@ -92,7 +99,7 @@ def test_a_command_killed_mid_scan_is_executed_again_and_no_response_is_lost(kaf
         try:
             early = read_records(kafka, s.events, lambda out: any(d.schema == "ScanEvent" for _, d in out),
                                  timeout_s=180)
-            assert [d for _, d in early if d.schema == "ScanEvent"], "the agent published nothing"
+            assert [d for _, d in early if d.schema == "ScanEvent"], s.log_of(first)
             assert not [d for _, d in early if d.schema == "ScanDone"]
         finally:
             first.send_signal(signal.SIGKILL)
@@ -128,7 +135,7 @@ def test_sigterm_abandons_a_long_scan_cleanly_and_reports_it_aborted(kafka, make
         try:
             early = read_records(kafka, s.events, lambda out: any(d.schema == "ScanEvent" for _, d in out),
                                  timeout_s=180)
-            assert [d for _, d in early if d.schema == "ScanEvent"], "the agent published nothing"
+            assert [d for _, d in early if d.schema == "ScanEvent"], s.log_of(agent)
             agent.send_signal(signal.SIGTERM)
             out, err = agent.communicate(timeout=60)
         finally:
