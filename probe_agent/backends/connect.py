@@ -94,6 +94,11 @@ class ConnectGrabber:
                     return ProbeResult(ip, port, ProbeStatus.UNREACHABLE, packets=sent,
                                        bytes=sent * syn_bytes, error=str(exc), timestamp_us=_now_us())
                 return ProbeResult(ip, port, ProbeStatus.ERROR, packets=0, bytes=0, error=str(exc))
+            if sock.getsockname()[1] == port and ip == sock.getsockname()[0]:
+                # TCP "self-connect": on loopback the kernel may pick the closed target port as the
+                # source port and the socket answers itself. Nothing listens there.
+                return ProbeResult(ip, port, ProbeStatus.CLOSED, packets=1, bytes=syn_bytes,
+                                   timestamp_us=_now_us())
             opened_us = _now_us()
             banner, eof, protocol, first_us = await self._read_banner(loop, sock, ip, port)
             counters = _tcp_counters(sock)
