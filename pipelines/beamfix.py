@@ -41,3 +41,39 @@ def lighten_state_cache_weigher() -> bool:
     get_deep_size._scanflow_light = True  # type: ignore[attr-defined]
     statecache.get_deep_size = get_deep_size
     return True
+
+
+def decline_nan_splits() -> bool:
+    """Make the SDK worker decline a split request whose progress or fraction is not a finite number.
+
+    In a long live run on Prism the scheduler's worker received a split request for which Beam's
+    ``DataInputOperation._compute_split`` computed with NaN and raised ``ValueError: cannot convert
+    float NaN to integer`` from ``int(round(...))``, which failed the bundle and so the whole job (seen
+    after ~5 minutes of the soak, docs/RELIABILITY.md). Declining a split is always safe: the runner
+    keeps the bundle whole, exactly as when an SDF refuses to split. Finite requests are untouched.
+    Idempotent; applied from the stateful DoFns' ``setup`` like :func:`lighten_state_cache_weigher`.
+    """
+    import math
+
+    try:
+        from apache_beam.runners.worker import bundle_processor
+        operation = bundle_processor.DataInputOperation
+        original = operation.__dict__["_compute_split"].__func__
+    except (ImportError, AttributeError, KeyError):
+        log.warning("Beam's DataInputOperation is not as expected; NaN split requests are not guarded")
+        return False
+    if getattr(original, "_scanflow_guard", False):
+        return True
+
+    def _compute_split(index, current_element_progress, stop, fraction_of_remainder, total_buffer_size,
+                       allowed_split_points=(), try_split=lambda fraction: None):
+        if not (math.isfinite(current_element_progress) and math.isfinite(fraction_of_remainder)):
+            log.warning("declined a split request with progress %r and fraction %r",
+                        current_element_progress, fraction_of_remainder)
+            return None
+        return original(index, current_element_progress, stop, fraction_of_remainder, total_buffer_size,
+                        allowed_split_points, try_split)
+
+    _compute_split._scanflow_guard = True  # type: ignore[attr-defined]
+    operation._compute_split = staticmethod(_compute_split)
+    return True

@@ -35,7 +35,7 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Timestamp
 
-from pipelines.beamfix import lighten_state_cache_weigher
+from pipelines.beamfix import decline_nan_splits, lighten_state_cache_weigher
 from pipelines.glue import Round, timer_time
 from pipelines.records import command_record, decision_record, ip_state_record, micros
 from pipelines.state import STATE_HEADER, RefTable, pack, pack_header, unpack, unpack_header
@@ -77,6 +77,7 @@ class _TrackFn(beam.DoFn):
 
     def setup(self):
         lighten_state_cache_weigher()
+        decline_nan_splits()
         self._tracker = IpTracker(self._policy, **self._args)
         self._refs = RefTable.of_policy(self._policy)
         self._name = self._policy.name

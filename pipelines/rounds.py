@@ -28,7 +28,7 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
-from pipelines.beamfix import lighten_state_cache_weigher
+from pipelines.beamfix import decline_nan_splits, lighten_state_cache_weigher
 from pipelines.glue import US, Done, Event, assemble, timer_time
 
 _METRICS = "scanflow.rounds"
@@ -52,6 +52,7 @@ class _AssembleFn(beam.DoFn):
 
     def setup(self):
         lighten_state_cache_weigher()
+        decline_nan_splits()
         self._late = Metrics.counter(_METRICS, "after_close")
         self._rounds = Metrics.counter(_METRICS, "rounds")
         self._timed_out = Metrics.counter(_METRICS, "timed_out_scans")
