@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $@
 
 setup: $(STAMP)
-	@bash infra/system-deps.sh
+	@bash infra/system-deps.sh nmap masscan openssh-server vsftpd tcpdump
 	@$(BIN)/scanflow infra fetch
 	@$(BIN)/scanflow infra prism
 
