@@ -8,6 +8,7 @@ if it started it. Every test gets unique topic names from ``make_topic``.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -69,3 +70,31 @@ def make_topic(kafka):
         except Exception:  # noqa: BLE001 - cleanup of a test topic must not fail the test
             pass
     admin.close()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def second_broker(tmp_path):
+    """A broker of its own (free ports, temporary state dir) that a test may stop, kill and restart;
+    never the session broker. Returns ``run(action)`` (kafka.sh up|down|status|reset) with ``.port``,
+    ``.state`` and ``.bootstrap``."""
+    env = dict(os.environ, SCANFLOW_INFRA_KAFKA_PORT=str(free_port()),
+               SCANFLOW_INFRA_KAFKA_CONTROLLER_PORT=str(free_port()),
+               SCANFLOW_INFRA_STATE_DIR=str(tmp_path / "broker"), SCANFLOW_INFRA_KAFKA_HEAP="512m",
+               SCANFLOW_PYTHON=sys.executable)
+
+    def run(action: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(KAFKA_SCRIPT), action], env=env, capture_output=True,
+                              text=True, timeout=180)
+
+    run.port = int(env["SCANFLOW_INFRA_KAFKA_PORT"])
+    run.state = tmp_path / "broker" / "kafka"
+    run.bootstrap = f"127.0.0.1:{run.port}"
+    yield run
+    run("down")

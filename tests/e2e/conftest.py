@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,15 +20,7 @@ import pytest
 
 from scanflow.config import REPO_ROOT
 
-KAFKA_SCRIPT = REPO_ROOT / "infra" / "kafka" / "kafka.sh"
 SIM_WORLD = "10.0.0.0/22"          # the sim backend's synthetic addresses: nothing leaves the machine
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclasses.dataclass
@@ -163,25 +154,3 @@ def committed_total(kafka, group: str, topic: str) -> int:
 
 def new_group(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-def second_broker(tmp_path):
-    """A broker of its own (free ports, temporary state dir) that a test may kill and restart.
-
-    Returns ``run(action)`` (kafka.sh up|down|status) with ``.port``, ``.state`` and ``.bootstrap``.
-    """
-    env = dict(os.environ, SCANFLOW_INFRA_KAFKA_PORT=str(free_port()),
-               SCANFLOW_INFRA_KAFKA_CONTROLLER_PORT=str(free_port()),
-               SCANFLOW_INFRA_STATE_DIR=str(tmp_path / "broker"), SCANFLOW_INFRA_KAFKA_HEAP="512m",
-               SCANFLOW_PYTHON=sys.executable)
-
-    def run(action: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["bash", str(KAFKA_SCRIPT), action], env=env, capture_output=True,
-                              text=True, timeout=180)
-
-    run.port = int(env["SCANFLOW_INFRA_KAFKA_PORT"])
-    run.state = tmp_path / "broker" / "kafka"
-    run.bootstrap = f"127.0.0.1:{run.port}"
-    yield run
-    run("down")

@@ -2,18 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 from collections import defaultdict
 
-import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-
-from scanflow.config import REPO_ROOT
-
-KAFKA_SCRIPT = REPO_ROOT / "infra" / "kafka" / "kafka.sh"
 
 
 def _consume_all(options: dict, topic: str, expected: int, timeout_s: float = 60.0) -> list:
@@ -62,30 +53,6 @@ def test_ten_thousand_messages_round_trip_in_partition_order(kafka, make_topic):
         assert offsets == sorted(offsets)
     assert all(len(p) == 1 for p in partition_of_key.values()), "one key, one partition"
     assert got_per_key == sent_per_key, "per-key (hence per-partition) order is the send order"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def second_broker(tmp_path):
-    """A separate broker (own ports and state dir) that the test may stop and start at will."""
-    env = dict(os.environ, SCANFLOW_INFRA_KAFKA_PORT=str(_free_port()),
-               SCANFLOW_INFRA_KAFKA_CONTROLLER_PORT=str(_free_port()),
-               SCANFLOW_INFRA_STATE_DIR=str(tmp_path / "state"), SCANFLOW_INFRA_KAFKA_HEAP="512m",
-               SCANFLOW_PYTHON=sys.executable)
-
-    def run(action: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["bash", str(KAFKA_SCRIPT), action], env=env, capture_output=True,
-                              text=True, timeout=180)
-
-    run.port = int(env["SCANFLOW_INFRA_KAFKA_PORT"])
-    run.state = tmp_path / "state" / "kafka"
-    yield run
-    run("down")
 
 
 def test_broker_stop_start_keeps_data_and_up_is_idempotent(second_broker):
