@@ -89,6 +89,10 @@ def _has_flag(args: list[str], flag: str) -> bool:
     return any(a == flag or a.startswith(flag + "=") for a in args)
 
 
+#: Deadline of a live job's state/message streams (10 years): long enough never to end a live job.
+LIVE_JOB_STREAM_TIMEOUT_S = 10 * 365 * 24 * 3600
+
+
 def pipeline_options(settings: Settings | BeamSettings, *, streaming: bool, runner: str | None = None,
                      extra: list[str] | None = None) -> PipelineOptions:
     """PipelineOptions for ``runner`` (default: the ``beam.runner`` setting).
@@ -127,6 +131,11 @@ def pipeline_options(settings: Settings | BeamSettings, *, streaming: bool, runn
         raise ConfigError(f"beam.runner: {name!r} is not one of prism, fnapi, flink, dataflow")
     if streaming:
         args.append("--streaming")
+        if name in ("prism", "flink"):
+            # Beam uses job_server_timeout (default 300 s) as the gRPC deadline of the job's state and
+            # message streams, so wait_until_finish() of a live job fails with DEADLINE_EXCEEDED after
+            # five minutes (seen in the soak). A live scheduler runs for months.
+            args.append(f"--job_server_timeout={LIVE_JOB_STREAM_TIMEOUT_S}")
     return PipelineOptions(args + extra)
 
 
