@@ -25,7 +25,7 @@ def _scanflow(kafka, *args, timeout=300):
 
 def test_main_job_runs_the_loop_and_reports(kafka, prism_binary, tmp_path):
     run_dir, lake, report = tmp_path / "run", tmp_path / "lake", tmp_path / "report"
-    out = _scanflow(kafka, "run", "--ips", "500", "--days", "2", "--day-seconds", "10", "--agents", "1",
+    out = _scanflow(kafka, "run", "--ips", "500", "--days", "3", "--day-seconds", "15", "--agents", "1",
                     "--skip-kafka-up", "--run-dir", str(run_dir), "--lake", str(lake), "--out", str(report))
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "scanflow run: done" in out.stdout
