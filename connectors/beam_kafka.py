@@ -339,6 +339,8 @@ class _ReadPartition(beam.DoFn):
         rng = tracker.current_restriction()
         if rng.start >= rng.stop:
             tracker.try_claim(rng.stop)
+            if finalizer is not None:
+                finalizer.register(_no_op)      # see the end of this method: keep it finalizable
             return
         consumer = self._consumer_at(tp, rng.start)
         deadline = time.monotonic() + r.max_bundle_s

@@ -33,7 +33,7 @@ from probe_agent.ratelimit import PolitenessCap, TokenBucket
 from probe_agent.safety import Allowlist, ExclusionList, Refusal, TrackedIps
 from probe_agent.settings import AgentSettings
 from probe_agent.targets import Target
-from scanflow.config import KafkaSettings, TopicsSettings, resolve_path
+from scanflow.config import ConfigError, KafkaSettings, TopicsSettings, resolve_path
 
 log = logging.getLogger("scanflow.agent")
 
@@ -295,7 +295,7 @@ class Agent:
         """
         from kafka import ConsumerRebalanceListener
 
-        from connectors.kafka_io import make_consumer
+        from connectors.kafka_io import make_consumer, topic_partitions
         from probe_agent.publisher import IpStateReader
 
         await self.open()
@@ -311,9 +311,23 @@ class Agent:
             self.tracked.caught_up.set()
         # A 10 s session (heartbeats run in the client's own thread, so long scans do not count)
         # lets the group hand a crashed agent's partitions to another within seconds.
+        # Metadata refreshed every 30 s (default 5 min): a group assignment made from metadata that
+        # did not list the topic yet is redone within 30 s rather than leaving the agent idle.
         consumer = await call(make_consumer, self.kafka, self.settings.resolved_group_id(),
                               max_poll_interval_ms=300_000, session_timeout_ms=10_000,
-                              heartbeat_interval_ms=3_000, client_id=f"scanflow-agent-{self.agent_id}")
+                              heartbeat_interval_ms=3_000, metadata_max_age_ms=30_000,
+                              client_id=f"scanflow-agent-{self.agent_id}")
+        # Know the commands topic's partitions before joining the group: kafka-python joins as soon
+        # as it subscribes, and a join made before the topic's metadata arrived can be assigned
+        # nothing (seen on a just-started broker). A missing topic is an error naming the fix.
+        try:
+            await call(topic_partitions, consumer, [self.topics.commands], 15.0)
+        except ValueError as exc:
+            await call(consumer.close, autocommit=False)
+            kx.shutdown(wait=False)
+            if reader is not None:
+                reader.stop()
+            raise ConfigError(f"topics.commands: {exc}") from None
         agent = self
 
         class Listener(ConsumerRebalanceListener):

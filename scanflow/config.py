@@ -393,6 +393,9 @@ class AgentSettings:
     sim_horizon_days: float = 56.0
     sim_epoch_us: int = 0
     sim_loss: float = -1.0
+    #: World seconds per agent second: > 1 runs the world's devices (churn, outages) faster, as
+    #: ``scanflow run`` does when it compresses a virtual day into a few wall seconds.
+    sim_time_scale: float = 1.0
 
     def validate(self) -> "AgentSettings":
         """Check every value; raise :class:`ConfigError` naming the key and the fix. Returns self."""
@@ -404,7 +407,8 @@ class AgentSettings:
             raise ConfigError(f"agent.exclude_file: {self.exclude_file} does not exist; create it (it may "
                               "be empty) or leave the setting empty")
         for key in ("rate_pps", "per_target_pps", "burst_s", "connect_timeout_s", "read_timeout_s",
-                    "idle_gap_s", "commit_interval_s", "masscan_wait_s", "sim_horizon_days"):
+                    "idle_gap_s", "commit_interval_s", "masscan_wait_s", "sim_horizon_days",
+                    "sim_time_scale"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"agent.{key}: must be > 0, got {getattr(self, key)}")
         for key in ("passive_wait_s", "stop_grace_s"):

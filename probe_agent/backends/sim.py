@@ -8,7 +8,9 @@ world can be queried, not as fast as packets could be sent.
 
 The world's addresses are ``10.0.0.0 + 0 .. sim_n_ips-1`` (the allowlist must include them); its
 clock is seconds since ``agent.sim_epoch_us`` (0: midnight UTC of the day the agent started, so a
-live scheduler's commands fall inside the world's horizon), wrapping around at the horizon.
+live scheduler's commands fall inside the world's horizon) times ``agent.sim_time_scale`` (1: the
+world lives in real time; ``scanflow run`` sets one virtual day per ``day_seconds``), wrapping around
+at the horizon.
 
 Traffic is counted with the policy core's byte model at the IP layer (:class:`ByteModel`): a
 40-byte SYN per probe, an RST for an open port without a banner, and the banner exchange.
@@ -62,8 +64,8 @@ class SimBackend(Backend):
         self.base = BASE_ADDRESS
 
     def world_time(self, t_us: int) -> int:
-        """World seconds of agent time ``t_us`` (wrapping at the horizon)."""
-        return int((t_us - self.epoch_us) // US) % self.world.horizon
+        """World seconds of agent time ``t_us`` (times ``sim_time_scale``, wrapping at the horizon)."""
+        return int((t_us - self.epoch_us) * self.settings.sim_time_scale // US) % self.world.horizon
 
     def _result(self, ip: str, port: int, banner: bytes | None, target: int, t_us: int) -> ProbeResult:
         """What the grabber would have seen and sent on an open port."""

@@ -309,6 +309,8 @@ class Loop:
                 args += ["--rate", str(rate), "--per-target-rate", str(min(1000.0, rate)),
                          "--set", f"sim_n_ips={spec.ips}", "--set", f"sim_seed={spec.seed}",
                          "--set", f"sim_epoch_us={epoch_us}",
+                         # The world's devices live in the same compressed time as the policy.
+                         "--set", f"sim_time_scale={1 / spec.scale!r}",
                          "--set", f"sim_horizon_days={max(spec.days + 1, 2)}"]
             else:
                 if spec.rate:

@@ -149,3 +149,16 @@ def test_sigterm_abandons_a_long_scan_cleanly_and_reports_it_aborted(kafka, make
         assert s.committed(kafka) == 1                 # the abandoned scan is a final, durable answer
     finally:
         s.close()
+
+
+def test_a_missing_commands_topic_is_a_one_line_error(kafka):
+    """The agent looks the commands topic up before joining its group; a missing one names the fix."""
+    missing = f"no-such-commands-{uuid.uuid4().hex[:8]}"
+    out = subprocess.run([sys.executable, "-m", "scanflow", "--set", f"topics.commands={missing}",
+                          "agent", "--backend", "sim", "--allow", "10.0.0.0/24", "--no-progress",
+                          "--group", f"test-{uuid.uuid4().hex[:8]}"],
+                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    errors = [line for line in out.stderr.splitlines() if line.startswith("scanflow: error:")]
+    assert len(errors) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert "topics.commands" in errors[0] and missing in errors[0] and "scanflow topics create" in errors[0]

@@ -49,6 +49,20 @@ def test_sim_scan_sees_exactly_what_the_world_answers_at_that_time():
     assert done["started_at"] == at and done["ended_at"] > max(stamps)
 
 
+def test_sim_time_scale_runs_the_world_faster():
+    """With sim_time_scale = 86400 / 20, twenty agent seconds are a whole world day."""
+    scale = 86_400 / 20
+    agent = sim_agent(sim_time_scale=scale)
+    at = EPOCH_US + 7 * 20 * 1_000_000                # 140 agent seconds: world day 7
+    scan(agent, ["10.0.0.0/22"], at)
+    assert agent.backend.world_time(at) == 7 * 86_400
+    world = agent.backend.world
+    truth = {(world.address(r.ip), r.port) for r in world.probe(np.arange(1024), PORTS, 7 * 86_400)}
+    unscaled = {(world.address(r.ip), r.port) for r in world.probe(np.arange(1024), PORTS, 140)}
+    assert truth != unscaled                          # the world did change in a week
+    assert {(r.ip, r.port) for _, r in agent.publisher.events} == truth
+
+
 def test_sim_is_deterministic_and_only_probes_the_world_where_allowed():
     a, b = sim_agent(), sim_agent()
     at = EPOCH_US + 3_600 * 1_000_000
