@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Mapping
 
 import apache_beam as beam
@@ -148,13 +149,16 @@ def rewound_start_offsets(kafka: KafkaSettings, topic: str, group_id: str, rewin
             consumer.assign([tp])
             consumer.seek(tp, c - 1)
             last = None
-            for _ in range(20):
+            deadline = time.monotonic() + 60
+            while last is None and time.monotonic() < deadline:
                 batch = consumer.poll(timeout_ms=500, max_records=1).get(tp)
                 if batch:
                     last = batch[0]
-                    break
             if last is None:
-                out[(tp.topic, tp.partition)] = c
+                # Unreadable: re-read the partition from its beginning rather than risk skipping
+                # rounds that were read but not decided (re-read rounds are dropped by scan id).
+                log.warning("events: could not read %s at %d; resuming it from its beginning", tp, c - 1)
+                out[(tp.topic, tp.partition)] = beginning[tp]
                 continue
             target = last.timestamp - int(rewind_s * 1000)
             found = consumer.offsets_for_times({tp: target}).get(tp)
