@@ -345,3 +345,91 @@ def test_traffic_model_prices_banner_exchanges_above_rsts():
     cost = open_costs(world, ByteModel())
     talks = world.profiles.choice != NO_BANNER
     assert (cost[~talks] == 54).all() and (cost[talks] > 54).all()
+
+
+# -- the recorded event stream (EventRecorder) ---------------------------------------------------------
+
+
+def test_recording_events_changes_nothing_and_records_every_decided_round_by_hand():
+    from connectors.avro_codec import encode
+    from scanflow.simulate import EventRecorder
+    from scanflow.world.banners import EPOCH_UNIX
+
+    world = tiny_world([STATIC_HOST])
+    sets = hand_sets()
+    plain = run_policy(world, zero_schedule(10), EfficientPolicy(sets, Estimator(KB)))
+    rec = EventRecorder()
+    eff = run_policy(world, zero_schedule(10), EfficientPolicy(sets, Estimator(KB)), events=rec)
+    for name in ("cells", "cell_round", "attempts", "probes", "bytes", "detected", "states"):
+        assert np.array_equal(getattr(plain, name), getattr(eff, name)), name
+
+    def us(seconds):
+        return (EPOCH_UNIX + seconds) * 1_000_000
+
+    for name, record in rec.records:
+        encode(name, record)  # valid against the schemas
+    # the host (10.0.0.2) is decided at rounds 0, 1, 3, 7, 13, 23: one scan each, two SYN-ACKs (no banner)
+    host = [(name, r) for name, r in rec.records if r.get("ip") == "10.0.0.2" or r.get("target") == "10.0.0.2"]
+    assert len(host) == 6 * 3
+    events = [r for name, r in host if name == "ScanEvent"]
+    assert {(r["port"], r["kind"], r["banner"]) for r in events} == {(80, "SYN_ACK", None), (8080, "SYN_ACK", None)}
+    dones = [r for name, r in host if name == "ScanDone"]
+    assert [(r["scan_id"], r["started_at"], r["ended_at"]) for r in dones] == [
+        (f"sim-{k}-10.0.0.2", us(k * H), us(k * H)) for k in (0, 1, 3, 7, 13, 23)]
+    assert [r["port_set"] for r in dones] == [sets.standard.to_record()] + [sets.unknown.to_record()] * 5
+    assert all(r["status"] == "COMPLETE" and r["responses"] == 2 and r["policy"] == "EFFICIENT" for r in dones)
+    # the 9 silent addresses: one range scan of their /24 per round they are probed in bulk, no responses
+    ranges = [r for name, r in rec.records if name == "ScanDone" and r["target"] == "10.0.0.0/24"]
+    assert [(r["scan_id"], r["addresses_probed"], r["ports_probed"], r["responses"]) for r in ranges] == [
+        ("sim-0-first-10.0.0.0/24", 9, 3, 0), ("sim-7-sweep-10.0.0.0/24", 9, 1, 0),
+        ("sim-14-sweep-10.0.0.0/24", 9, 1, 0), ("sim-21-sweep-10.0.0.0/24", 9, 1, 0)]
+    assert [r["port_set"] for r in ranges] == [sets.standard.to_record()] + [sets.silent.to_record()] * 3
+    # the decisions, in the shape of the pipeline's Decision records
+    assert len(rec.decisions) == eff.decisions == 6
+    first, second = rec.decisions[:2]
+    assert first == {"ip": "10.0.0.2", "policy": "EFFICIENT", "decided_at": us(0), "scan_id": "sim-0-10.0.0.2",
+                     "previous_status": "UNKNOWN", "status": "RESPONSIVE_UNESTIMATED", "changed": True,
+                     "device": None, "backoff_step": 0, "reason": "NEW_RESPONDER", "next_scan_at": us(H),
+                     "port_set": sets.unknown.to_record()}
+    assert (second["previous_status"], second["reason"], second["backoff_step"], second["next_scan_at"]) == (
+        "RESPONSIVE_UNESTIMATED", "BACKOFF", 1, us(3 * H))
+    # the stream is in time order, each scan's responses before its ScanDone
+    stream = rec.stream()
+    times = [r["ended_at"] if n == "ScanDone" else r["timestamp"] for n, r in stream]
+    assert sorted(stream, key=repr) == sorted(rec.records, key=repr) and times == sorted(times)
+    closed = set()
+    for name, r in stream:
+        assert r["scan_id"] not in closed
+        if name == "ScanDone":
+            closed.add(r["scan_id"])
+
+
+def test_recorded_banners_are_the_bytes_the_simulator_observed():
+    from scanflow.simulate import EventRecorder
+
+    world = World.generate(WorldConfig(n_ips=3000), 9, horizon_days=2, kb=KB)
+    sets = PolicyPortSets(PortSet.named("standard", 1, range(1, 65536)), PortSet.named("silent", 1, {80, 443}),
+                          PortSet.named("unknown", 1, range(1, 65536)))
+    rec = EventRecorder()
+    run = run_policy(world, zero_schedule(3000, days=2), EfficientPolicy(sets, Estimator(KB)), events=rec,
+                     record=True)
+    banners = [r for name, r in rec.records if name == "ScanEvent" and r["kind"] == "BANNER"]
+    assert banners and all(r["banner"] for r in banners)
+    for r in banners[:200]:
+        ip = world.index(r["ip"])
+        t = r["timestamp"] // 1_000_000 - rec.epoch
+        seg = int(world.segment_at(np.array([ip]), np.array([t]))[0])
+        got = world.probe([ip], [r["port"]], t)
+        assert seg >= 0 and got and got[0].banner == r["banner"]
+    # one ScanEvent per open port of every decided round, as the run's own records count them
+    assert sum(1 for name, _ in rec.records if name == "ScanEvent") == sum(len(p) for p in run.records["open_ports"])
+
+
+def test_importing_the_simulator_loads_no_connector():
+    import subprocess
+    import sys
+
+    code = ("import sys, scanflow.simulate; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('connectors', 'pipelines', 'apache_beam')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
