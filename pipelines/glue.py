@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, NamedTuple
 
+from connectors.avro_codec import InvalidRecord
 from scanflow.policy import Observation
 from scanflow.portsets import PortSet
 
@@ -21,6 +22,39 @@ COMPLETE = "COMPLETE"
 #: Status of a round closed by the timeout because its ScanDone never came.
 TIMED_OUT = "TIMED_OUT"
 _DONE_STATUSES = ("COMPLETE", "ABORTED", "REFUSED")
+
+#: Record times the scheduler accepts: [2000-01-01, 2100-01-01) UTC, in microseconds. A time outside
+#: is absurd (a broken clock, a unit mix-up, a hostile record) and would make the scheduler act on
+#: it: a round that "ended" in 1970 is followed by every scan, command and watchdog of the half
+#: century since (tens of thousands of expired commands), one from the far future parks the IP past
+#: the end of Beam's timers.
+MIN_TIME_US = 946_684_800 * US
+MAX_TIME_US = 4_102_444_800 * US
+#: The time fields of the records the scheduler reads.
+TIME_FIELDS = {"ScanEvent": ("timestamp",), "ScanDone": ("started_at", "ended_at"),
+               "IpState": ("updated_at", "next_scan_at", "first_seen_at", "last_seen_at", "last_scanned_at",
+                           "last_changed_at")}
+
+
+class InvalidTime(InvalidRecord):
+    """A record time outside [:data:`MIN_TIME_US`, :data:`MAX_TIME_US`)."""
+
+    error_class = "InvalidTimestamp"
+
+
+def check_time(us: Any, field: str) -> None:
+    """:class:`InvalidTime` unless ``us`` is None or microseconds within the accepted range."""
+    if us is None:
+        return
+    if not isinstance(us, (int, float)) or us != us or not MIN_TIME_US <= us < MAX_TIME_US:
+        raise InvalidTime(f"{field} {us!r} is not a time between 2000-01-01 and 2100-01-01 "
+                          "(microseconds since the epoch)")
+
+
+def check_times(schema: str, record: Mapping[str, Any]) -> None:
+    """:class:`InvalidTime` when a time field of ``record`` is absurd (see :data:`MIN_TIME_US`)."""
+    for field in TIME_FIELDS.get(schema, ()):
+        check_time(record.get(field), field)
 
 #: A port-set reference as carried through the pipeline: (name, version, ports), hashable.
 PortSetRef = tuple[str | None, int | None, tuple[int, ...]]
@@ -113,8 +147,10 @@ def from_record(schema: str, record: Mapping[str, Any]) -> Event | Done | None:
     """A decoded ``ScanEvent`` or ``ScanDone`` as an :class:`Event` / :class:`Done`.
 
     Returns None for what the scheduler does not use: responses over a transport other than TCP
-    (the policy's ports are TCP ports) and other schemas.
+    (the policy's ports are TCP ports) and other schemas. Raises :class:`InvalidTime` (an
+    ``InvalidRecord``) for a record whose times are absurd.
     """
+    check_times(schema, record)
     if schema == "ScanEvent":
         if record.get("transport") not in ("TCP", "UNKNOWN", None):
             return None

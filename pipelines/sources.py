@@ -2,10 +2,14 @@
 
 - :class:`ReadEvents`: ``scanflow.events`` -> :class:`~pipelines.glue.Event` / :class:`~pipelines.glue.Done`
   through the Beam Kafka connector (live: consumer group, wall-clock watermark on idle partitions;
-  replay: a time range) and decode-with-dead-letter.
+  replay: a time range) and decode-with-dead-letter. Besides what the codec refuses, a record with
+  an absurd time (:func:`pipelines.glue.check_times`) is a dead letter (``InvalidTimestamp``).
 - :class:`ReadIpStates`: ``scanflow.ip-state`` from the beginning to its end at start ->
   ``(ip, RestoreRecord)``, the state a restarted scheduler resumes from. Its watermark is held back
-  until it is read completely, so no round is decided before every IP's state is restored.
+  until it is read completely, so no round is decided before every IP's state is restored. A record
+  whose key is not an address (``InvalidIp``), whose value is not an ``IpState`` of that address,
+  whose scheduler-state header does not unpack (``InvalidState``) or whose times are absurd
+  (``InvalidTimestamp``) is a dead letter, never restored.
 - :func:`rewound_start_offsets`: where a live run starts reading events: ``rewind_s`` before the
   group's committed position, so rounds still open when the previous run stopped are assembled
   again (rounds already applied are dropped by scan id).
@@ -14,26 +18,75 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Mapping
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from connectors.avro_codec import CodecError, default_codec
+from connectors.avro_codec import (AvroCodec, CodecError, Decoded, InvalidIp, InvalidRecord, canonical_ip,
+                                   default_codec)
 from connectors.beam_kafka import DeadLetter, DecodeWithDeadLetter, KafkaRecord, ReadFromKafka, WriteToKafka
 from connectors.kafka_io import dead_letter_headers, make_consumer, topic_partitions
 from scanflow.config import KafkaSettings
 
 from pipelines.changes import RestoreRecord
-from pipelines.glue import from_record
-from pipelines.state import STATE_HEADER
+from pipelines.glue import MAX_TIME_US, MIN_TIME_US, US, check_times, from_record
+from pipelines.state import STATE_HEADER, RefTable, unpack_header
 
 log = logging.getLogger(__name__)
 
 #: Watermark lag of the restore read: larger than any epoch time, so the watermark stays before
 #: every event until the read is complete (a bounded read then jumps to the end of time).
 _HOLD_WATERMARK_S = 1e10
+
+
+class InvalidState(InvalidRecord):
+    """An ``ip-state`` record's scheduler-state header does not unpack, or holds absurd times."""
+
+    error_class = "InvalidState"
+
+
+class _EventCodec(AvroCodec):
+    """The validating codec plus the scheduler's own check: absurd record times are refused
+    (:class:`pipelines.glue.InvalidTime`), so the decode step dead-letters them with their bytes."""
+
+    def __reduce__(self):
+        return (_EventCodec, (self.registry,), {"validate": self.validate})
+
+    def decode(self, data, expect=None) -> Decoded:
+        decoded = super().decode(data, expect)
+        check_times(decoded.schema, decoded.record)
+        return decoded
+
+
+class _AnyRef(RefTable):
+    """Resolves every port-set hash, so a header's layout can be checked without the policy (the
+    scheduler stage resolves the refs against its policy)."""
+
+    def __init__(self):
+        super().__init__(())
+
+    def lookup(self, digest: bytes) -> str | None:
+        return digest.hex()
+
+
+def check_state_header(header: bytes) -> None:
+    """:class:`InvalidState` unless ``header`` unpacks as a scheduler state (or tombstone mark)
+    whose times are finite and within :data:`pipelines.glue.MIN_TIME_US`..``MAX_TIME_US``."""
+    try:
+        tracked, updated_at = unpack_header(header, _AnyRef())
+    except (ValueError, IndexError) as exc:
+        raise InvalidState(f"{STATE_HEADER} header of {len(header)} bytes: {exc}") from None
+    times = [updated_at]
+    if tracked is not None:
+        s = tracked.state
+        times += [tracked.next_at, tracked.decided_at, s.first_seen, s.last_seen, s.last_scanned, s.last_changed]
+    for t in times:
+        if t is not None and not (math.isfinite(t) and MIN_TIME_US <= t * US < MAX_TIME_US):
+            raise InvalidState(f"{STATE_HEADER} header holds the time {t!r} (seconds), not one between "
+                               "2000-01-01 and 2100-01-01")
 
 
 class _ToItems(beam.DoFn):
@@ -76,7 +129,7 @@ class ReadEvents(beam.PTransform):
             if group_id is None:
                 kwargs.update(start="earliest")
         self._read = ReadFromKafka(kafka, topic, **kwargs)
-        self._decode = DecodeWithDeadLetter(kafka, dead_letter_topic)
+        self._decode = DecodeWithDeadLetter(kafka, dead_letter_topic, codec=_EventCodec())
 
     def expand(self, pbegin):
         return (pbegin
@@ -95,20 +148,35 @@ class _ToRestore(beam.DoFn):
     def process(self, rec: KafkaRecord):
         if rec.key is None:
             return
-        ip = rec.key.decode("utf-8", "replace")
         self._read.inc()
-        header = next((value for name, value in rec.headers if name == STATE_HEADER), None)
-        if header is not None or rec.value is None:
-            yield ip, RestoreRecord(header, None, rec.timestamp_ms / 1000)
-            return
         try:
-            record = self._codec.decode_as("IpState", rec.value)
+            ip, restore = self._parse(rec)
         except CodecError as exc:
             yield beam.pvalue.TaggedOutput(self.DEAD_LETTER, DeadLetter(
                 rec.key, rec.value, rec.headers + dead_letter_headers(
                     exc.error_class, str(exc), rec.topic, rec.partition, rec.offset, rec.timestamp_ms)))
             return
-        yield ip, RestoreRecord(None, record, rec.timestamp_ms / 1000)
+        yield ip, restore
+
+    def _parse(self, rec: KafkaRecord) -> tuple[str, RestoreRecord]:
+        """The record's address and what to restore; a :class:`CodecError` names why it cannot be."""
+        try:
+            key = rec.key.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidIp(f"key {rec.key[:40]!r} is not UTF-8 text (an address)") from None
+        ip = canonical_ip(key)
+        if ip != key:
+            raise InvalidIp(f"key {key!r} is not an address in canonical form ({ip})")
+        header = next((value for name, value in rec.headers if name == STATE_HEADER), None)
+        if header is not None or rec.value is None:
+            if header is not None:
+                check_state_header(header)
+            return ip, RestoreRecord(header, None, rec.timestamp_ms / 1000)
+        record = self._codec.decode_as("IpState", rec.value)
+        if record["ip"] != ip:
+            raise InvalidRecord(f"IpState of {record['ip']} under the key {ip}")
+        check_times("IpState", record)
+        return ip, RestoreRecord(None, record, rec.timestamp_ms / 1000)
 
 
 class ReadIpStates(beam.PTransform):

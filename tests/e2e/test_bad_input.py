@@ -6,6 +6,10 @@
   good commands. A real sim agent process reads them: it must dead-letter or refuse every bad
   command with a reason, execute every good one and exit cleanly; nothing outside the allowlist gets
   a COMPLETE scan.
+- **Scheduler**: the same kind of records (plus absurd times, keys that are not addresses or not
+  UTF-8, a broken scheduler-state header) on the events topic read by a running live scheduler and
+  on the ip-state topic it restores from. It must keep running, dead-letter each hostile record once
+  with its reason and origin, command every good IP and decide nothing for anything else.
 - **CLI**: every ``scanflow`` subcommand with a bad flag, value or config file answers with exit
   code 2, no traceback and one ``Error:`` / ``scanflow: error:`` line naming the fix.
 """
@@ -169,3 +173,238 @@ def test_bad_cli_input_gets_one_line_error(argv, tmp_path):
     errors = [line for line in text.splitlines() if line.startswith(("Error:", "scanflow: error:"))]
     assert out.returncode == 2 and len(errors) == 1, text
     assert len(errors[0]) > len("Error: ") + 10        # says what is wrong, not just "error"
+
+
+# ------------------------------------------------------------------------------------------------
+# Hostile records through a running scheduler (the live Beam pipeline on its own Prism runner).
+
+SCHED_NET = "198.18.0.0/15"
+T_FAR_FUTURE = 253_402_300_799 * US          # 9999-12-31T23:59:59Z
+SSH_BANNER = b"SSH-2.0-OpenSSH_9.6\r\n"
+
+
+def _scan_event(ip: str, scan: str, t_us: int, **fields) -> dict:
+    record = dict(make_record("ScanEvent", scan_id=scan, agent_id="hostile", ip="198.18.0.1", port=22,
+                              transport="TCP", kind="BANNER", banner=SSH_BANNER, timestamp=t_us), ip=ip)
+    record.update(fields)
+    return record
+
+
+def _scan_done(target: str, scan: str, t_us: int, **fields) -> dict:
+    record = make_record("ScanDone", scan_id=scan, agent_id="hostile", target="198.18.0.1", policy="EFFICIENT",
+                         started_at=t_us, ended_at=t_us + 500_000,
+                         port_set={"name": None, "version": None, "ports": [22, 80, 554]},
+                         ports_probed=3, addresses_probed=1, status="COMPLETE")
+    record.update(target=target, **fields)
+    return record
+
+
+def _hostile_events(t_us: int) -> dict[str, tuple[bytes | None, bytes | None, str]]:
+    """Named hostile values for the events topic: (key, value, dead-letter reason expected)."""
+    codec, raw = default_codec(), AvroCodec(validate=False)
+    good = codec.encode("ScanEvent", _scan_event("198.18.3.1", "h-template", t_us))
+    command = codec.encode("ScanCommand", _command("h-cmd", ["198.18.3.2"], t_us))
+    state = codec.encode("IpState", make_record("IpState", ip="198.18.3.3", status="RESPONSIVE_UNESTIMATED",
+                                                updated_at=t_us))
+
+    def ev(name, ip, **f):
+        return raw.encode("ScanEvent", _scan_event(ip, f"h-{name}", t_us, event_id=f"h-{name}", **f))
+
+    def done(name, target, **f):
+        return raw.encode("ScanDone", _scan_done(target, f"h-{name}", t_us, **f))
+
+    out = {
+        "empty": (b"198.18.3.10", b"", "MalformedRecord"),
+        "null_value": (b"198.18.3.11", None, "MalformedRecord"),
+        "garbage": (b"198.18.3.12", b"\x00\xffnot avro at all" * 4, "MalformedRecord"),
+        "truncated": (b"198.18.3.1", good[: len(good) // 2], "MalformedRecord"),
+        "trailing_bytes": (b"198.18.3.1", good + b"\x00\x00", "MalformedRecord"),
+        "foreign_fingerprint": (b"198.18.3.1", good[:2] + b"\x01\x02\x03\x04\x05\x06\x07\x08" + good[10:],
+                                "UnknownFingerprint"),
+        "command_on_events": (b"198.18.3.2", command, "UnresolvableSchema"),
+        "ip_state_on_events": (b"198.18.3.3", state, "UnresolvableSchema"),
+        "giant_banner": (b"198.18.3.4", ev("giant", "198.18.3.4", banner=b"\x7f" * 600_000), "InvalidRecord"),
+        "ip_out_of_range": (b"198.18.3.5", ev("ip999", "198.18.3.999"), "InvalidIp"),
+        "ip_empty": (b"198.18.3.5", ev("ipempty", ""), "InvalidIp"),
+        "ip_hostname": (b"198.18.3.5", ev("iphost", "scanme.example"), "InvalidIp"),
+        "done_target_prefix_33": (b"198.18.3.6", done("prefix33", "198.18.3.6/33"), "InvalidIp"),
+        "done_target_host_bits": (b"198.18.3.6", done("hostbits", "198.18.3.6/24"), "InvalidIp"),
+        "port_zero": (b"198.18.3.7", ev("port0", "198.18.3.7", port=0), "InvalidPort"),
+        "port_70000": (b"198.18.3.7", ev("port70000", "198.18.3.7", port=70000), "InvalidPort"),
+        "port_negative": (b"198.18.3.7", ev("portneg", "198.18.3.7", port=-1), "InvalidPort"),
+        "done_negative_ports_probed": (b"198.18.3.8", done("negprobed", "198.18.3.8", ports_probed=-5),
+                                       "InvalidRecord"),
+        "event_time_1970": (b"198.18.3.9", ev("t1970", "198.18.3.9", timestamp=1), "InvalidTimestamp"),
+        "event_time_9999": (b"198.18.3.9", ev("t9999", "198.18.3.9", timestamp=T_FAR_FUTURE), "InvalidTimestamp"),
+        "done_ended_1970": (b"198.18.3.13", done("d1970", "198.18.3.13", started_at=0, ended_at=1_000_000),
+                            "InvalidTimestamp"),
+        "done_ended_max_long": (b"198.18.3.14", done("dmax", "198.18.3.14", ended_at=(1 << 63) - 1),
+                                "InvalidTimestamp"),
+        "done_ended_negative": (b"198.18.3.15", done("dneg", "198.18.3.15", started_at=-(10 ** 12),
+                                                     ended_at=-(10 ** 12)), "InvalidTimestamp"),
+    }
+    return out
+
+
+def _hostile_states(t_us: int) -> dict[str, tuple[bytes, bytes | None, list, str]]:
+    """Named hostile records for the ip-state topic: (key, value, headers, dead-letter reason)."""
+    from pipelines.state import STATE_HEADER
+
+    codec, raw = default_codec(), AvroCodec(validate=False)
+
+    def state(ip, **f):
+        return raw.encode("IpState", {**make_record("IpState", ip="198.18.0.1", status="RESPONSIVE_UNESTIMATED",
+                                                    open_ports=[22], updated_at=t_us, next_scan_at=t_us), "ip": ip,
+                                      **f})
+
+    event = codec.encode("ScanEvent", _scan_event("198.18.2.4", "s-wrong", t_us))
+    return {
+        "state_garbage": (b"198.18.2.2", b"\x00garbage", [], "MalformedRecord"),
+        "state_truncated": (b"198.18.2.3", state("198.18.2.3")[:12], [], "MalformedRecord"),
+        "state_wrong_type": (b"198.18.2.4", event, [], "UnresolvableSchema"),
+        "state_invalid_ip": (b"198.18.2.5", state("198.18.2.300"), [], "InvalidIp"),
+        "state_key_not_an_ip": (b"not-an-ip", state("198.18.2.6"), [], "InvalidIp"),
+        "state_key_not_utf8": (b"\xff\xfe\xfd", state("198.18.2.7"), [], "InvalidIp"),
+        "state_key_of_another_ip": (b"198.18.2.8", state("198.18.2.18"), [], "InvalidRecord"),
+        "state_next_scan_1970": (b"198.18.2.9", state("198.18.2.9", next_scan_at=1_000_000, updated_at=2_000_000),
+                                 [], "InvalidTimestamp"),
+        "state_bad_scheduler_header": (b"198.18.2.10", state("198.18.2.10"),
+                                       [(STATE_HEADER, b"\x01\x00garbage")], "InvalidState"),
+    }
+
+
+def test_hostile_events_and_ip_state_through_a_running_scheduler(kafka, loop_topics, tmp_path):
+    """The live scheduler survives a fuzzed events and ip-state topic: every hostile record is a
+    dead letter with its reason, every good per-IP round still gets its command, and nothing is
+    decided for an address that is not one."""
+    import ipaddress
+    import os
+
+    from connectors.kafka_io import HEADER_ERROR_CLASS, HEADER_ERROR_MESSAGE
+    from pipelines.state import STATE_HEADER
+    from tests.e2e.conftest import kill9, stop
+    from tests.e2e.test_faults import SCHEDULER
+
+    codec = default_codec()
+    t_us = int(time.time() * US)
+    producer = make_producer(kafka, max_request_size=2_000_000)
+    sent: dict[tuple[str, int, int], str] = {}      # (topic, partition, offset) -> hostile case
+    mine: set[tuple[str, int, int]] = set()          # everything this test produced
+    expected: dict[str, str] = {}
+
+    def send(topic, key, value, name=None, headers=None):
+        meta = producer.send(topic, key=key, value=value, headers=headers or None).get(timeout=60)
+        mine.add((meta.topic, meta.partition, meta.offset))
+        if name is not None:
+            sent[(meta.topic, meta.partition, meta.offset)] = name
+
+    # ip-state before the start: the hostile records and one good state, restored and due in 3 s.
+    restored_ip = "198.18.2.1"
+    send(loop_topics.ip_state, restored_ip.encode(), codec.encode("IpState", make_record(
+        "IpState", ip=restored_ip, status="RESPONSIVE_UNESTIMATED", open_ports=[22], updated_at=t_us,
+        next_scan_at=t_us + 3 * US)))
+    for name, (key, value, headers, reason) in _hostile_states(t_us).items():
+        send(loop_topics.ip_state, key, value, name, headers)
+        expected[name] = reason
+
+    hostile = _hostile_events(t_us)
+    items = list(hostile.items())
+    good_ips = [f"198.18.1.{i}" for i in range(1, 31)]
+    silent_ip, odd_key_ip = "198.18.1.100", "198.18.1.31"
+
+    def produce_round(ip: str, key: bytes | None = None, answer: bool = True):
+        now_us = int(time.time() * US)
+        scan = f"good-{ip}-{now_us}"
+        if answer:
+            send(loop_topics.events, key or ip.encode(), codec.encode("ScanEvent", _scan_event(ip, scan, now_us)))
+        send(loop_topics.events, key or ip.encode(), codec.encode("ScanDone", _scan_done(ip, scan, now_us)))
+
+    def produce_batch(ips):
+        for ip in ips:
+            if items:
+                name, (key, value, reason) = items.pop()
+                send(loop_topics.events, key, value, name)
+                expected[name] = reason
+            produce_round(ip)
+
+    # Half of the rounds and hostile records before the start, the rest while the scheduler runs.
+    produce_batch(good_ips[:15])
+    produce_round(silent_ip, answer=False)                  # a ScanDone without events: a silent IP
+    script = tmp_path / "scheduler.py"
+    script.write_text(SCHEDULER)
+    env = dict(os.environ, **{f"SCANFLOW_TOPICS_{k.upper()}": getattr(loop_topics, k)
+                              for k in ("events", "commands", "ip_state", "dead_letter")})
+    log = tmp_path / "scheduler.log"
+    wanted = set(good_ips) | {odd_key_ip, restored_ip}
+    commands, states, dead = (Follow(kafka, loop_topics.commands), Follow(kafka, loop_topics.ip_state),
+                              Follow(kafka, loop_topics.dead_letter))
+
+    def targets(f):
+        return {c["targets"][0] for c in f.records("ScanCommand")}
+
+    sched = start([os.sys.executable, str(script), "e2e-hostile-" + new_group("sched")], log, env=env)
+    try:
+        assert commands.until(lambda f: f.records("ScanCommand"), timeout_s=300), log.read_text()[-3000:]
+        assert sched.poll() is None, log.read_text()[-3000:]
+        produce_batch(good_ips[15:])
+        produce_round(odd_key_ip, key=b"\xff\xfe\x00 not utf-8")  # a key that is not UTF-8 (unused)
+        for name, (key, value, reason) in items:                # whatever hostile records are left
+            send(loop_topics.events, key, value, name)
+            expected[name] = reason
+        producer.flush()
+        assert len(expected) == len(hostile) + len(_hostile_states(t_us))
+        decided = commands.until(lambda f: targets(f) >= wanted, timeout_s=300)
+        assert decided, (f"never commanded: {sorted(wanted - targets(commands))}; log:\n" + log.read_text()[-4000:])
+        assert dead.until(lambda f: len({_source(r) for r in f.raw}) >= len(expected), timeout_s=120), (
+            f"{len(dead.raw)} dead letters of {len(expected)}; log:\n" + log.read_text()[-3000:])
+        # Room for a late wrong decision or a crash to show up, then the scheduler must still run.
+        time.sleep(5)
+        commands.drain()
+        states.drain()
+        dead.drain()
+        assert sched.poll() is None, log.read_text()[-4000:]
+    finally:
+        producer.close()
+        stop(sched)
+        kill9(sched)                      # its Prism runner, in the same process group
+        for f in (commands, states, dead):
+            f.close()
+
+    # Every good IP has its command: new responders, and the restored IP by its back-off.
+    cmds = commands.records("ScanCommand")
+    reasons = {c["targets"][0]: c["reason"] for c in cmds}
+    assert reasons[restored_ip] == "BACKOFF"
+    assert all(reasons[ip] == "NEW_RESPONDER" for ip in good_ips + [odd_key_ip])
+    # Nothing is decided for anything else: no command and no ip-state written by the scheduler for a
+    # hostile record's address, the silent IP or an address that is not one.
+    written = [r for r in states.raw if (r.topic, r.partition, r.offset) not in mine]
+    assert set(reasons) == wanted, sorted(set(reasons) - wanted)
+    assert written and {r.key.decode(errors="replace") for r in written} <= wanted, sorted(
+        {r.key for r in written} - {ip.encode() for ip in wanted})
+    assert all(any(h == STATE_HEADER for h, _ in (r.headers or [])) for r in written)
+    assert all(ipaddress.ip_address(ip) in ipaddress.ip_network(SCHED_NET) for ip in reasons)
+    # Every hostile record is a dead letter, once per source record, with its reason and origin.
+    by_source: dict[tuple[str, int, int], str] = {}
+    for rec in dead.raw:
+        headers = dict(rec.headers or [])
+        assert headers.get(HEADER_ERROR_CLASS) and headers.get(HEADER_ERROR_MESSAGE), rec
+        by_source[_source(rec)] = headers[HEADER_ERROR_CLASS].decode()
+    assert set(by_source) == set(sent), (sorted(set(sent) - set(by_source)), sorted(set(by_source) - set(sent)))
+    reason_of = {sent[src]: reason for src, reason in by_source.items()}
+    assert reason_of == expected, {n: (reason_of.get(n), r) for n, r in expected.items() if reason_of.get(n) != r}
+    print("FIGURES hostile-scheduler", json.dumps({
+        "good_ips": len(good_ips) + 1, "restored_ips": 1, "silent_ips": 1, "commands": len(cmds),
+        "hostile_events": len(hostile), "hostile_ip_states": len(_hostile_states(t_us)),
+        "dead_letters": len(dead.raw), "dead_letters_distinct": len(by_source),
+        "dead_lettered_by_reason": dict(Counter(by_source.values())),
+        "scheduler_log_tracebacks": log.read_text().count("Traceback")}))
+
+
+def _source(rec) -> tuple[str, int, int] | tuple[str, bytes | None]:
+    """The (topic, partition, offset) a dead letter came from, from its headers (a dead letter
+    without them, e.g. a record the scheduler could not write, is named by its class and key)."""
+    headers = dict(rec.headers or [])
+    if "scanflow.source.offset" not in headers:
+        return ("no source: " + headers.get("scanflow.error.class", b"?").decode(), rec.key)
+    return (headers["scanflow.source.topic"].decode(), int(headers["scanflow.source.partition"]),
+            int(headers["scanflow.source.offset"]))
