@@ -238,15 +238,22 @@ class Loop:
             admin.close()
 
     def delete_topics(self) -> None:
-        from connectors.kafka_admin import admin_client
-
-        admin = admin_client(self.settings.kafka)
+        """Delete the run's topics that exist; never raises (a failure is reported, the run's own
+        outcome is what the caller reports)."""
+        admin = None
         try:
-            admin.delete_topics(list(self.topics.values()))
+            from connectors.kafka_admin import admin_client
+
+            admin = admin_client(self.settings.kafka)
+            existing = set(admin.list_topics())
+            names = [t for t in self.topics.values() if t in existing]
+            if names:
+                admin.delete_topics(names)
         except Exception as exc:  # noqa: BLE001 - leftover topics are harmless; say so and go on
             self.echo(f"run: could not delete the run's topics ({exc}); delete {self.topics['events']} etc. by hand")
         finally:
-            admin.close()
+            if admin is not None:
+                admin.close()
 
     def start_prism(self) -> str:
         """Start a Prism job server; returns its endpoint once it accepts connections."""
@@ -381,7 +388,59 @@ class Loop:
     # ---- the run ------------------------------------------------------------------------------
     def run(self) -> LoopResult:
         """Start everything, show progress until the virtual period ends, stop cleanly, archive,
-        summarise and report."""
+        summarise and report.
+
+        The run's topics are deleted at the end unless ``keep_topics``, whether the run ended, was
+        interrupted (Ctrl-C or SIGTERM of this process) or failed (a process died, the scheduler
+        did not start): a failure raises :class:`LoopError` naming the log to read, after the
+        children are stopped and the topics deleted.
+        """
+        restore = self._on_sigterm_interrupt()
+        try:
+            return self._run()
+        except KeyboardInterrupt:
+            # Interrupted outside the loop itself (while creating the topics, or a second Ctrl-C /
+            # SIGTERM while stopping or archiving): the children are stopped by now.
+            self.stop_all_quietly()
+            raise LoopError(f"interrupted before the run could end cleanly; logs in {self.logs}") from None
+        except BaseException:
+            self.stop_all_quietly()
+            raise
+        finally:
+            restore()
+            if self._consumer is not None:
+                try:
+                    self._consumer.close()
+                except Exception:  # noqa: BLE001 - closing a progress consumer must not hide the outcome
+                    pass
+                self._consumer = None
+            if not self.spec.keep_topics:
+                self.delete_topics()
+
+    def _on_sigterm_interrupt(self) -> Callable[[], None]:
+        """SIGTERM of the orchestrator interrupts it like Ctrl-C (an orderly stop, the topics
+        deleted) instead of killing it with its children left running. Returns the undo."""
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGTERM, interrupt)
+        return lambda: signal.signal(signal.SIGTERM, previous)
+
+    def stop_all_quietly(self) -> None:
+        """:meth:`stop_all` when a failure is already on its way out: no stop step may replace it."""
+        if not any(p.alive() for p in self.procs):
+            return
+        try:
+            self.stop_all()
+        except BaseException:  # noqa: BLE001 - stop_all killed what was left; the failure is reported
+            pass
+
+    def _run(self) -> LoopResult:
         spec = self.spec
         t0 = time.monotonic()
         spec.run_dir.mkdir(parents=True, exist_ok=True)
@@ -434,10 +493,6 @@ class Loop:
         report_index = ""
         if spec.report and not interrupted:
             report_index = self.write_report()
-        if self._consumer is not None:
-            self._consumer.close()
-        if not spec.keep_topics:
-            self.delete_topics()
         return LoopResult(spec.run_id, time.monotonic() - t0, loop_wall, progress, dict(self.peak_kb), summary,
                           report_index, interrupted)
 

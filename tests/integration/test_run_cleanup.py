@@ -1,0 +1,127 @@
+"""``scanflow run`` leaves none of its per-run topics behind when it fails or is stopped early.
+
+Real ``scanflow run`` processes on the session broker, each made to end early in a cheap way:
+
+- the scheduler cannot start (a knowledge-base file that exists but is not TOML: the CLI accepts
+  the path, the scheduler process dies loading it): one ``scanflow: error:`` line naming the
+  scheduler's log, exit 1;
+- SIGTERM of the orchestrator once its topics exist: the orderly stop of an interruption (exit 130).
+
+Afterwards no topic of the run's id exists and no process of the run is left.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from kafka import KafkaAdminClient
+
+from scanflow.config import REPO_ROOT
+
+
+def _run_argv(run_dir: Path, *pre: str) -> list[str]:
+    return [sys.executable, "-m", "scanflow", *pre, "run", "--skip-kafka-up", "--run-dir", str(run_dir),
+            "--ips", "256", "--days", "1", "--day-seconds", "5", "--agents", "1", "--no-report"]
+
+
+def _run_id(output: str) -> str:
+    match = re.search(r"^scanflow run (\S+):", output, re.M)
+    assert match, output
+    return match.group(1)
+
+
+def _topics_of(kafka, run_id: str) -> list[str]:
+    admin = KafkaAdminClient(**kafka.client_options())
+    try:
+        return sorted(t for t in admin.list_topics() if f".run-{run_id}." in t)
+    finally:
+        admin.close()
+
+
+def _topics_left(kafka, run_id: str) -> list[str]:
+    """The run's topics once a deletion had time to reach the metadata (the deadline only turns a
+    topic that stays into a failure)."""
+    deadline = time.monotonic() + 30
+    while (left := _topics_of(kafka, run_id)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
+
+
+def _processes_mentioning(*needles: str) -> list[str]:
+    """Command lines of live processes that contain one of ``needles`` (children left behind)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if any(n in cmdline for n in needles):
+            found.append(f"{entry.name}: {cmdline}")
+    return found
+
+
+def _prism_port(run_dir: Path) -> str | None:
+    log = run_dir / "logs" / "prism.log"
+    match = re.search(r"--job_port=(\d+)", log.read_text()) if log.exists() else None
+    return f"--job_port={match.group(1)}" if match else None
+
+
+def test_scheduler_that_cannot_start_fails_the_run_in_one_line_and_deletes_its_topics(kafka, tmp_path):
+    bad_kb = tmp_path / "bad-kb.toml"
+    bad_kb.write_text("[device\nbroken =\n")
+    run_dir = tmp_path / "run"
+    out = subprocess.run(_run_argv(run_dir, "--set", f"policy.kb_files={bad_kb}"), cwd=REPO_ROOT,
+                         capture_output=True, text=True, timeout=240)
+    text = out.stdout + out.stderr
+    run_id = _run_id(out.stdout)
+    # The topics were created before the scheduler was started, and it is the scheduler that failed.
+    assert "[4/7] scheduler" in out.stdout, text
+    assert out.returncode == 1, text
+    errors = [line for line in text.splitlines() if line.startswith("scanflow: error:")]
+    assert len(errors) == 1, text
+    assert str(run_dir / "logs" / "scheduler.log") in errors[0], errors[0]
+    assert "Traceback" not in text.split("scanflow: error:")[0]     # the orchestrator itself did not crash
+    assert "could not delete" not in text, text
+    assert _topics_left(kafka, run_id) == [], text
+    needles = [str(run_dir)] + [p for p in [_prism_port(run_dir)] if p]
+    assert _processes_mentioning(*needles) == []
+    assert "not valid UTF-8 TOML" in (run_dir / "logs" / "scheduler.log").read_text()
+
+
+def test_sigterm_of_the_orchestrator_stops_the_run_and_deletes_its_topics(kafka, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(_run_argv(run_dir), cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    lines: list[str] = []
+    try:
+        # "[3/7]" is printed once the run's topics exist; the signal lands while Prism or the
+        # scheduler is starting.
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("[3/7]"):
+                break
+        assert any(line.startswith("[3/7]") for line in lines), "".join(lines)
+        run_id = _run_id("".join(lines))
+        assert len(_topics_of(kafka, run_id)) == 4
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+    text = "".join(lines) + rest
+    assert proc.returncode == 130, text
+    assert "interrupted" in text and "Traceback" not in text, text
+    assert "could not delete" not in text, text
+    assert _topics_left(kafka, run_id) == [], text
+    needles = [str(run_dir)] + [p for p in [_prism_port(run_dir)] if p]
+    assert _processes_mentioning(*needles) == []
