@@ -20,6 +20,11 @@ Delivery guarantee: at-least-once, made effectively-once by idempotent sinks key
 are committed only when the runner finalizes a bundle, i.e. after the bundle's outputs are committed
 by the runner and every sink fused into the bundle has flushed with ``acks=all``. After a crash the
 reader restarts from the last commit, so records after it can be delivered again, never skipped.
+
+Broker outages: a live read that cannot make a consumer defers its partition for a moment instead
+of failing; a write keeps its bundle's records and sends the unacknowledged ones again (a new
+producer each time) for up to :data:`WRITE_OUTAGE_S` before it fails the bundle. A runner like Prism
+fails the whole job on a failed bundle, so a broker restart must not fail one.
 """
 
 from __future__ import annotations
@@ -42,7 +47,8 @@ from apache_beam.transforms.core import RestrictionProvider, WatermarkEstimatorP
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
 from kafka import TopicPartition
-from kafka.errors import IllegalStateError, KafkaError
+from kafka.errors import (IllegalStateError, KafkaError, OutOfOrderSequenceNumberError, RetriableError,
+                          UnknownProducerIdError)
 
 from connectors.avro_codec import AvroCodec, CodecError, Decoded, default_codec, key_for
 from connectors.kafka_io import (
@@ -342,7 +348,18 @@ class _ReadPartition(beam.DoFn):
             if finalizer is not None:
                 finalizer.register(_no_op)      # see the end of this method: keep it finalizable
             return
-        consumer = self._consumer_at(tp, rng.start)
+        try:
+            consumer = self._consumer_at(tp, rng.start)
+        except KafkaError as exc:
+            if not live:
+                raise
+            # The broker is away (restarting): try again later rather than fail the bundle, and with
+            # it the job; the watermark waits where it is.
+            log.warning("read %s: no consumer (%r); resuming in %.0f s", tp, exc, _OUTAGE_RESUME_S)
+            if finalizer is not None:
+                finalizer.register(_no_op)
+            tracker.defer_remainder(Duration(seconds=_OUTAGE_RESUME_S))
+            return
         deadline = time.monotonic() + r.max_bundle_s
         lag = Duration(seconds=r.watermark_lag_s)
         last_offset = rng.stop - 1
@@ -410,6 +427,10 @@ class _ReadPartition(beam.DoFn):
                     # one; a bundle that registered nothing has been released by then and the SDK
                     # answers with an error. A no-op keeps every bundle finalizable.
                     finalizer.register(_no_op)
+
+
+#: A live read that cannot reach the broker tries again after this long.
+_OUTAGE_RESUME_S = 2.0
 
 
 def _advance(watermark, candidate: Timestamp) -> None:
@@ -693,40 +714,99 @@ def _key_bytes(key) -> bytes | None:
     return key.encode() if isinstance(key, str) else key
 
 
+#: How long a write keeps trying through a broker outage (the broker restarting, a partition
+#: leader moving) before it fails its bundle, and on a portable runner the job.
+WRITE_OUTAGE_S = 600.0
+
+
+def _outage(error: BaseException | None) -> bool:
+    """Whether a write error can pass with time (broker away, leader moving, a producer id lost in
+    a broker restart) rather than being about the records (too large, not authorised, ...)."""
+    return isinstance(error, (RetriableError, TimeoutError, OutOfOrderSequenceNumberError,
+                              UnknownProducerIdError))
+
+
 class _WriteFn(beam.DoFn):
-    def __init__(self, kafka: KafkaSettings, topic: str, overrides: Mapping[str, Any]):
+    def __init__(self, kafka: KafkaSettings, topic: str, overrides: Mapping[str, Any],
+                 outage_s: float = WRITE_OUTAGE_S):
         self._kafka, self._topic, self._overrides = kafka, topic, dict(overrides)
+        self._outage_s = outage_s
         self._producer = None
 
     def setup(self):
         self._written = Metrics.counter(_METRICS, "records_written")
+        self._retries = Metrics.counter(_METRICS, "write_retries")
 
     def start_bundle(self):
-        self._failures: list[BaseException] = []
-        self._count = 0
+        self._records: list[tuple] = []
+        self._futures: list = []
 
     def process(self, element):
-        if self._producer is None:
-            self._producer = make_producer(self._kafka, **self._overrides)
         key, value, *rest = element
-        headers = list(rest[0]) if rest and rest[0] else None
-        self._producer.send(self._topic, key=_key_bytes(key), value=value, headers=headers).add_errback(
-            self._failures.append)
-        self._count += 1
+        record = (_key_bytes(key), value, list(rest[0]) if rest and rest[0] else None)
+        self._records.append(record)
+        if self._futures is None:
+            return              # the broker is away: finish_bundle sends everything once it is back
+        try:
+            if self._producer is None:
+                self._producer = make_producer(self._kafka, **self._overrides)
+            self._futures.append(self._send(record))
+        except KafkaError:
+            self._futures = None
+
+    def _send(self, record):
+        key, value, headers = record
+        return self._producer.send(self._topic, key=key, value=value, headers=headers)
 
     def finish_bundle(self):
         # The bundle (and so the offset commit of the records that led here) completes only once
-        # every record is acknowledged by all in-sync replicas; a failure fails the bundle, which the
-        # runner retries: at-least-once, with duplicates absorbed by id-keyed consumers.
-        if self._producer is not None and self._count:
+        # every record is acknowledged by all in-sync replicas. Through a broker outage the records
+        # not acknowledged are sent again (a new producer each time) until WRITE_OUTAGE_S has passed;
+        # only then does the bundle fail. At-least-once: a re-sent record that had in fact arrived is
+        # a duplicate, absorbed by consumers keyed on ids.
+        if not self._records:
+            return
+        deadline = time.monotonic() + self._outage_s
+        pending = list(self._records)
+        futures = self._futures
+        attempt = 0
+        while True:
+            error: BaseException | None = None
             try:
-                self._producer.flush()
+                if self._producer is None:
+                    self._producer = make_producer(self._kafka, **self._overrides)
+                if futures is None:
+                    futures = [self._send(r) for r in pending]
+                self._producer.flush(timeout=max(1.0, deadline - time.monotonic()))
+                failed = [(r, f) for r, f in zip(pending, futures) if not f.is_done or f.failed()]
+                if not failed:
+                    break
+                error = failed[0][1].exception if failed[0][1].is_done else TimeoutError("not acknowledged")
+                pending = [r for r, _ in failed]
             except KafkaError as exc:
-                raise RuntimeError(f"records to {self._topic} were not acknowledged: {exc!r}") from exc
-            if self._failures:
-                raise RuntimeError(f"{len(self._failures)} record(s) to {self._topic} were not "
-                                   f"acknowledged: {self._failures[0]!r}")
-            self._written.inc(self._count)
+                error = exc
+            if not _outage(error):
+                raise RuntimeError(f"{len(pending)} record(s) to {self._topic} were not acknowledged: {error!r}")
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"{len(pending)} record(s) to {self._topic} were not acknowledged within "
+                                   f"{self._outage_s:.0f} s: {error!r}")
+            attempt += 1
+            self._retries.inc()
+            log.warning("write to %s: %d record(s) not acknowledged (%r); retrying (attempt %d)",
+                        self._topic, len(pending), error, attempt)
+            self._drop_producer()
+            futures = None
+            time.sleep(min(5.0, 0.5 * attempt))
+        self._written.inc(len(self._records))
+        self._records, self._futures = [], []
+
+    def _drop_producer(self):
+        if self._producer is not None:
+            try:
+                self._producer.close(timeout=0)
+            except Exception:  # noqa: BLE001 - a broken producer is being replaced anyway
+                pass
+            self._producer = None
 
     def teardown(self):
         if self._producer is not None:
