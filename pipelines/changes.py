@@ -26,6 +26,8 @@ directly; the newer state wins.
 
 from __future__ import annotations
 
+import logging
+
 from typing import Any, Mapping, NamedTuple
 
 import apache_beam as beam
@@ -43,6 +45,7 @@ from pipelines.tracker import Decided, Due, IpTracker, Snapshot, from_ip_state_r
 
 COMMANDS = "commands"
 STATES = "states"
+log = logging.getLogger(__name__)
 _METRICS = "scanflow.changes"
 
 
@@ -107,7 +110,15 @@ class _TrackFn(beam.DoFn):
             return
         raw = tracked.read()
         current = unpack(raw, self._refs) if raw is not None else None
-        restored, updated_at = self._parse_restore(item)
+        try:
+            restored, updated_at = self._parse_restore(item)
+        except (KeyError, ValueError, IndexError) as exc:
+            # A well-formed state this policy cannot read (e.g. it names a port set the policy no
+            # longer has): the IP starts again from its next sweep rather than failing the job.
+            self._tracker.counts["restore_unreadable"] += 1
+            log.warning("ip-state of %s not restored (%s: %s); it is left to the sweeps",
+                        ip, type(exc).__name__, exc)
+            return
         new = self._tracker.restore(current, restored, updated_at)
         if new is not current:
             if new is None:

@@ -81,3 +81,33 @@ def test_header_carries_a_state_or_a_dated_tombstone():
                 T0 + 5, Reason.CHANGED, True, T0, T0 + 5)
     assert unpack_header(pack_header(t, t.updated_at, REFS), REFS) == (t, T0 + 5)
     assert unpack_header(pack_header(None, T0 + 9, REFS), REFS) == (None, T0 + 9)
+
+
+def test_a_state_naming_a_port_set_the_policy_lost_is_left_to_the_sweeps_not_a_failed_job():
+    """A restart under a policy that no longer has a port set a stored state names: that IP is not
+    restored (counted), the other IP is, and the job goes on (it failed on the first before)."""
+    import apache_beam as beam
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from pipelines.changes import DetectChanges, RestoreRecord
+    from scanflow.portsets import PortSet
+
+    gone = PortSet("retired", 1, (80, 8080))
+    wider = RefTable([*REFS._by_hash.values(), gone])
+    lost = Tracked(IpState(IpStatus.RESPONSIVE_UNESTIMATED, open_ports=frozenset({80}), probed=gone.ref),
+                   T0 + 60, Reason.BACKOFF, False, T0, T0)
+    kept = lost.with_(state=IpState(IpStatus.RESPONSIVE_UNESTIMATED, open_ports=frozenset({80}),
+                                    probed=POLICY.port_sets.unknown.ref))
+    with pytest.raises(ValueError, match="does not know"):
+        unpack_header(pack_header(lost, T0, wider), REFS)
+    items = [("198.18.0.1", RestoreRecord(pack_header(lost, T0, wider), None, T0)),
+             ("198.18.0.2", RestoreRecord(pack_header(kept, T0, REFS), None, T0))]
+    p = beam.Pipeline(runner=FnApiRunner())
+    _, commands, _ = (p | beam.Create(items)
+                      | DetectChanges(POLICY, command_ttl_s=3600, round_timeout_s=600, horizon=T0 + 120))
+    assert_that(commands | beam.Map(lambda kv: kv[0]), equal_to(["198.18.0.2"]))
+    result = p.run()
+    result.wait_until_finish()
+    unreadable = result.metrics().query(beam.metrics.MetricsFilter().with_name("restore_unreadable"))["counters"]
+    assert sum(c.committed for c in unreadable) == 1
