@@ -11,7 +11,9 @@ record header that lets a restarted pipeline restore the exact state. Layout (ve
     [f64 confidence, varint len + utf-8 device]        when a device is estimated
     f64 decided_at, f64 updated_at, f64 each present time (first/last seen, last scanned/changed, next)
     varint n + delta-varint open ports | varint n + (delta-varint port, u8 len, digest bytes) per banner
-    probed ref: 8-byte hash of a ref the policy knows, or varint len + utf-8 | u8 n + 8-byte scan-id hashes
+    probed ref: 8-byte hash of a ref the policy knows, or varint len + utf-8
+    [varint n + delta-varint recall ports]              when a recall is on (presence bit 7)
+    u8 n + 8-byte scan-id hashes
 
 Times stay float64 so a restored state is bit-identical (replays compare decisions exactly).
 """
@@ -124,6 +126,25 @@ def _text(out: bytearray, text: str) -> None:
     out += raw
 
 
+def _ports(out: bytearray, ports) -> None:
+    prev = 0
+    ports = sorted(ports)
+    _varint(out, len(ports))
+    for port in ports:
+        _varint(out, port - prev)
+        prev = port
+
+
+def _read_ports(data: bytes, pos: int) -> tuple[list[int], int]:
+    n, pos = _read_varint(data, pos)
+    ports, port = [], 0
+    for _ in range(n):
+        delta, pos = _read_varint(data, pos)
+        port += delta
+        ports.append(port)
+    return ports, pos
+
+
 def pack(t: Tracked, refs: RefTable) -> bytes:
     """The compact bytes of ``t`` (see the module docstring for the layout)."""
     s = t.state
@@ -136,6 +157,8 @@ def pack(t: Tracked, refs: RefTable) -> bytes:
         presence |= 1 << 4
     if s.probed is not None:
         presence |= (1 << 5) if refs.knows(s.probed) else (1 << 6)
+    if s.recall:
+        presence |= 1 << 7
     out.append(presence)
     _varint(out, s.step)
     _varint(out, s.silent_rounds)
@@ -148,12 +171,7 @@ def pack(t: Tracked, refs: RefTable) -> bytes:
         value = getattr(s, name)
         if value is not None:
             out += _F64.pack(value)
-    prev = 0
-    ports = sorted(s.open_ports)
-    _varint(out, len(ports))
-    for port in ports:
-        _varint(out, port - prev)
-        prev = port
+    _ports(out, s.open_ports)
     prev = 0
     _varint(out, len(s.digests))
     for port, digest in s.digests:  # the core keeps digests sorted by port
@@ -167,6 +185,8 @@ def pack(t: Tracked, refs: RefTable) -> bytes:
             out += short_hash(s.probed)
         else:
             _text(out, s.probed)
+    if s.recall:
+        _ports(out, s.recall)
     out.append(len(t.recent))
     for h in t.recent:
         out += h
@@ -204,12 +224,7 @@ def _unpack(data: bytes, refs: RefTable) -> Tracked:
             pos += 8
         else:
             times[name] = None
-    n, pos = _read_varint(data, pos)
-    ports, port = [], 0
-    for _ in range(n):
-        delta, pos = _read_varint(data, pos)
-        port += delta
-        ports.append(port)
+    ports, pos = _read_ports(data, pos)
     n, pos = _read_varint(data, pos)
     digests, port = [], 0
     for _ in range(n):
@@ -227,13 +242,17 @@ def _unpack(data: bytes, refs: RefTable) -> Tracked:
     elif presence & 1 << 6:
         n, pos = _read_varint(data, pos)
         probed, pos = data[pos:pos + n].decode(), pos + n
+    recall: list[int] = []
+    if presence & 1 << 7:
+        recall, pos = _read_ports(data, pos)
     count = data[pos]
     pos += 1
     recent = tuple(data[pos + 8 * i:pos + 8 * i + 8] for i in range(count))
     if pos + 8 * count != len(data):
         raise ValueError(f"scheduler state has {len(data) - pos - 8 * count} trailing bytes")
     state = IpState(status, step, frozenset(ports), tuple(digests), device, confidence, probed, silent_rounds,
-                    scans, times["first_seen"], times["last_seen"], times["last_scanned"], times["last_changed"])
+                    scans, times["first_seen"], times["last_seen"], times["last_scanned"], times["last_changed"],
+                    frozenset(recall))
     return Tracked(state, next_at, reason, issued, decided_at, updated_at, recent)
 
 

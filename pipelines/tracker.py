@@ -12,7 +12,8 @@ due times:
   policy decides on an incomplete, silent observation, which keeps the state and retries.
 
 A responsive result keeps (or starts) the IP's state; a non-responsive one removes it (the IP is
-demoted to the sweeps: a tombstone if it was tracked). Every decision is reported (:class:`Decided`)
+demoted to the sweeps: a tombstone if it was tracked), unless the policy still recalls the IP on its
+last ports (``policy.recall_interval``, off by default): then the state stays until the recall ends. Every decision is reported (:class:`Decided`)
 and the final state of each wake is reported once (:class:`Snapshot`) for ``scanflow.ip-state``.
 """
 
@@ -166,7 +167,8 @@ class IpTracker:
                 out: list) -> Tracked | None:
         previous = t.state if t is not None else None
         state, plan = self.policy.decide(previous, obs, now)
-        tracked = state.responsive
+        # A silent IP the policy still recalls on its last ports keeps its state until the recall ends.
+        tracked = state.responsive or bool(state.recall)
         out.append(Decided(ip, scan_id, now, previous, state, plan, tracked))
         if not tracked:
             return None

@@ -28,7 +28,8 @@ def tracked_states(draw):
     device = draw(st.one_of(st.none(), st.text(min_size=1, max_size=40)))
     state = IpState(draw(st.sampled_from(list(IpStatus))), draw(st.integers(0, 300)), frozenset(ports), digests,
                     device, draw(st.floats(0, 1)) if device else 0.0, draw(refs), draw(st.integers(0, 300)),
-                    draw(st.integers(0, 10**9)), draw(times), draw(times), draw(times), draw(times))
+                    draw(st.integers(0, 10**9)), draw(times), draw(times), draw(times), draw(times),
+                    frozenset(draw(st.sets(st.integers(1, 65535), max_size=12))))
     recent = tuple(draw(st.binary(min_size=8, max_size=8)) for _ in range(draw(st.integers(0, 8))))
     return Tracked(state, draw(st.floats(0, 4e9)), draw(st.sampled_from(list(Reason))), draw(st.booleans()),
                    draw(st.floats(0, 4e9)), draw(st.floats(0, 4e9)), recent)
