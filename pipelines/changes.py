@@ -40,7 +40,7 @@ from apache_beam.utils.timestamp import Timestamp
 from pipelines.beamfix import decline_nan_splits, lighten_state_cache_weigher
 from pipelines.glue import Round, timer_time
 from pipelines.records import command_record, decision_record, ip_state_record, micros
-from pipelines.state import STATE_HEADER, RefTable, pack, pack_header, unpack, unpack_header
+from pipelines.state import STATE_HEADER, RefTable, is_tombstone, pack, pack_header, unpack, unpack_header
 from pipelines.tracker import Decided, Due, IpTracker, Snapshot, from_ip_state_record
 
 COMMANDS = "commands"
@@ -108,8 +108,7 @@ class _TrackFn(beam.DoFn):
             pending.add((ts.micros, tuple(item)))
             round_timer.set(timer_time(ts.micros))
             return
-        raw = tracked.read()
-        current = unpack(raw, self._refs) if raw is not None else None
+        current, floor = self._read(tracked.read())
         try:
             restored, updated_at = self._parse_restore(item)
         except (KeyError, ValueError, IndexError) as exc:
@@ -121,11 +120,20 @@ class _TrackFn(beam.DoFn):
             return
         new = self._tracker.restore(current, restored, updated_at)
         if new is not current:
-            if new is None:
-                tracked.clear()
-            else:
-                tracked.write(pack(new, self._refs))
+            # A restored tombstone is kept as its time (10 bytes): the rewound events hold rounds the
+            # previous run applied before demoting the IP, which must not be applied again.
+            tracked.write(pack(new, self._refs) if new is not None else pack_header(None, updated_at, self._refs))
             self._set_due(due_timer, new)
+        elif new is None and restored is None and (floor is None or updated_at > floor):
+            tracked.write(pack_header(None, updated_at, self._refs))
+
+    def _read(self, raw: bytes | None) -> tuple[Tracked | None, float | None]:
+        """The IP's state, or None and the time of a restored tombstone (None if there is none)."""
+        if raw is None:
+            return None, None
+        if is_tombstone(raw):
+            return None, unpack_header(raw, self._refs)[1]
+        return unpack(raw, self._refs), None
 
     def _set_due(self, due_timer, t) -> None:
         due = self._tracker.due_at(t)
@@ -159,10 +167,9 @@ class _TrackFn(beam.DoFn):
     def _wake(self, key, fired, tracked, pending, round_timer, due_timer):
         """Apply everything of the IP due by the firing time in event-time order, emit decisions,
         commands and the new state, and set both timers again."""
-        raw = tracked.read()
-        current = unpack(raw, self._refs) if raw is not None else None
+        current, floor = self._read(tracked.read())
         items = [(us, Round(*r)) for us, r in pending.read()]
-        new, out, rest = self._tracker.wake(key, current, items, fired.micros)
+        new, out, rest = self._tracker.wake(key, current, items, fired.micros, late_until=floor)
         if new is not current:
             if new is None:
                 tracked.clear()

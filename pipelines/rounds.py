@@ -59,14 +59,30 @@ class _AssembleFn(beam.DoFn):
         self._stale = Metrics.counter(_METRICS, "stale_rounds")
 
     def process(self, element, events=beam.DoFn.StateParam(EVENTS), done=beam.DoFn.StateParam(DONE),
-                close=beam.DoFn.TimerParam(CLOSE), timeout=beam.DoFn.TimerParam(TIMEOUT)):
+                closed=beam.DoFn.StateParam(CLOSED), close=beam.DoFn.TimerParam(CLOSE),
+                timeout=beam.DoFn.TimerParam(TIMEOUT)):
         _, batch = element
         latest, has_done = None, False
+        current = None
         for us, fields, is_done in batch:
             if is_done:
-                # The same ScanDone twice writes the same value. Close once the watermark passes
-                # it: every response sent before it is in by then.
+                # A scan executed twice (its agent died before acknowledging the command, another
+                # ran it again) reports the same scan id with a later end: the round keeps the
+                # earliest ScanDone, so every run of this stage, whichever ScanDones it saw, closes
+                # the round at the same time and decides it the same way. Close once the watermark
+                # passes it: every response sent before it is in by then. (State is read only here,
+                # once per ScanDone, never per response.)
+                if current is None:
+                    if closed.read():
+                        self._late.inc()
+                        has_done = True
+                        continue
+                    current = done.read() or ()
+                if current and Done(*current).ended_us <= Done(*fields).ended_us:
+                    has_done = True
+                    continue
                 done.write(fields)
+                current = fields
                 close.set(timer_time(us))
                 has_done = True
             else:

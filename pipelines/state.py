@@ -261,6 +261,11 @@ def pack_header(t: Tracked | None, updated_at: float, refs: RefTable) -> bytes:
     return pack(t, refs) if t is not None else _TOMBSTONE + _F64.pack(updated_at)
 
 
+def is_tombstone(data: bytes) -> bool:
+    """True for :func:`pack_header` bytes of a tombstone (no state, only its time)."""
+    return data[:2] == _TOMBSTONE and len(data) == 10
+
+
 def unpack_header(data: bytes, refs: RefTable) -> tuple[Tracked | None, float]:
     """``(state or None for a tombstone, updated_at)`` from :func:`pack_header` bytes."""
     if data[:2] == _TOMBSTONE and len(data) == 10:

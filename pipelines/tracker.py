@@ -113,10 +113,13 @@ class IpTracker:
             return t.with_(state=IpState(**fields))
         return t
 
-    def wake(self, ip: str, t: Tracked | None, pending: list[tuple[int, Round]], until_us: int
-             ) -> tuple[Tracked | None, list[Any], list[tuple[int, Round]]]:
+    def wake(self, ip: str, t: Tracked | None, pending: list[tuple[int, Round]], until_us: int,
+             late_until: float | None = None) -> tuple[Tracked | None, list[Any], list[tuple[int, Round]]]:
         """Process everything of ``ip`` due by ``until_us`` (the watermark, in microseconds): rounds
         whose element time is <= it and due times <= it, in event-time order.
+
+        ``late_until``: the time of a restored tombstone of an IP without state: rounds that ended
+        at or before it were applied by the run that wrote it (a restart re-reads them) and are late.
 
         ``pending`` holds ``(element time in micros, round)``. Returns the new state, the outputs
         (:class:`Decided`, :class:`Due`, then one :class:`Snapshot` if the state changed) and the
@@ -136,7 +139,7 @@ class IpTracker:
             if nxt is None and due_us is None:
                 break
             if nxt is not None and (due_us is None or nxt.ended_us <= due_us):
-                t = self._round(ip, t, nxt, out)
+                t = self._round(ip, t, nxt, out, late_until)
                 i += 1
             elif not t.issued:
                 out.append(Due(ip, t.next_at, self.policy.ports_for(t.state), t.reason))
@@ -148,9 +151,13 @@ class IpTracker:
             out.append(Snapshot(ip, t, t.updated_at if t is not None else out_time(out, until_us / US)))
         return t, out, rest
 
-    def _round(self, ip: str, t: Tracked | None, rnd: Round, out: list) -> Tracked | None:
+    def _round(self, ip: str, t: Tracked | None, rnd: Round, out: list,
+               late_until: float | None = None) -> Tracked | None:
         if rnd.policy not in self.policies:
             self.counts["other_policy"] += 1
+            return t
+        if t is None and late_until is not None and rnd.at <= late_until:
+            self.counts["late_round"] += 1
             return t
         if t is not None:
             if t.seen(rnd.scan_id):

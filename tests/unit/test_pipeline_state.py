@@ -112,3 +112,33 @@ def test_a_state_naming_a_port_set_the_policy_lost_is_left_to_the_sweeps_not_a_f
     result.wait_until_finish()
     unreadable = result.metrics().query(beam.metrics.MetricsFilter().with_name("restore_unreadable"))["counters"]
     assert sum(c.committed for c in unreadable) == 1
+
+
+def test_a_restored_tombstone_keeps_the_rounds_before_it_from_being_applied_again():
+    """The Beam stage keeps a restored tombstone's time for an IP without state: a rewound round
+    that ended before it yields no decision and no command; a later round does."""
+    import apache_beam as beam
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    from apache_beam.testing.util import assert_that, equal_to
+    from apache_beam.transforms.window import TimestampedValue
+
+    from pipelines.changes import DetectChanges, RestoreRecord
+    from pipelines.glue import Round
+    from pipelines.records import micros
+
+    silent = POLICY.port_sets.silent
+    port_set = (silent.name, silent.version, ())
+
+    def rnd(scan, at):
+        return Round("198.18.0.1", scan, "agent", None, "EFFICIENT", micros(at) - 30_000_000, micros(at),
+                     port_set, 0, ((80, HIK, "http"),), "COMPLETE")
+
+    before, after = rnd("before", T0 + 100), rnd("after", T0 + 400)
+    items = [TimestampedValue(("198.18.0.1", RestoreRecord(pack_header(None, T0 + 200, REFS), None, T0 + 200)), 0),
+             TimestampedValue(("198.18.0.1", before), T0 + 100),
+             TimestampedValue(("198.18.0.1", after), T0 + 400)]
+    p = beam.Pipeline(runner=FnApiRunner())
+    decisions, _, _ = (p | beam.Create(items, reshuffle=False)
+                       | DetectChanges(POLICY, command_ttl_s=3600, round_timeout_s=600, horizon=T0 + 500))
+    assert_that(decisions | beam.Map(lambda d: d["scan_id"]), equal_to(["after"]))
+    p.run().wait_until_finish()

@@ -156,3 +156,18 @@ def test_a_bare_ip_state_record_restores_digests_probed_set_and_issue():
     assert restored.issued and restored.next_at == T0 + 12 * HOUR
     # The round applied before the restart is recognised as such, without its scan id.
     assert _run(tr, restored, [_round("a", T0)], T0 + 13 * HOUR)[1] == []
+
+
+def test_rounds_a_restored_tombstone_covers_are_not_applied_again():
+    """A restart re-reads rounds the previous run applied; for an IP it then demoted (a tombstone,
+    no state), those ended at or before the tombstone are late, later ones are new."""
+    tr = _tracker()
+    tombstone_at = T0 + 13 * HOUR
+    old, new = _round("a", T0), _round("b", T0 + 20 * HOUR)
+    t, out, _ = tr.wake(IP, None, [(old.ended_us, old)], micros(T0 + HOUR), late_until=tombstone_at)
+    assert t is None and out == [] and tr.counts["late_round"] == 1
+    t, out, _ = tr.wake(IP, None, [(new.ended_us, new)], micros(T0 + 21 * HOUR), late_until=tombstone_at)
+    assert [d.scan_id for d in out if isinstance(d, Decided)] == ["b"] and t is not None
+    # Without a tombstone the same old round is a new responder, as before.
+    t, out, _ = _tracker().wake(IP, None, [(old.ended_us, old)], micros(T0 + HOUR))
+    assert [d.plan.reason for d in out if isinstance(d, Decided)] == [Reason.NEW_RESPONDER]
