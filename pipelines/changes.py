@@ -38,10 +38,10 @@ from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateS
 from apache_beam.utils.timestamp import Timestamp
 
 from pipelines.beamfix import decline_nan_splits, lighten_state_cache_weigher
-from pipelines.glue import Round, timer_time
+from pipelines.glue import US, Round, timer_time
 from pipelines.records import command_record, decision_record, ip_state_record, micros
 from pipelines.state import STATE_HEADER, RefTable, is_tombstone, pack, pack_header, unpack, unpack_header
-from pipelines.tracker import Decided, Due, IpTracker, Snapshot, from_ip_state_record
+from pipelines.tracker import Decided, Due, IpTracker, Snapshot, from_ip_state_record, out_time
 
 COMMANDS = "commands"
 STATES = "states"
@@ -71,9 +71,11 @@ class _TrackFn(beam.DoFn):
     DUE = TimerSpec("due", TimeDomain.WATERMARK)
 
     def __init__(self, policy, *, recent_scans: int, command_ttl_s: float, round_timeout_s: float,
-                 horizon: float | None, emit_states: bool = True):
+                 horizon: float | None, emit_states: bool = True, forget_s: float = 24 * 3600.0):
         self._policy = policy
         self._emit_states = emit_states
+        self._horizon = horizon
+        self._forget_s = forget_s
         self._args = dict(recent_scans=recent_scans, command_ttl_s=command_ttl_s,
                           round_timeout_s=round_timeout_s, horizon=horizon)
         self._ttl = command_ttl_s
@@ -120,12 +122,28 @@ class _TrackFn(beam.DoFn):
             return
         new = self._tracker.restore(current, restored, updated_at)
         if new is not current:
-            # A restored tombstone is kept as its time (10 bytes): the rewound events hold rounds the
-            # previous run applied before demoting the IP, which must not be applied again.
-            tracked.write(pack(new, self._refs) if new is not None else pack_header(None, updated_at, self._refs))
-            self._set_due(due_timer, new)
+            if new is not None:
+                tracked.write(pack(new, self._refs))
+                self._set_due(due_timer, new)
+            else:
+                self._mark_demoted(tracked, due_timer, updated_at, None)
         elif new is None and restored is None and (floor is None or updated_at > floor):
-            tracked.write(pack_header(None, updated_at, self._refs))
+            self._mark_demoted(tracked, due_timer, updated_at, None)
+
+    def _mark_demoted(self, tracked, due_timer, at: float, now_us: int | None) -> None:
+        """An IP without state keeps the time it was demoted (10 bytes) for ``forget_s``: a round
+        that ended before it and comes again (a rewound restart, a scan executed twice) is late,
+        as it would be for a tracked IP. The DUE timer forgets the mark."""
+        forget = at + self._forget_s
+        if now_us is not None and now_us >= micros(forget):
+            tracked.clear()
+            due_timer.clear()
+            return
+        tracked.write(pack_header(None, at, self._refs))
+        if self._horizon is not None and forget >= self._horizon:
+            due_timer.clear()           # a bounded replay ends before it: nothing to forget
+        else:
+            due_timer.set(timer_time(micros(forget)))
 
     def _read(self, raw: bytes | None) -> tuple[Tracked | None, float | None]:
         """The IP's state, or None and the time of a restored tombstone (None if there is none)."""
@@ -170,11 +188,16 @@ class _TrackFn(beam.DoFn):
         current, floor = self._read(tracked.read())
         items = [(us, Round(*r)) for us, r in pending.read()]
         new, out, rest = self._tracker.wake(key, current, items, fired.micros, late_until=floor)
-        if new is not current:
-            if new is None:
-                tracked.clear()
-            else:
+        if new is not None:
+            if new is not current:
                 tracked.write(pack(new, self._refs))
+            self._set_due(due_timer, new)
+        elif current is not None:           # demoted now
+            self._mark_demoted(tracked, due_timer, out_time(out, fired.micros / US), fired.micros)
+        elif floor is not None:             # demoted before: keep or forget the mark
+            self._mark_demoted(tracked, due_timer, floor, fired.micros)
+        else:
+            due_timer.clear()
         if len(rest) != len(items):
             pending.clear()
             for us, rnd in rest:
@@ -183,7 +206,6 @@ class _TrackFn(beam.DoFn):
             round_timer.set(timer_time(min(us for us, _ in rest)))
         else:
             round_timer.clear()
-        self._set_due(due_timer, new)
         for o in out:
             yield from self._emit(o)
 
@@ -207,14 +229,17 @@ class DetectChanges(beam.PTransform):
     """``(ip, Round)`` and ``(ip, RestoreRecord)`` -> ``(decisions, commands, states)``.
 
     ``horizon`` (bounded replay): no wake-up is scheduled at or after it, so the run ends.
+    ``forget_s``: how long an IP demoted to the sweeps keeps the time of its demotion (rounds that
+    ended before it and come again are late); the scheduler passes ``pipeline.dedupe_horizon_s``.
     ``emit_states=False`` leaves the ``states`` output empty (a replay writes no ip-state).
     """
 
     def __init__(self, policy, *, recent_scans: int = 4, command_ttl_s: float, round_timeout_s: float,
-                 horizon: float | None = None, emit_states: bool = True):
+                 horizon: float | None = None, emit_states: bool = True, forget_s: float = 24 * 3600.0):
         super().__init__()
         self._fn = _TrackFn(policy, recent_scans=recent_scans, command_ttl_s=command_ttl_s,
-                            round_timeout_s=round_timeout_s, horizon=horizon, emit_states=emit_states)
+                            round_timeout_s=round_timeout_s, horizon=horizon, emit_states=emit_states,
+                            forget_s=forget_s)
 
     def expand(self, keyed):
         out = (keyed

@@ -64,7 +64,8 @@ class Scheduler(beam.PTransform):
         keyed = rounds if restore is None else (rounds, restore) | "WithRestore" >> beam.Flatten()
         decisions, commands, states = keyed | "DetectChanges" >> DetectChanges(
             self._policy, recent_scans=s.recent_scans, command_ttl_s=s.command_ttl_s,
-            round_timeout_s=s.round_timeout_s, horizon=self._horizon, emit_states=self._emit_states)
+            round_timeout_s=s.round_timeout_s, horizon=self._horizon, emit_states=self._emit_states,
+            forget_s=s.dedupe_horizon_s)
         return SchedulerOutputs(decisions, commands, states, observations)
 
 

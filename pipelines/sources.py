@@ -24,6 +24,7 @@ from typing import Mapping
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import TimestampedValue
 
 from connectors.avro_codec import (AvroCodec, CodecError, Decoded, InvalidIp, InvalidRecord, canonical_ip,
                                    default_codec)
@@ -36,6 +37,9 @@ from pipelines.glue import MAX_TIME_US, MIN_TIME_US, US, check_times, from_recor
 from pipelines.state import STATE_HEADER, RefTable, unpack_header
 
 log = logging.getLogger(__name__)
+
+#: Element time of restored states (the epoch): before every round, see :class:`_ToRestore`.
+RESTORE_TIME = 0
 
 #: Watermark lag of the restore read: larger than any epoch time, so the watermark stays before
 #: every event until the read is complete (a bounded read then jumps to the end of time).
@@ -156,7 +160,11 @@ class _ToRestore(beam.DoFn):
                 rec.key, rec.value, rec.headers + dead_letter_headers(
                     exc.error_class, str(exc), rec.topic, rec.partition, rec.offset, rec.timestamp_ms)))
             return
-        yield ip, restore
+        # Stamped at the epoch, not at the record's time: a state written after the rounds it covers
+        # must still reach the per-IP stage before their timers fire. An element holds the
+        # watermark of the stages after it at its own time until it is processed, so at 0 it
+        # holds back every round of the restarted run until the state is restored.
+        yield TimestampedValue((ip, restore), RESTORE_TIME)
 
     def _parse(self, rec: KafkaRecord) -> tuple[str, RestoreRecord]:
         """The record's address and what to restore; a :class:`CodecError` names why it cannot be."""

@@ -142,3 +142,39 @@ def test_a_restored_tombstone_keeps_the_rounds_before_it_from_being_applied_agai
                        | DetectChanges(POLICY, command_ttl_s=3600, round_timeout_s=600, horizon=T0 + 500))
     assert_that(decisions | beam.Map(lambda d: d["scan_id"]), equal_to(["after"]))
     p.run().wait_until_finish()
+
+
+def test_a_demoted_ip_keeps_its_demotion_time_so_a_round_before_it_coming_again_is_late():
+    """Within one run: an IP answers, then goes silent (demoted, no state); a second report of a
+    round that ended before the demotion (a scan executed twice) comes after it. It must be late,
+    not a new responder; and the mark is forgotten after ``forget_s``."""
+    import apache_beam as beam
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    from apache_beam.testing.util import assert_that, equal_to
+    from apache_beam.transforms.window import TimestampedValue
+
+    from pipelines.changes import DetectChanges
+    from pipelines.glue import Round
+    from pipelines.records import micros
+
+    silent = POLICY.port_sets.silent
+    port_set = (silent.name, silent.version, ())
+
+    def rnd(scan, at, responses):
+        return Round("198.18.0.9", scan, "agent", None, "EFFICIENT", micros(at) - 30_000_000, micros(at),
+                     port_set, 0, responses, "COMPLETE")
+
+    answer = ((80, HIK, "http"),)
+    items = [TimestampedValue(("198.18.0.9", rnd("a", T0 + 100, answer)), T0 + 100),
+             TimestampedValue(("198.18.0.9", rnd("b", T0 + 200, ())), T0 + 200),
+             # "a" once more (another agent's run of the same command), ending earlier, arriving later
+             TimestampedValue(("198.18.0.9", rnd("a", T0 + 150, answer)), T0 + 300),
+             # long after the mark is forgotten, a new answer is a new responder again
+             TimestampedValue(("198.18.0.9", rnd("c", T0 + 5000, answer)), T0 + 5000)]
+    p = beam.Pipeline(runner=FnApiRunner())
+    decisions, _, _ = (p | beam.Create(items, reshuffle=False)
+                       | DetectChanges(POLICY, command_ttl_s=60, round_timeout_s=60, horizon=T0 + 6000,
+                                       forget_s=1000))
+    assert_that(decisions | beam.Map(lambda d: (d["scan_id"], d["reason"])),
+                equal_to([("a", "NEW_RESPONDER"), ("b", "SWEEP"), ("c", "NEW_RESPONDER")]))
+    p.run().wait_until_finish()
