@@ -16,6 +16,8 @@ observations out. ``run_live`` and ``run_replay`` are what ``scanflow pipeline r
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -190,11 +192,20 @@ def run_live(settings, pipeline: PipelineSettings, *, runner: str | None = None,
     result = p.run()
     if on_start is not None:
         on_start(result)
+    # SIGTERM stops the run like Ctrl-C: the job is cancelled and the process exits normally, so
+    # the Prism runner it started is stopped too (SIGTERM's default would leave it running).
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        def _terminate(signum, frame):  # noqa: ARG001 - signal handler signature
+            raise KeyboardInterrupt
+        previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         result.wait_until_finish(duration=int(duration_s * 1000) if duration_s else None)
     except KeyboardInterrupt:
         log.info("interrupted: cancelling the pipeline")
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         if not str(result.state).endswith(("DONE", "FAILED", "CANCELLED")):
             result.cancel()
     return result

@@ -295,7 +295,7 @@ class Agent:
         """
         from kafka import ConsumerRebalanceListener
 
-        from connectors.kafka_io import make_consumer, topic_partitions
+        from connectors.kafka_io import make_consumer
         from probe_agent.publisher import IpStateReader
 
         await self.open()
@@ -317,11 +317,12 @@ class Agent:
                               max_poll_interval_ms=300_000, session_timeout_ms=10_000,
                               heartbeat_interval_ms=3_000, metadata_max_age_ms=30_000,
                               client_id=f"scanflow-agent-{self.agent_id}")
-        # Know the commands topic's partitions before joining the group: kafka-python joins as soon
-        # as it subscribes, and a join made before the topic's metadata arrived can be assigned
-        # nothing (seen on a just-started broker). A missing topic is an error naming the fix.
+        # Wait until the broker lists the commands topic's partitions before joining the group: a
+        # join made while a just-created topic had none yet was assigned nothing (seen on a
+        # just-started broker). A missing topic is an error naming the fix. (A consumer of its own:
+        # asking the group's consumer itself made it rebalance once more right after joining.)
         try:
-            await call(topic_partitions, consumer, [self.topics.commands], 15.0)
+            await call(_wait_for_topic, self.kafka, self.topics.commands)
         except ValueError as exc:
             await call(consumer.close, autocommit=False)
             kx.shutdown(wait=False)
@@ -486,6 +487,17 @@ def _tp(rec):
     from kafka import TopicPartition
 
     return TopicPartition(rec.topic, rec.partition)
+
+
+def _wait_for_topic(kafka: KafkaSettings, topic: str, timeout_s: float = 15.0) -> None:
+    """Return once the broker lists ``topic``'s partitions; ``ValueError`` if it does not in time."""
+    from connectors.kafka_io import make_consumer, topic_partitions
+
+    probe = make_consumer(kafka)
+    try:
+        topic_partitions(probe, [topic], timeout_s)
+    finally:
+        probe.close(autocommit=False)
 
 
 def _set_paused(consumer, pause: bool) -> None:

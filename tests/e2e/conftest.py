@@ -71,13 +71,18 @@ def kill9(proc: subprocess.Popen) -> None:
 
 
 def stop(proc: subprocess.Popen, timeout_s: float = 60) -> int:
-    """SIGTERM, then SIGKILL if it does not exit in time; returns the exit code."""
+    """SIGTERM, then SIGKILL if it does not exit in time; returns the exit code. Whatever it left
+    running in its session (e.g. a Prism runner its SIGTERM did not take down) is killed after."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
             kill9(proc)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
     return proc.returncode
 
 

@@ -63,3 +63,52 @@ def test_pipeline_run_consumes_events_and_sends_commands(kafka, make_topic, pris
     # Five seconds after each round: the first step of the (compressed) ladder.
     for c, k in zip(sorted(commands, key=lambda c: c["targets"][0]), range(len(ips))):
         assert c["not_before"] == micros(now + k * 0.1 + 0.5 + 5)
+
+
+def test_sigterm_cancels_the_job_and_leaves_no_runner_behind(kafka, make_topic, prism_binary):
+    """``scanflow pipeline run`` on a Prism of its own, stopped with SIGTERM (as a service manager
+    stops it): the job is cancelled, the command exits 0, and nothing of its session is left running
+    (before, SIGTERM ended the Python process and orphaned its Prism runner)."""
+    import signal
+
+    topics = {"events": make_topic("term-events", partitions=1), "commands": make_topic("term-commands", partitions=1),
+              "ip_state": make_topic("term-state", partitions=1, **{"cleanup.policy": "compact"}),
+              "dead_letter": make_topic("term-dead", partitions=1)}
+    cmd = [sys.executable, "-m", "scanflow"]
+    for key, name in topics.items():
+        cmd += ["--set", f"topics.{key}={name}"]
+    cmd += ["pipeline", "run", "--runner", "prism"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCANFLOW_PIPELINE_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+    try:
+        lines = []
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "scheduler: running" in line:
+                break
+        assert any("scheduler: running" in line for line in lines), "".join(lines)
+        time.sleep(2)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, "".join(lines) + out
+    assert "CANCELLED" in out
+    # Nothing of the command's session is still running (its Prism job server in particular).
+    time.sleep(1)
+    left = [pid for pid in os.listdir("/proc") if pid.isdigit() and _session_of(int(pid)) == proc.pid]
+    assert not left, f"processes left running in the command's session: {left}"
+
+
+def _session_of(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except (ProcessLookupError, PermissionError):
+        return None
