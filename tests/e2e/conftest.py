@@ -40,6 +40,23 @@ class Topics:
         return args
 
 
+def create_loop_topics(kafka) -> Topics:
+    """The loop's four topics, with plain names, on a broker of a test's own (``second_broker``)."""
+    from kafka import KafkaAdminClient
+
+    topics = Topics(events="events", commands="commands", ip_state="ip-state", dead_letter="dead-letter")
+    admin = KafkaAdminClient(**kafka.client_options())
+    try:
+        admin.create_topics(
+            {"events": {"num_partitions": 6, "replication_factor": 1},
+             "commands": {"num_partitions": 3, "replication_factor": 1},
+             "ip-state": {"num_partitions": 3, "replication_factor": 1, "configs": {"cleanup.policy": "compact"}},
+             "dead-letter": {"num_partitions": 1, "replication_factor": 1}}, wait_for_metadata=True)
+    finally:
+        admin.close()
+    return topics
+
+
 @pytest.fixture
 def loop_topics(make_topic) -> Topics:
     """Fresh events/commands/ip-state/dead-letter topics on the session broker."""

@@ -35,7 +35,8 @@ from pathlib import Path
 
 import duckdb
 
-from tests.e2e.conftest import Follow, Topics, committed_total, kill9, new_group, scanflow_cmd, start, stop, wait_for
+from tests.e2e.conftest import (Follow, Topics, committed_total, create_loop_topics, kill9, new_group, scanflow_cmd,
+                                start, stop, wait_for)
 
 US = 1_000_000
 DAY_S = 10.0                         # wall seconds per virtual day
@@ -49,20 +50,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _topics(kafka) -> Topics:
-    from kafka import KafkaAdminClient
-
-    topics = Topics(events="events", commands="commands", ip_state="ip-state", dead_letter="dead-letter")
-    admin = KafkaAdminClient(**kafka.client_options())
-    admin.create_topics(
-        {"events": {"num_partitions": 6, "replication_factor": 1},
-         "commands": {"num_partitions": 3, "replication_factor": 1},
-         "ip-state": {"num_partitions": 3, "replication_factor": 1, "configs": {"cleanup.policy": "compact"}},
-         "dead-letter": {"num_partitions": 1, "replication_factor": 1}}, wait_for_metadata=True)
-    admin.close()
-    return topics
 
 
 class Loop:
@@ -157,7 +144,7 @@ def test_agent_scheduler_and_broker_kill9_in_one_run_counts_reconcile(second_bro
     up = second_broker("up")
     assert up.returncode == 0, up.stdout + up.stderr
     kafka = dataclasses.replace(KafkaSettings(), bootstrap_servers=second_broker.bootstrap)
-    topics = _topics(kafka)
+    topics = create_loop_topics(kafka)
     loop = Loop(tmp_path, second_broker.bootstrap, topics, prism_binary, time.time())
     figures: dict = {}
     t0 = time.monotonic()

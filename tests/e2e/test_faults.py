@@ -291,22 +291,13 @@ def test_broker_kill9_mid_run_agent_carries_on_and_counts_reconcile(second_broke
     """SIGKILL a broker of the test's own while a sim agent works on it; start it again."""
     import dataclasses
 
-    from kafka import KafkaAdminClient
-
     from scanflow.config import KafkaSettings
-    from tests.e2e.conftest import Topics
+    from tests.e2e.conftest import create_loop_topics
 
     up = second_broker("up")
     assert up.returncode == 0, up.stdout + up.stderr
     kafka = dataclasses.replace(KafkaSettings(), bootstrap_servers=second_broker.bootstrap)
-    topics = Topics(events="events", commands="commands", ip_state="ip-state", dead_letter="dead-letter")
-    admin = KafkaAdminClient(**kafka.client_options())
-    admin.create_topics(
-        {"events": {"num_partitions": 6, "replication_factor": 1},
-         "commands": {"num_partitions": 3, "replication_factor": 1},
-         "ip-state": {"num_partitions": 3, "replication_factor": 1, "configs": {"cleanup.policy": "compact"}},
-         "dead-letter": {"num_partitions": 1, "replication_factor": 1}}, wait_for_metadata=True)
-    admin.close()
+    topics = create_loop_topics(kafka)
 
     epoch_us = int(time.time()) * US
     commands = _commands(600, epoch_us, "bkill")
