@@ -311,8 +311,9 @@ class Agent:
             self.tracked.caught_up.set()
         # A 10 s session (heartbeats run in the client's own thread, so long scans do not count)
         # lets the group hand a crashed agent's partitions to another within seconds.
-        # Metadata refreshed every 30 s (default 5 min): a group assignment made from metadata that
-        # did not list the topic yet is redone within 30 s rather than leaving the agent idle.
+        # Metadata refreshed every 30 s (default 5 min), so partitions added to the commands topic
+        # reach the group sooner. (It did not cure the idle agent of docs/RELIABILITY.md, whose
+        # cause is still open.)
         consumer = await call(make_consumer, self.kafka, self.settings.resolved_group_id(),
                               max_poll_interval_ms=300_000, session_timeout_ms=10_000,
                               heartbeat_interval_ms=3_000, metadata_max_age_ms=30_000,

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import duckdb
 
+from tests.conftest import free_port
 from tests.e2e.conftest import (Follow, Topics, committed_total, create_loop_topics, kill9, new_group, scanflow_cmd,
                                 start, stop, wait_for)
 
@@ -44,12 +45,6 @@ SCALE = DAY_S / 86_400.0
 N_IPS = 512
 WORLD = "10.0.0.0/23"
 PROGRESS = 12                        # commands acknowledged between two faults
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Loop:
@@ -65,7 +60,7 @@ class Loop:
         self.restarts = 0
 
     def start_scheduler(self) -> None:
-        port = _free_port()
+        port = free_port()
         self.prism_proc = start([str(self.prism), f"--job_port={port}", "--serve_http=false", "--log_level=warn",
                                  "--log_kind=text"], self.tmp / "prism.log")
         wait_for(lambda: _listening(port), timeout_s=60)

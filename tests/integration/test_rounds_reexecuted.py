@@ -28,11 +28,15 @@ def _done(t, agent):
                                  "COMPLETE"), t)
 
 
-def _ends(stream, options) -> list:
+def _check_round_ends(stream, prism_options, assert_ran_on_prism, expected) -> None:
+    """Run round assembly over ``stream`` on Prism; its rounds must be ``expected`` (ip, end, agent)."""
+    options = prism_options()
     p = beam.Pipeline(options=options)
     rounds = p | stream | AssembleRounds(round_timeout_s=600, dedupe_horizon_s=3600)
-    ends = rounds | beam.Map(lambda kv: (kv[0], kv[1].ended_us, kv[1].agent_id))
-    return p, ends
+    assert_that(rounds | beam.Map(lambda kv: (kv[0], kv[1].ended_us, kv[1].agent_id)), equal_to(expected))
+    result = p.run()
+    result.wait_until_finish()
+    assert_ran_on_prism(result, options)
 
 
 def test_the_earliest_scandone_closes_the_round_whatever_the_order(prism_options, assert_ran_on_prism):
@@ -42,12 +46,7 @@ def test_the_earliest_scandone_closes_the_round_whatever_the_order(prism_options
                   .add_elements([_done(first, f"agent-{first - T0:.0f}")])
                   .add_elements([_done(second, f"agent-{second - T0:.0f}")])
                   .advance_watermark_to(T0 + 100).advance_watermark_to_infinity())
-        options = prism_options()
-        p, ends = _ends(stream, options)
-        assert_that(ends, equal_to([(IP, micros(T0 + 30), "agent-30")]))
-        result = p.run()
-        result.wait_until_finish()
-        assert_ran_on_prism(result, options)
+        _check_round_ends(stream, prism_options, assert_ran_on_prism, [(IP, micros(T0 + 30), "agent-30")])
 
 
 def test_a_second_execution_after_the_round_closed_adds_nothing(prism_options, assert_ran_on_prism):
@@ -56,9 +55,4 @@ def test_a_second_execution_after_the_round_closed_adds_nothing(prism_options, a
               .advance_watermark_to(T0 + 60)
               .add_elements([_ev(T0 + 61), _done(T0 + 70, "agent-b")])
               .advance_watermark_to(T0 + 200).advance_watermark_to_infinity())
-    options = prism_options()
-    p, ends = _ends(stream, options)
-    assert_that(ends, equal_to([(IP, micros(T0 + 30), "agent-a")]))
-    result = p.run()
-    result.wait_until_finish()
-    assert_ran_on_prism(result, options)
+    _check_round_ends(stream, prism_options, assert_ran_on_prism, [(IP, micros(T0 + 30), "agent-a")])
