@@ -85,6 +85,8 @@ class Done(NamedTuple):
     port_set: PortSetRef | None
     ports_probed: int
     status: str
+    #: How many ScanEvents the agent emitted for this scan (``ScanDone.responses``); -1 unknown.
+    responses: int = -1
 
 
 class Round(NamedTuple):
@@ -161,8 +163,20 @@ def from_record(schema: str, record: Mapping[str, Any]) -> Event | Done | None:
         return Done(record["scan_id"], record["target"], record.get("agent_id") or "", record.get("command_id"),
                     record.get("policy") or "UNKNOWN", int(record["started_at"]), int(record["ended_at"]),
                     port_set_ref(record.get("port_set")), int(record.get("ports_probed") or 0),
-                    record.get("status") or "UNKNOWN")
+                    record.get("status") or "UNKNOWN", _count(record.get("responses")))
     return None
+
+
+def _count(value: Any) -> int:
+    return int(value) if isinstance(value, int) and value >= 0 else -1
+
+
+def complete_in(done: Done, events: list[Event]) -> bool:
+    """True when ``events`` are exactly the responses of ``done``'s single-address scan: every one
+    is for its target and there are as many as the ScanDone says the agent emitted. Such a round
+    needs nothing else (no later response can belong to it), so it can be assembled at once."""
+    return (done.responses == len(events) and not is_range(done.target)
+            and all(e.ip == done.target for e in events))
 
 
 def is_range(target: str) -> bool:

@@ -124,6 +124,7 @@ def _scan(records, rng, agent: str, scan_id: str, target: str, hosts: list[Host]
           port_set_rec: dict, t0: float, *, done: bool) -> dict[str, tuple[list[int], list[tuple[int, bytes]]]]:
     """Emit one scan's records; returns what each answering host said."""
     answered = {}
+    emitted = 0
     for h in hosts:
         a = h.at(t0)
         if a is None or not a.ports:
@@ -134,11 +135,13 @@ def _scan(records, rng, agent: str, scan_id: str, target: str, hosts: list[Host]
         banners = [(p, b) for p, b in a.banners if p in ports]
         answered[h.ip] = (seen, banners)
         for j, port in enumerate(seen):
+            emitted += 1
             ts = micros(t0 + 1.0 + j)
             records.append(("ScanEvent", make_record("ScanEvent", scan_id=scan_id, agent_id=agent, ip=h.ip, port=port,
                                                      transport="TCP", kind="SYN_ACK", timestamp=ts)))
             banner = dict(banners).get(port)
             if banner is not None:
+                emitted += 1
                 records.append(("ScanEvent", make_record(
                     "ScanEvent", scan_id=scan_id, agent_id=agent, ip=h.ip, port=port, transport="TCP",
                     kind="BANNER", timestamp=ts + 500_000, banner=banner, banner_protocol="http")))
@@ -147,7 +150,7 @@ def _scan(records, rng, agent: str, scan_id: str, target: str, hosts: list[Host]
             "ScanDone", scan_id=scan_id, agent_id=agent, command_id=None, target=target, policy="EFFICIENT",
             started_at=micros(t0), ended_at=micros(t0 + SCAN_SECONDS), port_set=port_set_rec,
             ports_probed=len(ports), addresses_probed=1, packets_sent=len(ports), bytes_sent=40 * len(ports),
-            responses=sum(len(v[0]) for v in answered.values()), status="COMPLETE")))
+            responses=emitted, status="COMPLETE")))
     return answered
 
 

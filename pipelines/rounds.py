@@ -26,12 +26,15 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.utils.timestamp import Timestamp
+from apache_beam.pvalue import TaggedOutput
 from apache_beam.utils.windowed_value import WindowedValue
 
 from pipelines.beamfix import decline_nan_splits, lighten_state_cache_weigher
-from pipelines.glue import US, Done, Event, assemble, timer_time
+from pipelines.glue import US, Done, Event, Round, assemble, complete_in, timer_time
 
 _METRICS = "scanflow.rounds"
+#: Output of the bundle step: rounds complete within one bundle, keyed by IP.
+COMPLETE_ROUNDS = "complete"
 
 
 class _AssembleFn(beam.DoFn):
@@ -156,21 +159,58 @@ class _AssembleFn(beam.DoFn):
 
 
 class _GatherInBundle(beam.DoFn):
-    """Responses of one scan that arrive in the same bundle go to the keyed stage together: one
-    element, one state append and one timer per scan and bundle instead of per response. (A
-    per-IP scan's responses and ScanDone are consecutive records of one partition.)"""
+    """Responses of one scan that arrive in the same bundle go on together.
+
+    A scan whose ScanDone came in the bundle with every response it announces (a single-address scan:
+    the agent writes its responses and then its ScanDone to the target's partition, so they are
+    usually consecutive records of one read) is complete: its round is assembled here and goes
+    straight to the per-IP stage (output ``complete``), with no state and no timer at all. Any other
+    batch goes to the keyed stage as one element: one state append and one timer per scan and bundle
+    instead of per response.
+    """
+
+    def __init__(self, dedupe_horizon_s: float):
+        self._dedupe_us = int(round(dedupe_horizon_s * US))
+
+    def setup(self):
+        self._in_bundle = Metrics.counter(_METRICS, "rounds_in_bundle")
+        self._stale = Metrics.counter(_METRICS, "stale_rounds")
 
     def start_bundle(self):
         self._scans: dict = {}
 
     def process(self, item, ts=beam.DoFn.TimestampParam, win=beam.DoFn.WindowParam):
-        self._scans.setdefault((item.scan_id, win), []).append((ts.micros, tuple(item), isinstance(item, Done)))
+        self._scans.setdefault((item.scan_id, win), []).append((ts.micros, item))
 
     def finish_bundle(self):
         for (scan_id, win), batch in self._scans.items():
+            rnd = _complete_round(scan_id, batch)
+            if rnd is not None:
+                # Stamped as the keyed stage would emit it: at its close timer, the ScanDone's time.
+                at = timer_time(rnd[0])
+                if rnd[1].ended_us < at.micros - self._dedupe_us:
+                    self._stale.inc()   # as in the keyed stage's close: older than it remembers
+                    continue
+                self._in_bundle.inc()
+                yield TaggedOutput(COMPLETE_ROUNDS, WindowedValue((rnd[1].ip, rnd[1]), at, [win]))
+                continue
             # The earliest element time of the batch: none of its items is later than it may be.
-            yield WindowedValue((scan_id, batch), Timestamp(micros=min(us for us, _, _ in batch)), [win])
+            yield WindowedValue((scan_id, [(us, tuple(it), isinstance(it, Done)) for us, it in batch]),
+                                Timestamp(micros=min(us for us, _ in batch)), [win])
         self._scans = {}
+
+
+def _complete_round(scan_id: str, batch) -> tuple[int, Round] | None:
+    """(the ScanDone's element time, the round) when ``batch`` is one whole single-address scan."""
+    dones = [(us, it) for us, it in batch if isinstance(it, Done)]
+    if len(dones) != 1:
+        return None
+    done_us, done = dones[0]
+    events = [it for _, it in batch if not isinstance(it, Done)]
+    if not complete_in(done, events):
+        return None
+    rounds = assemble(scan_id, events, done, done.ended_us)
+    return (done_us, rounds[0]) if len(rounds) == 1 else None
 
 
 class AssembleRounds(beam.PTransform):
@@ -183,9 +223,12 @@ class AssembleRounds(beam.PTransform):
 
     def __init__(self, round_timeout_s: float, dedupe_horizon_s: float, horizon: float | None = None):
         super().__init__()
+        self._dedupe_s = dedupe_horizon_s
         self._fn = _AssembleFn(round_timeout_s, dedupe_horizon_s, horizon)
 
     def expand(self, items):
-        return (items
-                | "KeyByScan" >> beam.ParDo(_GatherInBundle()).with_output_types(beam.typehints.KV[str, Any])
-                | "GatherScan" >> beam.ParDo(self._fn))
+        gathered = items | "KeyByScan" >> beam.ParDo(_GatherInBundle(self._dedupe_s)).with_outputs(
+            COMPLETE_ROUNDS, main="scans")
+        scans = gathered.scans | "AsKV" >> beam.Map(lambda kv: kv).with_output_types(beam.typehints.KV[str, Any])
+        assembled = scans | "GatherScan" >> beam.ParDo(self._fn)
+        return (assembled, gathered[COMPLETE_ROUNDS]) | "AllRounds" >> beam.Flatten()
