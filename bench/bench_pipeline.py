@@ -4,7 +4,9 @@ Three measurements (pick with ``--only``):
 
 ``bounded``  events/s through the bounded pipeline (the replay) on the FnApiRunner: an event
              history of ``--hosts`` hosts over ``--days`` days (:mod:`pipelines.history`) from memory,
-             and the same history from a Kafka topic (bounded read + decode + the stages).
+             and the same history from a Kafka topic (bounded read + decode + the stages); each with
+             the batch decision stage replays use and with the live per-IP stage (state and timers).
+             ``--workers N``: N worker processes instead of the in-process worker.
 ``live``     events/s through the live pipeline on Prism: the history (shifted to end now) is
              produced to a fresh events topic first, then the pipeline is started and timed until the
              ``scanflow.ip-state`` topic shows every IP's last decision (with and without job start).
@@ -84,7 +86,16 @@ def _sweep_ranges(hosts: int) -> tuple[str, ...]:
     return tuple(str(n.supernet(new_prefix=min(n.prefixlen, 28))) for n in nets)
 
 
-def bench_bounded(cfg, hosts: int, days: float) -> None:
+def _bounded_runner(workers: int):
+    if workers <= 1:
+        return replay_runner(), None
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    return FnApiRunner(), PipelineOptions([f"--direct_num_workers={workers}", "--direct_running_mode=multi_processing"])
+
+
+def bench_bounded(cfg, hosts: int, days: float, workers: int = 1) -> None:
     start = 1_700_000_000.0
     ps = PipelineSettings(sweep_ranges=_sweep_ranges(hosts), sweep_prefix=28)
     policy = build_policy(cfg, ps)
@@ -93,13 +104,16 @@ def bench_bounded(cfg, hosts: int, days: float) -> None:
     items = [from_record(n, r) for n, r in history.records]
     print(f"history: {len(items):,} events, {len(history.decisions):,} decisions "
           f"({time.perf_counter() - t:.1f} s to generate, not timed below)")
-    t, cpu = time.perf_counter(), _cpu_self()
-    with beam.Pipeline(runner=replay_runner()) as p:
-        events = p | beam.Create(items, reshuffle=False) | beam.Map(_stamp)
-        out, _ = build_replay(p, events, ps, policy, start=start, horizon=start + days * DAY)
-    dt, cpu = time.perf_counter() - t, _cpu_self() - cpu
-    print(f"bounded, FnApiRunner, from memory: {len(items) / dt:>10,.0f} events/s, "
-          f"{len(items) / cpu:,.0f} events/CPU-s ({dt:.1f} s; {_load()})")
+    stages = (("batch", True), ("per-IP timers", False))
+    for label, batch in stages:
+        runner, options = _bounded_runner(workers)
+        t, cpu = time.perf_counter(), _cpu_self()
+        with beam.Pipeline(runner=runner, options=options) as p:
+            events = p | beam.Create(items, reshuffle=False) | beam.Map(_stamp)
+            build_replay(p, events, ps, policy, start=start, horizon=start + days * DAY, batch=batch)
+        dt, cpu = time.perf_counter() - t, _cpu_self() - cpu
+        print(f"bounded, FnApiRunner ({workers} worker(s)), {label:>13} stage, from memory: {len(items) / dt:>8,.0f} "
+              f"events/s, {len(items) / cpu:,.0f} events/CPU-s of this process ({dt:.1f} s; {_load()})")
 
     from connectors.kafka_admin import admin_client
     from connectors.kafka_io import AvroProducer
@@ -114,14 +128,16 @@ def bench_bounded(cfg, hosts: int, days: float) -> None:
                 producer.send(topic, name, record)
         from pipelines.sources import ReadEvents
 
-        t, cpu = time.perf_counter(), _cpu_self()
-        with beam.Pipeline(runner=replay_runner()) as p:
-            events = p | ReadEvents(cfg.kafka, topic, cfg.topics.dead_letter, start_time_ms=int(start * 1000),
-                                    stop_time_ms=int((start + days * DAY) * 1000) + 1)
-            build_replay(p, events, ps, policy, start=start, horizon=start + days * DAY)
-        dt, cpu = time.perf_counter() - t, _cpu_self() - cpu
-        print(f"bounded, FnApiRunner, from Kafka:  {len(items) / dt:>10,.0f} events/s, "
-              f"{len(items) / cpu:,.0f} events/CPU-s ({dt:.1f} s; {_load()})")
+        for label, batch in stages:
+            runner, options = _bounded_runner(workers)
+            t, cpu = time.perf_counter(), _cpu_self()
+            with beam.Pipeline(runner=runner, options=options) as p:
+                events = p | ReadEvents(cfg.kafka, topic, cfg.topics.dead_letter, start_time_ms=int(start * 1000),
+                                        stop_time_ms=int((start + days * DAY) * 1000) + 1)
+                build_replay(p, events, ps, policy, start=start, horizon=start + days * DAY, batch=batch)
+            dt, cpu = time.perf_counter() - t, _cpu_self() - cpu
+            print(f"bounded, FnApiRunner ({workers} worker(s)), {label:>13} stage, from Kafka:  {len(items) / dt:>8,.0f} "
+                  f"events/s, {len(items) / cpu:,.0f} events/CPU-s of this process ({dt:.1f} s; {_load()})")
     finally:
         admin.delete_topics([topic])
         admin.close()
@@ -172,13 +188,19 @@ def bench_live(cfg, hosts: int, days: float, state_cache: bool = False) -> None:
 
             codec = default_codec()
             try:
-                while sum(1 for ip, at in last.items() if seen.get(ip, 0) >= at) < len(last):
+                # IPs whose last decision has not been seen yet (kept up to date per record: this
+                # loop runs in the process whose worker is measured, so it must cost next to nothing)
+                waiting = set(last)
+                while waiting:
                     for batch in consumer.poll(timeout_ms=200).values():
                         for r in batch:
                             first = first or time.perf_counter()
                             if r.value is not None:
                                 rec = codec.decode(r.value).record
-                                seen[rec["ip"]] = max(seen.get(rec["ip"], 0), rec["updated_at"])
+                                ip = rec["ip"]
+                                seen[ip] = max(seen.get(ip, 0), rec["updated_at"])
+                                if ip in waiting and seen[ip] >= last[ip]:
+                                    waiting.discard(ip)
                     if time.perf_counter() - t0 > 1800:
                         raise SystemExit("live benchmark: not done after 30 minutes")
                 done = time.perf_counter()
@@ -241,6 +263,8 @@ def main(argv=None) -> None:
     ap.add_argument("--days", type=float, default=10.0)
     ap.add_argument("--tracked", type=int, default=1_000_000)
     ap.add_argument("--only", choices=("bounded", "live", "state"), action="append")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="bounded: FnApiRunner worker processes (multi_processing mode); 1 = in-process")
     ap.add_argument("--state-cache", action="store_true",
                     help="live: keep the SDK worker's state cache on (default: off, as the CLI runs it)")
     args = ap.parse_args(argv)
@@ -248,7 +272,7 @@ def main(argv=None) -> None:
     cfg = load_settings()
     for what in args.only or ("bounded", "live", "state"):
         if what == "bounded":
-            bench_bounded(cfg, args.hosts, args.days)
+            bench_bounded(cfg, args.hosts, args.days, args.workers)
         elif what == "live":
             bench_live(cfg, args.hosts, args.days, args.state_cache)
         else:

@@ -31,16 +31,15 @@ import logging
 from typing import Any, Mapping, NamedTuple
 
 import apache_beam as beam
-from apache_beam.coders import BytesCoder, FastPrimitivesCoder
+from apache_beam.coders import FastPrimitivesCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
-from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
-from apache_beam.utils.timestamp import Timestamp
+from apache_beam.transforms.userstate import BagStateSpec, TimerSpec, on_timer
 
 from pipelines.beamfix import decline_nan_splits, lighten_state_cache_weigher
 from pipelines.glue import US, Round, timer_time
 from pipelines.records import command_record, decision_record, ip_state_record, micros
-from pipelines.state import STATE_HEADER, RefTable, is_tombstone, pack, pack_header, unpack, unpack_header
+from pipelines.state import STATE_HEADER, RefTable, Tracked, is_tombstone, pack, pack_header, unpack, unpack_header
 from pipelines.tracker import Decided, Due, IpTracker, Snapshot, from_ip_state_record, out_time
 
 COMMANDS = "commands"
@@ -60,11 +59,17 @@ class RestoreRecord(NamedTuple):
 
 
 class _TrackFn(beam.DoFn):
-    """The per-IP state, the rounds waiting for the watermark and the IP's one timer."""
+    """The per-IP state and the rounds waiting for the watermark, in one bag; two timers.
 
-    TRACKED = ReadModifyWriteStateSpec("tracked", BytesCoder())
-    # (element time in micros, the Round as a plain tuple)
-    PENDING = BagStateSpec("pending", FastPrimitivesCoder())
+    One bag rather than a value and a bag: on a portable runner every state read is a round trip
+    (Prism has no cache tokens, so the SDK's cache does not help), and a wake-up needs both. The bag
+    holds at most one ``bytes`` item, the packed state (:mod:`pipelines.state`), and any number of
+    ``(element time in micros, Round as a plain tuple)`` items. An arriving round is appended without
+    reading anything; a wake-up reads the bag once and writes it back only when something changed.
+    """
+
+    #: The packed state (bytes, at most one) and the rounds waiting for the watermark.
+    STORE = BagStateSpec("store", FastPrimitivesCoder())
     #: The watermark passed a round that arrived (the latest set wins; a wake-up re-arms it).
     ROUND = TimerSpec("round", TimeDomain.WATERMARK)
     #: The IP's next scan time, or its watchdog after the command was issued.
@@ -101,16 +106,35 @@ class _TrackFn(beam.DoFn):
     def finish_bundle(self):
         self._flush_counts()
 
-    def process(self, element, ts=beam.DoFn.TimestampParam, tracked=beam.DoFn.StateParam(TRACKED),
-                pending=beam.DoFn.StateParam(PENDING), round_timer=beam.DoFn.TimerParam(ROUND),
-                due_timer=beam.DoFn.TimerParam(DUE)):
+    @staticmethod
+    def _load(store) -> tuple[bytes | None, list]:
+        """The packed state (None if none) and the waiting ``(micros, round tuple)`` items."""
+        raw, items = None, []
+        for item in store.read():
+            if isinstance(item, bytes):
+                raw = item
+            else:
+                items.append(item)
+        return raw, items
+
+    @staticmethod
+    def _save(store, raw: bytes | None, items) -> None:
+        store.clear()
+        if raw is not None:
+            store.add(raw)
+        for item in items:
+            store.add(item)
+
+    def process(self, element, ts=beam.DoFn.TimestampParam, store=beam.DoFn.StateParam(STORE),
+                round_timer=beam.DoFn.TimerParam(ROUND), due_timer=beam.DoFn.TimerParam(DUE)):
         ip, item = element
         if not isinstance(item, RestoreRecord):
             # A round waits for the watermark; nothing is read here.
-            pending.add((ts.micros, tuple(item)))
+            store.add((ts.micros, tuple(item)))
             round_timer.set(timer_time(ts.micros))
             return
-        current, floor = self._read(tracked.read())
+        raw, waiting = self._load(store)
+        current, floor = self._read(raw)
         try:
             restored, updated_at = self._parse_restore(item)
         except (KeyError, ValueError, IndexError) as exc:
@@ -123,27 +147,27 @@ class _TrackFn(beam.DoFn):
         new = self._tracker.restore(current, restored, updated_at)
         if new is not current:
             if new is not None:
-                tracked.write(pack(new, self._refs))
+                self._save(store, pack(new, self._refs), waiting)
                 self._set_due(due_timer, new)
             else:
-                self._mark_demoted(tracked, due_timer, updated_at, None)
+                self._save(store, self._demoted(due_timer, updated_at, None), waiting)
         elif new is None and restored is None and (floor is None or updated_at > floor):
-            self._mark_demoted(tracked, due_timer, updated_at, None)
+            self._save(store, self._demoted(due_timer, updated_at, None), waiting)
 
-    def _mark_demoted(self, tracked, due_timer, at: float, now_us: int | None) -> None:
+    def _demoted(self, due_timer, at: float, now_us: int | None) -> bytes | None:
         """An IP without state keeps the time it was demoted (10 bytes) for ``forget_s``: a round
         that ended before it and comes again (a rewound restart, a scan executed twice) is late,
-        as it would be for a tracked IP. The DUE timer forgets the mark."""
+        as it would be for a tracked IP. The DUE timer forgets the mark. Returns the mark to keep
+        (None: forgotten)."""
         forget = at + self._forget_s
         if now_us is not None and now_us >= micros(forget):
-            tracked.clear()
             due_timer.clear()
-            return
-        tracked.write(pack_header(None, at, self._refs))
+            return None
         if self._horizon is not None and forget >= self._horizon:
             due_timer.clear()           # a bounded replay ends before it: nothing to forget
         else:
             due_timer.set(timer_time(micros(forget)))
+        return pack_header(None, at, self._refs)
 
     def _read(self, raw: bytes | None) -> tuple[Tracked | None, float | None]:
         """The IP's state, or None and the time of a restored tombstone (None if there is none)."""
@@ -170,38 +194,38 @@ class _TrackFn(beam.DoFn):
 
     @on_timer(ROUND)
     def on_round(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
-                 tracked=beam.DoFn.StateParam(TRACKED), pending=beam.DoFn.StateParam(PENDING),
-                 round_timer=beam.DoFn.TimerParam(ROUND), due_timer=beam.DoFn.TimerParam(DUE)):
+                 store=beam.DoFn.StateParam(STORE), round_timer=beam.DoFn.TimerParam(ROUND),
+                 due_timer=beam.DoFn.TimerParam(DUE)):
         """The watermark passed a round of this IP: wake up (see :meth:`_wake`)."""
-        yield from self._wake(key, fired, tracked, pending, round_timer, due_timer)
+        yield from self._wake(key, fired, store, round_timer, due_timer)
 
     @on_timer(DUE)
     def on_due(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
-               tracked=beam.DoFn.StateParam(TRACKED), pending=beam.DoFn.StateParam(PENDING),
-               round_timer=beam.DoFn.TimerParam(ROUND), due_timer=beam.DoFn.TimerParam(DUE)):
+               store=beam.DoFn.StateParam(STORE), round_timer=beam.DoFn.TimerParam(ROUND),
+               due_timer=beam.DoFn.TimerParam(DUE)):
         """The IP's next scan time (or its watchdog) came: wake up (see :meth:`_wake`)."""
-        yield from self._wake(key, fired, tracked, pending, round_timer, due_timer)
+        yield from self._wake(key, fired, store, round_timer, due_timer)
 
-    def _wake(self, key, fired, tracked, pending, round_timer, due_timer):
+    def _wake(self, key, fired, store, round_timer, due_timer):
         """Apply everything of the IP due by the firing time in event-time order, emit decisions,
         commands and the new state, and set both timers again."""
-        current, floor = self._read(tracked.read())
-        items = [(us, Round(*r)) for us, r in pending.read()]
+        raw, waiting = self._load(store)
+        current, floor = self._read(raw)
+        items = [(us, Round(*r)) for us, r in waiting]
         new, out, rest = self._tracker.wake(key, current, items, fired.micros, late_until=floor)
+        keep = raw
         if new is not None:
             if new is not current:
-                tracked.write(pack(new, self._refs))
+                keep = pack(new, self._refs)
             self._set_due(due_timer, new)
         elif current is not None:           # demoted now
-            self._mark_demoted(tracked, due_timer, out_time(out, fired.micros / US), fired.micros)
+            keep = self._demoted(due_timer, out_time(out, fired.micros / US), fired.micros)
         elif floor is not None:             # demoted before: keep or forget the mark
-            self._mark_demoted(tracked, due_timer, floor, fired.micros)
+            keep = self._demoted(due_timer, floor, fired.micros)
         else:
             due_timer.clear()
-        if len(rest) != len(items):
-            pending.clear()
-            for us, rnd in rest:
-                pending.add((us, tuple(rnd)))
+        if keep is not raw or len(rest) != len(items):
+            self._save(store, keep, ((us, tuple(rnd)) for us, rnd in rest))
         if rest:
             round_timer.set(timer_time(min(us for us, _ in rest)))
         else:
@@ -210,19 +234,23 @@ class _TrackFn(beam.DoFn):
             yield from self._emit(o)
 
     def _emit(self, o):
-        if isinstance(o, Decided):
-            yield decision_record(ip=o.ip, policy=self._name, decided_at=o.at, scan_id=o.scan_id,
-                                  previous=o.previous, state=o.state, plan=o.plan, tracked=o.tracked)
-        elif isinstance(o, Due):
-            yield beam.pvalue.TaggedOutput(COMMANDS, (o.ip, command_record(
-                policy=self._name, target=o.ip, not_before=o.at, ttl_s=self._ttl, ports=o.ports,
-                reason=o.reason.value)))
-        elif isinstance(o, Snapshot) and self._emit_states:
-            t = o.tracked
-            record = None if t is None else ip_state_record(o.ip, self._name, t.state, t.next_at, t.updated_at,
-                                                            self._refs.port_set(t.state.probed))
-            yield beam.pvalue.TaggedOutput(STATES, (o.ip, record, (
-                (STATE_HEADER, pack_header(t, o.updated_at, self._refs)),)))
+        yield from emit(o, self._name, self._ttl, self._refs, self._emit_states)
+
+
+def emit(o, policy_name: str, ttl_s: float, refs: RefTable, emit_states: bool = True):
+    """The records of one tracker output: a ``Decision`` (main), ``(ip, ScanCommand)`` on
+    ``commands``, ``(ip, IpState or None, headers)`` on ``states``."""
+    if isinstance(o, Decided):
+        yield decision_record(ip=o.ip, policy=policy_name, decided_at=o.at, scan_id=o.scan_id,
+                              previous=o.previous, state=o.state, plan=o.plan, tracked=o.tracked)
+    elif isinstance(o, Due):
+        yield beam.pvalue.TaggedOutput(COMMANDS, (o.ip, command_record(
+            policy=policy_name, target=o.ip, not_before=o.at, ttl_s=ttl_s, ports=o.ports, reason=o.reason.value)))
+    elif isinstance(o, Snapshot) and emit_states:
+        t = o.tracked
+        record = None if t is None else ip_state_record(o.ip, policy_name, t.state, t.next_at, t.updated_at,
+                                                        refs.port_set(t.state.probed))
+        yield beam.pvalue.TaggedOutput(STATES, (o.ip, record, ((STATE_HEADER, pack_header(t, o.updated_at, refs)),)))
 
 
 class DetectChanges(beam.PTransform):

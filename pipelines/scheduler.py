@@ -26,6 +26,7 @@ import apache_beam as beam
 
 from pipelines.changes import DetectChanges
 from pipelines.commands import WriteCommands, WriteIpStates
+from pipelines.decide_batch import DecideInBatch
 from pipelines.devices import EstimateDevices
 from pipelines.rounds import AssembleRounds
 from pipelines.settings import PipelineSettings
@@ -53,10 +54,13 @@ class Scheduler(beam.PTransform):
     """
 
     def __init__(self, policy, settings: PipelineSettings, *, horizon: float | None = None, archive: bool = False,
-                 emit_states: bool = True):
+                 emit_states: bool = True, batch: bool = False):
         super().__init__()
         self._policy, self._settings, self._horizon, self._archive = policy, settings, horizon, archive
         self._emit_states = emit_states
+        if batch and horizon is None:
+            raise ValueError("batch decisions need a bounded window (a horizon)")
+        self._batch = batch
 
     def expand(self, inputs):
         items, restore = (inputs["items"], inputs.get("restore")) if isinstance(inputs, dict) else (inputs, None)
@@ -64,6 +68,14 @@ class Scheduler(beam.PTransform):
         rounds = items | "AssembleRounds" >> AssembleRounds(s.round_timeout_s, s.dedupe_horizon_s, self._horizon)
         rounds, observations = rounds | "EstimateDevices" >> EstimateDevices(self._policy.estimator, self._archive)
         keyed = rounds if restore is None else (rounds, restore) | "WithRestore" >> beam.Flatten()
+        if self._batch:
+            if restore is not None:
+                raise ValueError("batch decisions start from no state: no restore")
+            decisions, commands, states = keyed | "DecideInBatch" >> DecideInBatch(
+                self._policy, recent_scans=s.recent_scans, command_ttl_s=s.command_ttl_s,
+                round_timeout_s=s.round_timeout_s, horizon=self._horizon, emit_states=self._emit_states,
+                forget_s=s.dedupe_horizon_s)
+            return SchedulerOutputs(decisions, commands, states, observations)
         decisions, commands, states = keyed | "DetectChanges" >> DetectChanges(
             self._policy, recent_scans=s.recent_scans, command_ttl_s=s.command_ttl_s,
             round_timeout_s=s.round_timeout_s, horizon=self._horizon, emit_states=self._emit_states,
@@ -110,14 +122,16 @@ def build_live(p: beam.Pipeline, settings, pipeline: PipelineSettings, policy, *
 
 
 def build_replay(p: beam.Pipeline, items, pipeline: PipelineSettings, policy, *, start: float, horizon: float,
-                 archive_dir: str = "") -> tuple[SchedulerOutputs, Any]:
+                 archive_dir: str = "", batch: bool = True) -> tuple[SchedulerOutputs, Any]:
     """The same stages, bounded, over ``items`` (timestamped events of ``[start, horizon)``).
 
-    Returns the scheduler's outputs and the sweep commands of the window (the efficient policy's
-    range traffic). Nothing is sent to Kafka: a replay must not command live agents.
+    ``batch`` (default): each IP's rounds are decided at once (:mod:`pipelines.decide_batch`);
+    False: by the live per-IP stage with its state and timers (same decisions, several times
+    slower). Returns the scheduler's outputs and the sweep commands of the window (the efficient
+    policy's range traffic). Nothing is sent to Kafka: a replay must not command live agents.
     """
     out = items | "Schedule" >> Scheduler(policy, pipeline, horizon=horizon, archive=bool(archive_dir),
-                                          emit_states=False)
+                                          emit_states=False, batch=batch)
     sweeps = p | "Sweeps" >> Sweeps(pipeline.sweep_networks(), prefix=pipeline.sweep_prefix,
                                     period_s=policy.params.silent_interval, silent=policy.port_sets.silent,
                                     ttl_s=pipeline.command_ttl_s, start=start, stop=horizon, policy=policy.name)
@@ -211,9 +225,11 @@ def run_live(settings, pipeline: PipelineSettings, *, runner: str | None = None,
     return result
 
 
-def run_replay(settings, pipeline: PipelineSettings, *, since: float, until: float, archive_dir: str = ""):
-    """Replay ``scanflow.events`` of ``[since, until)`` through the same stages on the FnApiRunner;
-    nothing is sent to Kafka. Returns the finished result (see :func:`counters`)."""
+def run_replay(settings, pipeline: PipelineSettings, *, since: float, until: float, archive_dir: str = "",
+               batch: bool = True):
+    """Replay ``scanflow.events`` of ``[since, until)`` through the same stages on the FnApiRunner
+    (``batch``: see :func:`build_replay`); nothing is sent to Kafka. Returns the finished result
+    (see :func:`counters`)."""
     from pipelines.policy_setup import build_policy
     from pipelines.sources import ReadEvents
 
@@ -221,7 +237,8 @@ def run_replay(settings, pipeline: PipelineSettings, *, since: float, until: flo
     p = beam.Pipeline(runner=replay_runner())
     items = p | "ReadEvents" >> ReadEvents(settings.kafka, settings.topics.events, settings.topics.dead_letter,
                                            start_time_ms=int(since * 1000), stop_time_ms=int(until * 1000))
-    out, sweeps = build_replay(p, items, pipeline, policy, start=since, horizon=until, archive_dir=archive_dir)
+    out, sweeps = build_replay(p, items, pipeline, policy, start=since, horizon=until, archive_dir=archive_dir,
+                               batch=batch)
     tally(out.decisions, "decisions")
     tally(out.commands, "commands")
     tally(sweeps, "sweep_commands")

@@ -151,6 +151,42 @@ class IpTracker:
             out.append(Snapshot(ip, t, t.updated_at if t is not None else out_time(out, until_us / US)))
         return t, out, rest
 
+    def run(self, ip: str, items: list[tuple[int, Round]], *, forget_s: float) -> list[Any]:
+        """Every output for ``ip`` over a bounded window, exactly as the per-IP stage
+        (:mod:`pipelines.changes`) makes them, without Beam: ``items`` are all the IP's
+        ``(element time in micros, round)``, the IP starts without state.
+
+        The stage's wake-ups are replayed in time order: a round's element time, the due time, the
+        end of a demotion mark (``forget_s`` after it); each at the millisecond its timer would fire
+        on and applying everything due by then (:meth:`wake`). A batch replay that has every round
+        of an IP at once gets the same decisions and commands as the timers would give.
+        """
+        pending = sorted(items, key=lambda item: item[0])
+        t: Tracked | None = None
+        floor: float | None = None        # time of the IP's demotion while it keeps the mark
+        outs: list[Any] = []
+        while True:
+            points = []
+            if pending:
+                points.append(pending[0][0])
+            due = self.due_at(t)
+            if due is not None:
+                points.append(micros(due))
+            if floor is not None and (self.horizon is None or floor + forget_s < self.horizon):
+                points.append(micros(floor + forget_s))
+            if not points:
+                return outs
+            point = -(-min(points) // 1000) * 1000          # timers fire on whole milliseconds
+            before = t
+            t, out, pending = self.wake(ip, t, pending, point, late_until=floor)
+            outs.extend(out)
+            if t is not None:
+                floor = None
+            elif before is not None:                      # demoted now: keep the time of it
+                floor = out_time(out, point / US)
+            if floor is not None and point >= micros(floor + forget_s):
+                floor = None
+
     def _round(self, ip: str, t: Tracked | None, rnd: Round, out: list,
                late_until: float | None = None) -> Tracked | None:
         if rnd.policy not in self.policies:

@@ -87,9 +87,13 @@ def run(obj: CliContext, runner, job_endpoint, duration, pipeline_args) -> None:
 @click.option("--since", "since", required=True, help="Start of the window (POSIX seconds or ISO 8601).")
 @click.option("--until", "until", required=True, help="End of the window, exclusive.")
 @click.option("--archive-dir", default="", help="Write observations and decisions to this Parquet lake.")
+@click.option("--timers", is_flag=True,
+              help="Decide with the live scheduler's per-IP stage (state and timers) instead of the batch "
+                   "stage: the same decisions, several times slower.")
 @pass_ctx
-def replay(obj: CliContext, since, until, archive_dir) -> None:
+def replay(obj: CliContext, since, until, archive_dir, timers) -> None:
     """Replay scanflow.events of a time window through the same stages, bounded, on the FnApiRunner.
+    Each IP's rounds are decided at once (batch), or with --timers as the live scheduler does.
     Nothing is sent to Kafka; decisions (and observations) go to --archive-dir when given."""
     from pipelines.scheduler import run_replay
     from pipelines.settings import pipeline_settings
@@ -98,7 +102,7 @@ def replay(obj: CliContext, since, until, archive_dir) -> None:
     if stop <= start:
         raise click.BadParameter("--until must be after --since", param_hint="--until")
     result = run_replay(obj.settings, pipeline_settings(obj.settings), since=start, until=stop,
-                        archive_dir=archive_dir)
+                        archive_dir=archive_dir, batch=not timers)
     click.echo(f"replay {since} .. {until}: {result.state}")
     _print_counters(result)
 

@@ -4,7 +4,8 @@ The history comes from :func:`pipelines.history.record_history`: a small synthet
 the way the live system scans it (sweeps of /28 blocks, per-IP scans at each plan's time), with
 agents that die mid-scan and rounds delivered twice. Every decision the policy core made there must
 come out of the pipeline identically (state, reason, back-off step, device, port set, next scan
-time), every command the timers had to issue must be issued once, and nothing else.
+time), every command the timers had to issue must be issued once, and nothing else: with the
+per-IP stage the live scheduler runs (state and timers), and with the batch stage replays use.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 from collections import Counter
 
 import apache_beam as beam
+import pytest
 from apache_beam.transforms.window import TimestampedValue
 
 from pipelines.glue import Done, from_record
@@ -65,7 +67,8 @@ def _expected_commands(decisions: list[dict]) -> list[str]:
     return out
 
 
-def test_bounded_pipeline_decides_exactly_as_the_policy_core(tmp_path):
+@pytest.mark.parametrize("batch", [False, True], ids=["per-ip-timers", "batch"])
+def test_bounded_pipeline_decides_exactly_as_the_policy_core(tmp_path, batch):
     settings = PipelineSettings(sweep_ranges=("198.51.100.0/25",), sweep_prefix=28)
     policy = build_policy(Settings(), settings)
     hosts = toy_world(80, kb=policy.estimator.kb, silent=policy.port_sets.silent.ports, start=T0, days=DAYS)
@@ -86,7 +89,7 @@ def test_bounded_pipeline_decides_exactly_as_the_policy_core(tmp_path):
     items = [from_record(name, record) for name, record in history.records]
     with beam.Pipeline(runner=replay_runner()) as p:
         events = p | "Events" >> beam.Create(items, reshuffle=False) | "Stamp" >> beam.Map(_stamp)
-        out, sweeps = build_replay(p, events, settings, policy, start=T0, horizon=HORIZON)
+        out, sweeps = build_replay(p, events, settings, policy, start=T0, horizon=HORIZON, batch=batch)
         _write(out.decisions | "Key" >> beam.Map(_key), tmp_path / "decisions", "Decisions")
         _write(out.commands | "CommandIds" >> beam.Map(lambda kv: kv[1]["command_id"]), tmp_path / "commands",
                "Commands")

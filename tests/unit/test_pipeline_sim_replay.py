@@ -102,14 +102,14 @@ def test_the_recording_is_valid_and_covers_every_path(simulated):
     assert first == world.n_ips
 
 
-def _replay(simulated_run, recorder: EventRecorder, path) -> Counter:
+def _replay(simulated_run, recorder: EventRecorder, path, batch: bool = False) -> Counter:
     """The decisions of the bounded pipeline fed the recorder's records, as ``_key`` strings."""
     settings, policy, _, schedule = simulated_run
     items = [from_record(name, record) for name, record in recorder.stream()]
     with beam.Pipeline(runner=replay_runner()) as p:
         events = p | "Events" >> beam.Create(items, reshuffle=False) | "Stamp" >> beam.Map(_stamp)
         out, _ = build_replay(p, events, settings, policy, start=recorder.epoch,
-                              horizon=recorder.epoch + schedule.n_slots * schedule.slot)
+                              horizon=recorder.epoch + schedule.n_slots * schedule.slot, batch=batch)
         _ = (out.decisions | "Key" >> beam.Map(_key)
              | "Write" >> beam.io.WriteToText(str(path), shard_name_template=""))
     return Counter(path.read_text().splitlines())
@@ -122,9 +122,10 @@ def _same(got: Counter, want: Counter) -> None:
         f"missing; first unexpected {list(extra)[:3]}, first missing {list(missing)[:3]}")
 
 
-def test_bounded_pipeline_decides_exactly_as_the_simulator(simulated, tmp_path):
+@pytest.mark.parametrize("batch", [False, True], ids=["per-ip-timers", "batch"])
+def test_bounded_pipeline_decides_exactly_as_the_simulator(simulated, tmp_path, batch):
     settings, policy, world, schedule, _, recorder = simulated
-    got = _replay((settings, policy, world, schedule), recorder, tmp_path / "decisions")
+    got = _replay((settings, policy, world, schedule), recorder, tmp_path / "decisions", batch=batch)
     _same(got, Counter(_key(d) for d in recorder.decisions))
     assert sum(got.values()) == len(recorder.decisions)
 
