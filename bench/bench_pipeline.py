@@ -228,6 +228,9 @@ def bench_state(cfg, tracked: int, seed: int = 5) -> None:
     devices = [d for d in kb.devices if d.keywords]
     silent = policy.port_sets.silent
     sizes, keys = [], []
+    from apache_beam.coders import FastPrimitivesCoder
+
+    coder = FastPrimitivesCoder()
     t = time.perf_counter()
     now = 1_700_000_000.0
     for i in range(tracked):
@@ -246,7 +249,7 @@ def bench_state(cfg, tracked: int, seed: int = 5) -> None:
             recent.insert(0, short_hash(f"{ip}-{k + 1}"))
         value = pack(Tracked(state, plan.at, plan.reason, rng.random() < 0.5, plan.at - 43200, plan.at - 43200,
                              tuple(recent[:ps.recent_scans])), refs)
-        sizes.append(len(value))
+        sizes.append(len(coder.encode(value)))      # as the IP's bag stores it (coder framing included)
         keys.append(len(ip))
     dt = time.perf_counter() - t
     total = [s + k for s, k in zip(sizes, keys)]
