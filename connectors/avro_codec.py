@@ -22,7 +22,8 @@ import hashlib
 import io
 import ipaddress
 import socket
-from typing import Any, Callable, Collection, Mapping, NamedTuple
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, NamedTuple
 
 import fastavro
 from fastavro.read import SchemaResolutionError

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 #: Banners are cut to this many bytes before normalisation (the agents keep at most 4096).
 MAX_BANNER_BYTES = 4096

@@ -39,8 +39,9 @@ The standard policy (the baseline) probes every IP with the standard set every 1
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Protocol
+from typing import Protocol
 
 from scanflow.estimate import Estimator
 from scanflow.fingerprint import fingerprint as _fingerprint, port_digests
