@@ -27,6 +27,7 @@ directly; the newer state wins.
 from __future__ import annotations
 
 import logging
+import time
 
 from typing import Any, Mapping, NamedTuple
 
@@ -76,9 +77,11 @@ class _TrackFn(beam.DoFn):
     DUE = TimerSpec("due", TimeDomain.WATERMARK)
 
     def __init__(self, policy, *, recent_scans: int, command_ttl_s: float, round_timeout_s: float,
-                 horizon: float | None, emit_states: bool = True, forget_s: float = 24 * 3600.0):
+                 horizon: float | None, emit_states: bool = True, forget_s: float = 24 * 3600.0,
+                 catch_up: bool = False):
         self._policy = policy
         self._emit_states = emit_states
+        self._catch_up = catch_up
         self._horizon = horizon
         self._forget_s = forget_s
         self._args = dict(recent_scans=recent_scans, command_ttl_s=command_ttl_s,
@@ -212,7 +215,8 @@ class _TrackFn(beam.DoFn):
         raw, waiting = self._load(store)
         current, floor = self._read(raw)
         items = [(us, Round(*r)) for us, r in waiting]
-        new, out, rest = self._tracker.wake(key, current, items, fired.micros, late_until=floor)
+        new, out, rest = self._tracker.wake(key, current, items, fired.micros, late_until=floor,
+                                            now=time.time() if self._catch_up else None)
         keep = raw
         if new is not None:
             if new is not current:
@@ -260,14 +264,17 @@ class DetectChanges(beam.PTransform):
     ``forget_s``: how long an IP demoted to the sweeps keeps the time of its demotion (rounds that
     ended before it and come again are late); the scheduler passes ``pipeline.dedupe_horizon_s``.
     ``emit_states=False`` leaves the ``states`` output empty (a replay writes no ip-state).
+    ``catch_up`` (live only): next scans whose command would be expired by the wall clock move to
+    now (``pipeline.catch_up``; see :meth:`pipelines.tracker.IpTracker.wake`).
     """
 
     def __init__(self, policy, *, recent_scans: int = 4, command_ttl_s: float, round_timeout_s: float,
-                 horizon: float | None = None, emit_states: bool = True, forget_s: float = 24 * 3600.0):
+                 horizon: float | None = None, emit_states: bool = True, forget_s: float = 24 * 3600.0,
+                 catch_up: bool = False):
         super().__init__()
         self._fn = _TrackFn(policy, recent_scans=recent_scans, command_ttl_s=command_ttl_s,
                             round_timeout_s=round_timeout_s, horizon=horizon, emit_states=emit_states,
-                            forget_s=forget_s)
+                            forget_s=forget_s, catch_up=catch_up)
 
     def expand(self, keyed):
         out = (keyed

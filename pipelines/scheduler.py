@@ -54,8 +54,9 @@ class Scheduler(beam.PTransform):
     """
 
     def __init__(self, policy, settings: PipelineSettings, *, horizon: float | None = None, archive: bool = False,
-                 emit_states: bool = True, batch: bool = False):
+                 emit_states: bool = True, batch: bool = False, catch_up: bool = False):
         super().__init__()
+        self._catch_up = catch_up
         self._policy, self._settings, self._horizon, self._archive = policy, settings, horizon, archive
         self._emit_states = emit_states
         if batch and horizon is None:
@@ -79,7 +80,7 @@ class Scheduler(beam.PTransform):
         decisions, commands, states = keyed | "DetectChanges" >> DetectChanges(
             self._policy, recent_scans=s.recent_scans, command_ttl_s=s.command_ttl_s,
             round_timeout_s=s.round_timeout_s, horizon=self._horizon, emit_states=self._emit_states,
-            forget_s=s.dedupe_horizon_s)
+            forget_s=s.dedupe_horizon_s, catch_up=self._catch_up)
         return SchedulerOutputs(decisions, commands, states, observations)
 
 
@@ -106,7 +107,8 @@ def build_live(p: beam.Pipeline, settings, pipeline: PipelineSettings, policy, *
     if restore:
         inputs = {"items": items,
                   "restore": p | "ReadIpStates" >> ReadIpStates(kafka, topics.ip_state, topics.dead_letter)}
-    out = inputs | "Schedule" >> Scheduler(policy, pipeline, archive=bool(pipeline.archive_dir))
+    out = inputs | "Schedule" >> Scheduler(policy, pipeline, archive=bool(pipeline.archive_dir),
+                                           catch_up=pipeline.catch_up)
     commands = out.commands
     if pipeline.sweep_ranges:
         sweeps = p | "Sweeps" >> Sweeps(pipeline.sweep_networks(), prefix=pipeline.sweep_prefix,

@@ -76,6 +76,7 @@ class IpTracker:
                  horizon: float | None = None, policies: tuple[str, ...] = ("EFFICIENT", "UNKNOWN")):
         self.policy = policy
         self.recent_scans = recent_scans
+        self.command_ttl_s = command_ttl_s
         self.watchdog_s = command_ttl_s + round_timeout_s
         self.horizon = horizon
         self.policies = frozenset(policies)
@@ -114,12 +115,17 @@ class IpTracker:
         return t
 
     def wake(self, ip: str, t: Tracked | None, pending: list[tuple[int, Round]], until_us: int,
-             late_until: float | None = None) -> tuple[Tracked | None, list[Any], list[tuple[int, Round]]]:
+             late_until: float | None = None,
+             now: float | None = None) -> tuple[Tracked | None, list[Any], list[tuple[int, Round]]]:
         """Process everything of ``ip`` due by ``until_us`` (the watermark, in microseconds): rounds
         whose element time is <= it and due times <= it, in event-time order.
 
         ``late_until``: the time of a restored tombstone of an IP without state: rounds that ended
         at or before it were applied by the run that wrote it (a restart re-reads them) and are late.
+
+        ``now`` (live only, the wall clock): a next scan whose command would be expired by now
+        (``next_at + command_ttl_s < now``) is moved to ``now`` instead of issued: after an outage
+        one command per IP, not one expired command per missed cycle (counted ``caught_up``).
 
         ``pending`` holds ``(element time in micros, round)``. Returns the new state, the outputs
         (:class:`Decided`, :class:`Due`, then one :class:`Snapshot` if the state changed) and the
@@ -142,6 +148,10 @@ class IpTracker:
                 t = self._round(ip, t, nxt, out, late_until)
                 i += 1
             elif not t.issued:
+                if now is not None and t.next_at + self.command_ttl_s < now:
+                    self.counts["caught_up"] += 1
+                    t = t.with_(next_at=now, updated_at=now)
+                    continue
                 out.append(Due(ip, t.next_at, self.policy.ports_for(t.state), t.reason))
                 t = t.with_(issued=True, updated_at=t.next_at)
             else:

@@ -257,7 +257,11 @@ class PipelineSettings:
     - ``group_id``: the Kafka consumer group of the live events reader;
     - ``watermark_lag_s``: how far the live watermark trails the newest record (and the wall clock
       when a partition is idle);
-    - ``archive_dir``: where the Parquet archive of observations and decisions goes (empty: off).
+    - ``archive_dir``: where the Parquet archive of observations and decisions goes (empty: off);
+    - ``catch_up``: live only: a next scan whose command would already be expired by the wall clock
+      (its time + ``command_ttl_s`` has passed: the scheduler was down, or a state came back from
+      long ago) is moved to now, so an IP gets one command after an outage, not one expired command
+      (and one refused round) per missed cycle.
     """
 
     sweep_ranges: tuple[str, ...] = ()
@@ -274,6 +278,7 @@ class PipelineSettings:
     group_id: str = "scanflow-scheduler"
     watermark_lag_s: float = 5.0
     archive_dir: str = ""
+    catch_up: bool = True
 
     def validate(self) -> "PipelineSettings":
         """Raise :class:`ConfigError` naming the key and the fix; returns self."""

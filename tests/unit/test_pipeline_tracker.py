@@ -171,3 +171,35 @@ def test_rounds_a_restored_tombstone_covers_are_not_applied_again():
     # Without a tombstone the same old round is a new responder, as before.
     t, out, _ = _tracker().wake(IP, None, [(old.ended_us, old)], micros(T0 + HOUR))
     assert [d.plan.reason for d in out if isinstance(d, Decided)] == [Reason.NEW_RESPONDER]
+
+
+def test_after_an_outage_a_missed_scan_moves_to_now_instead_of_an_expired_command_per_cycle():
+    # The state says: next scan at T0 + 12 h, command already issued; the scheduler comes back a week
+    # later. Without catch-up every missed cycle makes a watchdog decision and an expired command.
+    week = T0 + 7 * 24 * HOUR
+    tr = _tracker()
+    t, _, _ = _run(tr, None, [_round("a", T0)], T0)
+    issued = t.with_(issued=True, updated_at=t.next_at)
+    fired, n_due, n_watchdog = micros(tr.due_at(issued)), 0, 0
+    state = issued
+    while fired <= micros(week):                                   # the timers, one after another
+        state, out, _ = tr.wake(IP, state, [], fired)
+        n_due += sum(isinstance(o, Due) for o in out)
+        n_watchdog += sum(isinstance(o, Decided) for o in out)
+        fired = micros(tr.due_at(state))
+    assert n_due >= 5 and n_watchdog >= 5                          # the flood
+    # With the wall clock given: one watchdog decision (nothing came back), then, when the retry's
+    # timer fires, the next scan is moved to now, and the one command is issued when its timer fires.
+    tr2 = _tracker()
+    state, out, _ = tr2.wake(IP, issued, [], micros(tr2.due_at(issued)), now=week)
+    assert _kinds(out) == ["Decided", "Snapshot"] and state.next_at < week - TTL
+    state, out, _ = tr2.wake(IP, state, [], micros(tr2.due_at(state)), now=week)
+    assert _kinds(out) == ["Snapshot"] and tr2.counts["caught_up"] == 1
+    assert state.next_at == week and not state.issued and tr2.due_at(state) == week
+    state, out, _ = tr2.wake(IP, state, [], micros(week), now=week)
+    assert _kinds(out) == ["Due", "Snapshot"] and out[0].at == week
+    # A next scan whose command is still valid is issued as planned.
+    t3 = _tracker()
+    fresh, _, _ = _run(t3, None, [_round("a", T0)], T0)
+    _, out, _ = t3.wake(IP, fresh, [], micros(T0 + 12 * HOUR), now=T0 + 13 * HOUR)
+    assert _kinds(out) == ["Due", "Snapshot"] and out[0].at == T0 + 12 * HOUR and not t3.counts["caught_up"]
