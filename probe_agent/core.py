@@ -293,7 +293,7 @@ class Agent:
 
         ``until_idle_s``: also stop once nothing has run and nothing was waiting for that long.
         """
-        from kafka import ConsumerRebalanceListener
+        from kafka import AsyncConsumerRebalanceListener
 
         from connectors.kafka_io import make_consumer
         from probe_agent.publisher import IpStateReader
@@ -332,16 +332,23 @@ class Agent:
             raise ConfigError(f"topics.commands: {exc}") from None
         agent = self
 
-        class Listener(ConsumerRebalanceListener):
-            def on_partitions_revoked(self, revoked):
+        class Listener(AsyncConsumerRebalanceListener):
+            # kafka-python 3 runs rebalance listeners on the consumer's IO thread, where the blocking
+            # ``commit()`` refuses to run ("Cannot block on net.run() from the IO thread"): the
+            # listener is a coroutine the client awaits, and commits with the coordinator's own
+            # coroutine (the coroutine behind ``commit()``; kafka-python is pinned to 3.0.x).
+            async def on_partitions_revoked(self, revoked):
                 # Commit what is finished in the partitions we lose; the rest is re-run by the next owner.
                 try:
-                    agent._commit_step(consumer, only=set(revoked))
+                    offsets = agent._finished_offsets(set(revoked))
+                    if offsets:
+                        await consumer._coordinator._commit_offsets_sync_async(offsets)
+                        log.info("committed %d finished command offset(s) of revoked partitions", len(offsets))
                 except Exception as exc:  # noqa: BLE001 - logged; the next owner re-runs
-                    log.warning("commit on revocation failed: %s", exc)
+                    log.warning("commit on revocation failed (those commands will be re-executed): %s", exc)
                 agent.tracker.revoke(revoked)
 
-            def on_partitions_assigned(self, assigned):
+            async def on_partitions_assigned(self, assigned):
                 agent._assigned = True
                 log.info("assigned %s", sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
 
@@ -461,6 +468,21 @@ class Agent:
             await self.execute(command, source=rec)
         finally:
             self._inflight_ids.pop(cid, None)
+
+    def _finished_offsets(self, partitions: set) -> dict:
+        """(rebalance listener) The finished prefix of ``partitions`` as offsets to commit, after
+        everything they produced is acknowledged (the producer flushes on its own IO thread)."""
+        from kafka.structs import OffsetAndMetadata
+
+        offsets = self.tracker.take_committable(partitions)
+        if not offsets:
+            return {}
+        try:
+            self.publisher.flush()
+        except DeliveryError as exc:
+            self._fatal = exc
+            raise
+        return {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
 
     def _commit_step(self, consumer, only: set | None = None) -> None:
         """(consumer thread) Flush, then commit the finished prefix of each partition."""

@@ -162,3 +162,33 @@ def test_a_missing_commands_topic_is_a_one_line_error(kafka):
     errors = [line for line in out.stderr.splitlines() if line.startswith("scanflow: error:")]
     assert len(errors) == 1 and "Traceback" not in out.stderr, out.stderr
     assert "topics.commands" in errors[0] and missing in errors[0] and "scanflow topics create" in errors[0]
+
+
+def test_finished_commands_are_committed_when_a_rebalance_takes_their_partition(kafka, make_topic, tmp_path):
+    """A second agent joins the group: the first loses its partition in the rebalance and commits
+    the commands it finished first (its periodic commit is ten minutes away), so neither agent
+    runs them again. (On kafka-python 3 the revocation listener runs on the client's IO thread; a
+    blocking commit there failed, and every finished command was re-executed by the next owner.)"""
+    s = Setup(make_topic, tmp_path)
+    agents = []
+    try:
+        for i in range(3):
+            s.send_command(kafka, f"rebalance-{i}")
+        first = s.agent("--set", "read_timeout_s=1", "--set", "commit_interval_s=600", "--agent-id", "first")
+        agents.append(first)
+        done = read_records(kafka, s.events, lambda out: sum(d.schema == "ScanDone" for _, d in out) >= 3,
+                            timeout_s=120)
+        assert sum(d.schema == "ScanDone" for _, d in done) == 3, s.log_of(first)
+        assert s.committed(kafka) == 0               # not yet: the periodic commit is far away
+        second = s.agent("--set", "read_timeout_s=1", "--set", "commit_interval_s=600", "--agent-id", "second")
+        agents.append(second)
+        assert wait_for(lambda: s.committed(kafka) == 3, timeout_s=90)
+        time.sleep(5)                                 # whoever owns the partition now has had time to re-run
+        got = read_records(kafka, s.events, lambda out: sum(d.schema == "ScanDone" for _, d in out) >= 3)
+        assert sorted(d.record["command_id"] for _, d in got if d.schema == "ScanDone") == \
+            [f"rebalance-{i}" for i in range(3)]      # each executed once
+    finally:
+        for agent in agents:
+            agent.kill()
+            agent.wait(10)
+        s.close()
