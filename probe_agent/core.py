@@ -352,7 +352,10 @@ class Agent:
                 agent._assigned = True
                 log.info("assigned %s", sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
 
-        await call(consumer.subscribe, [self.topics.commands], listener=Listener())
+        listener = Listener()
+        await call(consumer.subscribe, [self.topics.commands], listener=listener)
+        group = self.settings.resolved_group_id()
+        empty_since: float | None = None
         tasks: set[asyncio.Task] = set()
         paused = False
         last_commit = last_lag = self.clock()
@@ -393,6 +396,21 @@ class Agent:
                 if now - last_commit >= self.settings.commit_interval_s:
                     await call(self._commit_step, consumer)
                     last_commit = now
+                # No partition for EMPTY_REJOIN_S while the broker shows the group empty (seen on a
+                # just-started broker: the agent believed it had joined, got an empty assignment and
+                # idled for good) or able to give one: join again.
+                if not self._assigned or self._stop.is_set() or await call(consumer.assignment):
+                    empty_since = None
+                elif empty_since is None:
+                    empty_since = now
+                elif now - empty_since >= EMPTY_REJOIN_S:
+                    empty_since = now
+                    if await call(_stale_empty_assignment, self.kafka, group, self.topics.commands, consumer):
+                        log.warning("assigned no partition of %s although the group could give one: "
+                                    "joining the group again", self.topics.commands)
+                        self.metrics.errors["empty-assignment-rejoin"] += 1
+                        await call(consumer.unsubscribe)
+                        await call(consumer.subscribe, [self.topics.commands], listener=listener)
                 if now - last_lag >= 2.0 or (self._assigned and not self._caught_up):
                     self.metrics.backlog = await call(_lag, consumer)
                     self._caught_up = self._assigned and self.metrics.backlog == 0
@@ -521,6 +539,43 @@ def _wait_for_topic(kafka: KafkaSettings, topic: str, timeout_s: float = 15.0) -
         topic_partitions(probe, [topic], timeout_s)
     finally:
         probe.close(autocommit=False)
+
+
+#: How long an agent of the group waits with no partition before checking whether that is stale.
+EMPTY_REJOIN_S = 20.0
+
+
+def _stale_empty_assignment(kafka: KafkaSettings, group: str, topic: str, consumer) -> bool:
+    """(consumer thread) True when ``consumer`` holds no partition of ``topic`` and the broker says
+    its group has no member at all (the consumer believes it joined, the broker never kept it), or
+    is stable with no more members than ``topic`` has partitions (every assignor then gives each
+    member at least one)."""
+    from connectors.kafka_admin import admin_client
+    from connectors.kafka_io import make_consumer, topic_partitions
+
+    if consumer.assignment():
+        return False
+    # The broker's view through a client of its own: the group's consumer may be the one whose
+    # metadata lacks the topic (then its join saw no partition, and no later change shows one).
+    probe = make_consumer(kafka)
+    admin = admin_client(kafka)
+    try:
+        partitions = topic_partitions(probe, [topic], 5.0)
+        info = admin.describe_groups([group]).get(group) or {}
+    except Exception as exc:  # noqa: BLE001 - a check that cannot run decides nothing
+        log.info("could not check the empty assignment (%s: %s)", type(exc).__name__, exc)
+        return False
+    finally:
+        probe.close()
+        admin.close()
+    members = info.get("members") or []
+    state = info.get("group_state") or info.get("state")
+    log.info("no partition assigned: group %s is %s with %d member(s), %s has %d partition(s), this "
+             "consumer's metadata lists %s", group, state, len(members), topic, len(partitions),
+             sorted(consumer.partitions_for_topic(topic) or ()))
+    # Empty (no member at all, this consumer included, though it believes it joined: what the
+    # stuck agents showed), or stable with no more members than partitions (each gets one).
+    return state in ("Empty", "Dead") or (state == "Stable" and len(members) <= len(partitions))
 
 
 def _set_paused(consumer, pause: bool) -> None:
