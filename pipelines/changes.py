@@ -59,6 +59,25 @@ class RestoreRecord(NamedTuple):
     ts: float
 
 
+class CountReporter:
+    """Reports what a tracker counted (``IpTracker.counts``) as Beam counters ``scanflow.changes/*``:
+    each :meth:`flush` adds what was counted since the last one."""
+
+    def __init__(self, counts):
+        self._counts = counts
+        self._reported: dict[str, int] = {}
+        self._counters: dict = {}
+
+    def flush(self) -> None:
+        for name, value in self._counts.items():
+            delta = value - self._reported.get(name, 0)
+            if delta:
+                if name not in self._counters:
+                    self._counters[name] = Metrics.counter(_METRICS, name)
+                self._counters[name].inc(delta)
+                self._reported[name] = value
+
+
 class _TrackFn(beam.DoFn):
     """The per-IP state and the rounds waiting for the watermark, in one bag; two timers.
 
@@ -94,20 +113,10 @@ class _TrackFn(beam.DoFn):
         self._tracker = IpTracker(self._policy, **self._args)
         self._refs = RefTable.of_policy(self._policy)
         self._name = self._policy.name
-        self._reported: dict[str, int] = {}
-        self._counters = {}
-
-    def _flush_counts(self):
-        for name, value in self._tracker.counts.items():
-            delta = value - self._reported.get(name, 0)
-            if delta:
-                if name not in self._counters:
-                    self._counters[name] = Metrics.counter(_METRICS, name)
-                self._counters[name].inc(delta)
-                self._reported[name] = value
+        self._counts = CountReporter(self._tracker.counts)
 
     def finish_bundle(self):
-        self._flush_counts()
+        self._counts.flush()
 
     @staticmethod
     def _load(store) -> tuple[bytes | None, list]:

@@ -16,15 +16,11 @@ from __future__ import annotations
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 
-from pipelines.changes import COMMANDS, STATES, emit
+from pipelines.changes import COMMANDS, STATES, CountReporter, emit
 from pipelines.glue import Round
 from pipelines.state import RefTable
 from pipelines.tracker import IpTracker
-
-_METRICS = "scanflow.changes"
-
 
 class _WithTime(beam.DoFn):
     """``(ip, Round)`` -> ``(ip, (element time in micros, round tuple))``: the time the per-IP
@@ -47,7 +43,7 @@ class _DecideFn(beam.DoFn):
         self._tracker = IpTracker(self._policy, **self._args)
         self._refs = RefTable.of_policy(self._policy)
         self._name = self._policy.name
-        self._reported: dict[str, int] = {}
+        self._counts = CountReporter(self._tracker.counts)
 
     def process(self, element):
         ip, items = element
@@ -56,11 +52,7 @@ class _DecideFn(beam.DoFn):
             yield from emit(o, self._name, self._ttl, self._refs, self._emit_states)
 
     def finish_bundle(self):
-        for name, value in self._tracker.counts.items():
-            delta = value - self._reported.get(name, 0)
-            if delta:
-                Metrics.counter(_METRICS, name).inc(delta)
-                self._reported[name] = value
+        self._counts.flush()
 
 
 class DecideInBatch(beam.PTransform):

@@ -23,10 +23,10 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.coders import FastPrimitivesCoder
 from apache_beam.metrics import Metrics
+from apache_beam.pvalue import TaggedOutput
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.utils.timestamp import Timestamp
-from apache_beam.pvalue import TaggedOutput
 from apache_beam.utils.windowed_value import WindowedValue
 
 from pipelines.beamfix import decline_nan_splits, lighten_state_cache_weigher
