@@ -9,6 +9,7 @@ Times: records carry microseconds since the epoch (``*_us``); the policy core ta
 
 from __future__ import annotations
 
+import re
 from typing import Any, Iterable, Mapping, NamedTuple
 
 from connectors.avro_codec import InvalidRecord
@@ -182,6 +183,28 @@ def complete_in(done: Done, events: list[Event]) -> bool:
 def is_range(target: str) -> bool:
     """True for a CIDR range target (a sweep), False for one address."""
     return "/" in target
+
+
+#: The tail of a range scan's id as agents make it (``<command id>/<network>/<prefix>``, a sharded
+#: range with ``#shard<k>of<n>``; see ``probe_agent.job.scan_id_for`` and docs/CONTRACT.md).
+_RANGE_SCAN = re.compile(r"/[0-9A-Fa-f.:]+/\d{1,3}(#shard\d+of\d+)?$")
+#: Separates the scan id from the address in the key of a range scan's per-address group.
+RANGE_KEY_SEP = "|"
+
+
+def is_range_scan(scan_id: str) -> bool:
+    """True when ``scan_id`` names the scan of a CIDR range (a sweep) rather than of one address."""
+    return _RANGE_SCAN.search(scan_id) is not None
+
+
+def range_key(scan_id: str, ip: str) -> str:
+    """The key under which one address's answers to a range scan are gathered."""
+    return f"{scan_id}{RANGE_KEY_SEP}{ip}"
+
+
+def scan_of_key(key: str) -> str:
+    """The scan id of a round-assembly key (:func:`range_key` or a plain scan id)."""
+    return key.split(RANGE_KEY_SEP, 1)[0]
 
 
 def assemble(scan_id: str, events: Iterable[Event], done: Done | None, closed_us: int) -> list[Round]:

@@ -8,7 +8,10 @@ round per (ip, scan id) (:func:`pipelines.glue.assemble`).
 Time: a round closes when the watermark passes its ScanDone's element time (so every response sent
 before the ScanDone is in, whatever partition it came through), or ``round_timeout_s`` after its
 last response when the ScanDone never comes (the agent died): then it is ``TIMED_OUT``, which the
-policy treats as not complete. A closed scan id is remembered for ``dedupe_horizon_s``: a round
+policy treats as not complete. A range scan (a sweep) does not wait for its ScanDone: each address
+that answers it is gathered on its own and closed ``round_timeout_s`` after its last answer
+(``TIMED_OUT``: the sweep was not over for it), whenever in the sweep that is, so a late answer
+promotes its address as an early one does. A closed scan id is remembered for ``dedupe_horizon_s``: a round
 delivered again (agent retry, replay overlap) is not assembled twice.
 
 Cost: the responses of a scan that arrive in one bundle are sent on together; each such batch only
@@ -30,7 +33,8 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from pipelines.beamfix import decline_nan_splits, lighten_state_cache_weigher
-from pipelines.glue import US, Done, Event, Round, assemble, complete_in, timer_time
+from pipelines.glue import (US, Done, Event, Round, assemble, complete_in, is_range_scan, range_key, scan_of_key,
+                            timer_time)
 
 _METRICS = "scanflow.rounds"
 #: Output of the bundle step: rounds complete within one bundle, keyed by IP.
@@ -133,7 +137,7 @@ class _AssembleFn(beam.DoFn):
         # A timed-out round ends at its deadline: the latest response + the timeout (the timer
         # itself fires on a whole millisecond).
         ended_us = max((e.ts_us for e in items), default=fired_us - self._timeout_us) + self._timeout_us
-        for rnd in assemble(key, items, end, ended_us):
+        for rnd in assemble(scan_of_key(key), items, end, ended_us):
             if rnd.ended_us < fired_us - self._dedupe_us:
                 # A scan sent again long after it ended (its records re-stamped when re-sent):
                 # older than anything this stage still remembers, so it may be applied already.
@@ -183,7 +187,7 @@ class _GatherInBundle(beam.DoFn):
         self._scans.setdefault((item.scan_id, win), []).append((ts.micros, item))
 
     def finish_bundle(self):
-        for (scan_id, win), batch in self._scans.items():
+        for (scan_id, win), batch in _by_address_in_ranges(self._scans):
             rnd = _complete_round(scan_id, batch)
             if rnd is not None:
                 # Stamped as the keyed stage would emit it: at its close timer, the ScanDone's time.
@@ -198,6 +202,28 @@ class _GatherInBundle(beam.DoFn):
             yield WindowedValue((scan_id, [(us, tuple(it), isinstance(it, Done)) for us, it in batch]),
                                 Timestamp(micros=min(us for us, _ in batch)), [win])
         self._scans = {}
+
+
+def _by_address_in_ranges(scans: dict):
+    """The bundle's batches, a range scan's (a sweep's) split by answering address.
+
+    A sweep of a national block runs for hours; its ScanDone comes at the end, and an address that
+    answered at the start must not wait for it, nor be lost when the sweep's answers pause for longer
+    than the round timeout. So each address's answers to a range scan are gathered on their own
+    (key :func:`~pipelines.glue.range_key`) and closed ``round_timeout_s`` after its last answer,
+    whenever that is: the address is promoted to per-IP tracking then. The range's ScanDone closes
+    nothing (it has no address of its own) and is not kept.
+    """
+    for (scan_id, win), batch in scans.items():
+        if not is_range_scan(scan_id):
+            yield (scan_id, win), batch
+            continue
+        by_ip: dict[str, list] = {}
+        for us, item in batch:
+            if not isinstance(item, Done):
+                by_ip.setdefault(item.ip, []).append((us, item))
+        for ip in sorted(by_ip):
+            yield (range_key(scan_id, ip), win), by_ip[ip]
 
 
 def _complete_round(scan_id: str, batch) -> tuple[int, Round] | None:
