@@ -114,7 +114,10 @@ def build_live(p: beam.Pipeline, settings, pipeline: PipelineSettings, policy, *
         sweeps = p | "Sweeps" >> Sweeps(pipeline.sweep_networks(), prefix=pipeline.sweep_prefix,
                                         period_s=policy.params.silent_interval, silent=policy.port_sets.silent,
                                         ttl_s=pipeline.command_ttl_s, start=time.time() if now is None else now,
-                                        tick_s=pipeline.sweep_tick_s, policy=policy.name)
+                                        tick_s=pipeline.sweep_tick_s, policy=policy.name,
+                                        first_pass=(getattr(policy, "initial_ports", None) or policy.port_sets.standard)
+                                        if pipeline.first_pass else None,
+                                        first_pass_window_s=pipeline.first_pass_window_s)
         commands = (commands, sweeps) | "AllCommands" >> beam.Flatten()
     _ = commands | "WriteCommands" >> WriteCommands(kafka, topics.commands, topics.dead_letter)
     _ = out.states | "WriteIpStates" >> WriteIpStates(kafka, topics.ip_state, topics.dead_letter)

@@ -54,14 +54,22 @@ def _fraction(block: str) -> float:
 class SweepPlan:
     """When each block is swept: at ``epoch + k * period + offset(block)`` for every whole ``k``.
 
+    ``offset(block)`` is the block's hash fraction times ``spread`` (default: the whole period, so
+    the blocks are spread evenly over it). A run that starts with a first pass over everything
+    (:class:`Sweeps` ``first_pass``) uses ``epoch`` = its start and ``spread`` = the first pass's
+    window: every block is swept within that window, then once per period after its first sweep.
     Kept compact (two arrays sorted by offset, 12 bytes a block) so a national target space fits.
     """
 
-    def __init__(self, networks: Iterable[ipaddress.IPv4Network], prefix: int, period_s: float, epoch: float = 0.0):
+    def __init__(self, networks: Iterable[ipaddress.IPv4Network], prefix: int, period_s: float, epoch: float = 0.0,
+                 spread: float | None = None):
         if period_s <= 0:
             raise ValueError(f"sweep period must be > 0 seconds, got {period_s}")
+        spread = period_s if spread is None else spread
+        if not 0 <= spread <= period_s:
+            raise ValueError(f"sweep spread must be within [0, period] = [0, {period_s}] s, got {spread}")
         self.prefix, self.period, self.epoch = prefix, float(period_s), float(epoch)
-        slots = sorted((_fraction(str(b)) * self.period, int(b.network_address))
+        slots = sorted((_fraction(str(b)) * spread, int(b.network_address))
                        for b in sweep_blocks(networks, prefix))
         self._offsets = array("d", (o for o, _ in slots))
         self._nets = array("L", (n for _, n in slots))
@@ -89,17 +97,27 @@ class SweepPlan:
 
 
 class _IssueFn(beam.DoFn):
-    """A window ``(start, stop)`` -> the sweep commands due in it."""
+    """A window ``(start, stop)`` -> the sweep commands due in it (the first pass's with its own
+    port set and reason ``INITIAL``)."""
 
-    def __init__(self, plan_args: tuple, silent: PortSet, ttl_s: float, policy: str):
+    def __init__(self, plan_args: tuple, silent: PortSet, ttl_s: float, policy: str,
+                 first_pass: PortSet | None = None):
         self._plan_args, self._silent, self._ttl, self._policy = plan_args, silent, ttl_s, policy
+        self._first = first_pass
 
     def setup(self):
         self._plan = SweepPlan(*self._plan_args)
 
     def process(self, window):
         start, stop = window
+        first_end = self._plan.epoch + self._plan.period
         for at, block in self._plan.due(start, stop):
+            if self._first is not None and at < self._plan.epoch:
+                continue  # before the run's start: its first pass is what comes first
+            if self._first is not None and at < first_end:
+                yield block, command_record(policy=self._policy, target=block, not_before=at, ttl_s=self._ttl,
+                                            ports=self._first, reason="INITIAL")
+                continue
             yield block, command_record(policy=self._policy, target=block, not_before=at, ttl_s=self._ttl,
                                         ports=self._silent, reason="SWEEP")
 
@@ -109,14 +127,24 @@ class Sweeps(beam.PTransform):
 
     Live (``stop`` None): from ``start`` on, every ``tick_s`` of wall-clock time. Bounded: the slots
     in ``[start, stop)`` at once.
+
+    ``first_pass`` (live runs that start from nothing, e.g. ``scanflow run``): the run begins by
+    scanning every block with this port set (the policy's initial, classification set), all of them
+    within ``first_pass_window_s`` of ``start``; each block is then swept with the silent set once per
+    period after its first pass. Without it the blocks' slots are spread over the period from the
+    epoch, so a block's first sweep may come up to a period after the start.
     """
 
     def __init__(self, networks: Iterable[ipaddress.IPv4Network], *, prefix: int, period_s: float, silent: PortSet,
                  ttl_s: float, start: float, stop: float | None = None, tick_s: float = 60.0,
-                 policy: str = "EFFICIENT"):
+                 policy: str = "EFFICIENT", first_pass: PortSet | None = None, first_pass_window_s: float = 0.0):
         super().__init__()
-        self._plan_args = (tuple(networks), prefix, period_s)
+        if first_pass is not None:
+            self._plan_args = (tuple(networks), prefix, period_s, start, min(first_pass_window_s, period_s))
+        else:
+            self._plan_args = (tuple(networks), prefix, period_s)
         SweepPlan(*self._plan_args)  # fail at construction, not on a worker
+        self._first = first_pass
         self._silent, self._ttl, self._policy = silent, ttl_s, policy
         self._start, self._stop, self._tick = start, stop, tick_s
 
@@ -129,4 +157,5 @@ class Sweeps(beam.PTransform):
                        | "Window" >> beam.Map(lambda ts, tick=tick: (float(ts), float(ts) + tick)))
         else:
             windows = pbegin | "Window" >> beam.Create([(self._start, self._stop)])
-        return windows | "Issue" >> beam.ParDo(_IssueFn(self._plan_args, self._silent, self._ttl, self._policy))
+        return windows | "Issue" >> beam.ParDo(_IssueFn(self._plan_args, self._silent, self._ttl, self._policy,
+                                                        self._first))

@@ -48,3 +48,37 @@ def test_windows_partition_the_slots_and_the_schedule_is_stable_across_processes
     assert SweepPlan(_nets("10.0.3.0/24"), 24, PERIOD).due(0.0, PERIOD)[0][0] == pytest.approx(
         int.from_bytes(__import__("hashlib").blake2b(b"10.0.3.0/24", digest_size=8).digest(), "big")
         / 2.0 ** 64 * PERIOD)
+
+
+def _issue(sweeps, start, stop):
+    from pipelines.sweeps import _IssueFn
+
+    fn = _IssueFn(sweeps._plan_args, sweeps._silent, sweeps._ttl, sweeps._policy, sweeps._first)
+    fn.setup()
+    return list(fn.process((start, stop)))
+
+
+def test_a_run_begins_with_a_first_pass_over_every_block_then_sweeps_once_per_period():
+    from pipelines.sweeps import Sweeps
+    from scanflow.portsets import PortSet
+
+    silent, initial = PortSet.named("silent", 1, [23, 80]), PortSet.named("standard", 1, [22, 23, 80, 443])
+    start, window = 1_700_000_000.0, 600.0
+    sweeps = Sweeps(_nets("198.18.0.0/22"), prefix=24, period_s=PERIOD, silent=silent, ttl_s=3600, start=start,
+                    first_pass=initial, first_pass_window_s=window)
+    # Ticks from a little before the start up to two periods: each block once in the first pass,
+    # within the window, with the initial set; then once per period after its own first pass.
+    ticks = [x for k in range(-2, int(2 * PERIOD // 60) + 2)
+             for x in _issue(sweeps, start + k * 60.0, start + (k + 1) * 60.0)]
+    first = [(cmd["not_before"] / 1e6, block) for block, cmd in ticks if cmd["reason"] == "INITIAL"]
+    assert sorted(b for _, b in first) == ["198.18.0.0/24", "198.18.1.0/24", "198.18.2.0/24", "198.18.3.0/24"]
+    assert all(start <= t < start + window for t, _ in first)
+    assert all(cmd["port_set"]["name"] == "standard" for _, cmd in ticks if cmd["reason"] == "INITIAL")
+    later = [(cmd["not_before"] / 1e6, block) for block, cmd in ticks if cmd["reason"] == "SWEEP"]
+    assert all(cmd["port_set"]["name"] == "silent" for _, cmd in ticks if cmd["reason"] == "SWEEP")
+    firsts = dict((b, t) for t, b in first)
+    assert sorted((b, round(t - firsts[b], 3)) for t, b in later) == sorted((b, PERIOD) for b in firsts)
+    # Without a first pass a block may wait most of a period for its first scan.
+    plain = Sweeps(_nets("198.18.0.0/22"), prefix=24, period_s=PERIOD, silent=silent, ttl_s=3600, start=start)
+    early = _issue(plain, start, start + window)
+    assert len(early) < 4 and all(c["reason"] == "SWEEP" for _, c in early)
