@@ -35,11 +35,22 @@ class ConfigError(ValueError):
     """A configuration value is unknown, of the wrong type or out of range; the message says the fix."""
 
 
+#: The local broker's client port when nothing else is configured (``infra.kafka_port``).
+DEFAULT_KAFKA_PORT = 9092
+#: Where the local broker started by ``scanflow infra up`` listens (infra/kafka/kafka.sh).
+LOCAL_KAFKA_HOST = "127.0.0.1"
+
+
 @dataclass(frozen=True)
 class KafkaSettings:
-    """How clients reach Kafka: the local broker by default, or an existing cluster."""
+    """How clients reach Kafka: the local broker by default, or an existing cluster.
 
-    bootstrap_servers: str = "127.0.0.1:9092"
+    ``bootstrap_servers`` empty (the default) means the local broker of ``scanflow infra up``,
+    ``127.0.0.1:<infra.kafka_port>``: :class:`Settings` fills it in, so the broker's port and every
+    client's address come from the one setting ``infra.kafka_port``. Set it to use another cluster.
+    """
+
+    bootstrap_servers: str = ""
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str = ""
     sasl_username: str = ""
@@ -58,17 +69,33 @@ class KafkaSettings:
         if self.security_protocol.startswith("SASL") and not self.sasl_mechanism:
             raise ConfigError("kafka.sasl_mechanism: required with a SASL security_protocol; "
                               "set it to PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
-        for server in self.bootstrap_servers.split(","):
+        for server in self.bootstrap_servers.split(",") if self.bootstrap_servers else ():
             host, sep, port = server.strip().rpartition(":")
             if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ConfigError(f"kafka.bootstrap_servers: {server!r} is not HOST:PORT; "
                                   "write e.g. 127.0.0.1:9092 (comma-separated for several)")
         _positive("kafka.request_timeout_ms", self.request_timeout_ms)
 
+    def servers(self) -> list[str]:
+        """The bootstrap ``HOST:PORT`` list (empty setting outside :class:`Settings`: the local
+        broker on its default port)."""
+        text = self.bootstrap_servers or f"{LOCAL_KAFKA_HOST}:{DEFAULT_KAFKA_PORT}"
+        return [s.strip() for s in text.split(",") if s.strip()]
+
+    def local_ports(self) -> list[int]:
+        """Ports of the bootstrap entries on this machine's loopback (where a local broker is)."""
+        ports = []
+        for server in self.servers():
+            host, _, port = server.rpartition(":")
+            host = host.strip("[]").lower()
+            if host == "localhost" or host == "::1" or host.startswith("127."):
+                ports.append(int(port))
+        return ports
+
     def client_options(self) -> dict[str, Any]:
         """Keyword arguments for kafka-python clients (producer, consumer, admin)."""
         opts: dict[str, Any] = {
-            "bootstrap_servers": [s.strip() for s in self.bootstrap_servers.split(",")],
+            "bootstrap_servers": self.servers(),
             "security_protocol": self.security_protocol,
             "client_id": self.client_id,
             "request_timeout_ms": self.request_timeout_ms,
@@ -87,7 +114,7 @@ class KafkaSettings:
 class InfraSettings:
     """The local stack started by ``scanflow infra``: one Kafka broker, cached builds, state."""
 
-    kafka_port: int = 9092
+    kafka_port: int = DEFAULT_KAFKA_PORT
     kafka_controller_port: int = 9093
     kafka_heap: str = "1g"
     state_dir: str = ".scanflow"
@@ -104,6 +131,10 @@ class InfraSettings:
 
     def state_path(self) -> Path:
         return resolve_path(self.state_dir)
+
+    def local_bootstrap(self) -> str:
+        """Where clients reach the local broker: ``127.0.0.1:<kafka_port>``."""
+        return f"{LOCAL_KAFKA_HOST}:{self.kafka_port}"
 
     def script_env(self) -> dict[str, str]:
         """Environment for infra/kafka/kafka.sh: the same names as this section's env overrides."""
@@ -261,7 +292,12 @@ class PipelineSettings:
     - ``catch_up``: live only: a next scan whose command would already be expired by the wall clock
       (its time + ``command_ttl_s`` has passed: the scheduler was down, or a state came back from
       long ago) is moved to now, so an IP gets one command after an outage, not one expired command
-      (and one refused round) per missed cycle.
+      (and one refused round) per missed cycle;
+    - ``first_pass``: live only: the scheduler begins by scanning every sweep block with the policy's
+      initial (classification) port set, all within ``first_pass_window_s`` of its start (0: all at
+      once; the agents' rate caps pace them), then sweeps each block once per period after that
+      (``scanflow run`` turns it on: a run starts from nothing). Off: the blocks' sweeps are spread
+      over the period, so a block may wait up to 3.5 days for its first scan.
     """
 
     sweep_ranges: tuple[str, ...] = ()
@@ -279,6 +315,8 @@ class PipelineSettings:
     watermark_lag_s: float = 5.0
     archive_dir: str = ""
     catch_up: bool = True
+    first_pass: bool = False
+    first_pass_window_s: float = 0.0
 
     def validate(self) -> "PipelineSettings":
         """Raise :class:`ConfigError` naming the key and the fix; returns self."""
@@ -301,6 +339,9 @@ class PipelineSettings:
                     "rewind_s", "watermark_lag_s"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"pipeline.{key}: must be > 0 seconds, got {getattr(self, key)}")
+        if self.first_pass_window_s < 0:
+            raise ConfigError(f"pipeline.first_pass_window_s: must be >= 0 seconds (0: every block at the "
+                              f"start), got {self.first_pass_window_s}")
         if self.rewind_s < self.round_timeout_s:
             raise ConfigError(f"pipeline.rewind_s: {self.rewind_s} s is shorter than "
                               f"pipeline.round_timeout_s ({self.round_timeout_s} s): a round open at a "
@@ -514,9 +555,37 @@ class Settings:
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
     agent: AgentSettings = field(default_factory=AgentSettings)
 
+    def __post_init__(self) -> None:
+        # One setting for the local broker: without an explicit kafka.bootstrap_servers every
+        # client connects to the port the broker is started on (infra.kafka_port).
+        derived = not self.kafka.bootstrap_servers
+        if derived:
+            object.__setattr__(self, "kafka", dataclasses.replace(
+                self.kafka, bootstrap_servers=self.infra.local_bootstrap()))
+        object.__setattr__(self, "_bootstrap_derived", derived)
+
+    @property
+    def bootstrap_derived(self) -> bool:
+        """True when ``kafka.bootstrap_servers`` was not set and comes from ``infra.kafka_port``."""
+        return getattr(self, "_bootstrap_derived", False)
+
+    def bootstrap_mismatch(self) -> str | None:
+        """Why ``kafka.bootstrap_servers`` and ``infra.kafka_port`` disagree, or None: an explicit
+        bootstrap list that names this machine's loopback but not the port the local broker is
+        started on (clients would talk to whatever else listens there)."""
+        local = self.kafka.local_ports()
+        if not local or self.infra.kafka_port in local:
+            return None
+        return (f"kafka.bootstrap_servers ({self.kafka.bootstrap_servers}) names a broker on this machine "
+                f"but not infra.kafka_port ({self.infra.kafka_port}), where `scanflow infra up` starts "
+                "the local broker; clients connect to the bootstrap list. Leave "
+                "kafka.bootstrap_servers unset to follow infra.kafka_port, or make the two agree")
+
     def validate(self) -> "Settings":
-        for f in dataclasses.fields(self):
-            getattr(self, f.name).validate()
+        # infra first: a bad infra.kafka_port is named as such, not as the client address made of it.
+        names = sorted((f.name for f in dataclasses.fields(self)), key=lambda name: name != "infra")
+        for name in names:
+            getattr(self, name).validate()
         return self
 
 
@@ -590,8 +659,14 @@ def _apply(section_values: dict[str, dict[str, Any]], section: str, key: str, ra
 
 def load_settings(config_file: str | os.PathLike[str] | None = None,
                   overrides: Mapping[str, Any] | None = None,
-                  environ: Mapping[str, str] | None = None) -> Settings:
-    """Build validated :class:`Settings` from a TOML file, the environment and ``section.key`` overrides."""
+                  environ: Mapping[str, str] | None = None,
+                  warnings: list[str] | None = None) -> Settings:
+    """Build validated :class:`Settings` from a TOML file, the environment and ``section.key`` overrides.
+
+    ``warnings``, when given, receives one line per setting that is valid but probably not meant:
+    today an explicit ``kafka.bootstrap_servers`` on this machine that misses an explicit
+    ``infra.kafka_port`` (see :meth:`Settings.bootstrap_mismatch`).
+    """
     environ = os.environ if environ is None else environ
     values: dict[str, dict[str, Any]] = {}
 
@@ -629,7 +704,12 @@ def load_settings(config_file: str | os.PathLike[str] | None = None,
         _apply(values, section, key, raw, f"--set {dotted}")
 
     built = {name: cls(**values.get(name, {})) for name, cls in sections.items()}
-    return Settings(**built).validate()
+    settings = Settings(**built).validate()
+    if warnings is not None and "kafka_port" in values.get("infra", {}):
+        mismatch = settings.bootstrap_mismatch()
+        if mismatch:
+            warnings.append(mismatch)
+    return settings
 
 
 def parse_set_options(items: tuple[str, ...] | list[str]) -> dict[str, str]:

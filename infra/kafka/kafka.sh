@@ -10,6 +10,9 @@
 #   SCANFLOW_INFRA_KAFKA_HEAP             JVM heap                              (default 1g)
 #   SCANFLOW_INFRA_STATUS_TIMEOUT_S       seconds `status`/`up` wait for an answer (default 60)
 #   SCANFLOW_PYTHON                       python with kafka-python for the metadata probe (default: .venv)
+# Clients reach this broker at 127.0.0.1:$SCANFLOW_INFRA_KAFKA_PORT: scanflow derives
+# kafka.bootstrap_servers from the same setting unless it is set; `up` and `status` say so when an
+# explicit SCANFLOW_KAFKA_BOOTSTRAP_SERVERS names this machine but another port.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -31,6 +34,25 @@ props=$state/server.properties
 
 say() { printf 'kafka: %s\n' "$*"; }
 die() { printf 'kafka: error: %s\n' "$*" >&2; exit 1; }
+
+check_bootstrap() {
+  # An explicit client address on this machine that is not this broker's port: clients would talk
+  # to another broker (or none). Warn, do not fail: the operator may mean it.
+  local list=${SCANFLOW_KAFKA_BOOTSTRAP_SERVERS:-} entry host local_seen=0
+  [[ -n "$list" ]] || return 0
+  IFS=',' read -ra entries <<< "$list"
+  for entry in "${entries[@]}"; do
+    entry=${entry// /}
+    host=${entry%:*}; host=${host#[}; host=${host%]}
+    if [[ "$host" == 127.* || "$host" == localhost || "$host" == ::1 ]]; then
+      local_seen=1
+      [[ "${entry##*:}" == "$port" ]] && return 0
+    fi
+  done
+  if (( local_seen )); then
+    printf 'kafka: warning: SCANFLOW_KAFKA_BOOTSTRAP_SERVERS=%s names this machine but not port %s of this broker (SCANFLOW_INFRA_KAFKA_PORT); unset it or make the two agree\n' "$list" "$port" >&2
+  fi
+}
 
 fetch() {
   if compgen -G "$libs/kafka_2.13-*.jar" >/dev/null; then return 0; fi
@@ -144,9 +166,9 @@ reset() {
 
 case "${1:-}" in
   fetch) fetch; say "broker jars in $libs" ;;
-  up) up ;;
+  up) check_bootstrap; up ;;
   down|stop) down ;;
-  status) status ;;
+  status) check_bootstrap; status ;;
   reset) reset ;;
   __exec) shift; exec_java "$@" ;;  # internal: replaces itself with the broker JVM
   logs) tail -n "${2:-50}" "$logfile" ;;

@@ -18,8 +18,10 @@ from scanflow.config import ConfigError, Settings, load_settings, parse_set_opti
 class CliContext:
     """What every command receives: the validated settings."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, warnings: list[str] | None = None):
         self.settings = settings
+        #: Warnings about the configuration already printed (one line each, on stderr).
+        self.warnings = list(warnings or ())
 
 
 pass_ctx = click.make_pass_decorator(CliContext)
@@ -46,11 +48,14 @@ class _Group(click.Group):
 def main(ctx: click.Context, config_file: str | None, set_items: tuple[str, ...]) -> None:
     """scanflow: continuous IoT scanning that finds what an exhaustive scan finds with a few
     percent of its traffic."""
+    warnings: list[str] = []
     try:
-        settings = load_settings(config_file, parse_set_options(set_items))
+        settings = load_settings(config_file, parse_set_options(set_items), warnings=warnings)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
-    ctx.obj = CliContext(settings)
+    for line in warnings:
+        click.echo(f"scanflow: warning: {line}", err=True)
+    ctx.obj = CliContext(settings, warnings)
 
 
 @main.command("config")
@@ -69,7 +74,10 @@ def show_config(obj: CliContext) -> None:
                 shown = str(shown).lower()
             elif isinstance(shown, (list, tuple)):
                 shown = "[" + ", ".join(repr(v) for v in shown) + "]"
-            click.echo(f"{key} = {shown}")
+            note = ""
+            if section.name == "kafka" and key == "bootstrap_servers" and obj.settings.bootstrap_derived:
+                note = "   # not set: the local broker on infra.kafka_port"
+            click.echo(f"{key} = {shown}{note}")
         click.echo()
 
 

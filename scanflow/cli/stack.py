@@ -18,8 +18,19 @@ FLINK_SCRIPT = REPO_ROOT / "infra" / "flink" / "fetch.sh"
 
 
 def run_kafka_script(obj: CliContext, action: str) -> int:
-    """Run infra/kafka/kafka.sh ACTION with the configured ports and state dir."""
-    env = dict(os.environ, **obj.settings.infra.script_env(), SCANFLOW_PYTHON=sys.executable)
+    """Run infra/kafka/kafka.sh ACTION with the configured ports and state dir.
+
+    The broker's port is ``infra.kafka_port``, the same setting clients derive their address from;
+    an explicit ``kafka.bootstrap_servers`` on this machine that misses it is said once here (the
+    script is given the CLI's resolved settings, not the raw client variable, so it does not say it
+    again).
+    """
+    mismatch = obj.settings.bootstrap_mismatch()
+    if mismatch and mismatch not in obj.warnings:
+        click.echo(f"scanflow: warning: {mismatch}", err=True)
+        obj.warnings.append(mismatch)
+    env = {k: v for k, v in os.environ.items() if k != "SCANFLOW_KAFKA_BOOTSTRAP_SERVERS"}
+    env.update(obj.settings.infra.script_env(), SCANFLOW_PYTHON=sys.executable)
     return subprocess.call(["bash", str(KAFKA_SCRIPT), action], env=env)
 
 

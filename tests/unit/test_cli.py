@@ -55,3 +55,20 @@ def test_topics_file_errors_are_one_line(tmp_path):
     result = CliRunner().invoke(main, ["topics", "create", "--file", str(bad)])
     assert result.exit_code == 2
     assert "partitions must be a whole number >= 1" in result.output
+
+
+def test_config_shows_the_client_address_derived_from_the_broker_port():
+    result = CliRunner().invoke(main, ["--set", "infra.kafka_port=39092", "config"], env={})
+    assert result.exit_code == 0
+    assert 'bootstrap_servers = "127.0.0.1:39092"' in result.output
+    assert "kafka_port = 39092" in result.output
+
+
+def test_config_says_when_an_explicit_local_address_misses_the_broker_port(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCANFLOW_")}
+    env.update(SCANFLOW_INFRA_KAFKA_PORT="39092", SCANFLOW_KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:9092")
+    proc = subprocess.run([sys.executable, "-m", "scanflow", "config"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0
+    (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("scanflow: warning:")]
+    assert "127.0.0.1:9092" in line and "39092" in line
+    assert 'bootstrap_servers = "127.0.0.1:9092"' in proc.stdout      # an explicit value is kept

@@ -150,3 +150,89 @@ def test_bad_policy_values_name_the_key(override, fragment):
         load_settings(overrides=override, environ={})
     assert fragment in str(err.value)
     assert "\n" not in str(err.value), "errors are one line"
+
+
+# One setting for the local broker: its port (infra.kafka_port) is where every client connects unless
+# kafka.bootstrap_servers is set.
+
+@pytest.mark.parametrize("source", ["file", "environment", "set"])
+def test_bootstrap_follows_the_broker_port_from_every_source(tmp_path, source):
+    cfg = tmp_path / "scanflow.toml"
+    cfg.write_text("[infra]\nkafka_port = 39092\n")
+    kwargs = {"file": dict(config_file=cfg, environ={}),
+              "environment": dict(environ={"SCANFLOW_INFRA_KAFKA_PORT": "39092"}),
+              "set": dict(overrides={"infra.kafka_port": "39092"}, environ={})}[source]
+    s = load_settings(**kwargs)
+    assert s.infra.kafka_port == 39092
+    assert s.kafka.bootstrap_servers == "127.0.0.1:39092"
+    assert s.kafka.client_options()["bootstrap_servers"] == ["127.0.0.1:39092"]
+    assert s.bootstrap_derived
+
+
+def test_bootstrap_follows_the_port_of_the_highest_precedence_source(tmp_path):
+    cfg = tmp_path / "scanflow.toml"
+    cfg.write_text("[infra]\nkafka_port = 19092\n")
+    env = {"SCANFLOW_INFRA_KAFKA_PORT": "29092"}
+    assert load_settings(cfg, environ=env).kafka.bootstrap_servers == "127.0.0.1:29092"
+    assert load_settings(cfg, {"infra.kafka_port": "39092"}, environ=env).kafka.bootstrap_servers == \
+        "127.0.0.1:39092"
+
+
+def test_an_explicit_bootstrap_wins_and_an_empty_one_means_the_local_broker(tmp_path):
+    s = load_settings(overrides={"infra.kafka_port": "39092", "kafka.bootstrap_servers": "kafka1.example:9093"},
+                      environ={})
+    assert s.kafka.bootstrap_servers == "kafka1.example:9093" and not s.bootstrap_derived
+    assert s.bootstrap_mismatch() is None                 # a remote cluster: the local port does not matter
+    empty = load_settings(environ={"SCANFLOW_KAFKA_BOOTSTRAP_SERVERS": "", "SCANFLOW_INFRA_KAFKA_PORT": "39092"})
+    assert empty.kafka.bootstrap_servers == "127.0.0.1:39092"
+
+
+def test_the_infra_script_environment_gives_clients_the_same_address():
+    s = load_settings(overrides={"infra.kafka_port": "39092"}, environ={})
+    env = s.infra.script_env()
+    assert env["SCANFLOW_INFRA_KAFKA_PORT"] == "39092"
+    assert load_settings(environ=env).kafka.bootstrap_servers == s.kafka.bootstrap_servers == "127.0.0.1:39092"
+
+
+@pytest.mark.parametrize("bootstrap, port, warned", [
+    ("127.0.0.1:9092", "39092", True),                    # the issue: clients talk to whatever owns 9092
+    ("localhost:9092", "39092", True),
+    ("127.0.0.1:39092", "39092", False),
+    ("127.0.0.1:9092,127.0.0.1:39092", "39092", False),
+    ("kafka1.example:9092", "39092", False),             # another machine: not the local broker
+    ("127.0.0.1:9092", None, False),                      # the port is not set: nothing disagrees
+])
+def test_a_local_bootstrap_that_misses_the_broker_port_is_said_once(bootstrap, port, warned):
+    env = {"SCANFLOW_KAFKA_BOOTSTRAP_SERVERS": bootstrap}
+    if port:
+        env["SCANFLOW_INFRA_KAFKA_PORT"] = port
+    warnings: list[str] = []
+    s = load_settings(environ=env, warnings=warnings)
+    assert s.kafka.bootstrap_servers == bootstrap          # an explicit value is used as given
+    assert len(warnings) == int(warned)
+    if warned:
+        line = warnings[0]
+        assert "\n" not in line and "kafka.bootstrap_servers" in line and "infra.kafka_port" in line
+        assert port in line and bootstrap in line
+
+
+def test_kafka_settings_alone_default_to_the_local_broker():
+    from scanflow.config import KafkaSettings
+
+    assert KafkaSettings().client_options()["bootstrap_servers"] == ["127.0.0.1:9092"]
+    assert Settings().kafka.bootstrap_servers == "127.0.0.1:9092"
+
+
+def test_the_broker_script_says_when_the_client_address_misses_its_port(tmp_path):
+    """infra/kafka/kafka.sh run on its own (no CLI) with a client variable that disagrees."""
+    import subprocess
+
+    env = {"PATH": "/usr/bin:/bin", "SCANFLOW_INFRA_STATE_DIR": str(tmp_path), "SCANFLOW_INFRA_KAFKA_PORT": "39092",
+           "SCANFLOW_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9092"}
+    script = str(REPO_ROOT / "infra" / "kafka" / "kafka.sh")
+    out = subprocess.run(["bash", script, "status"], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 3 and "not running" in out.stdout          # no broker in an empty state dir
+    assert "warning" in out.stderr and "9092" in out.stderr and "39092" in out.stderr
+    env["SCANFLOW_KAFKA_BOOTSTRAP_SERVERS"] = "127.0.0.1:39092"
+    out = subprocess.run(["bash", script, "status"], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 3 and out.stderr == ""
