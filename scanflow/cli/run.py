@@ -21,13 +21,20 @@ def _fail(message: str, code: int = 2) -> None:
 @click.option("--ips", type=int, default=20_000, show_default=True,
               help="Addresses in the synthetic world (sim backend).")
 @click.option("--days", type=float, default=7.0, show_default=True, help="Virtual days to run.")
-@click.option("--day-seconds", type=float, default=20.0, show_default=True,
-              help="Wall seconds per virtual day (the policy's durations are compressed to match).")
+@click.option("--day-seconds", type=float, default=None,
+              help="Wall seconds per virtual day (the policy's durations are compressed to match). "
+                   "Default: 20 on the sim world; on a real network the fastest clock the scans fit in, "
+                   "worked out from the address count, port sets and agent rates (printed at the start).")
 @click.option("--agents", type=int, default=2, show_default=True, help="Agent processes.")
-@click.option("--backend", type=click.Choice(["sim", "connect"]), default="sim", show_default=True,
-              help="sim: synthetic world, no packets. connect: real TCP connects to --allow only.")
+@click.option("--backend", type=click.Choice(["sim", "connect", "masscan"]), default="sim", show_default=True,
+              help="sim: synthetic world, no packets. connect: real TCP connects to --allow only. masscan: "
+                   "SYN discovery with masscan (root; --set agent.masscan_interface=... "
+                   "agent.masscan_router_mac=...), banners by connect.")
 @click.option("--allow", multiple=True, metavar="CIDR",
-              help="Allowlist for --backend connect (required there; repeatable).")
+              help="Allowlist for a real backend (required there; repeatable).")
+@click.option("--no-first-pass", is_flag=True,
+              help="Do not begin with a first pass over every address (the policy's initial set); the "
+                   "blocks' sweeps are then spread over the sweep period from the start.")
 @click.option("--contact", default="", help="Operator contact sent as User-Agent (connect backend).")
 @click.option("--rate", type=float, default=0.0, help="Packets/s cap per agent (default: agent setting; "
                                                       "sim: 1,000,000 virtual).")
@@ -43,8 +50,8 @@ def _fail(message: str, code: int = 2) -> None:
                                                   "the lake keeps the archive).")
 @click.option("--skip-kafka-up", is_flag=True, help="Do not start the local broker (an external cluster).")
 @pass_ctx
-def run(obj: CliContext, ips, days, day_seconds, agents, backend, allow, contact, rate, seed, run_dir, lake_dir,
-        report_dir, no_report, keep_topics, skip_kafka_up) -> None:
+def run(obj: CliContext, ips, days, day_seconds, agents, backend, allow, no_first_pass, contact, rate, seed, run_dir,
+        lake_dir, report_dir, no_report, keep_topics, skip_kafka_up) -> None:
     """The whole loop: Kafka up, the run's topics, the scheduler on Prism, sim agents scanning a
     synthetic internet in accelerated virtual time, the Parquet lake; a progress line while it runs;
     at the end of the virtual period a clean stop, a DuckDB summary and `scanflow report`.
@@ -59,17 +66,17 @@ def run(obj: CliContext, ips, days, day_seconds, agents, backend, allow, contact
         _fail(f"--ips {ips}: give 1..16777216 addresses, e.g. --ips 20000")
     if days <= 0:
         _fail(f"--days {days}: give a positive number of virtual days, e.g. --days 7")
-    if day_seconds < 1:
+    if day_seconds is not None and day_seconds < 1:
         _fail(f"--day-seconds {day_seconds}: give at least 1 wall second per virtual day, e.g. --day-seconds 20")
     if not 1 <= agents <= 64:
         _fail(f"--agents {agents}: give 1..64 agent processes, e.g. --agents 2")
     if rate < 0:
         _fail(f"--rate {rate}: give a positive packets/s cap, e.g. --rate 1000")
     if backend == "sim" and allow:
-        _fail("--allow applies to --backend connect; the sim world is 10.0.0.0 + --ips addresses")
-    if backend == "connect":
+        _fail("--allow applies to --backend connect or masscan; the sim world is 10.0.0.0 + --ips addresses")
+    if backend != "sim":
         if not allow:
-            _fail("--backend connect scans real hosts: give an explicit allowlist, e.g. --allow 127.0.0.1/32")
+            _fail(f"--backend {backend} scans real hosts: give an explicit allowlist, e.g. --allow 127.0.0.1/32")
         for entry in allow:
             try:
                 net = ipaddress.ip_network(entry, strict=True)
@@ -87,10 +94,26 @@ def run(obj: CliContext, ips, days, day_seconds, agents, backend, allow, contact
         cli_args += ["--set", item]
 
     spec = LoopSpec(run_dir=Path("."), lake_dir=Path("."), report_dir=Path("."), ips=ips, days=days,
-                    day_seconds=day_seconds, agents=agents, backend=backend, allow=tuple(allow), seed=seed,
+                    day_seconds=day_seconds or 20.0, agents=agents, backend=backend, allow=tuple(allow), seed=seed,
                     rate=rate, contact=contact, keep_topics=keep_topics, report=not no_report,
                     cli_args=tuple(cli_args), config_file=root.params.get("config_file"),
-                    set_items=tuple(root.params.get("set_items") or ()))
+                    set_items=tuple(root.params.get("set_items") or ()), first_pass=not no_first_pass)
+    clock_line = ""
+    if backend != "sim":
+        from scanflow.loop.orchestrate import plan_real_clock
+
+        plan = plan_real_clock(spec, settings)
+        spec.first_pass_window_s = plan.first_pass_s
+        if day_seconds is None:
+            spec.day_seconds = plan.day_seconds
+            clock_line = f"clock: {plan.describe()}"
+        elif day_seconds < plan.day_seconds:
+            clock_line = (f"clock: warning: --day-seconds {day_seconds:g} is faster than the scans fit in "
+                          f"({plan.describe()}); rescans may fall due before their scans end")
+        if days * spec.day_seconds < plan.first_pass_s:
+            clock_line += (f"\nclock: warning: the run ({days * spec.day_seconds:.0f} s) ends before the first pass "
+                           f"(~{plan.first_pass_s:.0f} s) can cover every address; raise --days")
+    day_seconds = spec.day_seconds
     state_dir = Path(settings.infra.state_dir)
     if not state_dir.is_absolute():
         state_dir = REPO_ROOT / state_dir
@@ -99,9 +122,11 @@ def run(obj: CliContext, ips, days, day_seconds, agents, backend, allow, contact
     spec.report_dir = Path(report_dir).resolve() if report_dir else spec.run_dir / "report"
 
     what = (f"{ips:,} synthetic IPs (sim backend, no packets)" if backend == "sim"
-            else f"allowlist {', '.join(allow)} (connect backend, real connects)")
+            else f"allowlist {', '.join(allow)} ({backend} backend, real probes)")
     click.echo(f"scanflow run {spec.run_id}: {what}; {days:g} virtual days at {day_seconds:g} s/day "
                f"(~{days * day_seconds:.0f} s), {agents} agent(s); run dir {spec.run_dir}")
+    if clock_line:
+        click.echo(clock_line)
     started = time.monotonic()
     if not skip_kafka_up:
         from scanflow.cli.stack import run_kafka_script
@@ -118,6 +143,12 @@ def run(obj: CliContext, ips, days, day_seconds, agents, backend, allow, contact
         _fail(str(exc), 1)
     for line in format_summary(result, spec):
         click.echo(line)
+    if not result.interrupted and result.progress.commands == 0:
+        click.echo("scanflow run: warning: no scan command was issued in the whole run, so nothing was "
+                   "scanned; run longer (--days) or keep the first pass (drop --no-first-pass)")
+    elif not result.interrupted and result.progress.events == 0:
+        click.echo("scanflow run: warning: scans ran but no address answered; check the allowlist and "
+                   "the agents' logs in the run dir")
     click.echo(f"scanflow run: {'interrupted' if result.interrupted else 'done'} in "
                f"{time.monotonic() - started:.0f} s")
     if result.interrupted:

@@ -62,6 +62,10 @@ class LoopSpec:
     contact: str = ""
     keep_topics: bool = False
     report: bool = True
+    #: Begin with a first pass over every address with the policy's initial (classification) set,
+    #: spread over ``first_pass_window_s`` wall seconds (see :mod:`scanflow.loop.clock`).
+    first_pass: bool = True
+    first_pass_window_s: float = 0.0
     run_id: str = field(default_factory=lambda: time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6])
     #: Global CLI arguments (``--config``, ``--set``) handed on to every child ``scanflow``.
     cli_args: tuple[str, ...] = ()
@@ -89,9 +93,33 @@ class LoopSpec:
             return [str(n) for n in self.world_networks()]
         return list(self.allow)
 
+    def addresses(self) -> int:
+        """Addresses the run scans (the world's, or the allowlist's)."""
+        return sum(ipaddress.ip_network(n, strict=False).num_addresses for n in self.scan_networks())
+
     def sweep_prefix(self) -> int:
         """/24 sweep blocks, or smaller when an allowlist entry is smaller than a /24."""
         return max([24] + [ipaddress.ip_network(a, strict=False).prefixlen for a in self.scan_networks()])
+
+
+def plan_real_clock(spec: LoopSpec, settings):
+    """The clock of a run on a real network (:func:`scanflow.loop.clock.plan_clock`): from the
+    policy's port sets as the scheduler will build them, and the agents' settings."""
+    from pipelines.policy_setup import build_policy
+    from pipelines.settings import pipeline_settings
+    from scanflow.loop.clock import AgentPace, ScanCosts, plan_clock
+
+    policy = build_policy(settings, pipeline_settings(settings))
+    sets = policy.port_sets
+    largest = max([len(sets.unknown.ports), len(sets.standard.ports)]
+                  + [len(ps.ports) for ps in policy.estimator.port_sets()])
+    costs = ScanCosts(spec.addresses(), len(policy.initial_ports.ports), len(sets.silent.ports), largest)
+    a = settings.agent
+    pace = AgentPace(spec.agents, spec.rate or a.rate_pps, a.per_target_pps, spec.backend, a.concurrency,
+                     a.connect_timeout_s, a.read_timeout_s, a.syn_retries)
+    p = settings.policy
+    return plan_clock(costs, pace, shortest_interval_h=min(p.ladder_hours[0], p.retry_interval_h),
+                      sweep_interval_h=p.silent_interval_h)
 
 
 @dataclass
@@ -290,7 +318,8 @@ class Loop:
                "sweep_ranges": spec.scan_networks(), "sweep_prefix": spec.sweep_prefix(),
                "group_id": f"scanflow-run-{spec.run_id}", "lake_dir": str(spec.lake_dir),
                "portset_dir": str(spec.run_dir / "portsets"), "job_endpoint": endpoint,
-               "ready_file": str(ready)}
+               "ready_file": str(ready), "first_pass": spec.first_pass,
+               "first_pass_window_s": spec.first_pass_window_s}
         path = spec.run_dir / "scheduler.json"
         path.write_text(json.dumps(doc, indent=2))
         proc = self._spawn("scheduler", [sys.executable, "-m", "scanflow.loop.scheduler", str(path)])

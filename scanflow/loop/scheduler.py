@@ -54,7 +54,9 @@ def pipeline_settings_for(spec: dict):
         sweep_tick_s=spec.get("sweep_tick_s", 1.0), round_timeout_s=round_timeout,
         command_ttl_s=max(6 * 3600 * scale, 30.0), dedupe_horizon_s=max(24 * 3600 * scale, 120.0),
         rewind_s=2 * round_timeout, group_id=spec["group_id"], watermark_lag_s=1.0,
-        archive_dir=spec["lake_dir"], catch_up=spec.get("catch_up", True)).validate()
+        archive_dir=spec["lake_dir"], catch_up=spec.get("catch_up", True),
+        first_pass=spec.get("first_pass", False),
+        first_pass_window_s=spec.get("first_pass_window_s", 0.0)).validate()
 
 
 def main(argv: list[str]) -> int:
