@@ -8,6 +8,7 @@ the same policy from the same settings.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from scanflow.config import resolve_path
 from scanflow.estimate import Estimator
@@ -67,3 +68,36 @@ def build_policy(settings, pipeline: PipelineSettings) -> EfficientPolicy:
         params, min_confidence = params_from_settings(policy_settings), policy_settings.min_confidence
     estimator = Estimator(kb, min_confidence=min_confidence)
     return EfficientPolicy(policy_port_sets(pipeline, kb), estimator, params)
+
+
+def published_dir(settings) -> Path:
+    """Where a scheduler publishes its named port sets and agents read them by default:
+    ``<infra.state_dir>/portsets`` (``agent.portset_dir`` overrides it on the agent's side)."""
+    return settings.infra.state_path() / "portsets"
+
+
+def publish_port_sets(policy: EfficientPolicy, directory: Path) -> list[Path]:
+    """Write the policy's named port sets (standard, silent, unknown) to ``directory`` as
+    ``<name>-v<version>.json``, where agents resolve the names the commands carry. A file already
+    there with the same name and version is left alone when its ports are the same, and is an
+    error when they differ (a published version never changes)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for ps in (policy.port_sets.standard, policy.port_sets.silent, policy.port_sets.unknown):
+        if ps.name is None:
+            continue
+        path = directory / f"{ps.name}-v{ps.version}.json"
+        if path.exists():
+            old = PortSet.read(path)
+            if old.ports != ps.ports:
+                raise ValueError(f"{path} holds another {ps.name}@v{ps.version} ({len(old.ports)} ports, this "
+                                 f"scheduler's has {len(ps.ports)}); a published version never changes: "
+                                 "publish the new set under a new version")
+            written.append(path)
+            continue
+        tmp = path.with_suffix(".json.tmp")
+        ps.write(tmp)
+        tmp.replace(path)  # agents never read a half-written file
+        written.append(path)
+    return written
+

@@ -199,10 +199,13 @@ def run_live(settings, pipeline: PipelineSettings, *, runner: str | None = None,
              duration_s: float | None = None, on_start=None):
     """Build and run the live scheduler; block until it ends, ``duration_s`` passes or Ctrl-C
     (then the job is cancelled). Returns the pipeline result."""
-    from pipelines.policy_setup import build_policy
+    from pipelines.policy_setup import build_policy, publish_port_sets, published_dir
     from pipelines.runners import pipeline_options
 
     policy = build_policy(settings, pipeline)
+    # Agents resolve the named sets of the commands from here (agent.portset_dir, by default the same
+    # directory): published before the first command can reach them.
+    publish_port_sets(policy, published_dir(settings))
     options = pipeline_options(settings, streaming=True, runner=runner, extra=[NO_STATE_CACHE, *(extra or [])])
     p = beam.Pipeline(options=options)
     out = build_live(p, settings, pipeline, policy)

@@ -68,7 +68,7 @@ def main(argv: list[str]) -> int:
 
     import apache_beam as beam
 
-    from pipelines.policy_setup import build_policy
+    from pipelines.policy_setup import build_policy, publish_port_sets
     from pipelines.runners import pipeline_options
     from pipelines.scheduler import NO_STATE_CACHE, build_live, tally
     from scanflow.config import load_settings, parse_set_options
@@ -78,10 +78,7 @@ def main(argv: list[str]) -> int:
                                    policy=scaled_policy(settings.policy, spec["scale"]))
     ps = pipeline_settings_for(spec)
     policy = build_policy(settings, ps)
-    portset_dir = Path(spec["portset_dir"])
-    portset_dir.mkdir(parents=True, exist_ok=True)
-    for ps_ in (policy.port_sets.standard, policy.port_sets.silent, policy.port_sets.unknown):
-        ps_.write(portset_dir / f"{ps_.name}-v{ps_.version}.json")
+    publish_port_sets(policy, Path(spec["portset_dir"]))
 
     options = pipeline_options(settings, streaming=True, runner="prism",
                                extra=[NO_STATE_CACHE, f"--job_endpoint={spec['job_endpoint']}"])
