@@ -10,6 +10,7 @@ checks that the kernel routes the test's targets through it before anything is s
 (and with it the veth pair) is deleted on exit, on interpreter exit, and by :func:`sweep_stale` for
 namespaces whose creating process died.
 
+The namespace primitives and the packet capture live in :mod:`tests.testbed` (re-exported here).
 It also starts the test host's services (:func:`start_services`, Debian's sshd and vsftpd) and reads
 what the agent published (:func:`read_records`).
 
@@ -25,32 +26,14 @@ import asyncio
 import atexit
 import os
 import random
-import re
-import shutil
 import signal
-import socket
-import struct
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-PREFIX = "sfa"
-
-
-def root_skip_reason() -> str | None:
-    """Why namespace tests cannot run here (None when they can)."""
-    if os.geteuid() != 0:
-        return "needs root to create network namespaces (CI runs these as root)"
-    if not shutil.which("ip"):
-        return "needs iproute2's `ip` to create network namespaces"
-    probe = f"{PREFIX}-probe-{os.getpid()}"
-    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
-    if made.returncode != 0:
-        return f"cannot create a network namespace here: {made.stderr.strip()}"
-    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
-    return None
+from tests.testbed.base import PREFIX, root_skip_reason, run as _run, sweep_stale, used_slash24s  # noqa: F401
+from tests.testbed.capture import Capture, Packet, read_pcap  # noqa: F401  (moved to tests.testbed)
 
 
 def require_root() -> None:
@@ -62,26 +45,8 @@ def require_root() -> None:
         pytest.skip(reason)
 
 
-def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(list(args), capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} failed: {result.stderr.strip()}")
-    return result
-
-
-def sweep_stale() -> None:
-    """Delete namespaces left by test processes of ours that died without cleaning up."""
-    listing = _run("ip", "netns", "list", check=False).stdout
-    for line in listing.splitlines():
-        name = line.split()[0] if line.split() else ""
-        m = re.fullmatch(rf"{PREFIX}-(\d+)-[0-9a-f]+", name)
-        if m and not Path(f"/proc/{m.group(1)}").exists():
-            _run("ip", "netns", "del", name, check=False)
-
-
 def _free_subnet() -> int:
-    routes = _run("ip", "-4", "route", "show", "table", "all", check=False).stdout
-    used = {int(m) for m in re.findall(r"198\.18\.(\d+)\.", routes)}
+    used = used_slash24s()              # every route, address and rule of 198.18.0.0/15
     choices = [x for x in range(1, 255) if x not in used]
     if not choices:
         raise RuntimeError("no free /24 left in 198.18.0.0/16 for a test network")
@@ -185,94 +150,6 @@ class TestNet:
             _run("ip", "netns", "del", self.name, check=False)
             _run("ip", "link", "del", self.host_if, check=False)
             self._up = False
-
-
-# -- packet capture ----------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Packet:
-    """One captured frame: IPv4 (``proto`` 6 for TCP), ARP (``proto`` 0, the sender and target
-    addresses as ``src`` and ``dst``) or anything else (``proto`` -1, no addresses)."""
-
-    ts: float
-    src: str
-    dst: str
-    proto: int
-    sport: int
-    dport: int
-    flags: int
-    length: int
-
-
-def read_pcap(path: str | Path) -> list[Packet]:
-    """Parse a classic pcap file of Ethernet frames (what ``tcpdump -w`` writes)."""
-    data = Path(path).read_bytes()
-    if len(data) < 24:
-        return []
-    magic = struct.unpack_from("<I", data, 0)[0]
-    endian = "<" if magic in (0xA1B2C3D4, 0xA1B23C4D) else ">"
-    nano = magic in (0xA1B23C4D, 0x4D3CB2A1)
-    out: list[Packet] = []
-    pos = 24
-    while pos + 16 <= len(data):
-        sec, frac, incl, orig = struct.unpack_from(endian + "IIII", data, pos)
-        frame = data[pos + 16:pos + 16 + incl]
-        pos += 16 + incl
-        ts = sec + frac / (1e9 if nano else 1e6)
-        if len(frame) >= 42 and frame[12:14] == b"\x08\x06":  # ARP: sender and target address
-            out.append(Packet(ts, socket.inet_ntoa(frame[28:32]), socket.inet_ntoa(frame[38:42]), 0, 0, 0, 0, orig))
-            continue
-        if len(frame) < 34 or frame[12:14] != b"\x08\x00":
-            out.append(Packet(ts, "", "", -1, 0, 0, 0, orig))
-            continue
-        ip = frame[14:]
-        ihl = (ip[0] & 15) * 4
-        proto = ip[9]
-        src, dst = socket.inet_ntoa(ip[12:16]), socket.inet_ntoa(ip[16:20])
-        sport = dport = flags = 0
-        if proto == 6 and len(ip) >= ihl + 14:
-            sport, dport = struct.unpack_from("!HH", ip, ihl)
-            flags = ip[ihl + 13]
-        out.append(Packet(ts, src, dst, proto, sport, dport, flags, struct.unpack_from("!H", ip, 2)[0]))
-    return out
-
-
-class Capture:
-    """``tcpdump -w`` on one interface for the duration of a ``with`` block; then :meth:`packets`."""
-
-    def __init__(self, iface: str, path: str | Path, bpf: str = ""):
-        self.iface, self.path, self.bpf = iface, Path(path), bpf
-        self.dropped = 0
-        self._proc: subprocess.Popen | None = None
-
-    def __enter__(self) -> "Capture":
-        if not shutil.which("tcpdump"):
-            raise RuntimeError("tcpdump is not installed (apt-get install tcpdump)")
-        # A 16 MiB buffer and short snapshots: a loaded machine drops nothing at test rates.
-        cmd = ["tcpdump", "-i", self.iface, "-n", "-U", "--immediate-mode", "-B", "16384", "-s", "128",
-               "-w", str(self.path)]
-        if self.bpf:
-            cmd.append(self.bpf)
-        self._proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True)
-        line = self._proc.stderr.readline()          # "listening on IFACE ..." once it captures
-        if "listening on" not in line:
-            raise RuntimeError(f"tcpdump did not start: {line.strip()}")
-        return self
-
-    def __exit__(self, *exc) -> None:
-        proc = self._proc
-        if proc is None:
-            return
-        time.sleep(0.2)  # let the last frames reach tcpdump before it stops
-        proc.send_signal(signal.SIGINT)
-        rest = proc.stderr.read()
-        proc.wait(10)
-        m = re.search(r"(\d+) packets? dropped by kernel", rest)
-        self.dropped = int(m.group(1)) if m else 0
-
-    def packets(self) -> list[Packet]:
-        """Every captured packet, in capture order."""
-        return read_pcap(self.path)
 
 
 # -- the test host's services ------------------------------------------------------------------------
