@@ -107,6 +107,9 @@ def testbed_skip_reason() -> str | None:
     return None
 
 
+testbed_skip_reason.__test__ = False  # tests import it; pytest must not collect it
+
+
 class _Ns:
     """One namespace of the testbed."""
 
