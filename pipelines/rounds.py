@@ -9,7 +9,7 @@ Time: a round closes when the watermark passes its ScanDone's element time (so e
 before the ScanDone is in, whatever partition it came through), or ``round_timeout_s`` after its
 last response when the ScanDone never comes (the agent died): then it is ``TIMED_OUT``, which the
 policy treats as not complete. A range scan (a sweep) does not wait for its ScanDone: each address
-that answers it is gathered on its own and closed ``round_timeout_s`` after its last answer
+that answers it is gathered on its own and closed ``sweep_gather_s`` after its last answer
 (``TIMED_OUT``: the sweep was not over for it), whenever in the sweep that is, so a late answer
 promotes its address as an early one does. A closed scan id is remembered for ``dedupe_horizon_s``: a round
 delivered again (agent retry, replay overlap) is not assembled twice.
@@ -33,8 +33,8 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from pipelines.beamfix import decline_nan_splits, lighten_state_cache_weigher
-from pipelines.glue import (US, Done, Event, Round, assemble, complete_in, is_range_scan, range_key, scan_of_key,
-                            timer_time)
+from pipelines.glue import (RANGE_KEY_SEP, US, Done, Event, Round, assemble, complete_in, is_range_scan, range_key,
+                            scan_of_key, timer_time)
 
 _METRICS = "scanflow.rounds"
 #: Output of the bundle step: rounds complete within one bundle, keyed by IP.
@@ -52,8 +52,11 @@ class _AssembleFn(beam.DoFn):
     #: ``round_timeout_s`` after the latest response: the agent died if no ScanDone came by then.
     TIMEOUT = TimerSpec("timeout", TimeDomain.WATERMARK)
 
-    def __init__(self, round_timeout_s: float, dedupe_horizon_s: float, horizon: float | None):
+    def __init__(self, round_timeout_s: float, dedupe_horizon_s: float, horizon: float | None,
+                 sweep_gather_s: float | None = None):
         self._timeout_us = int(round(round_timeout_s * US))
+        gather = round_timeout_s if sweep_gather_s is None else sweep_gather_s
+        self._gather_us = int(round(gather * US))
         self._dedupe_us = int(round(dedupe_horizon_s * US))
         self._horizon_us = int(round(horizon * US)) if horizon is not None else None
 
@@ -65,10 +68,15 @@ class _AssembleFn(beam.DoFn):
         self._timed_out = Metrics.counter(_METRICS, "timed_out_scans")
         self._stale = Metrics.counter(_METRICS, "stale_rounds")
 
+    def _wait_us(self, key: str) -> int:
+        """How long after its last response a round without ScanDone closes: an address's answers to
+        a range scan after ``sweep_gather_s``, any other scan after ``round_timeout_s``."""
+        return self._gather_us if RANGE_KEY_SEP in key else self._timeout_us
+
     def process(self, element, events=beam.DoFn.StateParam(EVENTS), done=beam.DoFn.StateParam(DONE),
                 closed=beam.DoFn.StateParam(CLOSED), close=beam.DoFn.TimerParam(CLOSE),
                 timeout=beam.DoFn.TimerParam(TIMEOUT)):
-        _, batch = element
+        key, batch = element
         latest, has_done = None, False
         current = None
         for us, fields, is_done in batch:
@@ -98,7 +106,7 @@ class _AssembleFn(beam.DoFn):
         if latest is not None and not has_done:
             # Only a scan whose ScanDone has not come with its responses needs the timeout (timers
             # are what a runner charges most for, per element).
-            timeout.set(timer_time(latest + self._timeout_us))
+            timeout.set(timer_time(latest + self._wait_us(key)))
 
     @on_timer(CLOSE)
     def on_close(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
@@ -136,7 +144,8 @@ class _AssembleFn(beam.DoFn):
             self._timed_out.inc()
         # A timed-out round ends at its deadline: the latest response + the timeout (the timer
         # itself fires on a whole millisecond).
-        ended_us = max((e.ts_us for e in items), default=fired_us - self._timeout_us) + self._timeout_us
+        wait = self._wait_us(key)
+        ended_us = max((e.ts_us for e in items), default=fired_us - wait) + wait
         for rnd in assemble(scan_of_key(key), items, end, ended_us):
             if rnd.ended_us < fired_us - self._dedupe_us:
                 # A scan sent again long after it ended (its records re-stamped when re-sent):
@@ -210,7 +219,7 @@ def _by_address_in_ranges(scans: dict):
     A sweep of a national block runs for hours; its ScanDone comes at the end, and an address that
     answered at the start must not wait for it, nor be lost when the sweep's answers pause for longer
     than the round timeout. So each address's answers to a range scan are gathered on their own
-    (key :func:`~pipelines.glue.range_key`) and closed ``round_timeout_s`` after its last answer,
+    (key :func:`~pipelines.glue.range_key`) and closed ``sweep_gather_s`` after its last answer,
     whenever that is: the address is promoted to per-IP tracking then. The range's ScanDone closes
     nothing (it has no address of its own) and is not kept.
     """
@@ -247,10 +256,11 @@ class AssembleRounds(beam.PTransform):
     after it.
     """
 
-    def __init__(self, round_timeout_s: float, dedupe_horizon_s: float, horizon: float | None = None):
+    def __init__(self, round_timeout_s: float, dedupe_horizon_s: float, horizon: float | None = None,
+                 sweep_gather_s: float | None = None):
         super().__init__()
         self._dedupe_s = dedupe_horizon_s
-        self._fn = _AssembleFn(round_timeout_s, dedupe_horizon_s, horizon)
+        self._fn = _AssembleFn(round_timeout_s, dedupe_horizon_s, horizon, sweep_gather_s)
 
     def expand(self, items):
         gathered = items | "KeyByScan" >> beam.ParDo(_GatherInBundle(self._dedupe_s)).with_outputs(

@@ -66,7 +66,8 @@ class Scheduler(beam.PTransform):
     def expand(self, inputs):
         items, restore = (inputs["items"], inputs.get("restore")) if isinstance(inputs, dict) else (inputs, None)
         s = self._settings
-        rounds = items | "AssembleRounds" >> AssembleRounds(s.round_timeout_s, s.dedupe_horizon_s, self._horizon)
+        rounds = items | "AssembleRounds" >> AssembleRounds(s.round_timeout_s, s.dedupe_horizon_s, self._horizon,
+                                                            sweep_gather_s=s.sweep_gather_s)
         rounds, observations = rounds | "EstimateDevices" >> EstimateDevices(self._policy.estimator, self._archive)
         keyed = rounds if restore is None else (rounds, restore) | "WithRestore" >> beam.Flatten()
         if self._batch:

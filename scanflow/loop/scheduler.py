@@ -56,6 +56,9 @@ def pipeline_settings_for(spec: dict):
         rewind_s=2 * round_timeout, group_id=spec["group_id"], watermark_lag_s=1.0,
         archive_dir=spec["lake_dir"], catch_up=spec.get("catch_up", True),
         first_pass=spec.get("first_pass", False),
+        # An address that answered a sweep is promoted this long after its last answer: 10 virtual
+        # minutes, at least two seconds (the watermark trails the newest record by one).
+        sweep_gather_s=max(600 * scale, 2.0),
         first_pass_window_s=spec.get("first_pass_window_s", 0.0)).validate()
 
 
