@@ -35,6 +35,13 @@ class ConfigError(ValueError):
     """A configuration value is unknown, of the wrong type or out of range; the message says the fix."""
 
 
+class KafkaNotReady(RuntimeError):
+    """A command cannot start: no broker answers, or a topic it needs does not exist. The message is
+    one line naming the fix; commands exit with :attr:`exit_code` (docs/OPERATIONS.md)."""
+
+    exit_code = 4
+
+
 #: The local broker's client port when nothing else is configured (``infra.kafka_port``).
 DEFAULT_KAFKA_PORT = 9092
 #: Where the local broker started by ``scanflow infra up`` listens (infra/kafka/kafka.sh).
@@ -293,6 +300,8 @@ class PipelineSettings:
       (its time + ``command_ttl_s`` has passed: the scheduler was down, or a state came back from
       long ago) is moved to now, so an IP gets one command after an outage, not one expired command
       (and one refused round) per missed cycle;
+    - ``sweep_gather_s``: an address that answers a sweep (a range scan) is promoted this long after
+      its last answer, whenever in the sweep it comes (the sweep's own end is not waited for);
     - ``first_pass``: live only: the scheduler begins by scanning every sweep block with the policy's
       initial (classification) port set, all within ``first_pass_window_s`` of its start (0: all at
       once; the agents' rate caps pace them), then sweeps each block once per period after that
@@ -317,6 +326,7 @@ class PipelineSettings:
     catch_up: bool = True
     first_pass: bool = False
     first_pass_window_s: float = 0.0
+    sweep_gather_s: float = 10 * 60.0
 
     def validate(self) -> "PipelineSettings":
         """Raise :class:`ConfigError` naming the key and the fix; returns self."""
@@ -336,7 +346,7 @@ class PipelineSettings:
                                   f"(/{self.sweep_prefix}); raise pipeline.sweep_prefix to "
                                   f"{net.prefixlen} or widen the range")
         for key in ("sweep_tick_s", "round_timeout_s", "command_ttl_s", "dedupe_horizon_s",
-                    "rewind_s", "watermark_lag_s"):
+                    "rewind_s", "watermark_lag_s", "sweep_gather_s"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"pipeline.{key}: must be > 0 seconds, got {getattr(self, key)}")
         if self.first_pass_window_s < 0:
@@ -420,7 +430,7 @@ class AgentSettings:
     portset_dir: str = ""
     max_inflight_commands: int = 32
     commit_interval_s: float = 1.0
-    stop_grace_s: float = 10.0
+    stop_grace_s: float = 5.0
 
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
