@@ -23,6 +23,7 @@ mean "it ran on Prism". :func:`prove_ran_on_prism` checks it from the job servic
 
 from __future__ import annotations
 
+import logging
 import re
 import shlex
 import socket
@@ -335,3 +336,41 @@ def _option(options_struct: Any, name: str) -> str:
     """One pipeline option from the ``beam:option:<name>:v1`` struct a job service stores."""
     key = f"beam:option:{name}:v1"
     return options_struct.fields[key].string_value if key in options_struct.fields else ""
+
+
+#: Loggers that report a job's own cancellation as an error: Prism's log relay ("Bundle Failed.
+#: (error='pipeline canceled')" for every bundle in flight) and kafka-python's metadata refresh
+#: interrupted by the cancel.
+_CANCEL_LOGGERS = ("PrismJobServer", "apache_beam.utils.subprocess_server", "PrismRunner", "kafka.cluster", "kafka.client",
+                   "kafka.conn")
+
+
+class ExpectedCancel(logging.Filter):
+    """Once :meth:`cancelling` is called (this process asked the job to stop), an ERROR record of
+    the cancel itself (its message says canceled / cancelled) is logged at INFO: an ordered stop is
+    not a failure, and an operator reading ERROR lines should find only real ones."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.active = False
+
+    def __enter__(self) -> "ExpectedCancel":
+        for name in _CANCEL_LOGGERS:
+            logging.getLogger(name).addFilter(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.active:
+            return  # the cancel's last reports (a Kafka reader thread's) come after the job ended
+        for name in _CANCEL_LOGGERS:
+            logging.getLogger(name).removeFilter(self)
+
+    def cancelling(self) -> None:
+        self.active = True
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.active and record.levelno >= logging.ERROR:
+            text = record.getMessage().lower()
+            if "canceled" in text or "cancelled" in text:
+                record.levelno, record.levelname = logging.INFO, "INFO"
+        return True

@@ -201,7 +201,7 @@ def run_live(settings, pipeline: PipelineSettings, *, runner: str | None = None,
     """Build and run the live scheduler; block until it ends, ``duration_s`` passes or Ctrl-C
     (then the job is cancelled). Returns the pipeline result."""
     from pipelines.policy_setup import build_policy, publish_port_sets, published_dir
-    from pipelines.runners import pipeline_options
+    from pipelines.runners import ExpectedCancel, pipeline_options
 
     policy = build_policy(settings, pipeline)
     # Agents resolve the named sets of the commands from here (agent.portset_dir, by default the same
@@ -222,15 +222,19 @@ def run_live(settings, pipeline: PipelineSettings, *, runner: str | None = None,
         def _terminate(signum, frame):  # noqa: ARG001 - signal handler signature
             raise KeyboardInterrupt
         previous = signal.signal(signal.SIGTERM, _terminate)
-    try:
-        result.wait_until_finish(duration=int(duration_s * 1000) if duration_s else None)
-    except KeyboardInterrupt:
-        log.info("interrupted: cancelling the pipeline")
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-        if not str(result.state).endswith(("DONE", "FAILED", "CANCELLED")):
-            result.cancel()
+    with ExpectedCancel() as quiet:
+        if duration_s:
+            quiet.cancelling()  # the runner cancels the job itself when the duration is over
+        try:
+            result.wait_until_finish(duration=int(duration_s * 1000) if duration_s else None)
+        except KeyboardInterrupt:
+            log.info("interrupted: cancelling the pipeline")
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+            if not str(result.state).endswith(("DONE", "FAILED", "CANCELLED")):
+                quiet.cancelling()
+                result.cancel()
     return result
 
 

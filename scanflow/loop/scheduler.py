@@ -72,7 +72,7 @@ def main(argv: list[str]) -> int:
     import apache_beam as beam
 
     from pipelines.policy_setup import build_policy, publish_port_sets
-    from pipelines.runners import pipeline_options
+    from pipelines.runners import ExpectedCancel, pipeline_options
     from pipelines.scheduler import NO_STATE_CACHE, build_live, tally
     from scanflow.config import load_settings, parse_set_options
 
@@ -97,16 +97,18 @@ def main(argv: list[str]) -> int:
     result = p.run()
     Path(spec["ready_file"]).write_text("running\n")
     log.info("scheduler running: %s -> %s", settings.topics.events, settings.topics.commands)
-    try:
-        result.wait_until_finish()
-    except KeyboardInterrupt:
-        log.info("stop requested: cancelling the pipeline")
-    finally:
-        if not str(result.state).endswith(("DONE", "FAILED", "CANCELLED")):
-            try:
-                result.cancel()
-            except Exception:  # noqa: BLE001 - the job server may already be gone at shutdown
-                log.warning("cancel failed", exc_info=True)
+    with ExpectedCancel() as quiet:
+        try:
+            result.wait_until_finish()
+        except KeyboardInterrupt:
+            log.info("stop requested: cancelling the pipeline")
+        finally:
+            if not str(result.state).endswith(("DONE", "FAILED", "CANCELLED")):
+                quiet.cancelling()
+                try:
+                    result.cancel()
+                except Exception:  # noqa: BLE001 - the job server may already be gone at shutdown
+                    log.warning("cancel failed", exc_info=True)
     log.info("scheduler: %s", result.state)
     return 0
 

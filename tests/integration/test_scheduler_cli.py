@@ -65,10 +65,12 @@ def test_pipeline_run_consumes_events_and_sends_commands(kafka, make_topic, pris
         assert c["not_before"] == micros(now + k * 0.1 + 0.5 + 5)
 
 
-def test_sigterm_cancels_the_job_and_leaves_no_runner_behind(kafka, make_topic, prism_binary):
+def test_sigterm_cancels_the_job_and_leaves_no_runner_behind(kafka, make_topic, prism_binary, tmp_path):
     """``scanflow pipeline run`` on a Prism of its own, stopped with SIGTERM (as a service manager
     stops it): the job is cancelled, the command exits 0, and nothing of its session is left running
-    (before, SIGTERM ended the Python process and orphaned its Prism runner)."""
+    (before, SIGTERM ended the Python process and orphaned its Prism runner). The ordered stop logs
+    no ERROR line (the runner's "Bundle Failed (pipeline canceled)" was one per bundle in flight), and
+    the scheduler published its named port sets where agents look for them by default."""
     import signal
 
     topics = {"events": make_topic("term-events", partitions=1), "commands": make_topic("term-commands", partitions=1),
@@ -77,7 +79,7 @@ def test_sigterm_cancels_the_job_and_leaves_no_runner_behind(kafka, make_topic, 
     cmd = [sys.executable, "-m", "scanflow"]
     for key, name in topics.items():
         cmd += ["--set", f"topics.{key}={name}"]
-    cmd += ["pipeline", "run", "--runner", "prism"]
+    cmd += ["--set", f"infra.state_dir={tmp_path / 'state'}", "pipeline", "run", "--runner", "prism"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCANFLOW_PIPELINE_")}
     env["PYTHONUNBUFFERED"] = "1"
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
@@ -101,6 +103,11 @@ def test_sigterm_cancels_the_job_and_leaves_no_runner_behind(kafka, make_topic, 
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, "".join(lines) + out
     assert "CANCELLED" in out
+    errors = [line for line in "".join(lines).splitlines() + out.splitlines() if line.startswith("ERROR")]
+    assert not errors, errors
+    published = sorted(p.name for p in (tmp_path / "state" / "portsets").iterdir())
+    assert published == ["provisional-silent-v1.json", "provisional-standard-v1.json",
+                         "provisional-unknown-v1.json"]
     # Nothing of the command's session is still running (its Prism job server in particular).
     time.sleep(1)
     left = [pid for pid in os.listdir("/proc") if pid.isdigit() and _session_of(int(pid)) == proc.pid]
