@@ -17,9 +17,10 @@ thread blocks), so the backend runs it line-buffered (``stdbuf -oL``: every resu
 is printed) and ends it once the wait is over. Large jobs run as several masscan invocations of at
 most ``masscan_chunk_probes`` probes, so exclusion list changes apply between them.
 
-Accounting: SYNs (addresses x ports x (1 + retries)), 40 bytes each at the IP layer as masscan
-builds them, plus two 40-byte RSTs per open port (masscan's and the kernel's); RSTs answering closed
-ports are not seen and not counted.
+Accounting, as measured on the testbed's capture (40 bytes each at the IP layer, as masscan builds
+them): the SYNs (addresses x ports x (1 + retries)); per SYN-ACK two RSTs (masscan's and, when
+the adapter address is this host's own, the kernel's); per RST from a closed port masscan's answering
+RST (masscan runs with ``--show closed`` so those are counted). ARP is not counted.
 """
 
 from __future__ import annotations
@@ -61,6 +62,99 @@ def interface_ipv4(name: str) -> str | None:
         s.close()
 
 
+# Classic BPF (linux/filter.h) opcodes for the counting sockets.
+_LDH_ABS, _LDW_ABS, _LDB_ABS, _LDX_MSH, _LDH_IND, _LDB_IND = 0x28, 0x20, 0x30, 0xB1, 0x48, 0x50
+_JEQ, _JSET, _RET = 0x15, 0x45, 0x06
+_SO_ATTACH_FILTER, _SOL_PACKET, _PACKET_STATISTICS, _ETH_P_ALL = 26, 263, 6, 0x0003
+
+
+def _tcp_from(ip: str, port: int, syn_only: bool) -> bytes:
+    """A classic BPF program accepting the IPv4 TCP frames from ``ip:port`` (only pure SYNs when
+    ``syn_only``); everything else is dropped before it reaches the socket."""
+    addr = struct.unpack("!I", socket.inet_aton(ip))[0]
+    drop = 14
+    prog = [
+        (_LDH_ABS, 0, 0, 12), (_JEQ, 0, drop - 2, 0x0800),          # IPv4
+        (_LDW_ABS, 0, 0, 26), (_JEQ, 0, drop - 4, addr),            # from the adapter address
+        (_LDB_ABS, 0, 0, 23), (_JEQ, 0, drop - 6, 6),               # TCP
+        (_LDH_ABS, 0, 0, 20), (_JSET, drop - 8, 0, 0x1FFF),         # first fragment
+        (_LDX_MSH, 0, 0, 14), (_LDH_IND, 0, 0, 14),                 # X = IP header length; source port
+        (_JEQ, 0, drop - 11, port),
+        (_LDB_IND, 0, 0, 27),                                       # TCP flags
+        (_JEQ, 0, drop - 13, 0x02) if syn_only else (_JEQ, 0, 0, 0),
+        (_RET, 0, 0, 64),
+        (_RET, 0, 0, 0),
+    ]
+    assert len(prog) == drop + 1
+    return b"".join(struct.pack("HBBI", *ins) for ins in prog)
+
+
+class WireCounter:
+    """Counts, in the kernel, the frames leaving ``iface`` from ``ip:port`` while masscan runs: its
+    SYNs, its RSTs and the kernel's RSTs to the SYN-ACKs masscan's SYNs drew (they all carry
+    masscan's source port). Two packet sockets with a BPF filter each (all TCP from the port; pure
+    SYNs only); their frames are never read: ``PACKET_STATISTICS`` counts what passed the filter,
+    kept or dropped (reading it resets it)."""
+
+    def __init__(self, iface: str, ip: str, port: int):
+        import ctypes
+
+        self._socks: list[socket.socket] = []
+        try:
+            for syn_only in (False, True):
+                sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(_ETH_P_ALL))
+                self._socks.append(sock)
+                code = _tcp_from(ip, port, syn_only)
+                buf = ctypes.create_string_buffer(code)
+                fprog = struct.pack("HL", len(code) // 8, ctypes.addressof(buf))
+                sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                sock.bind((iface, _ETH_P_ALL))
+            self.read()  # frames of other interfaces that passed before bind() are not ours
+        except OSError:
+            self.close()
+            raise
+
+    def read(self) -> tuple[int, int]:
+        """(all frames, SYNs) since the last read."""
+        out = []
+        for sock in self._socks:
+            packets, _drops = struct.unpack("II", sock.getsockopt(_SOL_PACKET, _PACKET_STATISTICS, 8))
+            out.append(packets)  # tp_packets includes the frames dropped for want of buffer
+        return out[0], out[1]
+
+    def close(self) -> None:
+        for sock in self._socks:
+            sock.close()
+        self._socks.clear()
+
+
+def source_port(pid: int | None = None) -> int:
+    """masscan's source port: above the kernel's ephemeral range (so no connection of this host,
+    e.g. a banner grab, ever has it), and distinct between the agents of one host (by process id)."""
+    try:
+        lo, hi = map(int, open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+    except (OSError, ValueError):
+        lo, hi = 32768, 60999
+    pid = os.getpid() if pid is None else pid
+    if hi < 65000:
+        return hi + 1 + pid % (65535 - hi)
+    return 1024 + pid % max(1, lo - 1024)
+
+
+def _is_local_address(ip: str) -> bool:
+    """True when ``ip`` is an address of this host: its kernel then answers masscan's SYN-ACKs
+    with a RST of its own (no socket has the port)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.bind((ip, 0))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
 def _ip(value: int) -> str:
     return str(ipaddress.IPv4Address(value))
 
@@ -81,16 +175,21 @@ class MasscanBackend(Backend):
         self._lock: asyncio.Lock | None = None
         self._grab_slots: asyncio.Semaphore | None = None
         self.adapter_ip = settings.masscan_adapter_ip
+        self._kernel_answers = True
+        self._warned = False
+        #: masscan's source port (``--source-port``): its frames, and the kernel's RSTs, are counted by it.
+        self.source_port = source_port()
         self.runs = 0
 
     def command(self, include: str, exclude: str, ports: list[int], rate: float) -> list[str]:
         """The masscan command line for one chunk (an explicit interface, MAC, source and guard)."""
         s = self.settings
         cmd = [s.masscan_path, "--interface", s.masscan_interface, "--router-mac", s.masscan_router_mac,
-               "--adapter-ip", self.adapter_ip, "--rate", str(max(1, int(rate))), "--seed", str(s.seed),
+               "--adapter-ip", self.adapter_ip, "--source-port", str(self.source_port), "--rate", str(max(1, int(rate))), "--seed", str(s.seed),
                "--ports", ",".join(map(str, ports)), "--include-file", include, "--excludefile", exclude,
                "--exclude", "255.255.255.255", "--wait", str(max(0, round(s.masscan_wait_s))),
-               "--retries", str(s.masscan_retries), "--output-format", "ndjson", "--output-filename", "-"]
+               "--retries", str(s.masscan_retries), "--show", "closed", "--output-format", "ndjson",
+               "--output-filename", "-"]
         stdbuf = shutil.which("stdbuf")
         return ([stdbuf, "-oL"] if stdbuf else []) + cmd
 
@@ -112,6 +211,7 @@ class MasscanBackend(Backend):
             if not self.adapter_ip:
                 raise BackendError(f"masscan: interface {s.masscan_interface} has no IPv4 address; set "
                                    "agent.masscan_adapter_ip")
+        self._kernel_answers = _is_local_address(self.adapter_ip)
         self._lock = asyncio.Lock()
         self._grab_slots = asyncio.Semaphore(s.concurrency)
 
@@ -136,6 +236,7 @@ class MasscanBackend(Backend):
         self._check_allowed(chunk)
         s = self.settings
         opened: list[tuple[str, int]] = []
+        closed: list[tuple[str, int]] = []
         tx_done = asyncio.Event()
         grabs: set[asyncio.Task] = set()
         with tempfile.TemporaryDirectory(prefix="scanflow-masscan-") as tmp:
@@ -149,6 +250,7 @@ class MasscanBackend(Backend):
             cmd = self.command(include, exclude, chunk.ports, job.rate_pps)
             log.info("masscan: %d addresses x %d ports at %d pps", chunk.addresses, len(chunk.ports),
                      int(job.rate_pps))
+            counter = self._counter()
             proc = await asyncio.create_subprocess_exec(
                 *cmd, cwd=tmp, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
                 start_new_session=True)
@@ -171,9 +273,14 @@ class MasscanBackend(Backend):
                     except ValueError:
                         continue
                     data = rec.get("data") or {}
-                    if rec.get("rec_type") != "status" or data.get("status") != "open":
+                    if rec.get("rec_type") != "status":
                         continue
                     ip, port = rec["ip"], int(rec["port"])
+                    if data.get("status") == "closed":
+                        closed.append((ip, port))   # only accounted: masscan answered its RST
+                        continue
+                    if data.get("status") != "open":
+                        continue
                     opened.append((ip, port))
                     job.report(ProbeResult(ip, port, ProbeStatus.OPEN, kind="SYN_ACK", ttl=data.get("ttl"),
                                            packets=0, bytes=0, timestamp_us=int(rec.get("timestamp", 0)) * 1_000_000
@@ -221,16 +328,68 @@ class MasscanBackend(Backend):
                 tx_done.set()
             if proc.returncode not in (0, -signal.SIGTERM, -signal.SIGKILL) and not opened:
                 log.warning("masscan exited with %s", proc.returncode)
+            wire = None
+            if counter is not None:
+                wire = counter.read()
+                counter.close()
             if grabs:
                 await asyncio.gather(*grabs)
-        retries = 1 + s.masscan_retries
-        for target, addresses in chunk.per_target.items():
-            syns = addresses * len(chunk.ports) * retries
-            job.account(target, syns, syns * SYN_BYTES)
-        for ip, _ in opened:
-            index = job.target_of(ip)
-            if index is not None:
-                job.account(index, 2, 2 * RST_BYTES)
+        self._account(job, chunk, opened, closed, wire)
+
+    def _counter(self) -> "WireCounter | None":
+        try:
+            return WireCounter(self.settings.masscan_interface, self.adapter_ip, self.source_port)
+        except OSError as exc:
+            if not self._warned:
+                log.warning("masscan: cannot count its packets on the wire (%s); accounting from the "
+                            "probes and answers instead", exc)
+                self._warned = True
+            return None
+
+    def _account(self, job: Job, chunk: AddressChunk, opened: list, closed: list,
+                 wire: tuple[int, int] | None) -> None:
+        """Packets and bytes of this chunk besides the banner grabs (40 bytes each at the IP layer:
+        masscan's SYNs and RSTs and the kernel's RSTs carry no options).
+
+        ``wire`` is what :class:`WireCounter` saw leave the interface from masscan's source port:
+        (all, SYNs). SYNs are shared out by the targets' probes, the rest (RSTs) by the answers
+        each target's addresses gave: per SYN-ACK masscan's RST plus the kernel's (when the
+        adapter address is this host's, no socket has the port), per closed port's RST masscan's
+        RST in answer. Without a counter the same model is applied to the probes and answers
+        (exact without retries; masscan 1.3.2 sends a varying number of retries, see
+        docs/TESTBED.md)."""
+        sends = 1 + self.settings.masscan_retries
+        probes = {t: a * len(chunk.ports) for t, a in chunk.per_target.items()}
+        answers: dict[int, int] = {}
+        per_open = 2 if self._kernel_answers else 1
+        for pairs, weight in ((opened, per_open), (closed, 1)):
+            for ip, _ in pairs:
+                index = job.target_of(ip)
+                if index is not None:
+                    answers[index] = answers.get(index, 0) + weight
+        if wire is None:
+            syns = {t: n * sends for t, n in probes.items()}
+            rsts = {t: n * sends for t, n in answers.items()}
+        else:
+            total, syn_total = wire
+            syns = _share(syn_total, probes)
+            rsts = _share(max(0, total - syn_total), answers or probes)
+        for target in set(syns) | set(rsts):
+            packets = syns.get(target, 0) + rsts.get(target, 0)
+            job.account(target, packets, packets * SYN_BYTES)
+
+
+def _share(total: int, weights: dict[int, int]) -> dict[int, int]:
+    """``total`` split in proportion to ``weights`` (largest remainders; sums to ``total``)."""
+    whole = sum(weights.values())
+    if not weights or whole <= 0:
+        return {}
+    exact = {k: total * w / whole for k, w in weights.items()}
+    out = {k: int(v) for k, v in exact.items()}
+    left = total - sum(out.values())
+    for k in sorted(exact, key=lambda k: exact[k] - out[k], reverse=True)[:left]:
+        out[k] += 1
+    return out
 
 
 def _signal(proc, sig) -> None:
