@@ -7,6 +7,14 @@ service says (greeting ports), or one harmless request and its answer (HTTP ``GE
 Packets and bytes are taken from the kernel's own counters (``TCP_INFO``: segments and payload sent,
 SYN retransmissions included) plus the close (FIN, and the ACK of the peer's FIN), at the IP layer:
 60 bytes for an IPv4 SYN with its options, 52 for other segments with timestamps (80/72 on IPv6).
+A closed port costs the SYNs only (the RST comes from the target). A SYN to an address on the
+scanner's own link whose ARP never resolved stays in the kernel's neighbour queue and never reaches
+the wire: such probes count no packet (the ARP requests are not IP packets and are not counted).
+
+A port is reported open only when the kernel says the connection is established: after asyncio's
+``sock_connect`` returns, the socket must have a peer (``getpeername``) and be ESTABLISHED or
+CLOSE_WAIT in ``TCP_INFO``; anything else is an ``ERROR`` ("not connected"), never an open port
+(docs/TESTBED.md, the phantom port).
 """
 
 from __future__ import annotations
@@ -27,17 +35,75 @@ _SEGS_OUT = 136
 _BYTES_SENT = 200
 _TCP_INFO_LEN = 232
 _UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN}
+# tcpi_state values (linux/tcp.h) of a connection that was established.
+_TCP_ESTABLISHED, _TCP_CLOSE_WAIT = 1, 8
+_ATF_COM = 0x02  # /proc/net/arp flag: the entry is resolved
 
 
-def _tcp_counters(sock: socket.socket) -> tuple[int, int] | None:
-    """(segments sent, payload bytes sent) from TCP_INFO, or None where unavailable."""
+class Neighbours:
+    """The IPv4 neighbour (ARP) table of this network namespace, from ``/proc/net/arp``, re-read at
+    most every ``max_age_s``. Only addresses on the scanner's own link have entries; a probe's
+    address whose entry is there but unresolved never had its SYN sent."""
+
+    def __init__(self, max_age_s: float = 0.1, path: str = "/proc/net/arp"):
+        self.max_age_s, self.path = max_age_s, path
+        self._at = float("-inf")
+        self._flags: dict[str, int] = {}
+
+    def _load(self) -> None:
+        table: dict[str, int] = {}
+        try:
+            with open(self.path) as fh:
+                next(fh, None)
+                for line in fh:
+                    parts = line.split()
+                    if len(parts) >= 3:
+                        try:
+                            table[parts[0]] = int(parts[2], 16)
+                        except ValueError:
+                            continue
+        except OSError:
+            pass
+        self._flags = table
+        self._at = time.monotonic()
+
+    def unresolved(self, ip: str) -> bool:
+        """True when ``ip`` is a neighbour whose link-layer address was never resolved."""
+        if ":" in ip:
+            return False
+        if time.monotonic() - self._at > self.max_age_s:
+            self._load()
+        flags = self._flags.get(ip)
+        return flags is not None and not flags & _ATF_COM
+
+
+def _tcp_info(sock: socket.socket) -> bytes | None:
     try:
         raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
     except (OSError, AttributeError):
         return None
-    if len(raw) < _BYTES_SENT + 8:
+    return raw if len(raw) >= _BYTES_SENT + 8 else None
+
+
+def _tcp_counters(sock: socket.socket) -> tuple[int, int] | None:
+    """(segments sent, payload bytes sent) from TCP_INFO, or None where unavailable."""
+    raw = _tcp_info(sock)
+    if raw is None:
         return None
     return struct.unpack_from("I", raw, _SEGS_OUT)[0], struct.unpack_from("Q", raw, _BYTES_SENT)[0]
+
+
+def _not_connected(sock: socket.socket) -> str | None:
+    """Why ``sock`` is not an established connection after a successful ``sock_connect`` (None when
+    it is): no peer, a pending socket error, or a TCP state other than ESTABLISHED/CLOSE_WAIT."""
+    try:
+        sock.getpeername()
+    except OSError as exc:
+        return f"no peer ({exc.strerror or exc})"
+    raw = _tcp_info(sock)
+    if raw is not None and raw[0] not in (_TCP_ESTABLISHED, _TCP_CLOSE_WAIT):
+        return f"TCP state {raw[0]}"
+    return None
 
 
 def _now_us() -> int:
@@ -50,6 +116,17 @@ class ConnectGrabber:
 
     def __init__(self, settings: AgentSettings):
         self.settings = settings
+        self.neighbours = Neighbours()
+        #: Connects asyncio called successful on a socket that was not connected (never reported open).
+        self.not_connected = 0
+
+    def _syns(self, sock: socket.socket, ip: str, default: int) -> int:
+        """SYNs a probe that got no connection put on the wire: what TCP sent (TCP_INFO), or none when
+        the address is on this link and its ARP never resolved (they waited in the neighbour queue)."""
+        if self.neighbours.unresolved(ip):
+            return 0
+        counters = _tcp_counters(sock)
+        return counters[0] if counters and counters[0] else default
 
     def _socket(self, ip: str) -> socket.socket:
         family = socket.AF_INET6 if ":" in ip else socket.AF_INET
@@ -81,16 +158,18 @@ class ConnectGrabber:
                 async with asyncio.timeout(s.connect_timeout_s):
                     await loop.sock_connect(sock, (ip, port))
             except ConnectionRefusedError:
-                return ProbeResult(ip, port, ProbeStatus.CLOSED, packets=1, bytes=syn_bytes,
+                # The SYN(s) only: the RST came from the target.
+                counters = _tcp_counters(sock)
+                syns = counters[0] if counters and counters[0] else 1
+                return ProbeResult(ip, port, ProbeStatus.CLOSED, packets=syns, bytes=syns * syn_bytes,
                                    timestamp_us=_now_us())
             except (TimeoutError, asyncio.TimeoutError):
-                counters = _tcp_counters(sock)
-                syns = counters[0] if counters and counters[0] else 1 + s.syn_retries
+                syns = self._syns(sock, ip, 1 + s.syn_retries)
                 return ProbeResult(ip, port, ProbeStatus.TIMEOUT, packets=syns, bytes=syns * syn_bytes,
                                    timestamp_us=_now_us())
             except OSError as exc:
                 if exc.errno in _UNREACHABLE:
-                    sent = 0 if exc.errno == errno.ENETUNREACH else 1
+                    sent = 0 if exc.errno == errno.ENETUNREACH else self._syns(sock, ip, 1)
                     return ProbeResult(ip, port, ProbeStatus.UNREACHABLE, packets=sent,
                                        bytes=sent * syn_bytes, error=str(exc), timestamp_us=_now_us())
                 return ProbeResult(ip, port, ProbeStatus.ERROR, packets=0, bytes=0, error=str(exc))
@@ -99,6 +178,14 @@ class ConnectGrabber:
                 # source port and the socket answers itself. Nothing listens there.
                 return ProbeResult(ip, port, ProbeStatus.CLOSED, packets=1, bytes=syn_bytes,
                                    timestamp_us=_now_us())
+            why = _not_connected(sock)
+            if why is not None:
+                # asyncio calls a connect successful when the socket turns writable with SO_ERROR 0;
+                # only an established connection is an open port.
+                self.not_connected += 1
+                syns = self._syns(sock, ip, 1)
+                return ProbeResult(ip, port, ProbeStatus.ERROR, packets=syns, bytes=syns * syn_bytes,
+                                   error=f"not connected: {why}", timestamp_us=_now_us())
             opened_us = _now_us()
             banner, eof, protocol, first_us = await self._read_banner(loop, sock, ip, port)
             counters = _tcp_counters(sock)
