@@ -8,11 +8,18 @@ user name, a password or any other credential, and no second request.
 - HTTP ``GET /`` with the operator's contact string as User-Agent, on HTTP ports (and, after a
   silent passive wait, on unknown ports when ``ask_unknown`` is on: most IoT web UIs live there).
 - RTSP ``OPTIONS`` on RTSP ports (cameras answer it without authentication).
+- Telnet option negotiation is answered the way a client that wants nothing answers it: every
+  ``DO`` with ``WONT`` and every ``WILL`` with ``DONT`` (:class:`TelnetRefuser`), so the server goes
+  on to its banner and login prompt. These are the only bytes sent to a Telnet service: no
+  terminal type, no user name, nothing in reply to the prompt.
 """
 
 from __future__ import annotations
 
 import enum
+
+from scanflow.estimate import safe_text
+from scanflow.fingerprint import is_telnet, strip_telnet
 
 
 class Ask(enum.Enum):
@@ -95,3 +102,91 @@ def identify(banner: bytes) -> str | None:
             return "smtp"
         return "ftp" if b"(" in head else "smtp"
     return None
+
+
+# -- Telnet ----------------------------------------------------------------------------------------
+
+IAC, DONT, DO, WONT, WILL, SB, SE = 0xFF, 0xFE, 0xFD, 0xFC, 0xFB, 0xFA, 0xF0
+#: Refusals sent per connection at most (a server that keeps asking gets no more answers).
+MAX_TELNET_REPLIES = 64
+
+
+class TelnetRefuser:
+    """Answers a Telnet server's option negotiation as a client that wants no option (RFC 854/1143):
+    ``DO x`` -> ``WONT x``, ``WILL x`` -> ``DONT x``; ``DONT``/``WONT`` need no answer (refused options
+    are off already). Each (verb, option) is answered once, at most :data:`MAX_TELNET_REPLIES` in
+    all, so a server that repeats itself cannot start a loop.
+
+    Feed it every chunk read from the connection, in order; :meth:`feed` returns the bytes to send
+    back (often empty). It answers only streams whose first bytes are a Telnet option command
+    (:func:`scanflow.fingerprint.is_telnet`): 0xFF in any other protocol is data, not a question.
+    Commands split across chunks are kept until complete. The replies never contain anything but
+    ``IAC WONT|DONT option``: no terminal type, window size, user name or password.
+    """
+
+    def __init__(self) -> None:
+        self._active: bool | None = None      # decided by the first three bytes
+        self._pending = b""
+        self._answered: set[tuple[int, int]] = set()
+        self.replies = 0
+
+    @property
+    def active(self) -> bool:
+        """True once the stream has shown itself to be Telnet."""
+        return bool(self._active)
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The refusals owed for ``chunk`` (b"" when none or the stream is not Telnet)."""
+        if self._active is False or not chunk:
+            return b""
+        data = self._pending + bytes(chunk)
+        self._pending = b""
+        if self._active is None:
+            if len(data) < 3 and data[:1] == b"\xff":    # too short to tell: wait for the next chunk
+                self._pending = data
+                return b""
+            self._active = is_telnet(data)
+            if not self._active:
+                return b""
+        out = bytearray()
+        i, n = 0, len(data)
+        while i < n:
+            j = data.find(b"\xff", i)
+            if j < 0:
+                break
+            if j + 1 >= n:                        # IAC at the end: the command comes next chunk
+                self._pending = data[j:]
+                break
+            verb = data[j + 1]
+            if verb in (DO, WILL, DONT, WONT):
+                if j + 2 >= n:
+                    self._pending = data[j:]
+                    break
+                option = data[j + 2]
+                i = j + 3
+                if verb in (DO, WILL) and (verb, option) not in self._answered \
+                        and self.replies < MAX_TELNET_REPLIES:
+                    self._answered.add((verb, option))
+                    self.replies += 1
+                    out += bytes((IAC, WONT if verb == DO else DONT, option))
+            elif verb == SB:                      # subnegotiation: nothing to answer; skip to IAC SE
+                end = data.find(b"\xff\xf0", j + 2)
+                if end < 0:
+                    self._pending = data[j:]
+                    break
+                i = end + 2
+            else:                                 # IAC IAC (data) or a two-byte command
+                i = j + 2
+        if len(self._pending) > 4096:             # an endless subnegotiation: stop keeping it
+            self._pending = b""
+        return bytes(out)
+
+
+def banner_line(banner: bytes | None, limit: int = 80) -> str:
+    """The first non-blank line of a banner as safe printable text, Telnet negotiation removed
+    (what ``scanflow agent --scan`` prints per response)."""
+    text = strip_telnet(banner or b"")
+    for line in text.splitlines():
+        if line.strip():
+            return safe_text(line.strip(), limit)
+    return ""

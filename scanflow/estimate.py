@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
+from scanflow.fingerprint import strip_telnet
 from scanflow.knowledge import KnowledgeBase, keyword_words
 from scanflow.portsets import PortSet
 
@@ -147,6 +148,10 @@ class Estimator:
         hit = self._memo.get(data)
         if hit is not None:
             return hit
+        key = data
+        if data[:1] == b"\xff":
+            # A Telnet greeting: match the text after the option negotiation, not the IAC bytes.
+            data = strip_telnet(data)
         firsts = self._first_keys.intersection(data.translate(_LETTERS).split())
         if self._digit_firsts:
             firsts = firsts | self._digit_firsts.intersection(data.translate(_DIGITS).split())
@@ -165,7 +170,7 @@ class Estimator:
         result = tuple(sorted(found))
         if len(self._memo) >= self.cache_size:
             self._memo.clear()
-        self._memo[data] = result
+        self._memo[key] = result
         return result
 
     # -- estimation -----------------------------------------------------------------------------
@@ -252,7 +257,11 @@ class Estimator:
 
 def safe_text(data: bytes | bytearray | memoryview | str, limit: int = 200) -> str:
     """Untrusted bytes as one printable line: UTF-8 where valid, ``\\xNN`` escapes elsewhere, control
-    characters escaped (no terminal escape sequences get through), cut to ``limit`` characters."""
+    characters escaped (no terminal escape sequences get through), cut to ``limit`` characters.
+    A Telnet greeting (bytes starting with an option command) is shown without its option
+    negotiation (:func:`scanflow.fingerprint.strip_telnet`); ``hex(banner)`` keeps the raw bytes."""
+    if not isinstance(data, str):
+        data = strip_telnet(data)
     raw = _as_bytes(data)[: limit * 4]
     text = raw.decode("utf-8", "backslashreplace")
     out = []

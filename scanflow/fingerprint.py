@@ -78,10 +78,55 @@ def _token_if_random(match: re.Match[bytes]) -> bytes:
     return token
 
 
+# Telnet (RFC 854): IAC starts a command; WILL/WONT/DO/DONT take one option byte, SB runs to IAC SE.
+_IAC, _SB, _SE = 0xFF, 0xFA, 0xF0
+_OPTION_VERBS = frozenset({0xFB, 0xFC, 0xFD, 0xFE})   # WILL, WONT, DO, DONT
+
+
+def is_telnet(data: bytes | bytearray | memoryview) -> bool:
+    """True when ``data`` starts with a complete Telnet option command (``IAC WILL|WONT|DO|DONT
+    option`` or ``IAC SB``), as a telnetd's greeting does."""
+    head = bytes(data[:3])
+    return len(head) == 3 and head[0] == _IAC and (head[1] in _OPTION_VERBS or head[1] == _SB)
+
+
+def strip_telnet(banner: bytes | bytearray | memoryview | str) -> bytes:
+    """A Telnet greeting without its option negotiation: every ``IAC`` command removed (``IAC IAC``
+    is a literal 0xFF), so what is left is the text a person would see, e.g. a BusyBox banner and
+    its ``login:`` prompt. Anything that does not start like Telnet (:func:`is_telnet`) is returned
+    unchanged: other protocols may carry 0xFF bytes. Linear time; never raises; truncated commands
+    at the end are dropped."""
+    data = _as_bytes(banner)
+    if not is_telnet(data):
+        return data
+    out = bytearray()
+    i, n = 0, len(data)
+    while i < n:
+        j = data.find(b"\xff", i)
+        if j < 0:
+            out += data[i:]
+            break
+        out += data[i:j]
+        verb = data[j + 1] if j + 1 < n else None
+        if verb == _IAC:                                # escaped 0xFF data byte
+            out.append(_IAC)
+            i = j + 2
+        elif verb in _OPTION_VERBS:
+            i = j + 3
+        elif verb == _SB:                               # subnegotiation: up to IAC SE (or the end)
+            end = data.find(b"\xff\xf0", j + 2)
+            i = n if end < 0 else end + 2
+        else:                                           # a two-byte command (NOP, GA, ...) or cut off
+            i = j + 2
+    return bytes(out)
+
+
 def normalize_banner(banner: bytes | bytearray | memoryview | str) -> bytes:
     """The banner with its volatile parts replaced by ``*`` or ``#``, line endings and runs of
-    blanks unified; the input is cut to :data:`MAX_BANNER_BYTES` first. Never raises on any bytes."""
-    data = _as_bytes(banner)[:MAX_BANNER_BYTES]
+    blanks unified; the input is cut to :data:`MAX_BANNER_BYTES` first. Never raises on any bytes.
+    A Telnet greeting's option negotiation is removed first (:func:`strip_telnet`): how it
+    interleaves with the text depends on timing, not on the device."""
+    data = strip_telnet(_as_bytes(banner)[:MAX_BANNER_BYTES])
     data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
     data = _VOLATILE_HEADERS.sub(rb"\1: *", data)
     data = _VOLATILE_VALUES.sub(rb"\1\2*", data)

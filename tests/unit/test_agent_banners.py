@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from probe_agent.banners import (
     GREETING_PORTS,
@@ -78,3 +80,103 @@ def test_no_request_ever_carries_credentials(port):
 ])
 def test_identify(banner, protocol):
     assert identify(banner) == protocol
+
+
+# -- Telnet: refuse every option, show the text after the negotiation ----------------------------
+
+from probe_agent.banners import MAX_TELNET_REPLIES, TelnetRefuser, banner_line  # noqa: E402
+
+# What the testbed's BusyBox device says on connect: WILL ECHO, WILL SGA, DO TTYPE, DO NAWS, then text.
+NEGOTIATION = bytes([255, 251, 1, 255, 251, 3, 255, 253, 24, 255, 253, 31])
+BUSYBOX = (NEGOTIATION + b"\r\nBusyBox v1.19.4 (2014-03-12 14:22:59 CST) built-in shell (ash)\r\n\r\n"
+           b"(none) login: ")
+REFUSALS = bytes([255, 254, 1, 255, 254, 3, 255, 252, 24, 255, 252, 31])  # DONT ECHO, DONT SGA, WONT TTYPE, WONT NAWS
+
+
+def test_telnet_options_are_all_refused_like_a_client_that_wants_nothing():
+    assert TelnetRefuser().feed(BUSYBOX) == REFUSALS
+
+
+def test_telnet_commands_split_across_reads_are_answered_once_complete():
+    refuser = TelnetRefuser()
+    assert b"".join(refuser.feed(bytes([b])) for b in BUSYBOX) == REFUSALS
+
+
+def test_telnet_refusals_are_sent_once_per_option_and_never_answer_refusals():
+    refuser = TelnetRefuser()
+    assert refuser.feed(NEGOTIATION) == REFUSALS
+    assert refuser.feed(NEGOTIATION) == b""                                  # asked again: no loop
+    assert refuser.feed(bytes([255, 252, 5, 255, 254, 6])) == b""           # WONT/DONT need no answer
+    assert refuser.feed(bytes([255, 250, 24, 1, 255, 240])) == b""          # SB TTYPE SEND: no terminal type
+    flood = TelnetRefuser()
+    out = flood.feed(b"".join(bytes([255, 253, i]) for i in range(200)))
+    assert len(out) == 3 * MAX_TELNET_REPLIES
+
+
+@pytest.mark.parametrize("stream", [
+    b"HTTP/1.1 200 OK\r\n\r\n\xff\xfd\x01\xff\xfb\x03",                   # 0xFF inside another protocol
+    b"SSH-2.0-x\r\n", b"\xfe\xff\xfd\x01", b"\x16\x03\x01\xff\xfd\x18",
+])
+def test_only_streams_that_start_as_telnet_are_answered(stream):
+    refuser = TelnetRefuser()
+    assert refuser.feed(stream) == b"" and refuser.feed(NEGOTIATION) == b""
+
+
+@given(st.lists(st.binary(max_size=64), max_size=20))
+@settings(max_examples=300, deadline=None)
+def test_telnet_replies_are_only_refusals_whatever_the_server_sends(chunks):
+    refuser = TelnetRefuser()
+    sent = b"".join(refuser.feed(NEGOTIATION[:3] + c if i == 0 else c) for i, c in enumerate(chunks))
+    assert len(sent) % 3 == 0
+    for i in range(0, len(sent), 3):
+        assert sent[i] == 255 and sent[i + 1] in (252, 254)                # IAC WONT|DONT option
+    assert not CREDENTIAL_WORDS.search(sent.replace(b"\x00", b""))
+
+
+def test_the_banner_line_is_the_text_after_the_negotiation():
+    assert banner_line(BUSYBOX) == "BusyBox v1.19.4 (2014-03-12 14:22:59 CST) built-in shell (ash)"
+    assert banner_line(b"SSH-2.0-OpenSSH_9.6\r\n") == "SSH-2.0-OpenSSH_9.6"
+    assert banner_line(b"\x1b[2J\r\nhi") == "\\x1b[2J"                      # never a raw escape sequence
+    assert banner_line(None) == "" and banner_line(NEGOTIATION) == ""
+
+
+def test_a_telnetd_that_waits_for_answers_shows_its_banner_to_a_refusing_client():
+    """On 127.0.0.1: a server that sends its banner only once every option it asked about is
+    answered (as strict telnetds do) gets refusals only, and the client sees BusyBox."""
+    import asyncio
+
+    received = bytearray()
+
+    async def serve(reader, writer):
+        writer.write(NEGOTIATION)
+        await writer.drain()
+        while len(received) < len(REFUSALS):
+            chunk = await reader.read(100)
+            if not chunk:
+                return
+            received.extend(chunk)
+        writer.write(BUSYBOX[len(NEGOTIATION):])
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        writer.close()
+
+    async def client(port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        refuser, got = TelnetRefuser(), bytearray()
+        while chunk := await asyncio.wait_for(reader.read(4096), 30):
+            got.extend(chunk)
+            reply = refuser.feed(chunk)
+            if reply:
+                writer.write(reply)
+                await writer.drain()
+        writer.close()
+        return bytes(got)
+
+    async def main():
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        async with server:
+            return await client(server.sockets[0].getsockname()[1])
+
+    got = asyncio.run(main())
+    assert bytes(received) == REFUSALS
+    assert banner_line(got).startswith("BusyBox v1.19.4")

@@ -236,3 +236,27 @@ def test_fast_matching_equals_the_word_definition(data):
 def test_fast_matching_equals_the_word_definition_on_the_builtin_kb(kb, est, data):
     banner = data + b" Hikvision-Webs DVRDVS-Webs HG532e " + data
     assert set(est.keywords_in(banner)) == _reference_keywords(kb, banner)
+
+
+# -- Telnet greetings: matched and shown without their option negotiation ---------------------------
+
+TELNET_NEGOTIATION = bytes([255, 251, 1, 255, 251, 3, 255, 253, 24, 255, 253, 31])
+
+
+def test_safe_text_shows_a_telnet_greeting_without_its_negotiation():
+    banner = TELNET_NEGOTIATION + b"\r\nBusyBox v1.19.4 (2014-03-12 14:22:59 CST) built-in shell (ash)\r\n(none) login: "
+    text = safe_text(banner, 200)
+    assert text.startswith("\\r\\nBusyBox v1.19.4 (2014-03-12 14:22:59 CST) built-in shell (ash)")
+    assert text.endswith("(none) login: ") and "\\xff" not in text
+    assert safe_text(b"\xff\xfe", 10) == "\\xff\\xfe"              # not a Telnet command: escaped as ever
+    assert safe_text(b"\xff\xfd\x01\x1b[31m", 20) == "\\x1b[31m"   # the rest is still escaped
+
+
+def test_keywords_after_a_telnet_negotiation_are_found():
+    """Any byte can be an option code; one that is a letter ran into the greeting's first word."""
+    est = Estimator(_tiny_kb(_dev("acme-cam", [23, 80], ["acme camserver"])))
+    text = b"Acme CamServer 2.1 login: "
+    assert est.keywords_in(text) == ("acme camserver",)
+    for negotiation in (TELNET_NEGOTIATION, b"\xff\xfdZ", b"\xff\xfb\x01\xff\xfa\x18\x01\xff\xf0\xff\xfdQ"):
+        assert est.keywords_in(negotiation + text) == ("acme camserver",), negotiation
+        assert est.estimate([23], {23: negotiation + text}).model == "acme-cam"

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from scanflow.fingerprint import (MAX_BANNER_BYTES, answer_fingerprint, banner_digest, fingerprint,
@@ -105,3 +106,43 @@ def test_any_bytes_normalise_to_bytes_within_bound_and_digest(data):
 def test_normalisation_is_idempotent(text):
     once = normalize_banner(text.encode())
     assert normalize_banner(once) == once
+
+
+# -- Telnet greetings: the negotiation is not the banner --------------------------------------------
+
+from scanflow.fingerprint import is_telnet, strip_telnet  # noqa: E402
+
+TELNET_NEGOTIATION = bytes([255, 251, 1, 255, 251, 3, 255, 253, 24, 255, 253, 31])
+BUSYBOX_TEXT = b"\r\nBusyBox v1.19.4 (2014-03-12 14:22:59 CST) built-in shell (ash)\r\n\r\n(none) login: "
+
+
+def test_strip_telnet_leaves_the_text_a_person_sees():
+    assert strip_telnet(TELNET_NEGOTIATION + BUSYBOX_TEXT) == BUSYBOX_TEXT
+    # subnegotiation, an escaped 0xFF, a two-byte command, a command cut off at the end
+    assert strip_telnet(b"\xff\xfa\x18\x01\xff\xf0BusyBox\xff\xff!\xff\xf1 login: \xff\xfd") == \
+        b"BusyBox\xff! login: "
+    assert strip_telnet(b"\xff\xfa\x18 never ends") == b""
+
+
+@pytest.mark.parametrize("data", [b"", b"\xff", b"\xff\xfe", b"HTTP/1.1 200 OK\r\n\xff\xfd\x01",
+                                  b"\x16\x03\x01\xff\xfb\x01", "str \xff\xfd\x01 text"])
+def test_strip_telnet_changes_nothing_that_does_not_start_as_telnet(data):
+    expected = data.encode("utf-8", "replace") if isinstance(data, str) else data
+    assert not is_telnet(expected)
+    assert strip_telnet(data) == expected
+
+
+@given(st.binary(max_size=2000))
+@settings(max_examples=300, deadline=None)
+def test_strip_telnet_never_raises_and_never_grows(data):
+    out = strip_telnet(b"\xff\xfb\x01" + data)
+    assert len(out) <= len(data) + 1
+
+
+def test_a_telnet_banner_digest_ignores_the_negotiation():
+    """How the option negotiation interleaves with the greeting depends on timing (and on the
+    answers the grabber sends), not on the device: it must not look like a changed answer."""
+    plain = banner_digest(BUSYBOX_TEXT)
+    assert banner_digest(TELNET_NEGOTIATION + BUSYBOX_TEXT) == plain
+    assert banner_digest(TELNET_NEGOTIATION[:6] + BUSYBOX_TEXT[:20] + TELNET_NEGOTIATION[6:] + BUSYBOX_TEXT[20:]) == plain
+    assert banner_digest(TELNET_NEGOTIATION + BUSYBOX_TEXT.replace(b"1.19.4", b"1.20.0")) != plain
