@@ -217,7 +217,7 @@ class Agent:
         log.warning("command %s refused: %s", command.get("command_id"), refusal.message,
                     extra={"command_id": command.get("command_id"), "refusal": refusal.error_class})
         self.metrics.commands["refused"] += 1
-        value = source.value if source is not None else self.codec.encode("ScanCommand", command)
+        value = source.value if source is not None else self._encode_refused(command)
         key = source.key if source is not None else None
         self._dead_letter(key, value, refusal.error_class, refusal.message, source)
         tallies = []
@@ -235,6 +235,21 @@ class Agent:
             tallies.append(tally)
         self._remember(command.get("command_id") or "")
         return tallies
+
+    def _encode_refused(self, command: dict) -> bytes | None:
+        """The bytes a refused command without a source record is dead-lettered with: validated when
+        it can be, else as written (a malformed target is the reason it is refused, and must not
+        stop the refusal), else none (the headers still say why)."""
+        from connectors.avro_codec import AvroCodec
+
+        try:
+            return self.codec.encode("ScanCommand", command)
+        except (CodecError, ValueError, TypeError, KeyError):
+            pass
+        try:
+            return AvroCodec(validate=False).encode("ScanCommand", command)
+        except Exception:  # noqa: BLE001 - a record that cannot be written at all: headers only
+            return None
 
     def _refuse_targets(self, prepared: Prepared, detail: str, now: int) -> list[TargetTally]:
         tallies = []

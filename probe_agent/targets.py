@@ -144,6 +144,49 @@ class Target:
             _ipv4_text(self.base + offset)
 
 
+#: How the targets of ``scanflow agent --scan`` may be written (the error messages quote it).
+TARGET_FORMS = "an address (198.18.7.10), a CIDR range with zero host bits (198.18.7.0/24) or a " \
+               "first-last range (198.18.7.10-198.18.7.14)"
+
+
+def parse_target_spec(text: str) -> list[Target]:
+    """Targets a person wrote: an address, a CIDR range or a ``first-last`` address range.
+
+    A ``first-last`` range becomes the fewest CIDR targets that cover exactly its addresses (each is
+    then vetted by the agent like any target: allowlist, size cap, exclusions). ``ValueError`` with a
+    one-line message that names the fix (for a range with host bits set, the network it belongs to).
+    Commands on Kafka carry canonical targets only (see :meth:`Target.parse`); this is for the CLI.
+    """
+    raw = text.strip()
+    if not raw:
+        raise ValueError(f"{text!r} is empty; write {TARGET_FORMS}")
+    first, dash, last = raw.partition("-")
+    if dash and "/" not in raw:
+        try:
+            lo, hi = ipaddress.ip_address(first.strip()), ipaddress.ip_address(last.strip())
+        except ValueError:
+            raise ValueError(f"{raw!r} is not a first-last range of two addresses; write e.g. "
+                             "198.18.7.10-198.18.7.14 (both ends in full)") from None
+        if lo.version != hi.version:
+            raise ValueError(f"{raw!r} mixes IPv4 and IPv6; give both ends in the same family")
+        if hi < lo:
+            raise ValueError(f"{raw!r} ends before it starts; write the lower address first")
+        return [Target(str(n.network_address) if n.num_addresses == 1 else str(n), n)
+                for n in ipaddress.summarize_address_range(lo, hi)]
+    try:
+        return [Target.parse(raw)]
+    except ValueError:
+        pass
+    try:
+        loose = ipaddress.ip_network(raw, strict=False)
+    except ValueError:
+        raise ValueError(f"{raw!r} is not {TARGET_FORMS}") from None
+    # Host bits set: name the network the address belongs to and the range the user may have meant.
+    addr = raw.split("/", 1)[0]
+    raise ValueError(f"{raw!r} has host bits set: {addr} is inside {loose}; write {loose} to scan that "
+                     f"whole range, or {addr}-{loose.broadcast_address} for the part from {addr} on")
+
+
 def _ipv4_text(value: int) -> str:
     return f"{value >> 24}.{(value >> 16) & 255}.{(value >> 8) & 255}.{value & 255}"
 

@@ -239,3 +239,17 @@ def test_offset_tracker_commits_only_the_finished_prefix():
     tracker.revoke(["p2"])
     tracker.finish("p2", 3)
     assert tracker.take_committable() == {}
+
+
+@pytest.mark.parametrize("bad", ["198.18.0.300", "198.18.0.7/23", "198.18.0.1-198.18.0.5", ""])
+def test_a_malformed_target_is_refused_with_a_dead_letter_never_raised(tmp_path, bad):
+    """A command built in-process (``scanflow agent --scan``, tests) with a target that is not an
+    address or CIDR: refused whole with InvalidIp and the record as written; the valid targets get
+    their REFUSED ScanDone. (The dead letter's encoding used to raise InvalidIp out of execute.)"""
+    agent = make_agent(tmp_path)
+    tallies = run(agent, command(["198.18.0.1", bad], [80]))
+    rec = agent.publisher
+    assert agent.backend.probed == []
+    assert len(rec.dead) == 1 and rec.dead[0][2] == "InvalidIp"
+    assert rec.dead[0][1] is None or bad.encode() in rec.dead[0][1]
+    assert [t.status for t in tallies] == ["REFUSED"] and rec.dones[0]["target"] == "198.18.0.1"

@@ -111,3 +111,49 @@ def test_target_parse_rejects_host_bits_and_garbage():
     for bad in ("198.18.0.1/24", "300.1.1.1", "198.18.0.0/33", "", "example.org"):
         with pytest.raises(ValueError):
             Target.parse(bad)
+
+
+# -- targets a person writes (scanflow agent --scan) ---------------------------------------------
+
+from probe_agent.targets import parse_target_spec  # noqa: E402
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("198.18.7.10", ["198.18.7.10"]),
+    (" 198.18.7.0/24 ", ["198.18.7.0/24"]),
+    ("198.18.7.1/32", ["198.18.7.1"]),
+    ("198.18.7.10-198.18.7.14", ["198.18.7.10/31", "198.18.7.12/31", "198.18.7.14"]),
+    ("198.18.7.0-198.18.7.255", ["198.18.7.0/24"]),
+    ("198.18.7.9-198.18.7.9", ["198.18.7.9"]),
+    ("2001:db8::1-2001:db8::2", ["2001:db8::1", "2001:db8::2"]),
+])
+def test_cli_targets_are_addresses_cidrs_or_first_last_ranges(text, expected):
+    targets = parse_target_spec(text)
+    assert [t.text for t in targets] == expected
+    # A range becomes exactly its addresses, each piece a canonical target the agent vets as usual.
+    first, _, last = text.strip().partition("-")
+    if last:
+        covered = [int(a) for t in targets for a in t.network]
+        lo, hi = int(ipaddress.ip_address(first)), int(ipaddress.ip_address(last))
+        assert covered == list(range(lo, hi + 1))
+    for t in targets:
+        assert Target.parse(t.text) == t
+
+
+@pytest.mark.parametrize("text, fragments", [
+    ("198.18.7.300", ["'198.18.7.300'", "198.18.7.0/24", "198.18.7.10-198.18.7.14"]),
+    ("198.18.7.0/23", ["host bits", "198.18.6.0/23", "198.18.7.0-198.18.7.255"]),
+    ("198.18.7.5/33", ["'198.18.7.5/33'"]),
+    ("198.18.7.14-198.18.7.10", ["ends before it starts"]),
+    ("198.18.7.10-14", ["both ends in full"]),
+    ("198.18.7.1-2001:db8::1", ["IPv4 and IPv6"]),
+    ("", ["empty"]),
+    ("scanme.example", ["'scanme.example'"]),
+])
+def test_malformed_cli_targets_say_what_to_write_in_one_line(text, fragments):
+    with pytest.raises(ValueError) as err:
+        parse_target_spec(text)
+    message = str(err.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, message
