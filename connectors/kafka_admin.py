@@ -10,15 +10,18 @@ import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType, NewPartitions
 from kafka.errors import TopicAlreadyExistsError
 
-from scanflow.config import ConfigError, KafkaSettings, TopicsSettings, resolve_path
+from scanflow.config import ConfigError, KafkaNotReady, KafkaSettings, TopicsSettings, resolve_path
 
 LOGICAL_TOPICS = ("events", "commands", "ip_state", "dead_letter")
+
+#: How long a command waits for the broker's first answer before saying it is not there.
+READY_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,45 @@ def load_topic_specs(topics: TopicsSettings, path: str | Path | None = None) -> 
         config = {str(k): str(v) for k, v in table.get("config", {}).items()}
         specs.append(TopicSpec(logical, getattr(topics, logical), partitions, rf, config))
     return specs
+
+
+def require_topics(kafka: KafkaSettings, needed: Mapping[str, str], *,
+                   timeout_s: float = READY_TIMEOUT_S) -> None:
+    """Return when the broker answers and every topic of ``needed`` (``{setting: topic name}``, e.g.
+    ``{"topics.events": "scanflow.events"}``) exists; else raise :class:`KafkaNotReady` with one
+    line naming what is missing and the fix. Waits at most about ``timeout_s`` for the broker.
+
+    Commands call this before they start, so a missing topic is an answer, not a producer blocked
+    on metadata for minutes (kafka-python's ``send`` waits up to ``max_block_ms`` per record for a
+    topic that does not exist, since the broker does not create topics automatically).
+    """
+    from kafka import KafkaConsumer
+    from kafka.errors import KafkaError
+
+    where = kafka.bootstrap_servers or ",".join(kafka.servers())
+    timeout_ms = max(1000, int(timeout_s * 1000))
+    try:
+        options = {**kafka.client_options(), "bootstrap_timeout_ms": timeout_ms,
+                   "request_timeout_ms": min(timeout_ms, kafka.request_timeout_ms), "enable_auto_commit": False}
+        probe = KafkaConsumer(**options)
+    except KafkaError as exc:
+        raise KafkaNotReady(
+            f"no Kafka broker answers at {where} (kafka.bootstrap_servers) within {timeout_s:.0f} s "
+            f"({type(exc).__name__}); start the local one with `scanflow infra up`, or point "
+            "kafka.bootstrap_servers at your cluster") from None
+    try:
+        existing = probe.topics()
+    except KafkaError as exc:
+        raise KafkaNotReady(f"the Kafka broker at {where} did not list its topics ({type(exc).__name__}: "
+                            f"{exc}); check `scanflow infra status` and the broker log") from None
+    finally:
+        probe.close()
+    missing = [(key, name) for key, name in needed.items() if name not in existing]
+    if missing:
+        listed = ", ".join(f"{key} ({name!r})" for key, name in missing)
+        verb = "does" if len(missing) == 1 else "do"
+        raise KafkaNotReady(f"{listed} {verb} not exist on {where}; create the topics with "
+                            "`scanflow topics create` (or set the topic names)")
 
 
 def admin_client(kafka: KafkaSettings) -> KafkaAdminClient:

@@ -297,11 +297,27 @@ class Agent:
         for run in list(self.runs):
             run.abort("agent stopped; scan abandoned")
 
-    def install_signal_handlers(self) -> None:
-        """SIGTERM and SIGINT call :meth:`request_stop` (a second one abandons)."""
+    def install_signal_handlers(self, on_first: Callable[[], None] | None = None) -> None:
+        """SIGTERM and SIGINT call :meth:`request_stop` (a second one abandons).
+
+        The handlers are plain :func:`signal.signal` handlers, not the event loop's: they run as soon
+        as the main thread runs Python again, even while the loop is held up in a blocking call (say,
+        a producer waiting for metadata), and hand the stop to the loop thread-safely. ``on_first`` is
+        called from the first signal's handler itself (the CLI arms its stop deadline there).
+        """
         loop = asyncio.get_running_loop()
+        signalled = [False]
+
+        def handler(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+            if not signalled[0]:
+                signalled[0] = True
+                log.info("signal %s: stopping", signal.Signals(signum).name)
+                if on_first is not None:
+                    on_first()
+            loop.call_soon_threadsafe(self.request_stop)
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop)
+            signal.signal(sig, handler)
 
     async def run(self, *, until_idle_s: float | None = None, on_tick: Callable[[], None] | None = None) -> int:
         """Consume commands until stopped; returns the exit code (0, or 1 after a fatal error).

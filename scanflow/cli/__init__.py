@@ -12,7 +12,7 @@ import sys
 import click
 
 from scanflow import __version__
-from scanflow.config import ConfigError, Settings, load_settings, parse_set_options
+from scanflow.config import ConfigError, KafkaNotReady, Settings, load_settings, parse_set_options
 
 
 class CliContext:
@@ -28,7 +28,8 @@ pass_ctx = click.make_pass_decorator(CliContext)
 
 
 class _Group(click.Group):
-    """Turns configuration errors raised anywhere in a command into one line and exit code 2."""
+    """Turns configuration errors raised anywhere in a command into one line and exit code 2, and a
+    broker that does not answer or a missing topic into one line and exit code 4."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -36,6 +37,9 @@ class _Group(click.Group):
         except ConfigError as exc:
             click.echo(f"scanflow: error: {exc}", err=True)
             sys.exit(2)
+        except KafkaNotReady as exc:
+            click.echo(f"scanflow: error: {exc}", err=True)
+            sys.exit(KafkaNotReady.exit_code)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -1,8 +1,22 @@
-"""``scanflow agent``: run a probe agent (consumer group), or scan given targets once (``--scan``)."""
+"""``scanflow agent``: run a probe agent (consumer group), or scan given targets once (``--scan``).
+
+Exit codes (docs/AGENT.md): 0 stopped cleanly; 1 a record could not be delivered, or the stop
+overran its deadline (nothing more was committed: unfinished commands run again); 2 bad
+configuration or input; 3 ``--scan`` with every target refused; 4 Kafka not ready (no broker
+answers, or a topic the agent needs does not exist). Errors are one line naming the fix.
+
+Stopping: the first SIGTERM/SIGINT stops taking commands and gives running scans
+``agent.stop_grace_s``; the process is gone at most ``stop_grace_s`` + :data:`STOP_TAIL_S` seconds
+after that first signal, whatever blocks it (a watchdog ends it with exit code 1 and commits nothing
+more); a second signal abandons the running scans at once.
+"""
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import threading
 
 import click
 
@@ -30,6 +44,38 @@ def parse_ports(text: str) -> list[int]:
     return sorted(ports)
 
 
+#: Seconds the orderly stop may take after the grace period (abandon, flush, commit, close) before
+#: the watchdog ends the process.
+STOP_TAIL_S = 4.0
+
+
+class _StoppedEarly(Exception):
+    """A signal arrived before the agent was running: nothing was taken, nothing to hand back."""
+
+
+def _stop_early(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+    raise _StoppedEarly
+
+
+def scan_targets_of(texts: tuple[str, ...] | list[str]) -> list[str]:
+    """``--scan`` values as canonical command targets; ``first-last`` ranges become CIDRs.
+    ``ConfigError`` (one line, exit 2) names the first bad value and the forms accepted."""
+    from probe_agent.targets import parse_target_spec
+
+    out: list[str] = []
+    for text in texts:
+        for part in text.split(","):
+            if not part.strip():
+                continue
+            try:
+                out.extend(t.text for t in parse_target_spec(part))
+            except ValueError as exc:
+                raise ConfigError(f"--scan {exc}") from None
+    if not out:
+        raise ConfigError("--scan: give at least one target, e.g. --scan 198.18.7.10")
+    return list(dict.fromkeys(out))
+
+
 @click.command("agent")
 @click.option("--backend", type=click.Choice(["connect", "masscan", "sim"]), default=None,
               help="Scanner backend (default: agent.backend, sim).")
@@ -52,7 +98,8 @@ def parse_ports(text: str) -> list[int]:
 @click.option("--set", "set_items", multiple=True, metavar="KEY=VALUE",
               help="Any agent setting, e.g. --set read_timeout_s=2 (repeatable; keys of [agent]).")
 @click.option("--scan", "scan_targets", multiple=True, metavar="TARGET",
-              help="Scan these addresses/ranges once, publish the events and exit (no command topic).")
+              help="Scan these targets once, publish the events and exit (no command topic): an address, "
+                   "a CIDR range or a first-last range, e.g. 198.18.7.10-198.18.7.14 (repeatable).")
 @click.option("--ports", default=None, help="Ports for --scan, e.g. 22,80,8000-8010 (at most 64).")
 @click.option("--until-idle", type=float, default=None, metavar="SECONDS",
               help="Stop once no command has been waiting or running for this long.")
@@ -64,7 +111,8 @@ def agent(obj: CliContext, scan_targets: tuple[str, ...], ports: str | None, unt
     """Run a probe agent: consume scan commands, probe safely and rate-limited, publish events.
 
     Without --scan it joins the agents' consumer group on the commands topic until SIGTERM (a second
-    signal abandons running scans). With --scan it scans the given targets once.
+    signal abandons running scans). With --scan it scans the given targets once. The topics it needs
+    must exist (`scanflow topics create`); exit codes are listed in docs/AGENT.md.
     """
     import asyncio
 
@@ -80,11 +128,48 @@ def agent(obj: CliContext, scan_targets: tuple[str, ...], ports: str | None, unt
     settings = settings_from_mapping(values, base)
     if scan_targets and not ports:
         raise ConfigError("--scan needs --ports, e.g. --ports 22,80")
+    targets = scan_targets_of(scan_targets) if scan_targets else []
     port_list = parse_ports(ports) if ports else []
     if len(port_list) > 64:
         raise ConfigError(f"--ports: {len(port_list)} ports; at most 64 go inline in a command "
                           "(publish a port set and use agent commands for more)")
-    sys.exit(asyncio.run(_main(obj, settings, scan_targets, port_list, until_idle)))
+    # Until the agent runs, a signal simply ends the command (nothing was taken yet).
+    previous = {sig: signal.signal(sig, _stop_early) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        _require_topics(obj, settings, bool(targets))
+        code = asyncio.run(_main(obj, settings, targets, port_list, until_idle))
+    except _StoppedEarly:
+        code = 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    sys.exit(code)
+
+
+def _require_topics(obj: CliContext, settings, one_scan: bool) -> None:
+    """The topics this agent writes and reads must exist: one line naming the fix otherwise (a
+    producer would block on a missing topic's metadata for a minute per record)."""
+    from connectors.kafka_admin import require_topics
+
+    t = obj.settings.topics
+    needed = {} if one_scan else {"topics.commands": t.commands}
+    needed.update({"topics.events": t.events, "topics.dead_letter": t.dead_letter})
+    if not one_scan and settings.skip_tracked:
+        needed["topics.ip_state"] = t.ip_state
+    require_topics(obj.settings.kafka, needed)
+
+
+def _arm_stop_deadline(seconds: float) -> None:
+    """End the process ``seconds`` from now unless it ended by itself (the first signal's promise)."""
+    def expire() -> None:
+        sys.stderr.write(f"scanflow: error: the agent did not stop within {seconds:.0f} s of the signal; "
+                         "exiting now without committing more (unfinished commands will run again)\n")
+        sys.stderr.flush()
+        os._exit(1)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
 
 
 async def _main(obj: CliContext, settings, scan_targets, port_list, until_idle) -> int:
@@ -93,7 +178,9 @@ async def _main(obj: CliContext, settings, scan_targets, port_list, until_idle) 
     import uuid
 
     from connectors.avro_codec import make_record
+    from connectors.kafka_io import DeliveryError
     from probe_agent.backends import BackendError
+    from probe_agent.banners import banner_line
     from probe_agent.core import Agent
     from probe_agent.metrics import MetricsServer, ProgressDisplay, setup_logging
 
@@ -111,7 +198,7 @@ async def _main(obj: CliContext, settings, scan_targets, port_list, until_idle) 
     display = ProgressDisplay(agent_.metrics) if show else None
     if display is not None:
         setup_logging(settings.log_format, display=display)   # log lines blank the progress line first
-    agent_.install_signal_handlers()
+    agent_.install_signal_handlers(on_first=lambda: _arm_stop_deadline(settings.stop_grace_s + STOP_TAIL_S))
     last = [0.0]
 
     def tick() -> None:
@@ -126,9 +213,8 @@ async def _main(obj: CliContext, settings, scan_targets, port_list, until_idle) 
 
         def show_record(schema: str, record: dict) -> None:
             if schema == "ScanEvent":
-                banner = (record["banner"] or b"")[:60].decode("latin-1").splitlines()
                 click.echo(f"{record['ip']}:{record['port']}\t{record['kind']}\t"
-                           f"{record['banner_protocol'] or ''}\t{banner[0] if banner else ''}")
+                           f"{record['banner_protocol'] or ''}\t{banner_line(record['banner'])}")
             else:
                 click.echo(f"{record['target']}\t{record['status']}\t{record['responses']} responses, "
                            f"{record['packets_sent']} packets, {record['bytes_sent']} bytes"
@@ -148,10 +234,21 @@ async def _main(obj: CliContext, settings, scan_targets, port_list, until_idle) 
             if abandon_at is not None and time.monotonic() >= abandon_at:
                 agent_.abandon()
         tallies = task.result()
-        agent_.publisher.close(30)
-        await agent_.backend.close()
+        try:
+            agent_.publisher.close(STOP_TAIL_S if agent_.stop_requested else 30)
+        except DeliveryError as exc:
+            click.echo(f"scanflow: error: the scan's records were not all delivered to Kafka ({exc}); "
+                       "check the broker (`scanflow infra status`) and scan again", err=True)
+            return 1
+        finally:
+            await agent_.backend.close()
         refused = [t for t in tallies if t.status == "REFUSED"]
-        return 3 if refused and len(refused) == len(tallies) else 0
+        if refused and len(refused) == len(tallies):
+            detail = refused[0].detail or "refused"
+            fix = "; scan inside the allowlist, or widen it with --allow CIDR" if "allowlist" in detail else ""
+            click.echo(f"scanflow: error: every target was refused: {detail}{fix}", err=True)
+            return 3
+        return 0
     finally:
         if display is not None:
             display.finish()

@@ -54,6 +54,9 @@ def _hostile_commands(epoch_us: int) -> dict[str, tuple[bytes | None, bytes]]:
     }
     for name, targets, ports in (
             ("invalid_ip", ["10.0.0.999"], PORTS),
+            ("host_bits", ["10.0.0.7/23"], PORTS),             # not a network: host bits set
+            ("dash_range", ["10.0.0.1-10.0.0.5"], PORTS),      # the CLI's range form is not the contract's
+            ("invalid_ip_beside_a_good_one", ["10.0.0.9", "10.0.0.300"], PORTS),
             ("invalid_port", ["10.0.0.2"], {"name": None, "version": None, "ports": [0, 70000]}),
             ("too_many_ports", ["10.0.0.3"], {"name": None, "version": None, "ports": list(range(1, 200))}),
             ("outside_allowlist", ["8.8.8.8"], PORTS),
@@ -138,6 +141,8 @@ def test_hostile_commands_and_ip_state_are_refused_and_good_commands_still_run(k
         assert reason_of[name] == "OutsideAllowlist", (name, reason_of[name])
     assert reason_of["foreign_fingerprint"] == "UnknownFingerprint"
     assert reason_of["invalid_ip"] == "InvalidIp" and reason_of["invalid_port"] == "InvalidPort"
+    for name in ("host_bits", "dash_range", "invalid_ip_beside_a_good_one"):
+        assert reason_of[name] == "InvalidIp", (name, reason_of[name])
     print("FIGURES bad-commands", json.dumps({"hostile": len(hostile), "good": len(good),
                                               "dead_lettered_by_reason": dict(reasons), "reason_of": reason_of,
                                               "refused_dones": sum(d["status"] == "REFUSED" for d in dones)}))
@@ -147,6 +152,10 @@ def test_hostile_commands_and_ip_state_are_refused_and_good_commands_still_run(k
 BAD_CLI = [
     ("agent", "--rate", "abc"), ("agent", "--bogus"), ("agent", "--allow", "999.1.1.1/8", "--scan", "10.0.0.1"),
     ("agent", "--set", "nope=1", "--scan", "10.0.0.1"), ("agent", "--shard", "5", "--shards", "2"),
+    ("agent", "--backend", "connect", "--allow", "198.18.0.0/15", "--scan", "198.18.7.300", "--ports", "22"),
+    ("agent", "--backend", "connect", "--allow", "198.18.0.0/15", "--scan", "198.18.7.0/23", "--ports", "22"),
+    ("agent", "--backend", "connect", "--allow", "198.18.0.0/15", "--scan", "198.18.7.14-198.18.7.10",
+     "--ports", "22"),
     ("--set", "kafka.nope=1", "config"), ("--set", "infra.kafka_port=70000", "config"),
     ("--set", "policy.ladder_hours=abc", "config"), ("--config", "MISSING.toml", "config"),
     ("--config", "BAD.toml", "config"), ("--set", "noequals", "config"),
@@ -173,6 +182,30 @@ def test_bad_cli_input_gets_one_line_error(argv, tmp_path):
     errors = [line for line in text.splitlines() if line.startswith(("Error:", "scanflow: error:"))]
     assert out.returncode == 2 and len(errors) == 1, text
     assert len(errors[0]) > len("Error: ") + 10        # says what is wrong, not just "error"
+
+
+def test_a_scan_whose_targets_are_all_refused_is_one_line_and_exit_3(kafka, loop_topics):
+    """``--scan`` of a first-last range outside the allowlist: each piece is vetted like any target,
+    the command is refused whole before any packet (dead letter with the reason), exit code 3."""
+    out = subprocess.run(scanflow_cmd(*loop_topics.cli_args(), "agent", "--backend", "connect",
+                                      "--allow", "127.0.0.1/32", "--no-progress",
+                                      "--scan", "198.18.7.10-198.18.7.14", "--ports", "22"),
+                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    text = out.stdout + out.stderr
+    assert "Traceback" not in text
+    errors = [line for line in text.splitlines() if line.startswith("scanflow: error:")]
+    assert out.returncode == 3 and len(errors) == 1, text
+    assert "allowlist" in errors[0] and "--allow" in errors[0]
+    assert out.stdout.count("\tREFUSED\t") == 3, out.stdout        # 198.18.7.10/31, .12/31, .14
+    dead = Follow(kafka, loop_topics.dead_letter)
+    try:
+        assert dead.until(lambda f: f.raw, timeout_s=60)
+    finally:
+        dead.close()
+    (rec,) = dead.raw
+    assert dict(rec.headers)["scanflow.error.class"] == b"OutsideAllowlist"
+    assert default_codec().decode_as("ScanCommand", rec.value)["targets"] == [
+        "198.18.7.10/31", "198.18.7.12/31", "198.18.7.14"]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -72,3 +72,14 @@ def test_config_says_when_an_explicit_local_address_misses_the_broker_port(tmp_p
     (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("scanflow: warning:")]
     assert "127.0.0.1:9092" in line and "39092" in line
     assert 'bootstrap_servers = "127.0.0.1:9092"' in proc.stdout      # an explicit value is kept
+
+
+def test_the_agent_stop_deadline_ends_a_process_that_is_stuck(tmp_path):
+    """The first signal's promise holds even when the orderly stop hangs (here: the main thread
+    never returns): the watchdog ends the process with exit code 1 and one line saying so."""
+    code = ("import time\nfrom scanflow.cli.agent import _arm_stop_deadline\n"
+            "_arm_stop_deadline(0.2)\ntime.sleep(600)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("scanflow: error: the agent did not stop within") and "run again" in line
