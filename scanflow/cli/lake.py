@@ -26,6 +26,14 @@ def _fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
+def _require_topics(obj: CliContext, needed: dict[str, str]) -> None:
+    """The Kafka topics a command reads or writes must exist: else one line naming the fix and exit
+    code 4 (``KafkaNotReady``), before any pipeline starts (its reader would fail after 30 s)."""
+    from connectors.kafka_admin import require_topics
+
+    require_topics(obj.settings.kafka, needed)
+
+
 @click.command("query")
 @click.argument("sql")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
@@ -116,9 +124,11 @@ def replay(obj: CliContext, lake, out_lake, policy, counterfactual, source_polic
     from the lake's events and scans. --out writes the replay's decisions and observations to a lake."""
     import json
 
+    root = _root(obj, lake)
+    if topic:
+        _require_topics(obj, {"--topic": topic})
     from pipelines.replay import ReplaySpec, run_replay
 
-    root = _root(obj, lake)
     try:
         spec = ReplaySpec(policy=policy.upper(), counterfactual=counterfactual, source_policy=source_policy.upper(),
                           start=start, end=end, topic=topic, start_offsets=_offsets(topic, from_offsets),
@@ -222,7 +232,6 @@ def lake_archive(obj: CliContext, lake_dir: str | None, topic: str | None, live:
                  end: str | None) -> None:
     """Archive the events topic (ScanEvent, ScanDone) into the lake's events and scans tables."""
     from connectors.duckdb_catalog import as_time
-    from pipelines.archive import run_archive
 
     def ms(value, flag):
         # A bad time is the user's input, not a crash: one line naming the accepted forms.
@@ -235,6 +244,10 @@ def lake_archive(obj: CliContext, lake_dir: str | None, topic: str | None, live:
     start_ms, end_ms = ms(start, "--start"), ms(end, "--end")
     if live and (start or end):
         _fail("--live reads from the group's committed offsets; leave out --start/--end", 2)
+    _require_topics(obj, {"--topic" if topic else "topics.events": topic or obj.settings.topics.events,
+                          "topics.dead_letter": obj.settings.topics.dead_letter})
+    from pipelines.archive import run_archive
+
     result = run_archive(obj.settings, root=str(_root(obj, lake_dir)), topic=topic,
                          stop=None if live else ("end" if end is None else None),
                          start_time_ms=start_ms, stop_time_ms=end_ms)
