@@ -15,7 +15,7 @@ silent, hosts that appear late. :func:`record_history` scans it the way the live
 
 It returns the records in time order and every decision the policy made, so a pipeline fed the
 records can be checked decision by decision. The project's simulator records its own event stream
-too (:class:`scanflow.simulate.EventRecorder`, replayed by ``tests/unit/test_pipeline_sim_replay.py``);
+too (:class:`connectors.sim_recorder.EventRecorder`, replayed by ``tests/unit/test_pipeline_sim_replay.py``);
 this history stays for what the simulator never produces: agents that die mid-scan (timed-out
 rounds, watchdog decisions), rounds delivered twice, and sweeps on the pipeline's block slots.
 """

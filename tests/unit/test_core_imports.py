@@ -16,7 +16,7 @@ import sys
 import textwrap
 
 CORE = ["scanflow.fingerprint", "scanflow.knowledge", "scanflow.estimate", "scanflow.policy",
-        "scanflow.metrics", "scanflow.budget", "scanflow.portsets"]
+        "scanflow.metrics", "scanflow.budget", "scanflow.portsets", "scanflow.world", "scanflow.simulate"]
 NEVER = ["apache_beam", "kafka", "confluent_kafka", "http.client", "urllib.request", "ssl", "requests",
          "connectors", "pipelines", "probe_agent"]
 

@@ -2,7 +2,7 @@
 
 The history comes from the project's simulator itself: :func:`scanflow.simulate.run_policy` runs the
 efficient policy over a generated world (:mod:`scanflow.world`) and records what it observed as the
-event contract's records (:class:`scanflow.simulate.EventRecorder`): every per-IP round it decided
+event contract's records (:class:`connectors.sim_recorder.EventRecorder`): every per-IP round it decided
 on (one ``ScanEvent`` per open probed port, one ``ScanDone`` per address) and, for the addresses it
 probed in bulk and that stayed silent (the first classification scan, the silent sweeps), one range
 ``ScanDone`` per /24 block and round with no response. Those records go through the same stages as
@@ -32,8 +32,9 @@ from pipelines.settings import PipelineSettings
 from scanflow.config import Settings
 from scanflow.knowledge import load_knowledge
 from scanflow.policy import DAY, HOUR, EfficientPolicy, PolicyParams
-from scanflow.simulate import (EvaluationConfig, EventRecorder, bulk_silent_rule, derive_policy_sets,
-                               first_probe_rounds, make_schedule, run_policy)
+from connectors.sim_recorder import EventRecorder
+from scanflow.simulate import (EvaluationConfig, bulk_silent_rule, derive_policy_sets, first_probe_rounds,
+                               make_schedule, run_policy)
 from scanflow.world import World, WorldConfig
 
 N_IPS = 4_000

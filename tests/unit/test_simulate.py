@@ -352,7 +352,7 @@ def test_traffic_model_prices_banner_exchanges_above_rsts():
 
 def test_recording_events_changes_nothing_and_records_every_decided_round_by_hand():
     from connectors.avro_codec import encode
-    from scanflow.simulate import EventRecorder
+    from connectors.sim_recorder import EventRecorder
     from scanflow.world.banners import EPOCH_UNIX
 
     world = tiny_world([STATIC_HOST])
@@ -405,7 +405,7 @@ def test_recording_events_changes_nothing_and_records_every_decided_round_by_han
 
 
 def test_recorded_banners_are_the_bytes_the_simulator_observed():
-    from scanflow.simulate import EventRecorder
+    from connectors.sim_recorder import EventRecorder
 
     world = World.generate(WorldConfig(n_ips=3000), 9, horizon_days=2, kb=KB)
     sets = PolicyPortSets(PortSet.named("standard", 1, range(1, 65536)), PortSet.named("silent", 1, {80, 443}),
