@@ -39,12 +39,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import apache_beam as beam  # noqa: E402
 from apache_beam.transforms.window import TimestampedValue  # noqa: E402
 
-from pipelines.glue import Done, from_record  # noqa: E402
+from pipelines.decode import from_record  # noqa: E402
+from scanflow.lifecycle.rounds import Done  # noqa: E402
 from pipelines.history import record_history, toy_world  # noqa: E402
 from pipelines.policy_setup import build_policy  # noqa: E402
 from pipelines.scheduler import NO_STATE_CACHE, build_live, build_replay, replay_runner  # noqa: E402
 from pipelines.settings import PipelineSettings  # noqa: E402
-from pipelines.state import RefTable, Tracked, pack, short_hash  # noqa: E402
+from scanflow.lifecycle.state import RefTable, Tracked, pack, short_hash  # noqa: E402
 from scanflow.config import load_settings  # noqa: E402
 from scanflow.policy import DAY, Observation  # noqa: E402
 

@@ -1,8 +1,8 @@
 """Stage: change detection and scheduling, stateful per IP, with event-time timers per IP.
 
-Per IP the stage keeps the compact :class:`~pipelines.state.Tracked` state (last answer's ports and
+Per IP the stage keeps the compact :class:`~scanflow.lifecycle.state.Tracked` state (last answer's ports and
 banner digests = its fingerprint, back-off step, device, next scan time, recent scan ids) and a bag
-of rounds waiting for the watermark. The logic is :class:`pipelines.tracker.IpTracker`, which calls
+of rounds waiting for the watermark. The logic is :class:`scanflow.lifecycle.step.Lifecycle`, which calls
 the policy core's ``decide``: the core compares the answer with the IP's last fingerprint, estimates
 the device when it changed and picks the port set and next scan time. This stage only stores,
 orders, dedupes and times.
@@ -38,10 +38,12 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, TimerSpec, on_timer
 
 from pipelines.beamfix import decline_nan_splits, lighten_state_cache_weigher
-from pipelines.glue import US, Round, timer_time
-from pipelines.records import command_record, decision_record, ip_state_record, micros
-from pipelines.state import STATE_HEADER, RefTable, Tracked, is_tombstone, pack, pack_header, unpack, unpack_header
-from pipelines.tracker import Decided, Due, IpTracker, Snapshot, from_ip_state_record, out_time
+from scanflow.lifecycle.rounds import US, Round
+from pipelines.decode import timer_time
+from scanflow.lifecycle.records import command_record, decision_record, ip_state_record, micros
+from scanflow.lifecycle.state import (STATE_HEADER, RefTable, Tracked, is_tombstone, pack, pack_header,
+                                      unpack, unpack_header)
+from scanflow.lifecycle.step import Decided, Due, Lifecycle, Snapshot, from_ip_state_record, out_time
 
 COMMANDS = "commands"
 STATES = "states"
@@ -60,7 +62,7 @@ class RestoreRecord(NamedTuple):
 
 
 class CountReporter:
-    """Reports what a tracker counted (``IpTracker.counts``) as Beam counters ``scanflow.changes/*``:
+    """Reports what a tracker counted (``Lifecycle.counts``) as Beam counters ``scanflow.changes/*``:
     each :meth:`flush` adds what was counted since the last one."""
 
     def __init__(self, counts):
@@ -83,7 +85,7 @@ class _TrackFn(beam.DoFn):
 
     One bag rather than a value and a bag: on a portable runner every state read is a round trip
     (Prism has no cache tokens, so the SDK's cache does not help), and a wake-up needs both. The bag
-    holds at most one ``bytes`` item, the packed state (:mod:`pipelines.state`), and any number of
+    holds at most one ``bytes`` item, the packed state (:mod:`scanflow.lifecycle.state`), and any number of
     ``(element time in micros, Round as a plain tuple)`` items. An arriving round is appended without
     reading anything; a wake-up reads the bag once and writes it back only when something changed.
     """
@@ -110,7 +112,7 @@ class _TrackFn(beam.DoFn):
     def setup(self):
         lighten_state_cache_weigher()
         decline_nan_splits()
-        self._tracker = IpTracker(self._policy, **self._args)
+        self._tracker = Lifecycle(self._policy, **self._args)
         self._refs = RefTable.of_policy(self._policy)
         self._name = self._policy.name
         self._counts = CountReporter(self._tracker.counts)
@@ -274,7 +276,7 @@ class DetectChanges(beam.PTransform):
     ended before it and come again are late); the scheduler passes ``pipeline.dedupe_horizon_s``.
     ``emit_states=False`` leaves the ``states`` output empty (a replay writes no ip-state).
     ``catch_up`` (live only): next scans whose command would be expired by the wall clock move to
-    now (``pipeline.catch_up``; see :meth:`pipelines.tracker.IpTracker.wake`).
+    now (``pipeline.catch_up``; see :meth:`scanflow.lifecycle.step.Lifecycle.wake`).
     """
 
     def __init__(self, policy, *, recent_scans: int = 4, command_ttl_s: float, round_timeout_s: float,

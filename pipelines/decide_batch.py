@@ -2,7 +2,7 @@
 
 A bounded replay has the whole window before it: grouping each IP's rounds (one ``GroupByKey``)
 and replaying the per-IP stage's wake-ups in time order in plain Python
-(:meth:`pipelines.tracker.IpTracker.run`) gives the decisions and commands the timers of
+(:meth:`scanflow.lifecycle.step.Lifecycle.run`) gives the decisions and commands the timers of
 :mod:`pipelines.changes` give on the same rounds, at a fraction of the cost: no keyed state, no
 timer, one call per IP. The live scheduler cannot do this (it never has an IP's future rounds), so
 it keeps :class:`~pipelines.changes.DetectChanges`; both are tested to decide alike.
@@ -18,9 +18,9 @@ from typing import Any
 import apache_beam as beam
 
 from pipelines.changes import COMMANDS, STATES, CountReporter, emit
-from pipelines.glue import Round
-from pipelines.state import RefTable
-from pipelines.tracker import IpTracker
+from scanflow.lifecycle.rounds import Round
+from scanflow.lifecycle.state import RefTable
+from scanflow.lifecycle.step import Lifecycle
 
 class _WithTime(beam.DoFn):
     """``(ip, Round)`` -> ``(ip, (element time in micros, round tuple))``: the time the per-IP
@@ -40,7 +40,7 @@ class _DecideFn(beam.DoFn):
         self._ttl, self._emit_states, self._forget_s = command_ttl_s, emit_states, forget_s
 
     def setup(self):
-        self._tracker = IpTracker(self._policy, **self._args)
+        self._tracker = Lifecycle(self._policy, **self._args)
         self._refs = RefTable.of_policy(self._policy)
         self._name = self._policy.name
         self._counts = CountReporter(self._tracker.counts)

@@ -14,7 +14,7 @@ from apache_beam.metrics import Metrics
 
 from scanflow.fingerprint import answer_fingerprint
 
-from pipelines.records import observation_record
+from scanflow.lifecycle.records import observation_record
 
 OBSERVATIONS = "observations"
 

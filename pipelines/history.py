@@ -32,8 +32,8 @@ from connectors.avro_codec import make_record
 from scanflow.knowledge import KnowledgeBase
 from scanflow.policy import Observation
 
-from pipelines.glue import US
-from pipelines.records import micros, port_set_record
+from scanflow.lifecycle.rounds import US
+from scanflow.lifecycle.records import micros, port_set_record
 from pipelines.sweeps import SweepPlan
 
 #: Seconds a scan lasts, first probe to ScanDone.

@@ -3,7 +3,7 @@
 Keyed by **scan id**, not by IP: a sweep is one scan of a whole CIDR block whose single ScanDone
 (keyed by the block) closes the rounds of every address that answered in it; a per-IP key would
 never see that ScanDone. Grouping by IP happens when the scan closes, so the output is still one
-round per (ip, scan id) (:func:`pipelines.glue.assemble`).
+round per (ip, scan id) (:func:`scanflow.lifecycle.rounds.assemble`).
 
 Time: a round closes when the watermark passes its ScanDone's element time (so every response sent
 before the ScanDone is in, whatever partition it came through), or ``round_timeout_s`` after its
@@ -33,8 +33,9 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from pipelines.beamfix import decline_nan_splits, lighten_state_cache_weigher
-from pipelines.glue import (RANGE_KEY_SEP, US, Done, Event, Round, assemble, complete_in, is_range_scan, range_key,
-                            scan_of_key, timer_time)
+from scanflow.lifecycle.rounds import (RANGE_KEY_SEP, US, Done, Event, Round, assemble, complete_in,
+                                       is_range_scan, range_key, scan_of_key)
+from pipelines.decode import timer_time
 
 _METRICS = "scanflow.rounds"
 #: Output of the bundle step: rounds complete within one bundle, keyed by IP.
@@ -219,7 +220,7 @@ def _by_address_in_ranges(scans: dict):
     A sweep of a national block runs for hours; its ScanDone comes at the end, and an address that
     answered at the start must not wait for it, nor be lost when the sweep's answers pause for longer
     than the round timeout. So each address's answers to a range scan are gathered on their own
-    (key :func:`~pipelines.glue.range_key`) and closed ``sweep_gather_s`` after its last answer,
+    (key :func:`~scanflow.lifecycle.rounds.range_key`) and closed ``sweep_gather_s`` after its last answer,
     whenever that is: the address is promoted to per-IP tracking then. The range's ScanDone closes
     nothing (it has no address of its own) and is not kept.
     """
@@ -249,7 +250,7 @@ def _complete_round(scan_id: str, batch) -> tuple[int, Round] | None:
 
 
 class AssembleRounds(beam.PTransform):
-    """:class:`~pipelines.glue.Event` / :class:`~pipelines.glue.Done` -> ``(ip, Round)``.
+    """:class:`~scanflow.lifecycle.rounds.Event` / :class:`~scanflow.lifecycle.rounds.Done` -> ``(ip, Round)``.
 
     One round per (ip, scan id): every IP that answered, plus the target of a single-address scan
     that answered nothing (its silence). ``horizon`` is for bounded replays: nothing is kept for

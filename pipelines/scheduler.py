@@ -48,7 +48,7 @@ class SchedulerOutputs:
 class Scheduler(beam.PTransform):
     """Events -> decisions, per-IP commands, state changes and archived observations.
 
-    Input: a PCollection of :class:`~pipelines.glue.Event` / :class:`~pipelines.glue.Done`, or a dict
+    Input: a PCollection of :class:`~scanflow.lifecycle.rounds.Event` / :class:`~scanflow.lifecycle.rounds.Done`, or a dict
     ``{"items": ..., "restore": ...}`` with the ``(ip, RestoreRecord)`` of a restart. ``horizon``
     (bounded replays) ends every timer before it; ``emit_states=False`` skips the ip-state records.
     """

@@ -1,9 +1,9 @@
 """Stage: read the scheduler's inputs from Kafka.
 
-- :class:`ReadEvents`: ``scanflow.events`` -> :class:`~pipelines.glue.Event` / :class:`~pipelines.glue.Done`
+- :class:`ReadEvents`: ``scanflow.events`` -> :class:`~scanflow.lifecycle.rounds.Event` / :class:`~scanflow.lifecycle.rounds.Done`
   through the Beam Kafka connector (live: consumer group, wall-clock watermark on idle partitions;
   replay: a time range) and decode-with-dead-letter. Besides what the codec refuses, a record with
-  an absurd time (:func:`pipelines.glue.check_times`) is a dead letter (``InvalidTimestamp``).
+  an absurd time (:func:`scanflow.lifecycle.rounds.check_times`) is a dead letter (``InvalidTimestamp``).
 - :class:`ReadIpStates`: ``scanflow.ip-state`` from the beginning to its end at start ->
   ``(ip, RestoreRecord)``, the state a restarted scheduler resumes from. Its watermark is held back
   until it is read completely, so no round is decided before every IP's state is restored. A record
@@ -33,8 +33,9 @@ from connectors.kafka_io import dead_letter_headers, make_consumer, topic_partit
 from scanflow.config import KafkaSettings
 
 from pipelines.changes import RestoreRecord
-from pipelines.glue import MAX_TIME_US, MIN_TIME_US, US, check_times, from_record
-from pipelines.state import STATE_HEADER, RefTable, unpack_header
+from scanflow.lifecycle.rounds import US
+from pipelines.decode import MAX_TIME_US, MIN_TIME_US, check_times, from_record
+from scanflow.lifecycle.state import STATE_HEADER, RefTable, unpack_header
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class InvalidState(InvalidRecord):
 
 class _EventCodec(AvroCodec):
     """The validating codec plus the scheduler's own check: absurd record times are refused
-    (:class:`pipelines.glue.InvalidTime`), so the decode step dead-letters them with their bytes."""
+    (:class:`scanflow.lifecycle.rounds.InvalidTime`), so the decode step dead-letters them with their bytes."""
 
     def __reduce__(self):
         return (_EventCodec, (self.registry,), {"validate": self.validate})
@@ -78,7 +79,7 @@ class _AnyRef(RefTable):
 
 def check_state_header(header: bytes) -> None:
     """:class:`InvalidState` unless ``header`` unpacks as a scheduler state (or tombstone mark)
-    whose times are finite and within :data:`pipelines.glue.MIN_TIME_US`..``MAX_TIME_US``."""
+    whose times are finite and within :data:`scanflow.lifecycle.rounds.MIN_TIME_US`..``MAX_TIME_US``."""
     try:
         tracked, updated_at = unpack_header(header, _AnyRef())
     except (ValueError, IndexError) as exc:

@@ -29,7 +29,7 @@ from apache_beam.utils.timestamp import Timestamp
 
 from scanflow.portsets import PortSet
 
-from pipelines.records import command_record
+from scanflow.lifecycle.records import command_record
 
 #: Most blocks one scheduler sweeps (2^24 /24 blocks is all of IPv4).
 MAX_BLOCKS = 1 << 24

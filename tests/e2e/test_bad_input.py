@@ -281,7 +281,7 @@ def _hostile_events(t_us: int) -> dict[str, tuple[bytes | None, bytes | None, st
 
 def _hostile_states(t_us: int) -> dict[str, tuple[bytes, bytes | None, list, str]]:
     """Named hostile records for the ip-state topic: (key, value, headers, dead-letter reason)."""
-    from pipelines.state import STATE_HEADER
+    from scanflow.lifecycle.state import STATE_HEADER
 
     codec, raw = default_codec(), AvroCodec(validate=False)
 
@@ -314,7 +314,7 @@ def test_hostile_events_and_ip_state_through_a_running_scheduler(kafka, loop_top
     import os
 
     from connectors.kafka_io import HEADER_ERROR_CLASS, HEADER_ERROR_MESSAGE
-    from pipelines.state import STATE_HEADER
+    from scanflow.lifecycle.state import STATE_HEADER
     from tests.e2e.conftest import kill9, stop
     from tests.e2e.test_faults import SCHEDULER
 

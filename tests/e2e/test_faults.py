@@ -191,7 +191,7 @@ def _answering(i: int) -> bool:
 
 def _produce_scans(kafka_options, topic: str, ips: list[int], start_s: float) -> None:
     """One complete per-IP scan of each IP: its responses, then its ScanDone."""
-    from pipelines.records import micros
+    from scanflow.lifecycle.records import micros
 
     with AvroProducer(kafka_options, event_time_timestamps=True) as producer:
         for k, i in enumerate(ips):

@@ -10,8 +10,8 @@ from apache_beam.testing.test_stream import TestStream as EventStream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
-from pipelines.glue import Done, Event
-from pipelines.records import micros
+from scanflow.lifecycle.rounds import Done, Event
+from scanflow.lifecycle.records import micros
 from pipelines.rounds import AssembleRounds
 
 T0 = 1_700_000_000.0

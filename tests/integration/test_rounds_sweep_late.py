@@ -15,8 +15,8 @@ from apache_beam.testing.test_stream import TestStream as EventStream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
-from pipelines.glue import TIMED_OUT, Done, Event, is_range_scan
-from pipelines.records import micros
+from scanflow.lifecycle.rounds import TIMED_OUT, Done, Event, is_range_scan
+from scanflow.lifecycle.records import micros
 from pipelines.rounds import AssembleRounds
 
 T0 = 1_700_000_000.0

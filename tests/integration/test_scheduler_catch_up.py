@@ -17,9 +17,9 @@ import pytest
 from apache_beam.testing.test_stream import TestStream as EventStream
 from apache_beam.transforms.window import TimestampedValue
 
-from pipelines.glue import Done, Event
+from scanflow.lifecycle.rounds import Done, Event
 from pipelines.policy_setup import build_policy
-from pipelines.records import micros
+from scanflow.lifecycle.records import micros
 from pipelines.scheduler import Scheduler
 from pipelines.settings import PipelineSettings
 from scanflow.config import Settings

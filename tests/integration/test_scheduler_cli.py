@@ -13,7 +13,7 @@ import time
 
 from connectors.avro_codec import default_codec, make_record
 from connectors.kafka_io import AvroProducer, make_consumer, topic_partitions
-from pipelines.records import micros
+from scanflow.lifecycle.records import micros
 
 HIK = b"HTTP/1.1 200 OK\r\nServer: Hikvision-Webs\r\n\r\n"
 

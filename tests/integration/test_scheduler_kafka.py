@@ -20,9 +20,9 @@ import apache_beam as beam
 
 from connectors.avro_codec import default_codec, make_record
 from connectors.kafka_io import AvroProducer, make_consumer, topic_partitions
-from pipelines.glue import US
+from scanflow.lifecycle.rounds import US
 from pipelines.policy_setup import build_policy
-from pipelines.records import command_id, micros, port_set_record
+from scanflow.lifecycle.records import command_id, micros, port_set_record
 from pipelines.runners import PRISM_JOB_ID, list_jobs
 from pipelines.scheduler import NO_STATE_CACHE, build_live
 from pipelines.settings import PipelineSettings

@@ -15,9 +15,9 @@ import apache_beam as beam
 from apache_beam.testing.test_stream import TestStream as EventStream
 from apache_beam.transforms.window import TimestampedValue
 
-from pipelines.glue import Done, Event, ref_of
+from scanflow.lifecycle.rounds import Done, Event, ref_of
 from pipelines.policy_setup import build_policy
-from pipelines.records import command_id, micros
+from scanflow.lifecycle.records import command_id, micros
 from pipelines.scheduler import Scheduler
 from pipelines.settings import PipelineSettings
 from scanflow.config import Settings

@@ -16,7 +16,8 @@ import sys
 import textwrap
 
 CORE = ["scanflow.fingerprint", "scanflow.knowledge", "scanflow.estimate", "scanflow.policy",
-        "scanflow.metrics", "scanflow.budget", "scanflow.portsets", "scanflow.world", "scanflow.simulate"]
+        "scanflow.metrics", "scanflow.budget", "scanflow.portsets", "scanflow.world", "scanflow.simulate",
+        "scanflow.lifecycle.step", "scanflow.lifecycle.rounds", "scanflow.lifecycle.state", "scanflow.lifecycle.records"]
 NEVER = ["apache_beam", "kafka", "confluent_kafka", "http.client", "urllib.request", "ssl", "requests",
          "connectors", "pipelines", "probe_agent"]
 

@@ -17,10 +17,11 @@ import apache_beam as beam
 import pytest
 from apache_beam.transforms.window import TimestampedValue
 
-from pipelines.glue import Done, from_record
+from scanflow.lifecycle.rounds import Done
+from pipelines.decode import from_record
 from pipelines.history import record_history, toy_world
 from pipelines.policy_setup import build_policy
-from pipelines.records import command_id
+from scanflow.lifecycle.records import command_id
 from pipelines.scheduler import build_replay, replay_runner
 from pipelines.settings import PipelineSettings
 from pipelines.sweeps import SweepPlan

@@ -25,7 +25,8 @@ import pytest
 from apache_beam.transforms.window import TimestampedValue
 
 from connectors.avro_codec import encode
-from pipelines.glue import Done, from_record
+from scanflow.lifecycle.rounds import Done
+from pipelines.decode import from_record
 from pipelines.policy_setup import build_policy
 from pipelines.scheduler import build_replay, replay_runner
 from pipelines.settings import PipelineSettings
@@ -137,8 +138,8 @@ def test_bounded_pipeline_decides_exactly_as_the_simulator(simulated, tmp_path, 
 # *recall*: non-responsive, but probed on its last ports every ``recall_interval`` for ``recall_for``
 # (``IpState.recall``). The pipeline used to keep per-IP state only for responsive IPs, so it dropped
 # the recall state at the demotion (no next scan time there, and every later recall round decided
-# from no state). It now keeps the state while a recall lasts (``pipelines/tracker.py``) and packs the
-# recall ports (``pipelines/state.py``); the decisions on recalled IPs are checked on their own so a
+# from no state). It now keeps the state while a recall lasts (``scanflow/lifecycle/step.py``) and packs the
+# recall ports (``scanflow/lifecycle/state.py``); the decisions on recalled IPs are checked on their own so a
 # regression there is named as such.
 
 RECALL = PolicyParams(recall_interval=12 * HOUR, recall_for=2 * DAY)

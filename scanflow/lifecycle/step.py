@@ -1,7 +1,7 @@
-"""What happens to one IP, as a pure function of its state, its rounds and the time: no Beam here.
+"""The per-IP step: what happens to one IP, as a pure function of its state, its rounds and the time.
 
-The Beam stage (:mod:`pipelines.changes`) keeps a :class:`~pipelines.state.Tracked` per IP and a bag
-of rounds waiting for the watermark, and calls :meth:`IpTracker.wake` when the IP's one event-time
+The Beam stage (:mod:`pipelines.changes`) keeps a :class:`~scanflow.lifecycle.state.Tracked` per IP and a bag
+of rounds waiting for the watermark, and calls :meth:`Lifecycle.wake` when the IP's one event-time
 timer fires. ``wake`` processes, in event-time order, every round that ended by then and the IP's
 due times:
 
@@ -22,12 +22,11 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Mapping, NamedTuple
 
+from scanflow.lifecycle.records import micros
+from scanflow.lifecycle.rounds import US, Round, observation, published_sets
+from scanflow.lifecycle.state import Tracked, short_hash
 from scanflow.policy import IpState, IpStatus, Observation, Reason, ScanPlan
 from scanflow.portsets import PortSet
-
-from pipelines.glue import US, Round, observation, published_sets
-from pipelines.records import micros
-from pipelines.state import Tracked, short_hash
 
 _INCONCLUSIVE = Observation(frozenset(), (), None, False)
 
@@ -63,7 +62,7 @@ class Snapshot(NamedTuple):
     updated_at: float
 
 
-class IpTracker:
+class Lifecycle:
     """Applies rounds and due times to one IP's :class:`Tracked` state with an efficient policy.
 
     ``horizon`` (replay only): no due time at or after it is scheduled, so a bounded run ends.

@@ -10,10 +10,9 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from scanflow.lifecycle.rounds import US, PortSetRef, Round
 from scanflow.policy import IpState, ScanPlan
 from scanflow.portsets import PortSet
-
-from pipelines.glue import US, PortSetRef, Round
 
 
 def _id(*parts: object) -> str:

@@ -3,12 +3,12 @@ restore."""
 
 from __future__ import annotations
 
-from pipelines.glue import Round
+from scanflow.lifecycle.rounds import Round
 from pipelines.policy_setup import build_policy
-from pipelines.records import micros
+from scanflow.lifecycle.records import micros
 from pipelines.settings import PipelineSettings
-from pipelines.state import Tracked
-from pipelines.tracker import Decided, Due, IpTracker, Snapshot, from_ip_state_record
+from scanflow.lifecycle.state import Tracked
+from scanflow.lifecycle.step import Decided, Due, Lifecycle, Snapshot, from_ip_state_record
 from scanflow.config import Settings
 from scanflow.policy import HOUR, IpState, IpStatus, Reason
 
@@ -22,7 +22,7 @@ TTL, TIMEOUT = 6 * HOUR, 1 * HOUR
 
 
 def _tracker(**kw):
-    return IpTracker(POLICY, command_ttl_s=TTL, round_timeout_s=TIMEOUT, **kw)
+    return Lifecycle(POLICY, command_ttl_s=TTL, round_timeout_s=TIMEOUT, **kw)
 
 
 def _round(scan, at, responses=((80, HIK, "http"),), status="COMPLETE", port_set=SILENT, policy="EFFICIENT"):

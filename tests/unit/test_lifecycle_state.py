@@ -7,7 +7,7 @@ from hypothesis import given, settings as hsettings, strategies as st
 
 from pipelines.policy_setup import build_policy
 from pipelines.settings import PipelineSettings
-from pipelines.state import RefTable, Tracked, pack, pack_header, short_hash, unpack, unpack_header
+from scanflow.lifecycle.state import RefTable, Tracked, pack, pack_header, short_hash, unpack, unpack_header
 from scanflow.config import Settings
 from scanflow.policy import IpState, IpStatus, Observation, Reason
 
@@ -123,8 +123,8 @@ def test_a_restored_tombstone_keeps_the_rounds_before_it_from_being_applied_agai
     from apache_beam.transforms.window import TimestampedValue
 
     from pipelines.changes import DetectChanges, RestoreRecord
-    from pipelines.glue import Round
-    from pipelines.records import micros
+    from scanflow.lifecycle.rounds import Round
+    from scanflow.lifecycle.records import micros
 
     silent = POLICY.port_sets.silent
     port_set = (silent.name, silent.version, ())
@@ -154,8 +154,8 @@ def test_a_demoted_ip_keeps_its_demotion_time_so_a_round_before_it_coming_again_
     from apache_beam.transforms.window import TimestampedValue
 
     from pipelines.changes import DetectChanges
-    from pipelines.glue import Round
-    from pipelines.records import micros
+    from scanflow.lifecycle.rounds import Round
+    from scanflow.lifecycle.records import micros
 
     silent = POLICY.port_sets.silent
     port_set = (silent.name, silent.version, ())

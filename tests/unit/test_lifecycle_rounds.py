@@ -4,9 +4,10 @@ against the real codec, so they honour the contract)."""
 from __future__ import annotations
 
 from connectors.avro_codec import AvroCodec, make_record
-from pipelines.glue import TIMED_OUT, Done, Event, assemble, from_record, observation, published_sets
+from scanflow.lifecycle.rounds import TIMED_OUT, Done, Event, assemble, observation, published_sets
+from pipelines.decode import from_record
 from pipelines.policy_setup import build_policy
-from pipelines.records import command_record, decision_record, ip_state_record, observation_record
+from scanflow.lifecycle.records import command_record, decision_record, ip_state_record, observation_record
 from pipelines.settings import PipelineSettings
 from scanflow.config import Settings
 from scanflow.policy import IpStatus
