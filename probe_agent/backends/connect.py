@@ -12,15 +12,16 @@ scanner's own link whose ARP never resolved stays in the kernel's neighbour queu
 the wire: such probes count no packet (the ARP requests are not IP packets and are not counted).
 
 A port is reported open only when the kernel says the connection is established: after asyncio's
-``sock_connect`` returns, the socket must have a peer (``getpeername``) and be ESTABLISHED or
-CLOSE_WAIT in ``TCP_INFO``; anything else is an ``ERROR`` ("not connected"), never an open port
-(docs/TESTBED.md, the phantom port).
+``sock_connect`` returns, the socket's peer (``getpeername``) must be the probe's address and port,
+and its state ESTABLISHED or CLOSE_WAIT in ``TCP_INFO``; anything else is an ``ERROR`` ("not
+connected"), never an open port (docs/TESTBED.md, the phantom port).
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import resource
 import socket
 import struct
@@ -93,13 +94,16 @@ def _tcp_counters(sock: socket.socket) -> tuple[int, int] | None:
     return struct.unpack_from("I", raw, _SEGS_OUT)[0], struct.unpack_from("Q", raw, _BYTES_SENT)[0]
 
 
-def _not_connected(sock: socket.socket) -> str | None:
-    """Why ``sock`` is not an established connection after a successful ``sock_connect`` (None when
-    it is): no peer, a pending socket error, or a TCP state other than ESTABLISHED/CLOSE_WAIT."""
+def _not_connected(sock: socket.socket, ip: str | None = None, port: int | None = None) -> str | None:
+    """Why ``sock`` is not an established connection to ``ip:port`` after a successful
+    ``sock_connect`` (None when it is): no peer, another peer than the probe's (the descriptor
+    names another socket), or a TCP state other than ESTABLISHED/CLOSE_WAIT."""
     try:
-        sock.getpeername()
+        peer = sock.getpeername()
     except OSError as exc:
         return f"no peer ({exc.strerror or exc})"
+    if ip is not None and (ipaddress.ip_address(peer[0]) != ipaddress.ip_address(ip) or peer[1] != port):
+        return f"connected to {peer[0]}:{peer[1]}, not to the probe's address"
     raw = _tcp_info(sock)
     if raw is not None and raw[0] not in (_TCP_ESTABLISHED, _TCP_CLOSE_WAIT):
         return f"TCP state {raw[0]}"
@@ -178,7 +182,7 @@ class ConnectGrabber:
                 # source port and the socket answers itself. Nothing listens there.
                 return ProbeResult(ip, port, ProbeStatus.CLOSED, packets=1, bytes=syn_bytes,
                                    timestamp_us=_now_us())
-            why = _not_connected(sock)
+            why = _not_connected(sock, ip, port)
             if why is not None:
                 # asyncio calls a connect successful when the socket turns writable with SO_ERROR 0;
                 # only an established connection is an open port.

@@ -185,7 +185,8 @@ class MasscanBackend(Backend):
         """The masscan command line for one chunk (an explicit interface, MAC, source and guard)."""
         s = self.settings
         cmd = [s.masscan_path, "--interface", s.masscan_interface, "--router-mac", s.masscan_router_mac,
-               "--adapter-ip", self.adapter_ip, "--source-port", str(self.source_port), "--rate", str(max(1, int(rate))), "--seed", str(s.seed),
+               "--adapter-ip", self.adapter_ip, "--source-port", str(self.source_port),
+               "--rate", str(max(1, int(rate))), "--seed", str(s.seed),
                "--ports", ",".join(map(str, ports)), "--include-file", include, "--excludefile", exclude,
                "--exclude", "255.255.255.255", "--wait", str(max(0, round(s.masscan_wait_s))),
                "--retries", str(s.masscan_retries), "--show", "closed", "--output-format", "ndjson",

@@ -147,6 +147,9 @@ def test_a_socket_that_is_not_connected_is_never_called_open():
                 peer, _ = server.accept()
                 with peer:
                     assert _not_connected(client) is None
+                    assert _not_connected(client, *server.getsockname()) is None
+                    # A descriptor that names another connection than the probe's is not its answer.
+                    assert "not to the probe's address" in _not_connected(client, "127.0.0.1", port)
     finally:
         fresh.close()
         refused.close()
