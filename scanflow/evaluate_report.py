@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from scanflow.metrics import HONEYPOT_MIN_PORTS, honeypot_threshold
 from scanflow.simulate import CHANGE_KINDS, EvaluationConfig, SeedResult, delay_samples
 from scanflow.world.dynamics import CLASS_NAMES, EVENT_NAMES
 
@@ -53,6 +54,7 @@ def build_summary(cfg: EvaluationConfig, derivation, results: Sequence[SeedResul
         "config": {"ips": cfg.ips, "weeks": cfg.weeks, "seeds": list(cfg.seeds), "loss": cfg.loss,
                    "desync": cfg.desync, "windows": list(cfg.windows), "world": cfg.world_config().as_dict(),
                    "survey_seed": cfg.survey_seed, "min_confidence": cfg.min_confidence,
+                   "honeypot_min_ports": honeypot_threshold(cfg.honeypot_min_ports),
                    "policy": _params_dict(cfg.params)},
         "port_sets": {"standard": len(d.standard), "silent": len(d.silent), "unknown": len(d.unknown),
                       "unknown_base_pdr": d.pdr_curve[0] if d.pdr_curve else None,
@@ -136,7 +138,12 @@ def format_table(summary: dict[str, Any]) -> str:
         lines.append(f"{p['weeks']:>2} w   run {p['run']}{p['standard_gb']:>11,}{p['efficient_gb']:>14,}"
                      f"{_pct(p['traffic_ratio'], 2):>9}{_pct(p['pdr']):>9}{'-':>9}"
                      f"{_pct(PAPER_ATTEMPTS[p['weeks']]):>10}")
-    lines.append("PDR*/DDR*: counting also IPs with >= 100 open ports (honeypots), which PDR/DDR leave out.")
+    threshold = cfg.get("honeypot_min_ports", HONEYPOT_MIN_PORTS)
+    if threshold:
+        lines.append(f"PDR*/DDR*: counting also IPs with >= {threshold} open ports (honeypots), "
+                     "which PDR/DDR leave out.")
+    else:
+        lines.append("PDR/DDR count every IP (--honeypot-min-ports 0): PDR*/DDR* are the same figures.")
     return "\n".join(lines)
 
 

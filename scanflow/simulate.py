@@ -33,7 +33,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from scanflow.metrics import ByteModel
+from scanflow.metrics import HONEYPOT_MIN_PORTS, ByteModel
 from scanflow.policy import IpStatus, Observation
 from scanflow.portsets import PortSet
 from scanflow.world.banners import NO_BANNER, RESPONSE_BYTES
@@ -387,10 +387,12 @@ def _decide_one(world: World, schedule: Schedule, policy, rule: BulkRule, masks:
 
 @dataclass(frozen=True)
 class WindowMetrics:
-    """The paper's figures for the first ``weeks`` of a run (efficient against standard).
+    """The paper's figures for the first ``weeks`` of a run (efficient against standard), by
+    :mod:`scanflow.metrics`.
 
-    ``pdr``/``ddr`` leave out IPs the standard scan found with >= 100 open ports (honeypots and
-    pseudo-services, which the paper does not count as IoT); ``pdr_all``/``ddr_all`` keep them.
+    ``pdr``/``ddr`` leave out IPs the standard scan found with ``honeypot_min_ports`` (100) or more
+    open ports (honeypots and pseudo-services, which the paper does not count as IoT; 0 = none left
+    out); ``pdr_all``/``ddr_all`` keep them.
     """
 
     weeks: float
@@ -412,42 +414,48 @@ class WindowMetrics:
     excluded_ips: int
     missed_ips_by_class: dict
     missed_cells_by_class: dict
+    honeypot_min_ports: int = HONEYPOT_MIN_PORTS
 
 
 def window_metrics(world: World, std: PolicyRun, eff: PolicyRun, slot: int, weeks: float,
-                   honeypot_min_ports: int = 100) -> WindowMetrics:
-    """Traffic, PDR, DDR and attempts over the rounds that start in the first ``weeks``."""
-    from scanflow.metrics import device_detection_rate, port_detection_rate, ratio
+                   honeypot_min_ports: int | None = HONEYPOT_MIN_PORTS) -> WindowMetrics:
+    """Traffic, PDR, DDR and attempts over the rounds that start in the first ``weeks``
+    (:func:`scanflow.metrics.compare_counts` on the cells found in them)."""
+    from scanflow.metrics import compare_cells, compare_counts, ips_of, judge_cells
     from scanflow.world.dynamics import CLASS_NAMES
 
     end = int(np.ceil(weeks * 7 * 86400 / slot - 1e-9))
     ps = std.cells[std.cell_round < end]
     pe = eff.cells[eff.cell_round < end]
-    ips, counts = np.unique(ps >> 16, return_counts=True)
-    noisy = ips[counts >= honeypot_min_ports]
-    ps_f, pe_f = ps[~np.isin(ps >> 16, noisy)], pe[~np.isin(pe >> 16, noisy)]
-    set_s, set_e = set(ps_f.tolist()), set(pe_f.tolist())
-    ds, de = set((ps_f >> 16).tolist()), set((pe_f >> 16).tolist())
+    cs, ce = _cell_pairs(ps), _cell_pairs(pe)
+    totals = {"standard_bytes": int(std.bytes[:end].sum()), "efficient_bytes": int(eff.bytes[:end].sum()),
+              "standard_attempts": int(std.attempts[:end].sum()), "efficient_attempts": int(eff.attempts[:end].sum())}
+    judged = judge_cells(cs, ce, honeypot_min_ports=honeypot_min_ports)
+    m = compare_counts(judged.counts(), **totals)
+    every = compare_cells(cs, ce, honeypot_min_ports=None, **totals)
     ip_class = np.full(world.n_ips, -1, dtype=np.int8)
     ip_class[world.segments.ip] = world.segments.cls
-    missed_ips = np.array(sorted(ds - de), dtype=np.int64)
-    missed_cells = np.array(sorted(set_s - set_e), dtype=np.int64)
+    missed_ips = np.array(sorted(ips_of(judged.standard) - ips_of(judged.efficient)), dtype=np.int64)
+    missed_cells = np.array([ip for ip, _ in judged.standard - judged.efficient], dtype=np.int64)
 
     def by_class(ips_: np.ndarray) -> dict:
         c = np.bincount(ip_class[ips_] + 1, minlength=len(CLASS_NAMES) + 1) if len(ips_) else np.zeros(5, int)
         return {name: int(c[i + 1]) for i, name in enumerate(CLASS_NAMES)}
 
-    sb, eb = int(std.bytes[:end].sum()), int(eff.bytes[:end].sum())
-    sa, ea = int(std.attempts[:end].sum()), int(eff.attempts[:end].sum())
     return WindowMetrics(
-        weeks=weeks, traffic_ratio=ratio(eb, sb), pdr=port_detection_rate(set_s, set_e),
-        ddr=device_detection_rate(ds, de), attempts_ratio=ratio(ea, sa),
-        pdr_all=port_detection_rate(set(ps.tolist()), set(pe.tolist())),
-        ddr_all=device_detection_rate(set((ps >> 16).tolist()), set((pe >> 16).tolist())),
-        standard_bytes=sb, efficient_bytes=eb, standard_attempts=sa, efficient_attempts=ea,
-        standard_cells=len(set_s), efficient_cells=len(set_e), common_cells=len(set_s & set_e),
-        standard_ips=len(ds), efficient_ips=len(de), excluded_ips=len(noisy),
-        missed_ips_by_class=by_class(missed_ips), missed_cells_by_class=by_class(missed_cells >> 16))
+        weeks=weeks, traffic_ratio=m.traffic_ratio, pdr=m.pdr, ddr=m.ddr, attempts_ratio=m.attempts_ratio,
+        pdr_all=every.pdr, ddr_all=every.ddr,
+        standard_bytes=m.standard_bytes, efficient_bytes=m.efficient_bytes,
+        standard_attempts=m.standard_attempts, efficient_attempts=m.efficient_attempts,
+        standard_cells=m.standard_cells, efficient_cells=m.efficient_cells, common_cells=m.common_cells,
+        standard_ips=m.standard_ips, efficient_ips=m.efficient_ips, excluded_ips=m.excluded_ips,
+        missed_ips_by_class=by_class(missed_ips), missed_cells_by_class=by_class(missed_cells),
+        honeypot_min_ports=m.honeypot_min_ports)
+
+
+def _cell_pairs(codes: np.ndarray) -> set[tuple[int, int]]:
+    """Cells coded ``ip << 16 | port`` as the (ip, port) pairs :mod:`scanflow.metrics` counts."""
+    return set(zip((codes >> 16).tolist(), (codes & 0xFFFF).tolist()))
 
 
 #: The changes of the world whose detection delay is reported: (name, device class, event kind).
@@ -506,7 +514,8 @@ def delay_samples(world: World, run: PolicyRun, cls: int, event: int) -> np.ndar
 class EvaluationConfig:
     """What ``scanflow evaluate`` runs: the world, its size and horizon, the seeds, the judging
     windows, the real-network artefacts to reproduce (``loss``, ``desync``), and the survey the port
-    sets are derived from (the paper's Dec 2018 full-port scan: 12.2 M addresses, 2.7 % answering)."""
+    sets are derived from (the paper's Dec 2018 full-port scan: 12.2 M addresses, 2.7 % answering).
+    ``honeypot_min_ports`` is the judging's honeypot exclusion (:mod:`scanflow.metrics`; 0 = none)."""
 
     ips: int = 100_000
     weeks: float = 8.0
@@ -521,6 +530,7 @@ class EvaluationConfig:
     record: bool = True
     params: "PolicyParams | None" = None
     min_confidence: float = 0.5
+    honeypot_min_ports: int | None = HONEYPOT_MIN_PORTS
 
     def world_config(self):
         """The world parameters with this evaluation's size and loss."""
@@ -586,5 +596,6 @@ def evaluate_seed(cfg: EvaluationConfig, seed: int, port_sets, kb=None, *,
     t0 = time.perf_counter()
     eff = run_policy(world, schedule, policy, record=cfg.record, ladder_len=len(params.ladder), progress=progress)
     clock["efficient"] = time.perf_counter() - t0
-    windows = [window_metrics(world, std, eff, schedule.slot, w) for w in sorted(set(cfg.windows)) if w <= cfg.weeks]
+    windows = [window_metrics(world, std, eff, schedule.slot, w, cfg.honeypot_min_ports)
+               for w in sorted(set(cfg.windows)) if w <= cfg.weeks]
     return SeedResult(seed, world, schedule, std, eff, windows, detection_delays(world, std, eff), clock)

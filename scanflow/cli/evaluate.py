@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from scanflow.cli import CliContext, pass_ctx
+from scanflow.metrics import HONEYPOT_MIN_PORTS
 
 
 def _weeks_list(text: str) -> tuple[float, ...]:
@@ -46,12 +47,15 @@ def _weeks_list(text: str) -> tuple[float, ...]:
 @click.option("--initial-scan", type=click.Choice(["standard", "silent"]), default=None,
               help="Port set of each IP's first scan: standard (the paper's classification scan) or silent "
                    "(start in the silent sweep). Default: policy.initial_scan of the configuration (standard).")
+@click.option("--honeypot-min-ports", type=click.IntRange(min=0), default=HONEYPOT_MIN_PORTS, show_default=True,
+              help="Leave IPs the standard scan found with this many open ports or more out of PDR and DDR "
+                   "(honeypots; 0 = keep every IP). PDR*/DDR* always keep them.")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
 @click.option("--no-parquet", is_flag=True, help="Skip the Parquet observations (faster, smaller).")
 @pass_ctx
 def evaluate(obj: CliContext, ips: int, weeks: float, seeds: int, out_dir: str, windows: str, loss: float, desync: bool,
              world_items: tuple[str, ...], survey_seed: int, survey_ips: int | None, initial_scan: str | None,
-             no_plots: bool, no_parquet: bool) -> None:
+             honeypot_min_ports: int, no_plots: bool, no_parquet: bool) -> None:
     """Run the standard and the efficient policy on the same synthetic internet and timeline.
 
     Derives the port sets from an emulated full-port survey (as the paper did), then for each seed
@@ -80,7 +84,8 @@ def evaluate(obj: CliContext, ips: int, weeks: float, seeds: int, out_dir: str, 
                                seeds=tuple(range(1, seeds + 1)), loss=loss, desync=desync, world=world_cfg,
                                survey_seed=survey_seed, survey_ips=survey_ips, record=not no_parquet,
                                params=_policy_params(params_from_settings(policy_settings), initial_scan),
-                               min_confidence=policy_settings.min_confidence)
+                               min_confidence=policy_settings.min_confidence,
+                               honeypot_min_ports=honeypot_min_ports)
         cfg.world_config()
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None

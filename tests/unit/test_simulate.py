@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 
 from scanflow.estimate import Estimator
 from scanflow.knowledge import load_knowledge
-from scanflow.metrics import ByteModel
+from scanflow.metrics import ByteModel, compare_cells
 from scanflow.policy import EfficientPolicy, Observation, PolicyParams, PolicyPortSets, StandardPolicy
 from scanflow.portsets import PortSet
 from scanflow.simulate import (SCANNER_STANDARD, EvaluationConfig, Schedule, bulk_silent_rule, cover,
@@ -151,14 +151,42 @@ def test_honeypots_are_left_out_of_pdr_but_counted_in_pdr_all():
     sched = zero_schedule(10)
     std = run_standard(world, sched, sets.standard)
     silent_first = EfficientPolicy(sets, Estimator(KB), PolicyParams(initial_scan="silent"))
-    m = window_metrics(world, std, run_policy(world, sched, silent_first), H, 2)
-    assert m.excluded_ips == 1
+    eff = run_policy(world, sched, silent_first)
+    m = window_metrics(world, std, eff, H, 2)
+    assert m.excluded_ips == 1 and m.honeypot_min_ports == 100
     assert m.pdr == 1.0 and m.ddr == 1.0
     assert m.pdr_all == pytest.approx(2 / 152) and m.ddr_all == pytest.approx(1 / 2)
+    # the exclusion is an option: off, PDR and DDR are PDR* and DDR*; above the honeypot's 150 ports, too
+    for off in (0, None, 151):
+        kept = window_metrics(world, std, eff, H, 2, honeypot_min_ports=off)
+        assert (kept.pdr, kept.ddr) == (m.pdr_all, m.ddr_all) and kept.excluded_ips == 0
+        assert kept.standard_cells == 152 and kept.missed_cells_by_class["honeypot"] == 150
     # the paper's start probes the honeypot with the standard set once and finds all its ports
     m = window_metrics(world, std, run_policy(world, sched, EfficientPolicy(sets, Estimator(KB))), H, 2)
     assert m.excluded_ips == 1 and m.pdr == 1.0 and m.ddr == 1.0
     assert m.pdr_all == 1.0 and m.ddr_all == 1.0
+
+
+def test_window_metrics_are_the_metrics_modules_figures_on_the_runs_cells():
+    honeypot = (5, 0, 14 * 86400, set(range(1000, 1150)), HONEYPOT_CLASS, INITIAL, HONEYPOT)
+    world = tiny_world([STATIC_HOST, SPORADIC_HOST, honeypot])
+    sets = hand_sets(extra_standard=range(1000, 1150))
+    sched = zero_schedule(10)
+    std = run_standard(world, sched, sets.standard)
+    eff = run_policy(world, sched, EfficientPolicy(sets, Estimator(KB), PolicyParams(initial_scan="silent")))
+    for weeks, end in ((1, 14), (2, 28)):
+        cells = [{(int(c >> 16), int(c & 0xFFFF)) for c, k in zip(run.cells, run.cell_round) if k < end}
+                 for run in (std, eff)]
+        totals = {"standard_bytes": int(std.bytes[:end].sum()), "efficient_bytes": int(eff.bytes[:end].sum()),
+                  "standard_attempts": int(std.attempts[:end].sum()),
+                  "efficient_attempts": int(eff.attempts[:end].sum())}
+        for threshold in (100, 0):
+            m = window_metrics(world, std, eff, H, weeks, honeypot_min_ports=threshold)
+            want = compare_cells(*cells, honeypot_min_ports=threshold, **totals)
+            got = {k: getattr(m, k) for k in ("pdr", "ddr", "traffic_ratio", "attempts_ratio", "standard_cells",
+                                              "efficient_cells", "common_cells", "standard_ips", "efficient_ips",
+                                              "excluded_ips", "honeypot_min_ports", *totals)}
+            assert got == {k: getattr(want, k) for k in got}, (weeks, threshold)
 
 
 def test_windows_count_only_their_own_rounds():

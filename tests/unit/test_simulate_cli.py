@@ -78,3 +78,21 @@ def test_the_silent_first_scan_variant_is_selectable(tmp_path, how, run):
     d1 = default["windows"]["1w"]["per_seed"][0]
     assert s1["efficient_bytes"] < d1["efficient_bytes"]
     assert s1["standard_bytes"] == d1["standard_bytes"]
+
+
+def test_the_honeypot_exclusion_is_an_option_and_metrics_json_says_which(tmp_path, run):
+    args = ["evaluate", "--ips", "3000", "--weeks", "2", "--seeds", "2", "--windows", "1", "--survey-ips", "300000",
+            "--no-plots", "--no-parquet", "--honeypot-min-ports", "0", "--out", str(tmp_path)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "PDR/DDR count every IP (--honeypot-min-ports 0)" in result.output
+    kept = json.loads((tmp_path / "metrics.json").read_text())
+    default = json.loads((run[0] / "metrics.json").read_text())
+    assert (kept["config"]["honeypot_min_ports"], default["config"]["honeypot_min_ports"]) == (0, 100)
+    assert "IPs with >= 100 open ports (honeypots), which PDR/DDR leave out" in run[1]
+    for window in ("1w", "2w"):
+        for k, d in zip(kept["windows"][window]["per_seed"], default["windows"][window]["per_seed"]):
+            assert (k["honeypot_min_ports"], k["excluded_ips"], d["honeypot_min_ports"]) == (0, 0, 100)
+            # without the exclusion PDR and DDR are the PDR* and DDR* of the default; nothing else moves
+            assert (k["pdr"], k["ddr"]) == (d["pdr_all"], d["ddr_all"]) == (k["pdr_all"], k["ddr_all"])
+            assert (k["traffic_ratio"], k["attempts_ratio"]) == (d["traffic_ratio"], d["attempts_ratio"])
