@@ -21,7 +21,8 @@ epoch seconds): :meth:`port_ranking` (the paper's Table 1), :meth:`derive_port_s
 port-set derivation of :mod:`scanflow.portsets`), :meth:`responsive_rates`, :meth:`change_rates`,
 :meth:`stable_share`, :meth:`backoff_distribution` and :meth:`backoff_latest` (Figure 6),
 :meth:`attempts_over_time` (Figure 7), :meth:`traffic` (Table 4) and :meth:`detection_rates` (PDR
-and DDR between two runs, by :mod:`scanflow.metrics`). Duplicate rows never change an answer.
+and DDR between two runs: set sizes counted in DuckDB, the formula and the honeypot exclusion of
+:mod:`scanflow.metrics`). Duplicate rows never change an answer.
 
 Large lakes: :meth:`prepare` computes each intermediate once per report (deduplicated scans and
 decisions, the distinct (policy, ip, port) cells, the per-round answers). The cells of the whole
@@ -42,6 +43,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from connectors.parquet_lake import TABLES, spec, table_files
+from scanflow.metrics import HONEYPOT_MIN_PORTS, CellCounts, compare_counts, count_cells, honeypot_threshold
 
 DEDUP_VIEWS = {name: f"{name}_dedup" for name in TABLES}
 EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
@@ -80,17 +82,9 @@ class Run:
     root: str | Path | None = None
 
 
-@dataclass(frozen=True)
-class DetectionRates:
-    """PDR and DDR of an efficient run against a standard run, with the set sizes behind them."""
-
-    pdr: float
-    ddr: float
-    standard_cells: int
-    efficient_cells: int
-    common_cells: int
-    standard_ips: int
-    efficient_ips: int
+#: PDR and DDR of an efficient run against a standard run, with the set sizes behind them and the
+#: honeypot exclusion applied (``pdr`` and ``ddr`` are computed by :mod:`scanflow.metrics`).
+DetectionRates = CellCounts
 
 
 class Catalog:
@@ -483,35 +477,40 @@ class Catalog:
         return {"scans": int(row[0]), "attempts": int(row[1]), "packets": int(row[2]), "bytes": int(row[3]),
                 "first": row[4], "last": row[5]}
 
-    def detection_rates(self, standard: Run, efficient: Run) -> DetectionRates:
-        """PDR and DDR of ``efficient`` against ``standard``, as :mod:`scanflow.metrics` defines them.
+    def detection_rates(self, standard: Run, efficient: Run, *,
+                        honeypot_min_ports: int | None = HONEYPOT_MIN_PORTS) -> DetectionRates:
+        """The set sizes behind PDR and DDR of ``efficient`` against ``standard`` (their ``pdr`` and
+        ``ddr`` by :mod:`scanflow.metrics`), with the honeypot exclusion: IPs with
+        ``honeypot_min_ports`` or more distinct open ports among the standard run's cells are left
+        out of both runs' cells (``None`` or 0: none).
 
-        Runs in this lake are compared in DuckDB (sizes of the cell and IP sets, their intersection
-        and union: millions of cells never become Python objects); a run in another lake is
-        compared with :func:`scanflow.metrics.port_detection_rate` and
-        :func:`~scanflow.metrics.device_detection_rate` on Python sets.
+        Runs in this lake are counted in DuckDB (the cell and IP sets, their intersections and the
+        exclusion: millions of cells never become Python objects); a run in another lake is counted
+        by :func:`scanflow.metrics.count_cells` on Python sets. Both give the same counts (tested).
         """
+        threshold = honeypot_threshold(honeypot_min_ports)
         if self._other(standard) is self and self._other(efficient) is self:
             s_sql, s_params = self._cells_src(standard.policy, standard.start, standard.end)
             e_sql, e_params = self._cells_src(efficient.policy, efficient.start, efficient.end)
-            ps, pe, common, ds, de, common_ips = self.con.sql(f"""
-                WITH s AS {s_sql}, e AS {e_sql}
+            # the exclusion of scanflow.metrics.honeypot_ips: IPs with >= threshold distinct open
+            # ports among the standard run's cells (each source is already distinct (ip, port))
+            honeypots = ("SELECT ip FROM s0 GROUP BY ip HAVING count(*) >= ?" if threshold
+                         else "SELECT ip FROM s0 WHERE false")
+            row = self.con.sql(f"""
+                WITH s0 AS {s_sql}, e0 AS {e_sql},
+                     hp AS ({honeypots}),
+                     s AS (SELECT ip, port FROM s0 ANTI JOIN hp USING (ip)),
+                     e AS (SELECT ip, port FROM e0 ANTI JOIN hp USING (ip)),
+                     ds AS (SELECT DISTINCT ip FROM s), de AS (SELECT DISTINCT ip FROM e)
                 SELECT (SELECT count(*) FROM s), (SELECT count(*) FROM e),
                        (SELECT count(*) FROM s JOIN e USING (ip, port)),
-                       (SELECT count(DISTINCT ip) FROM s), (SELECT count(DISTINCT ip) FROM e),
-                       (SELECT count(*) FROM (SELECT DISTINCT ip FROM s) JOIN (SELECT DISTINCT ip FROM e) USING (ip))""",
-                params=s_params + e_params).fetchall()[0]
-            union = ps + pe - common
-            # the definitions of scanflow.metrics: Jaccard of cells (1.0 when both are empty) and the
-            # share of the standard's IPs the efficient run found (1.0 when the standard found none)
-            return DetectionRates(common / union if union else 1.0, common_ips / ds if ds else 1.0,
-                                  ps, pe, common, ds, de)
-        from scanflow.metrics import device_detection_rate, ips_of, port_detection_rate
-
-        cs, ce = self._cell_set(standard), self._cell_set(efficient)
-        ds_set, de_set = ips_of(cs), ips_of(ce)
-        return DetectionRates(port_detection_rate(cs, ce), device_detection_rate(ds_set, de_set),
-                              len(cs), len(ce), len(cs & ce), len(ds_set), len(de_set))
+                       (SELECT count(*) FROM ds), (SELECT count(*) FROM de),
+                       (SELECT count(*) FROM ds JOIN de USING (ip)),
+                       (SELECT count(*) FROM hp)""",
+                params=s_params + e_params + ([threshold] if threshold else [])).fetchall()[0]
+            ps, pe, common, ds, de, common_ips, excluded = (int(x) for x in row)
+            return CellCounts(ps, pe, common, ds, de, common_ips, threshold, excluded)
+        return count_cells(self._cell_set(standard), self._cell_set(efficient), honeypot_min_ports=threshold)
 
     def _cell_set(self, run: Run) -> set[tuple[str, int]]:
         cat = self._other(run)
@@ -522,20 +521,25 @@ class Catalog:
                 cat.close()
         return set(zip(cells.column("ip").to_pylist(), cells.column("port").to_pylist()))
 
-    def traffic(self, standard: Run = Run("STANDARD"), efficient: Run = Run("EFFICIENT")) -> dict[str, Any]:
-        """The paper's Table 4 for one pair of runs: traffic of each (bytes the agents reported),
-        the ratio, PDR and DDR, and scan attempts of each with their ratio."""
-        from scanflow.metrics import ratio
-
+    def traffic(self, standard: Run = Run("STANDARD"), efficient: Run = Run("EFFICIENT"), *,
+                honeypot_min_ports: int | None = HONEYPOT_MIN_PORTS) -> dict[str, Any]:
+        """The paper's Table 4 for one pair of runs by :func:`scanflow.metrics.compare_counts`:
+        traffic of each (bytes the agents reported) and the ratio, PDR and DDR (with the honeypot
+        exclusion of :meth:`detection_rates`, and how many IPs it left out), scan attempts of each
+        and their ratio, and the set sizes behind PDR and DDR."""
         s, e = self.scan_totals(standard), self.scan_totals(efficient)
-        rates = self.detection_rates(standard, efficient)
+        c = compare_counts(self.detection_rates(standard, efficient, honeypot_min_ports=honeypot_min_ports),
+                           standard_bytes=s["bytes"], efficient_bytes=e["bytes"],
+                           standard_attempts=s["attempts"], efficient_attempts=e["attempts"])
         return {"period_start": s["first"], "period_end": s["last"],
-                "standard_bytes": s["bytes"], "efficient_bytes": e["bytes"],
-                "traffic_ratio": ratio(e["bytes"], s["bytes"]),
-                "pdr": rates.pdr, "ddr": rates.ddr,
-                "standard_attempts": s["attempts"], "efficient_attempts": e["attempts"],
-                "attempts_ratio": ratio(e["attempts"], s["attempts"]),
-                "standard_cells": rates.standard_cells, "efficient_cells": rates.efficient_cells}
+                "standard_bytes": c.standard_bytes, "efficient_bytes": c.efficient_bytes,
+                "traffic_ratio": c.traffic_ratio, "pdr": c.pdr, "ddr": c.ddr,
+                "standard_attempts": c.standard_attempts, "efficient_attempts": c.efficient_attempts,
+                "attempts_ratio": c.attempts_ratio,
+                "standard_cells": c.standard_cells, "efficient_cells": c.efficient_cells,
+                "common_cells": c.common_cells, "standard_ips": c.standard_ips, "efficient_ips": c.efficient_ips,
+                "common_ips": c.common_ips, "honeypot_min_ports": c.honeypot_min_ports,
+                "excluded_ips": c.excluded_ips}
 
 
 SETTLE_HOURS = 24.0

@@ -25,6 +25,7 @@ from typing import Any, Callable
 import pyarrow as pa
 
 from scanflow.estimate import safe_text
+from scanflow.metrics import HONEYPOT_MIN_PORTS
 
 FORMATS = ("table", "csv", "json")
 
@@ -136,11 +137,14 @@ def _write_csv(out: Path, name: str, table: pa.Table, files: list[Path]) -> None
 
 def build_report(root: str | Path, out: str | Path, *, start: Any = None, end: Any = None,
                  threads: int | None = None, plots: bool = True, sample: int | None = None,
-                 title: str = "scanflow lake report") -> ReportResult:
+                 title: str = "scanflow lake report",
+                 honeypot_min_ports: int | None = HONEYPOT_MIN_PORTS) -> ReportResult:
     """Run every canned query on the lake at ``root`` and write ``out/index.html`` with PNG plots
     and one CSV per table. Sections without data say so instead of failing. ``sample``: 1-in-n
     addresses for the per-round statistics (default: exact on lakes up to
-    :data:`connectors.duckdb_catalog.SAMPLE_ABOVE` response rows)."""
+    :data:`connectors.duckdb_catalog.SAMPLE_ABOVE` response rows). ``honeypot_min_ports``: Table 4's
+    PDR and DDR leave out IPs the standard run found with that many open ports or more
+    (:mod:`scanflow.metrics`; ``None`` or 0: none)."""
     from connectors.duckdb_catalog import Catalog, Run
 
     out = Path(out)
@@ -180,12 +184,14 @@ def build_report(root: str | Path, out: str | Path, *, start: Any = None, end: A
                             + f"<p>{derivation.responsive_ips:,} responsive IPs, {derivation.honeypot_ips:,} "
                               f"with 100 or more open ports left out.</p>")
 
-        traffic = timed("table4_traffic", lambda: cat.traffic(Run("STANDARD", start, end), Run("EFFICIENT", start, end)))
+        traffic = timed("table4_traffic", lambda: cat.traffic(Run("STANDARD", start, end), Run("EFFICIENT", start, end),
+                                                              honeypot_min_ports=honeypot_min_ports))
         sections.append("<h2>Table 4: traffic and detection, efficient against standard</h2>" + _html_table(
             [traffic], ["period_start", "period_end", "standard_bytes", "efficient_bytes", "traffic_ratio", "pdr",
-                        "ddr", "standard_attempts", "efficient_attempts", "attempts_ratio"],
+                        "ddr", "standard_attempts", "efficient_attempts", "attempts_ratio", "excluded_ips"],
             formats={"standard_bytes": _bytes, "efficient_bytes": _bytes, "traffic_ratio": _pct, "pdr": _pct,
-                     "ddr": _pct, "attempts_ratio": _pct}))
+                     "ddr": _pct, "attempts_ratio": _pct})
+            + f"<p>{html.escape(_exclusion_note(traffic))}</p>")
 
         rates = timed("responsive_rates", lambda: cat.responsive_rates(start=start, end=end))
         _write_csv(out, "responsive_rates", rates, result.files)
@@ -224,6 +230,15 @@ def build_report(root: str | Path, out: str | Path, *, start: Any = None, end: A
     result.index.write_text(_page(title, f"Lake {Path(root).name}, generated {generated}", sections), encoding="utf-8")
     result.files.insert(0, result.index)
     return result
+
+
+def _exclusion_note(traffic: dict[str, Any]) -> str:
+    if not traffic["honeypot_min_ports"]:
+        return "PDR and DDR count every IP (no honeypot exclusion)."
+    n = traffic["excluded_ips"]
+    return (f"PDR and DDR leave out {n:,} IP{'' if n == 1 else 's'} the standard scan found with "
+            f"{traffic['honeypot_min_ports']} or more open ports (honeypots, as the paper does); "
+            "scanflow report --honeypot-min-ports 0 counts them.")
 
 
 def _img(name: str) -> str:

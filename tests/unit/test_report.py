@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from connectors.report import build_report, cell_text, format_table
 from scanflow.cli import main
 from tests.unit.test_catalog_queries import HOSTILE, build_lake
+from tests.unit.test_metrics_lake import events_lake, python_figures
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -62,6 +63,19 @@ def test_the_report_of_an_empty_lake_says_so(tmp_path):
     result = build_report(tmp_path / "nothing", tmp_path / "out", plots=False)
     page = result.index.read_text(encoding="utf-8")
     assert page.count("No data in the lake for this section.") >= 4
+
+
+@pytest.mark.parametrize("threshold", [None, 100, 0])
+def test_table4_of_the_report_is_the_metrics_definition_and_names_its_exclusion(tmp_path, threshold):
+    kwargs = {} if threshold is None else {"honeypot_min_ports": threshold}
+    result = build_report(events_lake(tmp_path / "lake"), tmp_path / "out", plots=False, **kwargs)
+    page = result.index.read_text(encoding="utf-8")
+    want = python_figures(honeypot_min_ports=100 if threshold is None else threshold)
+    assert f"<td>{want.pdr:.2%}</td><td>{want.ddr:.2%}</td>" in page
+    if threshold == 0:
+        assert "PDR and DDR count every IP" in page
+    else:
+        assert "PDR and DDR leave out 2 IPs the standard scan found with 100 or more open ports" in page
 
 
 def test_scanflow_query_and_report_on_a_lake(tmp_path):
