@@ -2,7 +2,8 @@
 
     recorded events (a Kafka topic range, or the lake) -> per IP: its scan rounds, in time order
         -> the chosen policy's decide() on each round it would have made -> tallies, decisions
-        -> Table-4 comparison (scanflow.metrics.compare) + an evaluation lake (optional)
+        -> Table-4 comparison (scanflow.metrics.compare: the one definition of PDR, DDR, traffic and
+           attempts, with its honeypot exclusion) + an evaluation lake (optional)
 
 **Counterfactual replay.** From a recorded *standard* scan (every IP, every 12 h, the standard set),
 the efficient policy is evaluated seeing only the (IP, port, round) cells it would have probed:
@@ -44,7 +45,7 @@ from typing import Any, Iterable, Mapping, NamedTuple
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from scanflow.metrics import ByteModel, PolicyTally, compare
+from scanflow.metrics import HONEYPOT_MIN_PORTS, ByteModel, PolicyTally, compare, exclusion_line
 from scanflow.policy import Observation
 from scanflow.portsets import PortSet
 
@@ -504,6 +505,8 @@ class ReplayResult:
     unobserved_probes: int
     events: int
     ips: int
+    honeypot_min_ports: int = HONEYPOT_MIN_PORTS
+    excluded_ips: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """Plain values, for JSON."""
@@ -519,15 +522,19 @@ class ReplayResult:
                 "same byte model)",
                 f"scan attempts          {self.attempts_ratio:8.2%}  ({self.replayed_attempts:,} / {self.standard_attempts:,})",
                 f"probes                 {self.replayed_probes:,} / {self.standard_probes:,}; "
-                f"{self.unobserved_probes:,} probes of ports the recording never probed read as closed"]
+                f"{self.unobserved_probes:,} probes of ports the recording never probed read as closed",
+                exclusion_line(self.honeypot_min_ports, self.excluded_ips)]
 
     @classmethod
-    def of(cls, policy: str, counterfactual: bool, t: _Totals) -> "ReplayResult":
-        c = compare(t.standard, t.replayed)
+    def of(cls, policy: str, counterfactual: bool, t: _Totals,
+           honeypot_min_ports: int | None = HONEYPOT_MIN_PORTS) -> "ReplayResult":
+        """The comparison by :func:`scanflow.metrics.compare`; the cell counts are those PDR and DDR
+        are counted over (after the honeypot exclusion)."""
+        c = compare(t.standard, t.replayed, honeypot_min_ports=honeypot_min_ports)
         return cls(policy, counterfactual, c.pdr, c.ddr, c.traffic_ratio, c.attempts_ratio, c.standard_bytes,
                    c.efficient_bytes, c.standard_attempts, c.efficient_attempts, t.standard.probes,
-                   t.replayed.probes, len(t.standard.cells), len(t.replayed.cells), t.unobserved_probes,
-                   t.events, t.ips)
+                   t.replayed.probes, c.standard_cells, c.efficient_cells, t.unobserved_probes,
+                   t.events, t.ips, c.honeypot_min_ports, c.excluded_ips)
 
 
 class ReplayRecorded(beam.PTransform):
@@ -625,8 +632,10 @@ def default_policy(settings, name: str, port_sets=None):
 
 
 def run_replay(settings, spec: ReplaySpec, *, policy=None, port_sets=None, lake: str | None = None,
-               out_lake: str | None = None, runner: str = "fnapi", extra_args: list[str] | None = None) -> ReplayResult:
-    """Run a replay on the bounded runner and return the comparison."""
+               out_lake: str | None = None, runner: str = "fnapi", extra_args: list[str] | None = None,
+               honeypot_min_ports: int | None = HONEYPOT_MIN_PORTS) -> ReplayResult:
+    """Run a replay on the bounded runner and return the comparison (PDR and DDR without the IPs the
+    recording found with ``honeypot_min_ports`` or more open ports; ``None`` or 0: every IP)."""
     from pipelines.runners import pipeline_options
 
     policy = policy or default_policy(settings, spec.policy, port_sets)
@@ -634,13 +643,15 @@ def run_replay(settings, spec: ReplaySpec, *, policy=None, port_sets=None, lake:
         result_path = Path(tmp) / "result.json"
         pipeline = beam.Pipeline(options=pipeline_options(settings, streaming=False, runner=runner, extra=extra_args))
         totals = build_replay(pipeline, settings, spec, policy, lake=lake, out_lake=out_lake)
-        _ = totals | "Result" >> beam.Map(_write_result, str(result_path), policy.name, spec.counterfactual)
+        _ = totals | "Result" >> beam.Map(_write_result, str(result_path), policy.name, spec.counterfactual,
+                                          honeypot_min_ports)
         pipeline.run().wait_until_finish()
         return ReplayResult(**json.loads(result_path.read_text()))
 
 
-def _write_result(totals: _Totals, path: str, policy: str, counterfactual: bool) -> None:
-    Path(path).write_text(json.dumps(ReplayResult.of(policy, counterfactual, totals).as_dict()))
+def _write_result(totals: _Totals, path: str, policy: str, counterfactual: bool,
+                  honeypot_min_ports: int | None = HONEYPOT_MIN_PORTS) -> None:
+    Path(path).write_text(json.dumps(ReplayResult.of(policy, counterfactual, totals, honeypot_min_ports).as_dict()))
 
 
 def world_standard_records(world, schedule, standard: PortSet, *, rounds: int | None = None,

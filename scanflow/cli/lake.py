@@ -11,8 +11,11 @@ from pathlib import Path
 import click
 
 from scanflow.cli import CliContext, pass_ctx
+from scanflow.metrics import HONEYPOT_MIN_PORTS
 
 _LAKE_HELP = "Lake root directory (default: the [lake] root setting)."
+_HONEYPOT_HELP = ("Leave IPs the standard run found with this many open ports or more out of PDR and DDR "
+                  "(honeypots, as scanflow evaluate does; 0 = keep every IP, the figures before this option).")
 
 
 def _root(obj: CliContext, lake: str | None) -> Path:
@@ -72,9 +75,11 @@ def query(obj: CliContext, sql: str, fmt: str, lake: str | None, out_file: str |
 @click.option("--end", default=None, help="Only data before this time.")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots (no matplotlib needed).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="DuckDB threads (default: all cores).")
+@click.option("--honeypot-min-ports", type=click.IntRange(min=0), default=HONEYPOT_MIN_PORTS, show_default=True,
+              help=_HONEYPOT_HELP)
 @pass_ctx
 def report(obj: CliContext, out_dir: str, lake: str | None, start: str | None, end: str | None,
-           no_plots: bool, threads: int | None) -> None:
+           no_plots: bool, threads: int | None, honeypot_min_ports: int) -> None:
     """Write the canned report: port ranking (Table 1), derived port sets, traffic and detection
     rates (Table 4), responsive and change rates, back-off (Figure 6), attempts (Figure 7), banners."""
     from connectors.duckdb_catalog import as_time
@@ -88,7 +93,8 @@ def report(obj: CliContext, out_dir: str, lake: str | None, start: str | None, e
             _fail(f"{flag}: {exc}", 2)
     root = _root(obj, lake)
     try:
-        result = build_report(root, out_dir, start=start, end=end, threads=threads, plots=not no_plots)
+        result = build_report(root, out_dir, start=start, end=end, threads=threads, plots=not no_plots,
+                              honeypot_min_ports=honeypot_min_ports)
     except (RuntimeError, ValueError) as exc:
         _fail(str(exc))
     total = sum(result.timings.values())
@@ -114,10 +120,12 @@ def report(obj: CliContext, out_dir: str, lake: str | None, start: str | None, e
                    "derived from the recording in the lake.")
 @click.option("--tolerance", "tolerance_s", type=click.FloatRange(min=0), default=3600.0, show_default=True,
               help="Seconds a recorded round may come before the planned time and still be taken.")
+@click.option("--honeypot-min-ports", type=click.IntRange(min=0), default=HONEYPOT_MIN_PORTS, show_default=True,
+              help=_HONEYPOT_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
 @pass_ctx
 def replay(obj: CliContext, lake, out_lake, policy, counterfactual, source_policy, start, end, topic,
-           from_offsets, to_offsets, port_sets_dir, tolerance_s, as_json) -> None:
+           from_offsets, to_offsets, port_sets_dir, tolerance_s, honeypot_min_ports, as_json) -> None:
     """Replay a recorded scan through a policy on the bounded Beam pipeline (FnApiRunner) and
     compare it with the recording (Table 4 style). With --topic the recorded range is read from
     Kafka (--from-offset/--to-offset per partition, or --start/--end as a time range); otherwise
@@ -135,7 +143,7 @@ def replay(obj: CliContext, lake, out_lake, policy, counterfactual, source_polic
                           stop_offsets=_offsets(topic, to_offsets), tolerance_s=tolerance_s)
         port_sets = _port_sets(port_sets_dir, root, spec, topic)
         result = run_replay(obj.settings, spec, port_sets=port_sets, lake=None if topic else str(root),
-                            out_lake=out_lake)
+                            out_lake=out_lake, honeypot_min_ports=honeypot_min_ports)
     except ValueError as exc:
         _fail(str(exc), 2)
     if as_json:

@@ -1,6 +1,7 @@
 """Replay of recorded topic ranges on the bounded pipeline (FnApiRunner, real Kafka): the
 counterfactual replay of a simulator-recorded standard scan against the simulator's own efficient
-run on the same world, and determinism (same range, same policy -> same output)."""
+run on the same world, determinism (same range, same policy -> same output), and the replay's
+figures against its output lake's Table 4 when the recording holds a honeypot."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 
 from connectors.duckdb_catalog import Catalog
 from connectors.kafka_io import AvroProducer
-from connectors.parquet_lake import table_files
+from connectors.parquet_lake import table_files, write_table
 from pipelines.replay import RecordedRound, ReplaySpec, replay_ip, run_replay, world_standard_records
 from scanflow.estimate import Estimator
 from scanflow.knowledge import load_knowledge
@@ -162,3 +163,72 @@ def test_a_simulated_run_gives_a_lake_that_query_and_report_work_on(tmp_path):
                                  "--lake", evaluation, "--format", "json"])
     assert json.loads(query.output) == [{"policy": "EFFICIENT", "n": replayed["replayed_attempts"]},
                                         {"policy": "STANDARD", "n": 500 * 14}]
+
+
+def _honeypot_recording(root):
+    """A lake recorded from a tiny world with a static host, a sporadic one and a 150-port honeypot."""
+    from scanflow.world.dynamics import HONEYPOT_CLASS, INITIAL
+    from scanflow.world.hosts import HONEYPOT
+    from tests.unit.test_simulate import SPORADIC_HOST, STATIC_HOST, hand_sets, tiny_world, zero_schedule
+
+    honeypot = (5, 0, 14 * 86400, set(range(1000, 1150)), HONEYPOT_CLASS, INITIAL, HONEYPOT)
+    world = tiny_world([STATIC_HOST, SPORADIC_HOST, honeypot])
+    sets = hand_sets(extra_standard=range(1000, 1150))
+    records = list(world_standard_records(world, zero_schedule(10), sets.standard))
+    write_table(root, "events", [r for schema, r in records if schema == "ScanEvent"])
+    write_table(root, "scans", [r for schema, r in records if schema == "ScanDone"])
+    (root / "_portsets").mkdir()
+    for role in ("standard", "silent", "unknown"):
+        getattr(sets, role).write(root / "_portsets" / f"{role}.json")
+    return sets
+
+
+def test_the_replay_and_its_report_leave_the_same_honeypots_out(tmp_path, settings):
+    sets = _honeypot_recording(tmp_path / "rec")
+    policy = EfficientPolicy(sets, Estimator(load_knowledge()), PolicyParams())
+    results = {}
+    for threshold in (100, 0):
+        out = tmp_path / f"out-{threshold}"
+        result = run_replay(settings, ReplaySpec(), policy=policy, lake=str(tmp_path / "rec"), out_lake=str(out),
+                            honeypot_min_ports=threshold)
+        with Catalog(out) as cat:
+            table4 = cat.traffic(honeypot_min_ports=threshold)
+        assert (table4["pdr"], table4["ddr"], table4["traffic_ratio"], table4["attempts_ratio"]) == (
+            result.pdr, result.ddr, result.traffic_ratio, result.attempts_ratio)
+        assert (table4["standard_cells"], table4["efficient_cells"]) == (result.standard_cells, result.replayed_cells)
+        assert (table4["honeypot_min_ports"], table4["excluded_ips"]) == (result.honeypot_min_ports,
+                                                                          result.excluded_ips)
+        results[threshold] = result
+    judged, every = results[100], results[0]
+    assert (judged.excluded_ips, every.excluded_ips) == (1, 0)
+    assert every.standard_cells == judged.standard_cells + 150
+    assert judged.pdr != every.pdr  # the honeypot's ports count only without the exclusion
+    assert (judged.traffic_ratio, judged.attempts_ratio) == (every.traffic_ratio, every.attempts_ratio)
+    assert any("1 IP left out" in line for line in judged.lines())
+
+
+def test_scanflow_replay_and_report_take_the_honeypot_threshold(tmp_path):
+    from click.testing import CliRunner
+
+    from scanflow.cli import main
+
+    _honeypot_recording(tmp_path / "rec")
+    runner = CliRunner()
+    figures = {}
+    for threshold in ("100", "0"):
+        out, report = str(tmp_path / f"out-{threshold}"), tmp_path / f"report-{threshold}"
+        replayed = runner.invoke(main, ["replay", "--lake", str(tmp_path / "rec"), "--port-sets",
+                                        str(tmp_path / "rec" / "_portsets"), "--out", out, "--json",
+                                        "--honeypot-min-ports", threshold])
+        assert replayed.exit_code == 0, replayed.output
+        figures[threshold] = json.loads(replayed.output[replayed.output.index("{"):])
+        shown = runner.invoke(main, ["report", "--lake", out, "--out", str(report), "--no-plots",
+                                     "--honeypot-min-ports", threshold])
+        assert shown.exit_code == 0, shown.output
+        page = (report / "index.html").read_text(encoding="utf-8")
+        assert f"{figures[threshold]['pdr']:.2%}" in page and f"{figures[threshold]['ddr']:.2%}" in page
+        assert ("leave out 1 IP the standard scan found with 100 or more" in page if threshold == "100"
+                else "PDR and DDR count every IP" in page)
+    assert (figures["100"]["honeypot_min_ports"], figures["100"]["excluded_ips"]) == (100, 1)
+    assert (figures["0"]["honeypot_min_ports"], figures["0"]["excluded_ips"]) == (0, 0)
+    assert figures["100"]["pdr"] != figures["0"]["pdr"]
