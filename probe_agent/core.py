@@ -314,7 +314,10 @@ class Agent:
                 log.info("signal %s: stopping", signal.Signals(signum).name)
                 if on_first is not None:
                     on_first()
-            loop.call_soon_threadsafe(self.request_stop)
+            try:
+                loop.call_soon_threadsafe(self.request_stop)
+            except RuntimeError:  # the loop has already ended: nothing left to stop
+                pass
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, handler)

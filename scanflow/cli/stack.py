@@ -79,9 +79,10 @@ def topics() -> None:
 @pass_ctx
 def topics_create(obj: CliContext, path: str | None) -> None:
     """Create or reconcile the four scanflow topics; safe to run any number of times."""
-    from connectors.kafka_admin import admin_client, apply_topics, load_topic_specs
+    from connectors.kafka_admin import admin_client, apply_topics, load_topic_specs, require_topics
 
     specs = load_topic_specs(obj.settings.topics, path)
+    require_topics(obj.settings.kafka, {})      # no broker: one line and exit 4, not a 30 s traceback
     admin = admin_client(obj.settings.kafka)
     try:
         apply_topics(admin, specs, report=lambda line: click.echo(f"topics: {line}"))
@@ -93,8 +94,9 @@ def topics_create(obj: CliContext, path: str | None) -> None:
 @pass_ctx
 def topics_list(obj: CliContext) -> None:
     """List the topics on the cluster with their partition counts."""
-    from connectors.kafka_admin import admin_client
+    from connectors.kafka_admin import admin_client, require_topics
 
+    require_topics(obj.settings.kafka, {})
     admin = admin_client(obj.settings.kafka)
     try:
         names = sorted(admin.list_topics())

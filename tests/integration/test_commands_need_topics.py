@@ -28,3 +28,19 @@ def test_a_missing_topic_is_one_line_and_exit_4(kafka, tmp_path, argv, names):
     assert missing in errors[0] and "scanflow topics create" in errors[0]
     assert all(name in errors[0] for name in names)
     assert not list(tmp_path.rglob("*.parquet")), "nothing written"
+
+
+@pytest.mark.parametrize("argv", [["topics", "create"], ["topics", "list"]], ids=["create", "list"])
+def test_no_broker_is_one_line_and_exit_4(argv):
+    """Nothing answers at the bootstrap address (a port of this machine nobody listens on)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = subprocess.run([sys.executable, "-m", "scanflow", "--set", f"kafka.bootstrap_servers=127.0.0.1:{port}",
+                          *argv], cwd=REPO_ROOT, capture_output=True, text=True, timeout=180)
+    assert "Traceback" not in out.stderr, out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("scanflow: error:")]
+    assert out.returncode == 4 and len(errors) == 1, out.stderr
+    assert f"127.0.0.1:{port}" in errors[0] and "scanflow infra up" in errors[0]
