@@ -9,7 +9,9 @@ per (ip, port):
 - every live port of the policy's port sets is recorded (with a banner where the service speaks);
 - nmap, where installed, sees the same open ports on those port sets;
 - the run began with the first pass (reason INITIAL, the initial set, every block), no two scans of
-  one block overlap, every responsive address got a decision and at least one rescan.
+  one block overlap, every responsive address got a decision and at least one rescan;
+- the packets and bytes the ScanDones report equal what the capture saw the scanner send (ARP
+  excluded), within 1 %.
 
 Root only (namespaces): skipped with the reason elsewhere.
 """
@@ -74,6 +76,11 @@ def _check(tb: Testbed, cap, lake, backend: str) -> None:
                             "FROM decisions_dedup GROUP BY ip").to_pylist()
         per_ip_scans = cat.sql("SELECT target, count(*) AS n FROM scans_dedup WHERE NOT contains(target, '/') "
                                "GROUP BY target").to_pylist()
+        reported = cat.sql("SELECT sum(packets_sent) AS p, sum(bytes_sent) AS b FROM scans_dedup").to_pylist()[0]
+    # The traffic the lake reports is what left the scanner (ARP excluded), within 1 %.
+    wire_packets, wire_bytes = cap.sent()
+    assert abs(reported["p"] - wire_packets) <= 0.01 * wire_packets, (reported, wire_packets)
+    assert abs(reported["b"] - wire_bytes) <= 0.01 * wire_bytes, (reported, wire_bytes)
     # Zero false positives: every port recorded open answered with a SYN-ACK on the wire.
     assert opened <= wire, f"recorded open without a SYN-ACK on the wire: {sorted(opened - wire)}"
     # Everything there, within the policy's port sets, was found; and nothing else answered.
