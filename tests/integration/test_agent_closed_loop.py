@@ -63,7 +63,7 @@ def test_scheduler_and_sim_agent_close_the_loop(kafka, make_topic, settings, pri
     cfg = dataclasses.replace(settings, topics=topics, policy=policy_settings)
     pipeline = PipelineSettings(round_timeout_s=60, rewind_s=120, command_ttl_s=3600, watermark_lag_s=1.0,
                                 group_id=f"loop-scheduler-{uuid.uuid4().hex[:8]}", sweep_ranges=(WORLD,),
-                                sweep_prefix=24, sweep_tick_s=1.0)
+                                sweep_prefix=24, sweep_tick_s=1.0, sweep_gather_s=2.0)
     policy = build_policy(cfg, pipeline)
     for ps in (policy.port_sets.standard, policy.port_sets.silent, policy.port_sets.unknown):
         ps.write(tmp_path / f"{ps.name}-v{ps.version}.json")   # the agent resolves named sets here
