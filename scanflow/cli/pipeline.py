@@ -59,9 +59,14 @@ def run(obj: CliContext, runner, job_endpoint, duration, pipeline_args) -> None:
     """Consume scanflow.events, decide per IP with the efficient policy and send ScanCommands to
     scanflow.commands (sweeps included); state changes go to scanflow.ip-state. Resumes from the
     consumer group's offsets and the ip-state topic after a restart."""
+    from connectors.kafka_admin import require_topics
     from pipelines.scheduler import run_live
     from pipelines.settings import pipeline_settings
 
+    t = obj.settings.topics
+    # One line naming `scanflow topics create` (exit 4) instead of a reader failing after 30 s.
+    require_topics(obj.settings.kafka, {"topics.events": t.events, "topics.commands": t.commands,
+                                        "topics.ip_state": t.ip_state, "topics.dead_letter": t.dead_letter})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = obj.settings
     ps = pipeline_settings(settings)

@@ -136,6 +136,9 @@ def run(obj: CliContext, ips, days, day_seconds, agents, backend, allow, no_firs
         if rc != 0:
             _fail(f"kafka broker failed (exit {rc}); see the lines above, or use --skip-kafka-up "
                   "with an external cluster", 1)
+    from connectors.kafka_admin import require_topics
+
+    require_topics(settings.kafka, {})   # the broker answers (one line and exit 4 if not); the run makes its topics
     loop = Loop(spec, settings, echo=click.echo)
     try:
         result = loop.run()

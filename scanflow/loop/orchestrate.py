@@ -212,6 +212,8 @@ class Loop:
         self.logs = spec.run_dir / "logs"
         self._lake_cache: dict[Path, int] = {}
         self._consumer = None
+        #: True when an interrupted run left its topics for a later archive (see :meth:`archive_command`).
+        self.kept_for_archive = False
 
     # ---- children -------------------------------------------------------------------------
     def _child_env(self) -> dict[str, str]:
@@ -419,10 +421,12 @@ class Loop:
         """Start everything, show progress until the virtual period ends, stop cleanly, archive,
         summarise and report.
 
-        The run's topics are deleted at the end unless ``keep_topics``, whether the run ended, was
-        interrupted (Ctrl-C or SIGTERM of this process) or failed (a process died, the scheduler
-        did not start): a failure raises :class:`LoopError` naming the log to read, after the
-        children are stopped and the topics deleted.
+        The run's topics are deleted at the end unless ``keep_topics``, whether the run ended or
+        failed (a process died, the scheduler did not start): a failure raises :class:`LoopError`
+        naming the log to read, after the children are stopped and the topics deleted. An
+        interrupted run (Ctrl-C or SIGTERM of this process) stops within seconds: every child at
+        once, no archive; its topics are kept so that no event is lost, and the command that
+        archives them is printed.
         """
         restore = self._on_sigterm_interrupt()
         try:
@@ -443,7 +447,7 @@ class Loop:
                 except Exception:  # noqa: BLE001 - closing a progress consumer must not hide the outcome
                     pass
                 self._consumer = None
-            if not self.spec.keep_topics:
+            if not self.spec.keep_topics and not self.kept_for_archive:
                 self.delete_topics()
 
     def _on_sigterm_interrupt(self) -> Callable[[], None]:
@@ -511,7 +515,19 @@ class Loop:
         finally:
             loop_wall = time.monotonic() - loop_started
             self._sample_memory()
-            self.stop_all()
+            if interrupted:
+                self.stop_fast()
+            else:
+                self.stop_all()
+        if interrupted:
+            # Stopped within seconds: the events stay in the run's topics (kept), nothing is
+            # archived half-way; the lake holds the observations and decisions made so far.
+            self.kept_for_archive = True
+            self.echo(f"run: interrupted: its topics are kept so no event is lost; archive them with\n"
+                      f"  {self.archive_command()}\n"
+                      f"then delete the topics {', '.join(self.topics.values())}")
+            return LoopResult(spec.run_id, time.monotonic() - t0, loop_wall, progress, dict(self.peak_kb), {},
+                              "", True)
         progress = self.sample(start if "start" in locals() else time.time())
         progress.virtual_days = min(spec.days, loop_wall / spec.day_seconds)
         self._show(progress, final=True)
@@ -524,6 +540,25 @@ class Loop:
             report_index = self.write_report()
         return LoopResult(spec.run_id, time.monotonic() - t0, loop_wall, progress, dict(self.peak_kb), summary,
                           report_index, interrupted)
+
+    def stop_fast(self, timeout_s: float = 8.0) -> None:
+        """An interrupted run's stop: SIGTERM to every child at once, the rest killed after
+        ``timeout_s`` (the agents commit nothing unfinished, so their commands would run again; the
+        lake's files appear only whole, by rename)."""
+        for p in self.procs:
+            if p.alive():
+                p.popen.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for p in self.procs:
+            p.stop(max(0.1, deadline - time.monotonic()))
+
+    def archive_command(self) -> str:
+        """The command that archives this run's events into its lake later."""
+        import shlex
+
+        args = [*self.spec.cli_args, f"--set=topics.events={self.topics['events']}", "lake", "archive",
+                "--lake", str(self.spec.lake_dir)]
+        return "scanflow " + " ".join(shlex.quote(a) for a in args)
 
     def stop_all(self) -> None:
         """Agents first (SIGTERM: they finish or hand back their commands), then the scheduler once

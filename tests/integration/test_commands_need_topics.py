@@ -16,7 +16,8 @@ from scanflow.config import REPO_ROOT
     (["--set", "topics.events={missing}", "lake", "archive", "--lake", "{lake}"], ["topics.events"]),
     (["--set", "topics.dead_letter={missing}", "lake", "archive", "--lake", "{lake}", "--live"], ["topics.dead_letter"]),
     (["replay", "--lake", "{lake}", "--topic", "{missing}", "--port-sets", "{lake}"], ["--topic"]),
-], ids=["archive", "archive-live", "replay-topic"])
+    (["--set", "topics.commands={missing}", "pipeline", "run", "--duration", "5"], ["topics.commands"]),
+], ids=["archive", "archive-live", "replay-topic", "pipeline-run"])
 def test_a_missing_topic_is_one_line_and_exit_4(kafka, tmp_path, argv, names):
     missing = f"absent-{uuid.uuid4().hex[:8]}"
     args = [a.format(missing=missing, lake=tmp_path) for a in argv]
@@ -30,7 +31,8 @@ def test_a_missing_topic_is_one_line_and_exit_4(kafka, tmp_path, argv, names):
     assert not list(tmp_path.rglob("*.parquet")), "nothing written"
 
 
-@pytest.mark.parametrize("argv", [["topics", "create"], ["topics", "list"]], ids=["create", "list"])
+@pytest.mark.parametrize("argv", [["topics", "create"], ["topics", "list"], ["run", "--skip-kafka-up", "--days", "1"]],
+                         ids=["create", "list", "run"])
 def test_no_broker_is_one_line_and_exit_4(argv):
     """Nothing answers at the bootstrap address (a port of this machine nobody listens on)."""
     import socket
