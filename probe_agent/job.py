@@ -70,7 +70,9 @@ class PortSetCatalog:
             return self._sets[(name, version)]
         except KeyError:
             where = self.directory or "(agent.portset_dir is not set)"
-            raise KeyError(f"port set {name}@v{version} is not published in {where}") from None
+            raise KeyError(f"port set {name}@v{version} is not published in {where}; a scheduler publishes "
+                           "its sets to <infra.state_dir>/portsets when it starts, copy them here or point "
+                           "agent.portset_dir at them") from None
 
 
 @dataclass

@@ -126,6 +126,11 @@ def agent(obj: CliContext, scan_targets: tuple[str, ...], ports: str | None, unt
     if progress is not None:
         values["progress"] = "on" if progress else "off"
     settings = settings_from_mapping(values, base)
+    if not settings.portset_dir:
+        # Where a scheduler on this machine publishes its named port sets (pipelines.policy_setup).
+        published = obj.settings.infra.state_path() / "portsets"
+        published.mkdir(parents=True, exist_ok=True)
+        settings = settings.replace(portset_dir=str(published)).validate()
     if scan_targets and not ports:
         raise ConfigError("--scan needs --ports, e.g. --ports 22,80")
     targets = scan_targets_of(scan_targets) if scan_targets else []
