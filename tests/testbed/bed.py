@@ -29,6 +29,7 @@ import random
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -110,6 +111,18 @@ def testbed_skip_reason() -> str | None:
 testbed_skip_reason.__test__ = False  # tests import it; pytest must not collect it
 
 
+def require_testbed() -> None:
+    """Skip the calling test with the reason (``pytest.skip``) when the testbed cannot be built here;
+    outside pytest, raise RuntimeError with it."""
+    reason = testbed_skip_reason()
+    if reason:
+        if "pytest" in sys.modules:
+            import pytest
+
+            pytest.skip(reason)
+        raise RuntimeError(reason)
+
+
 class _Ns:
     """One namespace of the testbed."""
 
@@ -184,9 +197,7 @@ class Testbed:
     # -- building ------------------------------------------------------------------------------------
 
     def __enter__(self) -> "Testbed":
-        reason = testbed_skip_reason()
-        if reason:
-            raise RuntimeError(reason)
+        require_testbed()
         self.tmp.mkdir(parents=True, exist_ok=True)
         sweep_stale()
         atexit.register(self.close)
