@@ -127,8 +127,44 @@ class Agent:
         self._opened = False
         self._assigned = False
         self._caught_up = False
+        #: Ranges being scanned now, each with the event set when its scan ends (:meth:`_one_at_a_time`).
+        self._ranges: list[tuple[Any, asyncio.Event]] = []
 
     # -- one command -------------------------------------------------------------------------------
+
+    async def _one_at_a_time(self, prepared: Prepared, from_group: bool) -> asyncio.Event | None:
+        """Wait until no range of ``prepared`` overlaps a range this agent is scanning now, then
+        claim them; returns the event to set when the scan ends (None: no range, nothing claimed).
+
+        Two sweeps of one block must never run at once (a slow sweep on a fast clock, a command
+        delivered again): they would double the packets its addresses get and interleave two rounds'
+        answers. A block's commands share its key, hence its partition and its agent, so a guard in
+        the agent is enough.
+        """
+        nets = [t.network for t in prepared.targets if not t.is_single]
+        if not nets:
+            return None
+        while True:
+            busy = [ev for net, ev in self._ranges if any(n.overlaps(net) for n in nets if n.version == net.version)]
+            if not busy:
+                break
+            self.metrics.commands["waited-for-range"] += 1
+            while not busy[0].is_set():
+                if self._stop.is_set() and from_group:
+                    raise NotStarted(prepared.command_id)
+                try:
+                    await asyncio.wait_for(busy[0].wait(), 0.5)
+                except asyncio.TimeoutError:
+                    pass
+        done = asyncio.Event()
+        self._ranges.extend((net, done) for net in nets)
+        return done
+
+    def _release(self, done: asyncio.Event | None) -> None:
+        if done is None:
+            return
+        done.set()
+        self._ranges = [(net, ev) for net, ev in self._ranges if ev is not done]
 
     async def open(self) -> None:
         """Open the backend (checks its prerequisites)."""
@@ -172,6 +208,15 @@ class Agent:
             start_us = self._now_us()
         if self._stop.is_set() and from_group:
             raise NotStarted(prepared.command_id)
+        claim = await self._one_at_a_time(prepared, from_group)
+        if claim is not None and not virtual:
+            start_us = self._now_us()
+        try:
+            return await self._run_command(prepared, start_us, virtual)
+        finally:
+            self._release(claim)
+
+    async def _run_command(self, prepared: Prepared, start_us: int, virtual: bool) -> list[TargetTally]:
         run = CommandRun(prepared, self.settings, bucket=self.bucket, polite=self.polite,
                          exclusions=self.exclusions, tracked=self.tracked, publisher=self.publisher,
                          metrics=self.metrics, start_us=start_us, clock=self.clock, virtual=virtual,

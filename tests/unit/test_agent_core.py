@@ -253,3 +253,40 @@ def test_a_malformed_target_is_refused_with_a_dead_letter_never_raised(tmp_path,
     assert len(rec.dead) == 1 and rec.dead[0][2] == "InvalidIp"
     assert rec.dead[0][1] is None or bad.encode() in rec.dead[0][1]
     assert [t.status for t in tallies] == ["REFUSED"] and rec.dones[0]["target"] == "198.18.0.1"
+
+
+class InterleavingBackend(TableBackend):
+    """Yields to the event loop after every probe, and notes which command each probe belonged to."""
+
+    def __init__(self, settings):
+        super().__init__(settings, {})
+        self.order: list[str] = []
+
+    async def run(self, job):
+        async for probe in job.probes():
+            self.order.append(job.prepared.command_id)
+            job.report(ProbeResult(probe.ip, probe.port, ProbeStatus.CLOSED, packets=1, bytes=60,
+                                   target=probe.target))
+            await asyncio.sleep(0)
+
+
+def test_two_scans_of_one_range_never_run_at_once(tmp_path):
+    agent = make_agent(tmp_path)
+    agent.tracked.caught_up.set()
+    backend = agent.backend = InterleavingBackend(agent.settings)
+    first = command(["198.18.0.0/28"], [22, 80], command_id="sweep-1", reason="SWEEP")
+    second = command(["198.18.0.0/28"], [23, 443], command_id="sweep-2", reason="SWEEP")
+    other = command(["198.18.0.64/28"], [22], command_id="other-block", reason="SWEEP")
+
+    async def both():
+        return await asyncio.gather(agent.execute(first), agent.execute(second), agent.execute(other))
+
+    asyncio.run(both())
+    ids = [i for i in backend.order if i != "other-block"]
+    # All of the first sweep's probes, then all of the second's: never interleaved.
+    assert ids == ["sweep-1"] * 32 + ["sweep-2"] * 32
+    # A scan of another block is not held up: it ran while the first sweep did.
+    first_other = backend.order.index("other-block")
+    assert first_other < backend.order.index("sweep-2")
+    assert agent.metrics.commands["waited-for-range"] == 1
+    assert [d["status"] for d in agent.publisher.dones] == ["COMPLETE"] * 3
