@@ -9,7 +9,8 @@ SYN retransmissions included) plus the close (FIN, and the ACK of the peer's FIN
 60 bytes for an IPv4 SYN with its options, 52 for other segments with timestamps (80/72 on IPv6).
 A closed port costs the SYNs only (the RST comes from the target). A SYN to an address on the
 scanner's own link whose ARP never resolved stays in the kernel's neighbour queue and never reaches
-the wire: such probes count no packet (the ARP requests are not IP packets and are not counted).
+the wire: such probes count no packet (the ARP requests are not IP packets and are not counted; see
+:class:`Neighbours`).
 
 A port is reported open only when the kernel says the connection is established: after asyncio's
 ``sock_connect`` returns, the socket's peer (``getpeername``) must be the probe's address and port,
@@ -42,19 +43,25 @@ _ATF_COM = 0x02  # /proc/net/arp flag: the entry is resolved
 
 
 class Neighbours:
-    """The IPv4 neighbour (ARP) table of this network namespace, from ``/proc/net/arp``, re-read at
-    most every ``max_age_s``. Only addresses on the scanner's own link have entries; a probe's
-    address whose entry is there but unresolved never had its SYN sent."""
+    """What the kernel knows about the scanner's own link, for counting SYNs that never left.
 
-    def __init__(self, max_age_s: float = 0.1, path: str = "/proc/net/arp"):
-        self.max_age_s, self.path = max_age_s, path
-        self._at = float("-inf")
+    The neighbour (ARP) table from ``/proc/net/arp``, re-read at most every ``max_age_s``, and the
+    main routing table from ``/proc/net/route`` (every second). A probe's address that is on a
+    link of this host (its best route has no gateway) and has no resolved neighbour entry never had
+    a SYN sent: it waited for ARP and was dropped (a failed entry may already have been collected).
+    Routed addresses (a gateway) never count as unresolved."""
+
+    def __init__(self, max_age_s: float = 0.1, arp: str = "/proc/net/arp", route: str = "/proc/net/route"):
+        self.max_age_s, self.arp_path, self.route_path = max_age_s, arp, route
+        self._at = self._routes_at = float("-inf")
         self._flags: dict[str, int] = {}
+        self._routes: list[tuple[int, int, bool]] = []     # (network, mask, on-link), longest first
+        self._on_link: dict[str, bool] = {}
 
     def _load(self) -> None:
         table: dict[str, int] = {}
         try:
-            with open(self.path) as fh:
+            with open(self.arp_path) as fh:
                 next(fh, None)
                 for line in fh:
                     parts = line.split()
@@ -68,14 +75,52 @@ class Neighbours:
         self._flags = table
         self._at = time.monotonic()
 
+    def _load_routes(self) -> None:
+        routes = []
+        try:
+            with open(self.route_path) as fh:
+                next(fh, None)
+                for line in fh:
+                    parts = line.split()
+                    if len(parts) < 8:
+                        continue
+                    try:
+                        dest, flags, mask = (int(parts[1], 16), int(parts[3], 16), int(parts[7], 16))
+                    except ValueError:
+                        continue
+                    # Host byte order (little-endian here); RTF_GATEWAY 0x2, RTF_REJECT 0x200.
+                    dest, mask = (struct.unpack(">I", struct.pack("<I", v))[0] for v in (dest, mask))
+                    routes.append((dest, mask, not flags & 0x2 and not flags & 0x200))
+        except OSError:
+            pass
+        routes.sort(key=lambda r: bin(r[1]).count("1"), reverse=True)
+        self._routes = routes
+        self._on_link = {}
+        self._routes_at = time.monotonic()
+
+    def on_link(self, ip: str) -> bool:
+        """True when the best route of ``ip`` (main table) has no gateway."""
+        if time.monotonic() - self._routes_at > 1.0:
+            self._load_routes()
+        known = self._on_link.get(ip)
+        if known is None:
+            value = struct.unpack(">I", socket.inet_aton(ip))[0]
+            known = next((link for net, mask, link in self._routes if value & mask == net), False)
+            if len(self._on_link) > 100_000:
+                self._on_link.clear()
+            self._on_link[ip] = known
+        return known
+
     def unresolved(self, ip: str) -> bool:
-        """True when ``ip`` is a neighbour whose link-layer address was never resolved."""
+        """True when ``ip`` is on this host's link and its link-layer address is not resolved."""
         if ":" in ip:
             return False
         if time.monotonic() - self._at > self.max_age_s:
             self._load()
         flags = self._flags.get(ip)
-        return flags is not None and not flags & _ATF_COM
+        if flags is not None:
+            return not flags & _ATF_COM
+        return self.on_link(ip)
 
 
 def _tcp_info(sock: socket.socket) -> bytes | None:
