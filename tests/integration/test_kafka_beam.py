@@ -313,7 +313,9 @@ def test_nothing_is_committed_when_the_sink_fails(kafka, make_topic):
     out = make_topic("commit-fail-out", partitions=1, **{"max.message.bytes": "1024"})
     group = f"scanflow-test-{uuid.uuid4().hex[:8]}"
     _produce(kafka, topic, [_event(i) for i in range(300)])
-    with pytest.raises(Exception, match="not acknowledged"):
+    # The sink's error says the records were not acknowledged; on a loaded machine the runner has
+    # been seen to surface the producer's own error for them instead ("Future not done").
+    with pytest.raises(Exception, match="not acknowledged|Future not done"):
         _read_and_copy(kafka, topic, group, out).run().wait_until_finish()
     consumer = make_consumer(kafka, group_id=group)
     committed = committed_offsets(consumer, topic_partitions(consumer, [topic]))
