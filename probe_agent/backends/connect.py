@@ -29,7 +29,7 @@ import struct
 import time
 
 from probe_agent.backends import Backend, BackendError, Job, Probe, ProbeResult, ProbeStatus
-from probe_agent.banners import Ask, ask_for, identify, request_for
+from probe_agent.banners import Ask, TelnetRefuser, ask_for, identify, request_for
 from probe_agent.settings import AgentSettings
 
 # struct tcp_info offsets (linux/tcp.h): tcpi_segs_out (u32) and tcpi_bytes_sent (u64, Linux 4.19+).
@@ -270,6 +270,7 @@ class ConnectGrabber:
         protocol: str | None = None
         first_us = 0
         eof = False
+        telnet = TelnetRefuser()   # a Telnet negotiation is answered with refusals only (banners.py)
 
         async def read(timeout: float) -> bool:
             """One read; False on timeout or EOF."""
@@ -291,6 +292,15 @@ class ConnectGrabber:
             if not first_us:
                 first_us = _now_us()
             buf.extend(chunk)
+            refusals = telnet.feed(chunk)
+            if refusals:
+                # A telnetd that waits for its options' answers before it shows its banner and login
+                # prompt gets them: WONT / DONT, nothing else (never a terminal type or a credential).
+                try:
+                    async with asyncio.timeout(max(0.01, deadline - loop.time())):
+                        await loop.sock_sendall(sock, refusals)
+                except (OSError, TimeoutError, asyncio.TimeoutError):
+                    pass
             return True
 
         async def send(kind: Ask) -> None:

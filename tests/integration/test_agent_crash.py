@@ -192,3 +192,52 @@ def test_finished_commands_are_committed_when_a_rebalance_takes_their_partition(
             agent.kill()
             agent.wait(10)
         s.close()
+
+
+def test_a_command_whose_partition_goes_to_another_agent_stops_at_once(kafka, make_topic, tmp_path):
+    """Two long commands on the two partitions of the commands topic, both running on one agent; a
+    second agent joins and takes one partition. The first agent stops the command of the partition
+    it lost at once (ABORTED, its traffic reported) instead of finishing it while the new owner
+    runs it again: before, both agents scanned the same target at the same time (the field report's
+    second sweep of a block starting while the first still ran). The other command goes on."""
+    from kafka.partitioner.default import murmur2
+
+    s = Setup(make_topic, tmp_path)
+    s.commands = make_topic("agent-cmd2", 2)
+    keys = {}
+    for i in range(100):
+        key = f"k{i}".encode()
+        keys.setdefault((murmur2(key) & 0x7FFFFFFF) % 2, key)
+    ports = sorted([s.ssh, s.ftp, s.http, s.silent, s.closed])
+    with AvroProducer(kafka) as producer:
+        for partition in (0, 1):
+            producer.send(s.commands, "ScanCommand", make_record(
+                "ScanCommand", command_id=f"long-{partition}", targets=["127.0.0.1"],
+                port_set={"name": None, "version": None, "ports": ports}, reason="INITIAL"), key=keys[partition])
+    agents = []
+    try:
+        first = s.agent("--set", "read_timeout_s=30", "--agent-id", "first")
+        agents.append(first)
+        started = read_records(kafka, s.events, lambda out: sum(d.schema == "ScanEvent" for _, d in out) >= 6,
+                               timeout_s=120)
+        assert sum(d.schema == "ScanEvent" for _, d in started) >= 6, s.log_of(first)
+        second = s.agent("--set", "read_timeout_s=30", "--agent-id", "second")
+        agents.append(second)
+
+        def revoked(out):
+            return any(d.schema == "ScanDone" and "partition revoked" in (d.record["status_detail"] or "")
+                       for _, d in out)
+
+        got = read_records(kafka, s.events, revoked, timeout_s=120)
+        dones = [d.record for _, d in got if d.schema == "ScanDone"]
+        stopped = [d for d in dones if "partition revoked" in (d["status_detail"] or "")]
+        assert len(stopped) == 1 and stopped[0]["agent_id"] == "first" and stopped[0]["status"] == "ABORTED", dones
+        assert stopped[0]["packets_sent"] >= 5               # what it sent is reported
+        # The first agent's other command was not stopped by the rebalance.
+        assert not any(d["agent_id"] == "first" and d["command_id"] != stopped[0]["command_id"]
+                       and d["status"] == "ABORTED" for d in dones), dones
+    finally:
+        for agent in agents:
+            agent.kill()
+            agent.wait(10)
+        s.close()

@@ -126,3 +126,48 @@ def test_an_unknown_interface_is_a_clear_error_at_start():
     backend = ConnectBackend(settings(interface="nosuchif0"))
     with pytest.raises(BackendError, match="nosuchif0"):
         asyncio.run(backend.open())
+
+
+def test_a_telnetd_that_waits_for_answers_gets_refusals_only_and_its_banner_is_read():
+    """Like BusyBox's telnetd: four options asked (DO ECHO... WILL ...), the banner and login prompt
+    only once they are answered. The grabber refuses each, once, and reads what follows; it never
+    sends a terminal type, a window size or anything typed."""
+    negotiation = bytes([255, 253, 1, 255, 253, 3, 255, 251, 24, 255, 251, 31])   # DO 1, DO 3, WILL 24, WILL 31
+    banner = b"\r\nBusyBox v1.19.4 (2013-02-18) built-in shell\r\ndvr login: "
+    received = []
+
+    async def main():
+        finished = asyncio.Event()
+
+        async def telnetd(reader, writer):
+            writer.write(negotiation)
+            await writer.drain()
+            answers = b""
+            try:
+                while len(answers) < 12:
+                    chunk = await asyncio.wait_for(reader.read(64), 3)
+                    if not chunk:
+                        break
+                    answers += chunk
+            except asyncio.TimeoutError:
+                pass
+            received.append(answers)
+            if len(answers) >= 12:
+                writer.write(banner)
+                await writer.drain()
+            received.append(await reader.read(100))   # anything more, until the grabber closes
+            writer.close()
+            finished.set()
+
+        server, port = await serve(telnetd)
+        async with server:
+            result = await ConnectGrabber(settings(ask_unknown=False)).grab("127.0.0.1", port)
+            await asyncio.wait_for(finished.wait(), 5)
+        return result
+
+    result = asyncio.run(main())
+    # WONT ECHO, WONT SGA (answers to DO), DONT TTYPE, DONT NAWS (answers to WILL); then nothing.
+    assert received[0] == bytes([255, 252, 1, 255, 252, 3, 255, 254, 24, 255, 254, 31])
+    assert received[1] == b""
+    assert result.status is ProbeStatus.OPEN and result.kind == "BANNER"
+    assert result.banner == negotiation + banner
