@@ -7,7 +7,7 @@
     columns ``date`` (DATE) and ``hour`` (INTEGER). A table without files is an empty view of the
     right columns, so queries work on a fresh lake.
 ``events_dedup`` ``scans_dedup`` ``observations_dedup`` ``decisions_dedup`` ``ip_state_dedup``
-    one row per key (``event_id``; ``scan_id, target``; ``ip, scan_id, policy``; ``decision_id``;
+    one row per key (``event_id``; ``scan_id, target, agent_id, started_at``; ``ip, scan_id, policy``; ``decision_id``;
     ``ip, policy, updated_at``): the lake without at-least-once duplicates.
 ``ip_state_latest``
     the newest state per (ip, policy).
@@ -255,10 +255,10 @@ class Catalog:
                           CAST(sum(addresses_probed) AS BIGINT) AS attempts, CAST(sum(packets_sent) AS BIGINT) AS packets,
                           CAST(sum(bytes_sent) AS BIGINT) AS bytes, min(started_at) AS first_started,
                           max(ended_at) AS last_ended
-                   FROM (SELECT {p}scan_id, target, any_value(policy) AS policy, any_value(started_at) AS started_at,
+                   FROM (SELECT {p}scan_id, target, agent_id, started_at, any_value(policy) AS policy,
                                 any_value(ended_at) AS ended_at, any_value(addresses_probed) AS addresses_probed,
                                 any_value(packets_sent) AS packets_sent, any_value(bytes_sent) AS bytes_sent
-                         FROM {rows} WHERE {where} GROUP BY {p}scan_id, target)
+                         FROM {rows} WHERE {where} GROUP BY {p}scan_id, target, agent_id, started_at)
                    GROUP BY ALL"""
 
     def _decisions_daily_sql(self, rows: str, part: bool = False, where: str = "true") -> str:

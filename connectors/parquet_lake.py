@@ -10,7 +10,7 @@ Layout (``root`` is ``[lake] root``)::
 table          Avro record      partitioned by  duplicate key (ids kept in the files)
 =============  ===============  ==============  ======================================
 events         ScanEvent        timestamp       event_id
-scans          ScanDone         ended_at        scan_id, target
+scans          ScanDone         ended_at        scan_id, target, agent_id, started_at
 observations   Observation      ended_at        ip, scan_id, policy
 decisions      Decision         decided_at      decision_id
 ip_state       IpState          updated_at      ip, policy, updated_at
@@ -83,7 +83,9 @@ class TableSpec:
 
 TABLES: dict[str, TableSpec] = {t.name: t for t in (
     TableSpec("events", "ScanEvent", "timestamp", ("event_id",)),
-    TableSpec("scans", "ScanDone", "ended_at", ("scan_id", "target")),
+    # One row per execution of a scan: a command run again (its agent lost the partition, or died
+    # before committing) keeps its scan id, and both executions' packets went out.
+    TableSpec("scans", "ScanDone", "ended_at", ("scan_id", "target", "agent_id", "started_at")),
     TableSpec("observations", "Observation", "ended_at", ("ip", "scan_id", "policy")),
     TableSpec("decisions", "Decision", "decided_at", ("decision_id",)),
     TableSpec("ip_state", "IpState", "updated_at", ("ip", "policy", "updated_at")),
