@@ -63,10 +63,6 @@ def run(obj: CliContext, runner, job_endpoint, duration, pipeline_args) -> None:
     from pipelines.scheduler import run_live
     from pipelines.settings import pipeline_settings
 
-    t = obj.settings.topics
-    # One line naming `scanflow topics create` (exit 4) instead of a reader failing after 30 s.
-    require_topics(obj.settings.kafka, {"topics.events": t.events, "topics.commands": t.commands,
-                                        "topics.ip_state": t.ip_state, "topics.dead_letter": t.dead_letter})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = obj.settings
     ps = pipeline_settings(settings)
@@ -77,6 +73,11 @@ def run(obj: CliContext, runner, job_endpoint, duration, pipeline_args) -> None:
     if chosen == "fnapi":
         raise click.UsageError("the FnApiRunner runs bounded pipelines only; use `scanflow pipeline replay`, "
                                "or --runner prism for the live scheduler")
+    t = settings.topics
+    # Bad input first (exit 2); then one line naming `scanflow topics create` (exit 4) instead of a
+    # reader failing after 30 s.
+    require_topics(settings.kafka, {"topics.events": t.events, "topics.commands": t.commands,
+                                    "topics.ip_state": t.ip_state, "topics.dead_letter": t.dead_letter})
     click.echo(f"scheduler: {settings.topics.events} -> {settings.topics.commands} on {chosen}"
                f" (group {ps.group_id}; sweeps over {len(ps.sweep_ranges)} ranges)")
 
