@@ -127,9 +127,6 @@ class Agent:
         self._opened = False
         self._assigned = False
         self._caught_up = False
-        #: The partition each running command came from (its revocation stops the command).
-        self._task_tps: dict[asyncio.Task, Any] = {}
-        self._revoked_pending: set = set()
         #: Ranges being scanned now, each with the event set when its scan ends (:meth:`_one_at_a_time`).
         self._ranges: list[tuple[Any, asyncio.Event]] = []
 
@@ -421,9 +418,6 @@ class Agent:
             # coroutine (the coroutine behind ``commit()``; kafka-python is pinned to 3.0.x).
             async def on_partitions_revoked(self, revoked):
                 # Commit what is finished in the partitions we lose; the rest is re-run by the next owner.
-                # Which partitions are really lost is known at the assignment that follows (an eager
-                # rebalance revokes everything, then may give a partition back).
-                agent._revoked_pending |= set(revoked)
                 try:
                     offsets = agent._finished_offsets(set(revoked))
                     if offsets:
@@ -434,13 +428,6 @@ class Agent:
                 agent.tracker.revoke(revoked)
 
             async def on_partitions_assigned(self, assigned):
-                # Commands of partitions that went to another agent stop here now (ABORTED, their
-                # traffic reported): two agents must never scan one block at once (twice the packets
-                # to its addresses, two rounds interleaved). This runs on the client's IO thread:
-                # the agent's tasks are touched on its own loop.
-                lost, agent._revoked_pending = agent._revoked_pending - set(assigned), set()
-                if lost:
-                    loop.call_soon_threadsafe(agent._abandon_revoked, lost)
                 agent._assigned = True
                 log.info("assigned %s", sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
 
@@ -481,8 +468,6 @@ class Agent:
                             task = asyncio.create_task(self._handle(rec))
                             tasks.add(task)
                             task.add_done_callback(tasks.discard)
-                            self._task_tps[task] = _tp(rec)
-                            task.add_done_callback(lambda t: self._task_tps.pop(t, None))
                     if tasks or self.tracker.outstanding() or not self._caught_up:
                         idle_since = now
                     elif until_idle_s is not None and now - idle_since >= until_idle_s:
@@ -554,18 +539,6 @@ class Agent:
                 self._fatal = inner
                 return
         self.tracker.finish(_tp(rec), rec.offset)
-
-    def _abandon_revoked(self, revoked: set) -> None:
-        """Stop the commands that came from partitions this agent just lost (see the revocation
-        listener): their runs end ABORTED and their offsets stay uncommitted for the next owner."""
-        for cid, task in list(self._inflight_ids.items()):
-            if self._task_tps.get(task) not in revoked or task.done():
-                continue
-            for run in list(self.runs):
-                if run.prepared.command_id == cid:
-                    run.abort("partition revoked; the command runs again on its next owner")
-            self.metrics.commands["revoked"] += 1
-            task.cancel()
 
     async def _handle_record(self, rec) -> None:
         try:

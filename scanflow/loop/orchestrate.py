@@ -332,8 +332,33 @@ class Loop:
                 raise LoopError(f"the scheduler did not start within 180 s; see {proc.log_path}")
             time.sleep(0.2)
 
+    def wait_for_agents(self, timeout_s: float = 60.0) -> None:
+        """Return once the agents' consumer group is stable with every agent in it (or after
+        ``timeout_s``, saying so: the run goes on, its first commands may then run twice)."""
+        from connectors.kafka_admin import admin_client
+
+        group = f"scanflow-run-{self.spec.run_id}-agents"
+        deadline = time.monotonic() + timeout_s
+        admin = admin_client(self.settings.kafka)
+        try:
+            while time.monotonic() < deadline:
+                self._check_alive()
+                try:
+                    info = admin.describe_groups([group]).get(group) or {}
+                except Exception:  # noqa: BLE001 - the group may not exist yet
+                    info = {}
+                state = info.get("group_state") or info.get("state")
+                if state == "Stable" and len(info.get("members") or []) >= self.spec.agents:
+                    return
+                time.sleep(0.5)
+        finally:
+            admin.close()
+        self.echo(f"run: the agents' group {group} did not settle within {timeout_s:.0f} s; going on")
+
     def start_agents(self, epoch_us: int) -> None:
         spec = self.spec
+        # The scheduler publishes its named port sets here when it starts (after the agents).
+        (spec.run_dir / "portsets").mkdir(parents=True, exist_ok=True)
         for k in range(spec.agents):
             args = ["agent", "--backend", spec.backend, "--group", f"scanflow-run-{spec.run_id}-agents",
                     "--agent-id", f"{spec.backend}-agent-{k}", "--no-progress", "--seed", str(spec.seed + k),
@@ -487,10 +512,15 @@ class Loop:
             self.echo("[3/7] prism job server ...")
             endpoint = self.start_prism()
             start = float(int(time.time()))
-            self.echo(f"[4/7] scheduler on Prism ({endpoint}) ...")
-            self.start_scheduler(endpoint, start)
-            self.echo(f"[5/7] {spec.agents} {spec.backend} agent(s) ...")
+            # The agents first, and the scheduler once their group has settled: an agent joining
+            # while another already runs the first commands makes the group hand those commands to
+            # it as well (both would scan the same block at once).
+            self.echo(f"[4/7] {spec.agents} {spec.backend} agent(s) ...")
             self.start_agents(int(start) * 1_000_000)
+            self.wait_for_agents()
+            start = float(int(time.time())) if not spec.sim else start
+            self.echo(f"[5/7] scheduler on Prism ({endpoint}) ...")
+            self.start_scheduler(endpoint, start)
             # The virtual clock runs from the moment the scheduler's sweeps start.
             loop_started = time.monotonic() - (time.time() - start)
             period = spec.days * spec.day_seconds

@@ -121,7 +121,7 @@ def test_connect_loop_finds_exactly_what_is_on_the_testbed(kafka, prism_binary, 
     if reason:
         pytest.skip(reason)
     with Testbed(tmp_path / "bed", layout="sparse24", seed=13) as tb:
-        out, cap, lake = _run(kafka, tb, tmp_path, "connect", days=1.5, extra=[])
+        out, cap, lake = _run(kafka, tb, tmp_path, "connect", days=2.5, extra=[])
         _check(tb, cap, lake, "connect")
         ports = sorted(_policy_ports())
         nmap = tb.nmap(ports)
@@ -138,5 +138,5 @@ def test_masscan_loop_finds_exactly_what_is_on_the_multi_block_testbed(kafka, pr
                  "--set", f"agent.masscan_router_mac={tb.router_mac}",
                  "--set", f"agent.masscan_adapter_ip={tb.scanner_ip}",
                  "--set", "agent.masscan_wait_s=1"]
-        out, cap, lake = _run(kafka, tb, tmp_path, "masscan", days=1.5, extra=extra)
+        out, cap, lake = _run(kafka, tb, tmp_path, "masscan", days=2.5, extra=extra)
         _check(tb, cap, lake, "masscan")

@@ -84,7 +84,7 @@ def test_scheduler_that_cannot_start_fails_the_run_in_one_line_and_deletes_its_t
     text = out.stdout + out.stderr
     run_id = _run_id(out.stdout)
     # The topics were created before the scheduler was started, and it is the scheduler that failed.
-    assert "[4/7] scheduler" in out.stdout, text
+    assert "[5/7] scheduler" in out.stdout, text
     assert out.returncode == 1, text
     errors = [line for line in text.splitlines() if line.startswith("scanflow: error:")]
     assert len(errors) == 1, text
