@@ -45,6 +45,7 @@ from typing import Any, Iterable, Mapping, NamedTuple
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from scanflow.lifecycle.rounds import resolve_port_set
 from scanflow.metrics import HONEYPOT_MIN_PORTS, ByteModel, PolicyTally, compare, exclusion_line
 from scanflow.policy import Observation
 from scanflow.portsets import PortSet
@@ -241,7 +242,7 @@ def assemble_rounds(items: Iterable[tuple], published: Mapping[tuple[str, int], 
         if done is not None:
             _, _, ended, status, ref, probed, policy, agent = done
             at, complete = ended / US, status == "COMPLETE"
-            port_set = _resolve(ref, published)
+            port_set = resolve_port_set(ref, published)
         else:
             at, complete, port_set, probed, policy, agent = last_ts[sid] / US, False, None, 0, "UNKNOWN", ""
         out.append(RecordedRound(at, sid, policy, frozenset(ports),
@@ -249,15 +250,6 @@ def assemble_rounds(items: Iterable[tuple], published: Mapping[tuple[str, int], 
                                  port_set, probed, complete, agent))
     out.sort(key=lambda r: (r.at, r.scan_id))
     return out, n_events
-
-
-def _resolve(ref, published) -> PortSet | None:
-    if ref is None:
-        return None
-    name, version, ports = ref
-    if name is None:
-        return PortSet.inline(ports) if ports else None
-    return published.get((name, version))
 
 
 # ------------------------------------------------------------------------------------------------

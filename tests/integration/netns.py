@@ -26,13 +26,12 @@ import asyncio
 import atexit
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from tests.testbed.base import PREFIX, root_skip_reason, run as _run, sweep_stale, used_slash24s  # noqa: F401
+from tests.testbed.base import PREFIX, root_skip_reason, run as _run, stop_processes, sweep_stale, used_slash24s  # noqa: F401
 from tests.testbed.capture import Capture, Packet, read_pcap  # noqa: F401  (moved to tests.testbed)
 
 
@@ -129,23 +128,7 @@ class TestNet:
 
     def close(self) -> None:
         """Kill spawned processes, delete the namespace (and the veth pair with it). Idempotent."""
-        for proc in self._procs:
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                except (ProcessLookupError, PermissionError):
-                    pass
-        deadline = time.monotonic() + 5
-        for proc in self._procs:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-                proc.wait()
-        self._procs.clear()
+        stop_processes(self._procs)
         if self._up:
             _run("ip", "netns", "del", self.name, check=False)
             _run("ip", "link", "del", self.host_if, check=False)

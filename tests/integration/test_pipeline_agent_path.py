@@ -17,28 +17,10 @@ import sys
 import time
 import uuid
 
-from connectors.avro_codec import default_codec
-from connectors.kafka_io import make_consumer, topic_partitions
 from scanflow.config import REPO_ROOT
+from tests.integration.netns import read_records
 
 WORLD = "10.0.0.0/24"
-
-
-def _read(kafka, topic: str, until, timeout_s: float) -> list:
-    consumer = make_consumer(kafka)
-    codec = default_codec()
-    try:
-        tps = topic_partitions(consumer, [topic])
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        out: list = []
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and not until(out):
-            for batch in consumer.poll(timeout_ms=500).values():
-                out.extend(codec.decode(r.value) for r in batch if r.value is not None)
-        return out
-    finally:
-        consumer.close()
 
 
 def test_the_scheduler_publishes_its_port_sets_where_a_separate_agent_finds_them(kafka, make_topic, prism_server,
@@ -65,9 +47,9 @@ def test_the_scheduler_publishes_its_port_sets_where_a_separate_agent_finds_them
         cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         def first_pass_done(out):
-            return any(d.schema == "ScanDone" and d.record["target"] == WORLD for d in out)
+            return any(d.schema == "ScanDone" and d.record["target"] == WORLD for _, d in out)
 
-        events = _read(kafka, topics["events"], first_pass_done, timeout_s=120)
+        events = [d for _, d in read_records(kafka, topics["events"], first_pass_done, timeout_s=120)]
     finally:
         for proc in (agent, scheduler):
             if proc.poll() is None:
@@ -81,5 +63,5 @@ def test_the_scheduler_publishes_its_port_sets_where_a_separate_agent_finds_them
     # The first pass ran (not refused for an unknown port set), with the scheduler's initial set.
     assert done[0]["status"] == "COMPLETE", done[0]
     assert done[0]["port_set"]["name"] == "provisional-standard" and done[0]["addresses_probed"] == 256
-    dead = _read(kafka, topics["dead_letter"], lambda out: False, timeout_s=2)
+    dead = read_records(kafka, topics["dead_letter"], lambda out: False, timeout_s=2)
     assert not dead, dead

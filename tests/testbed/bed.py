@@ -27,7 +27,6 @@ import ipaddress
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -36,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.testbed.base import (free_slash24s, kill_namespace_processes, network_lock, root_skip_reason, run,
-                                sweep_stale)
+                                stop_processes, sweep_stale)
 from tests.testbed.capture import Capture
 from tests.testbed.services import (DAEMON_KINDS, start_devices, start_lighttpd, start_sshd, start_vsftpd,
                                     wait_listening)
@@ -143,23 +142,7 @@ class _Ns:
         return proc
 
     def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                except (ProcessLookupError, PermissionError):
-                    pass
-        deadline = time.monotonic() + 5
-        for proc in self.procs:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-                proc.wait()
-        self.procs.clear()
+        stop_processes(self.procs)
         kill_namespace_processes(self.name)   # anything a daemon forked outside its group
 
 
