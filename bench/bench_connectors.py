@@ -30,7 +30,9 @@ from apache_beam.utils.windowed_value import WindowedValue
 from kafka.admin import NewTopic
 
 from connectors.avro_codec import AvroCodec, default_codec, make_record
-from connectors.beam_kafka import EVENT_SCHEMAS, DecodeRecords, ReadFromKafka, WriteToKafka
+from connectors.beam_kafka_decode import EVENT_SCHEMAS, DecodeRecords
+from connectors.beam_kafka_sink import WriteToKafka
+from connectors.beam_kafka_source import ReadFromKafka
 from connectors.kafka_admin import admin_client
 from connectors.kafka_io import AvroProducer, make_consumer, topic_partitions
 from scanflow.config import Settings, load_settings

@@ -1,6 +1,7 @@
 """Plain kafka-python producers and consumers configured the scanflow way.
 
-Used directly by the probe agents and tools, and inside the Beam connectors (``beam_kafka``).
+Used directly by the probe agents and tools, and inside the Beam connectors
+(``beam_kafka_source``, ``beam_kafka_sink``).
 
 - Producers: ``acks=all`` with the idempotent producer (a retried batch is not written twice),
   batching (``linger_ms``/``batch_size``), zstd compression when available, and the

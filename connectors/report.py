@@ -142,10 +142,11 @@ def build_report(root: str | Path, out: str | Path, *, start: Any = None, end: A
     """Run every canned query on the lake at ``root`` and write ``out/index.html`` with PNG plots
     and one CSV per table. Sections without data say so instead of failing. ``sample``: 1-in-n
     addresses for the per-round statistics (default: exact on lakes up to
-    :data:`connectors.duckdb_catalog.SAMPLE_ABOVE` response rows). ``honeypot_min_ports``: Table 4's
+    :data:`connectors.duckdb_intermediates.SAMPLE_ABOVE` response rows). ``honeypot_min_ports``: Table 4's
     PDR and DDR leave out IPs the standard run found with that many open ports or more
     (:mod:`scanflow.metrics`; ``None`` or 0: none)."""
-    from connectors.duckdb_catalog import Catalog, Run
+    from connectors.duckdb_catalog import Catalog
+    from connectors.duckdb_queries import Run
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,9 @@ from typing import Any, Mapping
 
 import apache_beam as beam
 
-from connectors.beam_kafka import EVENT_SCHEMAS, DecodeRecords, ReadFromKafka, WriteToKafka
+from connectors.beam_kafka_decode import EVENT_SCHEMAS, DecodeRecords
+from connectors.beam_kafka_sink import WriteToKafka
+from connectors.beam_kafka_source import ReadFromKafka
 from connectors.beam_lake import WriteToLake
 from connectors.lake_settings import LakeSettings, lake_settings
 from scanflow.config import Settings
@@ -33,7 +35,7 @@ ARCHIVE_GROUP = "scanflow-archive"
 class ArchiveEvents(beam.PTransform):
     """Kafka records of the events topic -> lake files; dead letters to ``dead_letter_topic``.
 
-    Input: :class:`connectors.beam_kafka.KafkaRecord`. Returns the written
+    Input: :class:`connectors.beam_kafka_source.KafkaRecord`. Returns the written
     :class:`~connectors.parquet_lake.LakeFile` PCollection (empty in live mode).
     """
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 import apache_beam as beam
 
 from connectors.avro_codec import CodecError, default_codec
-from connectors.beam_kafka import DeadLetter, EncodeRecords, WriteToKafka
+from connectors.beam_kafka_common import DeadLetter
+from connectors.beam_kafka_sink import EncodeRecords, WriteToKafka
 from connectors.kafka_io import dead_letter_headers
 from scanflow.config import KafkaSettings
 

@@ -281,7 +281,7 @@ class _DecodeAndKey(beam.DoFn):
 
     def process(self, rec):
         from connectors.avro_codec import CodecError
-        from connectors.beam_kafka import DeadLetter
+        from connectors.beam_kafka_common import DeadLetter
         from connectors.kafka_io import dead_letter_headers
 
         try:
@@ -470,7 +470,7 @@ class ReplaySpec:
 
     def window_us(self) -> tuple[int | None, int | None]:
         """The time range in microseconds (end exclusive)."""
-        from connectors.duckdb_catalog import as_time
+        from connectors.duckdb_sql import as_time
 
         lo, hi = as_time(self.start), as_time(self.end)
         return (None if lo is None else int(lo.timestamp() * US), None if hi is None else int(hi.timestamp() * US))
@@ -581,7 +581,8 @@ def build_replay(pipeline: beam.Pipeline, settings, spec: ReplaySpec, policy, *,
     from the lake's events and scans. Returns the PCollection of the merged totals."""
     window = spec.window_us()
     if spec.topic:
-        from connectors.beam_kafka import ReadFromKafka, WriteToKafka
+        from connectors.beam_kafka_sink import WriteToKafka
+        from connectors.beam_kafka_source import ReadFromKafka
 
         read = ReadFromKafka(settings.kafka, spec.topic, start="earliest",
                              stop=None if spec.stop_offsets else "end",

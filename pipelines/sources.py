@@ -28,7 +28,10 @@ from apache_beam.transforms.window import TimestampedValue
 
 from connectors.avro_codec import (AvroCodec, CodecError, Decoded, InvalidIp, InvalidRecord, canonical_ip,
                                    default_codec)
-from connectors.beam_kafka import DeadLetter, DecodeWithDeadLetter, KafkaRecord, ReadFromKafka, WriteToKafka
+from connectors.beam_kafka_common import DeadLetter
+from connectors.beam_kafka_decode import DecodeWithDeadLetter
+from connectors.beam_kafka_sink import WriteToKafka
+from connectors.beam_kafka_source import KafkaRecord, ReadFromKafka
 from connectors.kafka_io import dead_letter_headers, make_consumer, topic_partitions
 from scanflow.config import KafkaSettings
 
@@ -111,7 +114,7 @@ class ReadEvents(beam.PTransform):
     """Events for the scheduler: live from a consumer group, or a bounded replay.
 
     Live (``group_id`` given, no stop): offsets are committed as the connector reads (see
-    :mod:`connectors.beam_kafka`); ``start_offsets`` (see :func:`rewound_start_offsets`) says where to
+    :mod:`connectors.beam_kafka_source`); ``start_offsets`` (see :func:`rewound_start_offsets`) says where to
     begin. Replay: ``start_time_ms`` / ``stop_time_ms``. Undecodable records go to
     ``dead_letter_topic`` with the reason in headers.
     """

@@ -82,7 +82,7 @@ def report(obj: CliContext, out_dir: str, lake: str | None, start: str | None, e
            no_plots: bool, threads: int | None, honeypot_min_ports: int) -> None:
     """Write the canned report: port ranking (Table 1), derived port sets, traffic and detection
     rates (Table 4), responsive and change rates, back-off (Figure 6), attempts (Figure 7), banners."""
-    from connectors.duckdb_catalog import as_time
+    from connectors.duckdb_sql import as_time
     from connectors.report import build_report
 
     # A bad time is a usage error (exit 2), told before any work starts.
@@ -239,7 +239,7 @@ def lake_info(obj: CliContext, lake_dir: str | None) -> None:
 def lake_archive(obj: CliContext, lake_dir: str | None, topic: str | None, live: bool, start: str | None,
                  end: str | None) -> None:
     """Archive the events topic (ScanEvent, ScanDone) into the lake's events and scans tables."""
-    from connectors.duckdb_catalog import as_time
+    from connectors.duckdb_sql import as_time
 
     def ms(value, flag):
         # A bad time is the user's input, not a crash: one line naming the accepted forms.

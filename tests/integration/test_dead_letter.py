@@ -10,7 +10,8 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.util import assert_that, equal_to
 
 from connectors.avro_codec import BANNER_CAP, HEADER_SIZE, MARKER, AvroCodec, encode, make_record
-from connectors.beam_kafka import DecodeWithDeadLetter, ReadFromKafka
+from connectors.beam_kafka_decode import DecodeWithDeadLetter
+from connectors.beam_kafka_source import ReadFromKafka
 from connectors.kafka_io import (
     HEADER_ERROR_CLASS,
     HEADER_ERROR_MESSAGE,

@@ -14,7 +14,9 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms import window
 
 from connectors.avro_codec import make_record
-from connectors.beam_kafka import DecodeRecords, ReadFromKafka, WriteToKafka
+from connectors.beam_kafka_decode import DecodeRecords
+from connectors.beam_kafka_sink import WriteToKafka
+from connectors.beam_kafka_source import ReadFromKafka
 from connectors.kafka_io import (
     AvroProducer,
     committed_offsets,

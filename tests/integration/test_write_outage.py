@@ -2,7 +2,7 @@
 
 A live pipeline must not fail its job because the broker restarts: the write step keeps the records
 of its bundle and sends them again (a new producer each time) until they are acknowledged, for up to
-``connectors.beam_kafka.WRITE_OUTAGE_S``. Here the broker is stopped before the pipeline starts and
+``connectors.beam_kafka_sink.WRITE_OUTAGE_S``. Here the broker is stopped before the pipeline starts and
 started again while the write step waits; every record arrives. A write that fails for a reason
 time does not cure (a record too large for the topic) still fails at once
 (``tests/integration/test_kafka_beam.py::test_nothing_is_committed_when_the_sink_fails``).
@@ -17,7 +17,7 @@ import time
 import apache_beam as beam
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-from connectors.beam_kafka import WriteToKafka
+from connectors.beam_kafka_sink import WriteToKafka
 from connectors.kafka_io import make_consumer, topic_partitions
 from scanflow.config import KafkaSettings
 

@@ -9,7 +9,8 @@ import shutil
 import pytest
 
 from connectors.avro_codec import make_record
-from connectors.duckdb_catalog import Catalog, Run
+from connectors.duckdb_catalog import Catalog
+from connectors.duckdb_queries import Run
 from connectors.parquet_lake import table_files, write_table
 from scanflow.metrics import device_detection_rate, port_detection_rate
 from scanflow.portsets import derive_port_sets

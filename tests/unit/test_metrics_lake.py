@@ -11,7 +11,8 @@ import datetime as dt
 import pytest
 
 from connectors.avro_codec import make_record
-from connectors.duckdb_catalog import Catalog, Run
+from connectors.duckdb_catalog import Catalog
+from connectors.duckdb_queries import Run
 from connectors.parquet_lake import write_table
 from scanflow.metrics import compare_cells, count_cells
 

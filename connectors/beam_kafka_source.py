@@ -1,20 +1,11 @@
-"""Kafka for Apache Beam on kafka-python: read (splittable DoFn), decode with dead letters, encode, write.
+"""The Beam Kafka source: :class:`ReadFromKafka`, a splittable DoFn over topic-partition offset ranges.
 
-Beam's own ``ReadFromKafka`` is a Java cross-language transform that needs a Java expansion service;
-these transforms are pure Python and run on every runner that runs Python (FnApiRunner, Prism, Flink,
-Dataflow).
-
-Public transforms (see docs/CONTRACT.md for the whole contract):
-
-- :class:`ReadFromKafka` — a splittable DoFn over topic-partition offset ranges. Live (unbounded):
-  reads from the group's committed offsets, checkpoints itself every ``max_bundle_s``, keeps a
-  watermark from record timestamps that also advances when a partition is idle, and commits offsets
-  in the bundle finalizer. Replay (bounded): an offset range or a time range per partition.
-- :class:`DecodeRecords` — single-object Avro to ``(key, Decoded)``; everything that does not decode
-  or breaks the contract goes to the ``dead_letter`` output with the reason in headers.
-- :class:`DecodeWithDeadLetter` — the above with the dead letters written to Kafka.
-- :class:`EncodeRecords` / :class:`WriteToKafka` — records to single-object bytes; a batching,
-  ``acks=all`` producer keyed by address with the stable (murmur2) partitioner.
+Pure Python on kafka-python (see :mod:`connectors.beam_kafka_common`). Live (unbounded): reads from
+the group's committed offsets, checkpoints itself every ``max_bundle_s``, keeps a watermark from
+record timestamps that also advances when a partition is idle, and commits offsets in the bundle
+finalizer. Replay (bounded): an offset range or a time range per partition. This module holds the
+partition discovery with its start and stop offsets, the restriction tracker and watermark, the
+reading DoFns and the offset committer. Decoding is in :mod:`connectors.beam_kafka_decode`.
 
 Delivery guarantee: at-least-once, made effectively-once by idempotent sinks keyed on ids. Offsets
 are committed only when the runner finalizes a bundle, i.e. after the bundle's outputs are committed
@@ -22,9 +13,7 @@ by the runner and every sink fused into the bundle has flushed with ``acks=all``
 reader restarts from the last commit, so records after it can be delivered again, never skipped.
 
 Broker outages: a live read that cannot make a consumer defers its partition for a moment instead
-of failing; a write keeps its bundle's records and sends the unacknowledged ones again (a new
-producer each time) for up to :data:`WRITE_OUTAGE_S` before it fails the bundle. A runner like Prism
-fails the whole job on a failed bundle, so a broker restart must not fail one.
+of failing (a runner like Prism fails the whole job on a failed bundle).
 """
 
 from __future__ import annotations
@@ -36,7 +25,7 @@ import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import apache_beam as beam
 from apache_beam.io.iobase import RestrictionProgress
@@ -47,26 +36,16 @@ from apache_beam.transforms.core import RestrictionProvider, WatermarkEstimatorP
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
 from kafka import TopicPartition
-from kafka.errors import (IllegalStateError, KafkaError, OutOfOrderSequenceNumberError, RetriableError,
-                          UnknownProducerIdError)
+from kafka.errors import IllegalStateError, KafkaError
 
-from connectors.avro_codec import AvroCodec, CodecError, Decoded, default_codec, key_for
-from connectors.kafka_io import (
-    commit_offsets,
-    dead_letter_headers,
-    make_consumer,
-    make_producer,
-    topic_partitions,
-)
+from connectors.beam_kafka_common import METRICS_NAMESPACE
+from connectors.kafka_io import commit_offsets, make_consumer, topic_partitions
 from scanflow.config import KafkaSettings
 
 log = logging.getLogger(__name__)
 
 #: Stop offset of a live (unbounded) restriction.
 UNBOUNDED = sys.maxsize
-#: Names of the schemas carried by scanflow.events.
-EVENT_SCHEMAS = ("ScanEvent", "ScanDone")
-_METRICS = "scanflow.kafka"
 #: Partition consumers kept open per reading DoFn instance.
 _MAX_CONSUMERS = 64
 
@@ -271,8 +250,8 @@ class _ReadPartition(beam.DoFn):
         self._torn_down = False
 
     def setup(self):
-        self._records = Metrics.counter(_METRICS, "records_read")
-        self._checkpoints = Metrics.counter(_METRICS, "checkpoints")
+        self._records = Metrics.counter(METRICS_NAMESPACE, "records_read")
+        self._checkpoints = Metrics.counter(METRICS_NAMESPACE, "checkpoints")
 
     def _new_consumer(self, tp):
         r = self._read
@@ -570,263 +549,3 @@ class _ReadConfig:
 
 def _offsets(mapping: Mapping[tuple[str, int], int] | None) -> dict[tuple[str, int], int] | None:
     return None if mapping is None else {(str(t), int(p)): int(o) for (t, p), o in mapping.items()}
-
-
-# ------------------------------------------------------------------------------------------------
-# Decode with dead letters
-
-
-class DeadLetter(NamedTuple):
-    """A record that could not be processed: original key and value bytes, headers with the reason."""
-
-    key: bytes | None
-    value: bytes | None
-    headers: tuple[tuple[str, bytes], ...]
-
-
-class _DecodeFn(beam.DoFn):
-    DEAD_LETTER = "dead_letter"
-
-    def __init__(self, codec: AvroCodec | None, expect: tuple[str, ...] | None, keep_tombstones: bool):
-        self._codec = codec
-        self._expect = frozenset(expect) if expect else None
-        self._keep_tombstones = keep_tombstones
-
-    def setup(self):
-        if self._codec is None:
-            self._codec = default_codec()
-        self._dead = Metrics.counter(_METRICS, "dead_letters")
-
-    def process(self, rec: KafkaRecord):
-        if rec.value is None and self._keep_tombstones and rec.key is not None:
-            yield rec.key.decode("utf-8", "replace"), None
-            return
-        try:
-            decoded = self._codec.decode(rec.value, self._expect)
-        except CodecError as exc:
-            self._dead.inc()
-            yield beam.pvalue.TaggedOutput(self.DEAD_LETTER, DeadLetter(
-                rec.key, rec.value, rec.headers + dead_letter_headers(
-                    exc.error_class, str(exc), rec.topic, rec.partition, rec.offset, rec.timestamp_ms)))
-            return
-        yield _record_key(decoded), decoded
-
-
-def _record_key(decoded: Decoded) -> str:
-    record = decoded.record
-    if decoded.schema == "ScanDone":
-        return record["target"]
-    if decoded.schema == "ScanCommand":
-        targets = record["targets"]
-        return targets[0] if len(targets) == 1 else record["command_id"]
-    return record["ip"]
-
-
-class DecodeRecords(beam.PTransform):
-    """:class:`KafkaRecord` -> ``(key, Decoded)`` plus a ``dead_letter`` output of :class:`DeadLetter`.
-
-    The key is the record's address (``ScanDone``: its target, an address or CIDR range). ``expect``
-    limits the accepted schemas (default: those of scanflow.events). Malformed bytes, unknown
-    fingerprints, unresolvable schemas, invalid addresses or ports all become dead letters whose
-    headers name the error class and message and the source topic, partition and offset; the pipeline
-    never stops on a bad record. With ``keep_tombstones`` a null value (compacted-topic delete) is
-    emitted as ``(key, None)`` instead of being a dead letter.
-
-    Returns ``(decoded, dead_letter)`` PCollections.
-    """
-
-    def __init__(self, expect: Iterable[str] | None = EVENT_SCHEMAS, *, codec: AvroCodec | None = None,
-                 keep_tombstones: bool = False):
-        super().__init__()
-        self._codec = codec
-        self._expect = tuple(expect) if expect is not None else None
-        self._keep_tombstones = keep_tombstones
-
-    def expand(self, records):
-        out = records | "Decode" >> beam.ParDo(
-            _DecodeFn(self._codec, self._expect, self._keep_tombstones)).with_outputs(
-                _DecodeFn.DEAD_LETTER, main="decoded")
-        return out.decoded, out[_DecodeFn.DEAD_LETTER]
-
-
-class DecodeWithDeadLetter(beam.PTransform):
-    """:class:`DecodeRecords` whose dead letters are written to ``dead_letter_topic``; returns the decoded."""
-
-    def __init__(self, kafka: KafkaSettings, dead_letter_topic: str, expect: Iterable[str] | None = EVENT_SCHEMAS,
-                 *, codec: AvroCodec | None = None, keep_tombstones: bool = False):
-        super().__init__()
-        self._kafka, self._topic = kafka, dead_letter_topic
-        self._decode = DecodeRecords(expect, codec=codec, keep_tombstones=keep_tombstones)
-
-    def expand(self, records):
-        decoded, dead = records | "DecodeRecords" >> self._decode
-        _ = dead | "WriteDeadLetters" >> WriteToKafka(self._kafka, self._topic)
-        return decoded
-
-
-# ------------------------------------------------------------------------------------------------
-# Encode and write
-
-
-class _EncodeFn(beam.DoFn):
-    DEAD_LETTER = "dead_letter"
-
-    def __init__(self, schema: str, codec: AvroCodec | None):
-        self._schema, self._codec = schema, codec
-
-    def setup(self):
-        if self._codec is None:
-            self._codec = default_codec()
-
-    def process(self, element):
-        key, record = element if isinstance(element, tuple) else (None, element)
-        try:
-            value = self._codec.encode(self._schema, record)
-            if key is None:
-                key = key_for(self._schema, record)
-        except (CodecError, KeyError, TypeError) as exc:
-            error_class = getattr(exc, "error_class", "InvalidRecord")
-            yield beam.pvalue.TaggedOutput(self.DEAD_LETTER, DeadLetter(
-                _key_bytes(key), repr(record).encode(), dead_letter_headers(error_class, str(exc))))
-            return
-        yield _key_bytes(key), value
-
-
-class EncodeRecords(beam.PTransform):
-    """Records (dicts, or ``(key, dict)``) -> ``(key bytes, single-object bytes)`` with schema ``schema``.
-
-    The key defaults to the record's address (see :func:`connectors.avro_codec.key_for`). Records that
-    break the contract go to the ``dead_letter`` output (value = the record's ``repr``) instead of
-    failing the pipeline. Returns ``(encoded, dead_letter)``.
-    """
-
-    def __init__(self, schema: str, *, codec: AvroCodec | None = None):
-        super().__init__()
-        self._schema, self._codec = schema, codec
-
-    def expand(self, records):
-        out = records | f"Encode{self._schema}" >> beam.ParDo(
-            _EncodeFn(self._schema, self._codec)).with_outputs(_EncodeFn.DEAD_LETTER, main="encoded")
-        return out.encoded, out[_EncodeFn.DEAD_LETTER]
-
-
-def _key_bytes(key) -> bytes | None:
-    return key.encode() if isinstance(key, str) else key
-
-
-#: How long a write keeps trying through a broker outage (the broker restarting, a partition
-#: leader moving) before it fails its bundle, and on a portable runner the job.
-WRITE_OUTAGE_S = 600.0
-
-
-def _outage(error: BaseException | None) -> bool:
-    """Whether a write error can pass with time (broker away, leader moving, a producer id lost in
-    a broker restart) rather than being about the records (too large, not authorised, ...)."""
-    return isinstance(error, (RetriableError, TimeoutError, OutOfOrderSequenceNumberError,
-                              UnknownProducerIdError))
-
-
-class _WriteFn(beam.DoFn):
-    def __init__(self, kafka: KafkaSettings, topic: str, overrides: Mapping[str, Any],
-                 outage_s: float = WRITE_OUTAGE_S):
-        self._kafka, self._topic, self._overrides = kafka, topic, dict(overrides)
-        self._outage_s = outage_s
-        self._producer = None
-
-    def setup(self):
-        self._written = Metrics.counter(_METRICS, "records_written")
-        self._retries = Metrics.counter(_METRICS, "write_retries")
-
-    def start_bundle(self):
-        self._records: list[tuple] = []
-        self._futures: list = []
-
-    def process(self, element):
-        key, value, *rest = element
-        record = (_key_bytes(key), value, list(rest[0]) if rest and rest[0] else None)
-        self._records.append(record)
-        if self._futures is None:
-            return              # the broker is away: finish_bundle sends everything once it is back
-        try:
-            if self._producer is None:
-                self._producer = make_producer(self._kafka, **self._overrides)
-            self._futures.append(self._send(record))
-        except KafkaError:
-            self._futures = None
-
-    def _send(self, record):
-        key, value, headers = record
-        return self._producer.send(self._topic, key=key, value=value, headers=headers)
-
-    def finish_bundle(self):
-        # The bundle (and so the offset commit of the records that led here) completes only once
-        # every record is acknowledged by all in-sync replicas. Through a broker outage the records
-        # not acknowledged are sent again (a new producer each time) until WRITE_OUTAGE_S has passed;
-        # only then does the bundle fail. At-least-once: a re-sent record that had in fact arrived is
-        # a duplicate, absorbed by consumers keyed on ids.
-        if not self._records:
-            return
-        deadline = time.monotonic() + self._outage_s
-        pending = list(self._records)
-        futures = self._futures
-        attempt = 0
-        while True:
-            error: BaseException | None = None
-            try:
-                if self._producer is None:
-                    self._producer = make_producer(self._kafka, **self._overrides)
-                if futures is None:
-                    futures = [self._send(r) for r in pending]
-                self._producer.flush(timeout=max(1.0, deadline - time.monotonic()))
-                failed = [(r, f) for r, f in zip(pending, futures) if not f.is_done or f.failed()]
-                if not failed:
-                    break
-                error = failed[0][1].exception if failed[0][1].is_done else TimeoutError("not acknowledged")
-                pending = [r for r, _ in failed]
-            except KafkaError as exc:
-                error = exc
-            if not _outage(error):
-                raise RuntimeError(f"{len(pending)} record(s) to {self._topic} were not acknowledged: {error!r}")
-            if time.monotonic() >= deadline:
-                raise RuntimeError(f"{len(pending)} record(s) to {self._topic} were not acknowledged within "
-                                   f"{self._outage_s:.0f} s: {error!r}")
-            attempt += 1
-            self._retries.inc()
-            log.warning("write to %s: %d record(s) not acknowledged (%r); retrying (attempt %d)",
-                        self._topic, len(pending), error, attempt)
-            self._drop_producer()
-            futures = None
-            time.sleep(min(5.0, 0.5 * attempt))
-        self._written.inc(len(self._records))
-        self._records, self._futures = [], []
-
-    def _drop_producer(self):
-        if self._producer is not None:
-            try:
-                self._producer.close(timeout=0)
-            except Exception:  # noqa: BLE001 - a broken producer is being replaced anyway
-                pass
-            self._producer = None
-
-    def teardown(self):
-        if self._producer is not None:
-            self._producer.close()
-            self._producer = None
-
-
-class WriteToKafka(beam.PTransform):
-    """Write ``(key, value)`` or ``(key, value, headers)`` elements (bytes or str keys) to ``topic``.
-
-    A batching producer with ``acks=all`` and idempotence, keys partitioned by murmur2 like Java's
-    default partitioner. Each bundle is flushed before it completes. Returns nothing useful (an empty
-    PCollection from the write step).
-    """
-
-    def __init__(self, kafka: KafkaSettings, topic: str, **producer_overrides: Any):
-        super().__init__()
-        if not topic:
-            raise ValueError("WriteToKafka: give a topic name")
-        self._kafka, self._topic, self._overrides = kafka, topic, producer_overrides
-
-    def expand(self, pcoll):
-        return pcoll | "Write" >> beam.ParDo(_WriteFn(self._kafka, self._topic, self._overrides))
