@@ -3,7 +3,7 @@
 Three measurements (pick with ``--only``):
 
 ``bounded``  events/s through the bounded pipeline (the replay) on the FnApiRunner: an event
-             history of ``--hosts`` hosts over ``--days`` days (:mod:`pipelines.history`) from memory,
+             history of ``--hosts`` hosts over ``--days`` days (:mod:`tests.support.history`) from memory,
              and the same history from a Kafka topic (bounded read + decode + the stages); each with
              the batch decision stage replays use and with the live per-IP stage (state and timers).
              ``--workers N``: N worker processes instead of the in-process worker.
@@ -41,7 +41,7 @@ from apache_beam.transforms.window import TimestampedValue  # noqa: E402
 
 from pipelines.decode import from_record  # noqa: E402
 from scanflow.lifecycle.rounds import Done  # noqa: E402
-from pipelines.history import record_history, toy_world  # noqa: E402
+from tests.support.history import record_history, toy_world  # noqa: E402
 from pipelines.policy_setup import build_policy  # noqa: E402
 from pipelines.scheduler import NO_STATE_CACHE, build_live, build_replay, replay_runner  # noqa: E402
 from pipelines.settings import PipelineSettings  # noqa: E402

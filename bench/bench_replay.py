@@ -1,6 +1,6 @@
 """Replay throughput: ``python bench/bench_replay.py [--ips 20000] [--weeks 2] [--partitions 6]``.
 
-A synthetic world's standard scan (:func:`pipelines.replay.world_standard_records`: a ScanEvent per
+A synthetic world's standard scan (:func:`connectors.sim_recorder.world_standard_records`: a ScanEvent per
 open port and banner, a ScanDone per address and round) is produced to a fresh topic of the local
 broker, then the counterfactual replay of the efficient policy runs over the whole range on the
 FnApiRunner (:func:`pipelines.replay.run_replay`), and again from the same recording in a Parquet
@@ -33,13 +33,15 @@ def main(argv: list[str] | None = None) -> int:
 
     from connectors.kafka_io import AvroProducer
     from connectors.parquet_lake import LakeWriter
-    from pipelines.replay import ReplaySpec, run_replay, world_standard_records
+    from connectors.sim_recorder import world_standard_records
+    from pipelines.replay import ReplaySpec, run_replay
     from scanflow.config import load_settings
     from scanflow.estimate import Estimator
     from scanflow.knowledge import load_knowledge
     from scanflow.policy import EfficientPolicy, PolicyParams, PolicyPortSets
-    from scanflow.simulate import (EvaluationConfig, bulk_silent_rule, derive_policy_sets, first_probe_rounds,
-                                   make_schedule)
+    from scanflow.simulate import make_schedule
+    from scanflow.evaluation import EvaluationConfig, derive_policy_sets
+    from scanflow.lifecycle.untracked import bulk_silent_rule, first_probe_rounds
     from scanflow.world import World
 
     settings = load_settings(environ={k: v for k, v in os.environ.items() if k.startswith("SCANFLOW_")})

@@ -30,7 +30,7 @@ def _child(ips: int, weeks: float, seed: int, sets_path: str, overrides: dict, p
     t0 = time.perf_counter()
     from scanflow.knowledge import load_knowledge
     from scanflow.policy import PolicyParams
-    from scanflow.simulate import EvaluationConfig, evaluate_seed
+    from scanflow.evaluation import EvaluationConfig, evaluate_seed
     from scanflow.world import WorldConfig
 
     with open(sets_path, "rb") as fh:
@@ -74,7 +74,7 @@ def _run_child(ips: int, weeks: float, seed: int, sets_path: str, overrides: dic
 
 def _derive(sets_path: str) -> float:
     from scanflow.policy import PolicyPortSets
-    from scanflow.simulate import EvaluationConfig, derive_policy_sets
+    from scanflow.evaluation import EvaluationConfig, derive_policy_sets
 
     t0 = time.perf_counter()
     derivation, _ = derive_policy_sets(EvaluationConfig())
@@ -117,7 +117,7 @@ def calibration(n_ips: int = 300_000, seeds: tuple[int, ...] = (11, 12)) -> None
 
     from scanflow.estimate import Estimator
     from scanflow.knowledge import load_knowledge
-    from scanflow.simulate import EvaluationConfig, derive_policy_sets
+    from scanflow.evaluation import EvaluationConfig, derive_policy_sets
     from scanflow.world import World, WorldConfig
     from scanflow.world.config import DAY
     from scanflow.world.observe import fixed_point_observation

@@ -5,6 +5,9 @@ this one turns them into ``ScanEvent`` / ``ScanDone`` records (Avro-ready dicts,
 :func:`connectors.avro_codec.make_record`) and ``Decision``-shaped dicts, so the scheduler pipeline can
 be fed the simulator's history and checked decision by decision (tests/unit/test_pipeline_sim_replay.py).
 The I/O side of the simulator lives here so the core stays free of the record layer.
+
+:func:`world_standard_records` records a world's *standard* scan the same way (what
+``scanflow lake record-sim`` writes and the counterfactual replay reads).
 """
 
 from __future__ import annotations
@@ -131,3 +134,48 @@ class EventRecorder:
             name, r = item
             return (r["ended_at"], 1) if name == "ScanDone" else (r["timestamp"], 0)
         return sorted(self.records, key=key)
+
+
+def world_standard_records(world, schedule, standard: PortSet, *, rounds: int | None = None,
+                           byte_model: ByteModel = ByteModel.ip_layer()):
+    """A standard scan of a synthetic world (:mod:`scanflow.world`) as the sim backend records it:
+    ``(schema, record)`` pairs, every address in every round at its scheduled instant (the
+    simulator's :class:`scanflow.simulate.Schedule`), the standard set, a ScanEvent per open port
+    (and one per banner), then one ScanDone per address. Virtual time 0 is
+    :data:`scanflow.world.banners.EPOCH_UNIX`."""
+    from connectors.avro_codec import make_event_id
+    from scanflow.simulate import SCANNER_STANDARD
+    from scanflow.world.banners import NO_BANNER
+    from scanflow.world.model import PortMasks
+
+    masks = PortMasks()
+    mid = masks.id_for("standard", standard.ports)
+    prof = world.profiles
+    ips = np.arange(world.n_ips, dtype=np.int64)
+    addresses = [world.address(int(i)) for i in ips]
+    port_set = standard.to_record()
+    for k in range(schedule.n_slots if rounds is None else rounds):
+        times = schedule.times(k, ips, efficient=False)
+        seg = world.segment_at(ips, times)
+        row, entry = world.answers(seg, masks.matrix, np.full(len(ips), mid), times, SCANNER_STANDARD)
+        sent = {}
+        for r, e in zip(row.tolist(), entry.tolist()):
+            ip, port, t = addresses[r], int(prof.port[e]), int(times[r])
+            sid, ts = f"std-{k}-{r}", (EPOCH_UNIX + t) * 1_000_000
+            base = {"scan_id": sid, "agent_id": "sim", "ip": ip, "port": port, "transport": "TCP", "timestamp": ts,
+                    "banner_truncated": False, "banner_protocol": None, "ttl": None, "window": None}
+            yield "ScanEvent", {**base, "event_id": make_event_id(sid, ip, port, "TCP", "SYN_ACK"), "kind": "SYN_ACK",
+                                "banner": None}
+            banner = world.banner(int(seg[r]), int(e), t) if prof.choice[e] != NO_BANNER else None
+            if banner is not None:
+                yield "ScanEvent", {**base, "event_id": make_event_id(sid, ip, port, "TCP", "BANNER"), "kind": "BANNER",
+                                    "banner": banner[:4096], "banner_truncated": len(banner) > 4096}
+            sent[r] = sent.get(r, 0) + byte_model.rst
+        probe_bytes = len(standard) * byte_model.syn
+        for r in range(len(ips)):
+            ts = (EPOCH_UNIX + int(times[r])) * 1_000_000
+            yield "ScanDone", {"scan_id": f"std-{k}-{r}", "agent_id": "sim", "command_id": None, "target": addresses[r],
+                               "policy": "STANDARD", "started_at": ts, "ended_at": ts, "port_set": port_set,
+                               "ports_probed": len(standard), "addresses_probed": 1, "packets_sent": len(standard),
+                               "bytes_sent": probe_bytes + sent.get(r, 0), "responses": 0, "status": "COMPLETE",
+                               "status_detail": None}

@@ -1,26 +1,11 @@
-"""Replay a recorded scan through a policy, bounded, on the FnApiRunner; and the counterfactual replay.
+"""Replay a recorded scan through a policy, bounded, on the FnApiRunner (the per-IP replay itself,
+counterfactual or not, is :mod:`pipelines.counterfactual`).
 
     recorded events (a Kafka topic range, or the lake) -> per IP: its scan rounds, in time order
-        -> the chosen policy's decide() on each round it would have made -> tallies, decisions
+        -> the per-IP lifecycle (scanflow.lifecycle.step.Lifecycle.observe) on each round the
+           policy would have made -> tallies, decisions
         -> Table-4 comparison (scanflow.metrics.compare: the one definition of PDR, DDR, traffic and
            attempts, with its honeypot exclusion) + an evaluation lake (optional)
-
-**Counterfactual replay.** From a recorded *standard* scan (every IP, every 12 h, the standard set),
-the efficient policy is evaluated seeing only the (IP, port, round) cells it would have probed:
-
-- it first probes an IP at round ``phase(ip)`` of that IP's recorded rounds (``phase`` spreads the
-  first sweep over one silent interval, like the live sweeps and the simulator: a stable hash of the
-  address unless given);
-- when ``decide`` plans the next scan at time T, the next round it sees is the first recorded round at
-  or after T (within ``tolerance_s``, for the jitter of real scans);
-- in that round it sees the recorded open ports and banners on the ports of its plan only, and the
-  round's completeness. Same responses, same timing: only the policy differs.
-
-What a counterfactual cannot see: ports of a plan that the recorded scan did not probe (outside the
-standard set) read as closed, and are counted as ``unobserved_probes``. IPs that never answered and
-whose rounds all completed are handled in bulk (their efficient cost is the policy's silent sweep,
-read from the policy by :func:`scanflow.simulate.bulk_silent_rule`), as the live sweeps do; no
-decisions are written for them.
 
 Both sides' traffic is modelled with the same :class:`scanflow.metrics.ByteModel`, so the ratio
 compares policies, not agents.
@@ -34,222 +19,22 @@ Table 4, Figures 6 and 7) and agrees with the comparison printed by the replay.
 
 from __future__ import annotations
 
-import bisect
-import hashlib
 import json
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, NamedTuple
+from typing import Any, Iterable, Mapping
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from scanflow.lifecycle.rounds import resolve_port_set
-from scanflow.metrics import HONEYPOT_MIN_PORTS, ByteModel, PolicyTally, compare, exclusion_line
-from scanflow.policy import Observation
+from pipelines.counterfactual import IpReplay, assemble_rounds, replay_ip, stable_phase
+from scanflow.lifecycle.rounds import US
+from scanflow.lifecycle.step import Lifecycle
+from scanflow.metrics import HONEYPOT_MIN_PORTS, PolicyTally, compare, exclusion_line
 from scanflow.portsets import PortSet
 
-US = 1_000_000
 _METRICS = "scanflow.replay"
-
-
-class RecordedRound(NamedTuple):
-    """One IP's recorded scan round: when it ended (seconds), what answered, what was probed."""
-
-    at: float
-    scan_id: str
-    policy: str
-    open_ports: frozenset[int]
-    banners: tuple[tuple[int, bytes], ...]
-    probed: PortSet | None
-    ports_probed: int
-    complete: bool
-    agent_id: str = ""
-
-
-# ------------------------------------------------------------------------------------------------
-# Pure replay of one IP
-
-
-@dataclass
-class IpReplay:
-    """What replaying one IP gave: both tallies, the efficient side's records, the blind spots."""
-
-    standard: PolicyTally
-    replayed: PolicyTally
-    decisions: list[dict] = field(default_factory=list)
-    observations: list[dict] = field(default_factory=list)
-    scans: list[dict] = field(default_factory=list)
-    unobserved_probes: int = 0
-    recorded_bytes: int = 0
-    events: int = 0
-
-
-def stable_phase(ip: str, rounds: int) -> int:
-    """The round (0..rounds-1) of an IP's first sweep: a stable hash of the address."""
-    if rounds <= 1:
-        return 0
-    return int.from_bytes(hashlib.blake2b(ip.encode(), digest_size=8).digest(), "big") % rounds
-
-
-def _record_of(ps: PortSet) -> dict:
-    if ps.name is not None or len(ps) <= 64:
-        return ps.to_record()
-    return {"name": None, "version": None, "ports": []}  # an oversized anonymous set: not recordable inline
-
-
-def replay_ip(ip: str, rounds: list[RecordedRound], policy, *, counterfactual: bool = True, phase: int = 0,
-              tolerance_s: float = 3600.0, byte_model: ByteModel = ByteModel(), silent_rule=None,
-              records: bool = True) -> IpReplay:
-    """Replay one IP's recorded rounds (sorted by time) through ``policy`` (see the module docstring).
-
-    Without ``counterfactual`` the policy decides on every recorded round as recorded (its
-    decisions on the same history); the replayed tally is then the recording itself.
-    """
-    out = IpReplay(PolicyTally(byte_model), PolicyTally(byte_model))
-    for r in rounds:
-        probes = r.ports_probed or (len(r.probed) if r.probed else 0)
-        out.standard.add_round(ip, probes, r.open_ports, [(p, len(b)) for p, b in r.banners])
-        if records:  # the recording itself, so the output lake holds both sides of the comparison
-            out.scans.append(_scan_record(ip, r, r.policy, r.scan_id, probes, r.probed, r.open_ports, r.banners,
-                                          byte_model))
-            if r.open_ports:
-                out.observations.append(_observation_record(
-                    ip, r, Observation(r.open_ports, r.banners, r.probed, r.complete), r.policy, r.probed, r.scan_id))
-    if not rounds:
-        return out
-    tag = f"~{policy.name.lower()}"
-    answered = any(r.open_ports for r in rounds)
-    times = [r.at for r in rounds]
-    if counterfactual and silent_rule is not None and not answered and all(r.complete for r in rounds):
-        # never answered, every round complete: the policy's silent sweep, in bulk (what decide()
-        # would plan after each silent round, as checked by bulk_silent_rule)
-        interval = silent_rule.rounds * policy.params.standard_interval
-        i = phase
-        while i < len(rounds):
-            ports = silent_rule.first if i == phase else silent_rule.sweep
-            out.replayed.add_round(ip, len(ports))
-            if records:
-                r = rounds[i]
-                out.scans.append(_scan_record(ip, r, policy.name, r.scan_id + tag, len(ports), ports, frozenset(), (),
-                                              byte_model))
-            i = max(bisect.bisect_left(times, times[i] + interval - tolerance_s, lo=i + 1), i + 1)
-        return out
-    state = None
-    if counterfactual:
-        if phase >= len(rounds):
-            return out
-        state, plan = policy.start(rounds[phase].at)
-        i = phase
-    else:
-        plan, i = None, 0
-    while i < len(rounds):
-        r = rounds[i]
-        if counterfactual:
-            ports = plan.ports
-            seen = r.open_ports & ports.ports
-            banners = tuple((p, b) for p, b in r.banners if p in ports.ports)
-            if r.probed is not None:
-                out.unobserved_probes += len(ports.ports - r.probed.ports)
-            obs = Observation(frozenset(seen), banners, ports, r.complete)
-            out.replayed.add_round(ip, len(ports), seen, [(p, len(b)) for p, b in banners])
-        else:
-            ports = r.probed
-            obs = Observation(r.open_ports, r.banners, r.probed, r.complete)
-            out.replayed.add_round(ip, r.ports_probed, r.open_ports, [(p, len(b)) for p, b in r.banners])
-        previous = state
-        state, plan = policy.decide(state, obs, r.at)
-        if records:
-            sid = r.scan_id + tag
-            out.observations.append(_observation_record(ip, r, obs, policy.name, ports, sid))
-            out.decisions.append(_decision_record(ip, r, previous, state, plan, policy.name, sid))
-            out.scans.append(_scan_record(ip, r, policy.name, sid, len(ports) if ports is not None else r.ports_probed,
-                                          ports, obs.open_ports, obs.banners, byte_model))
-        if counterfactual:
-            nxt = bisect.bisect_left(times, plan.at - tolerance_s, lo=i + 1)
-            i = max(nxt, i + 1)
-        else:
-            i += 1
-    return out
-
-
-def _scan_record(ip: str, r: RecordedRound, policy: str, scan_id: str, probes: int, ports: PortSet | None,
-                 open_ports: frozenset[int], banners, byte_model: ByteModel) -> dict:
-    """A ScanDone for one round of one side, its bytes from the byte model (as the tallies)."""
-    grabbed = [(p, len(b)) for p, b in banners]
-    sent = byte_model.round_bytes(probes, len(open_ports - {p for p, _ in grabbed}), grabbed)
-    return {"scan_id": scan_id, "agent_id": r.agent_id, "command_id": None, "target": ip, "policy": policy,
-            "started_at": int(r.at * US), "ended_at": int(r.at * US),
-            "port_set": _record_of(ports) if ports is not None else {"name": None, "version": None, "ports": []},
-            "ports_probed": probes, "addresses_probed": 1, "packets_sent": probes, "bytes_sent": sent,
-            "responses": len(open_ports), "status": "COMPLETE" if r.complete else "ABORTED", "status_detail": None}
-
-
-def _observation_record(ip: str, r: RecordedRound, obs: Observation, policy: str, ports: PortSet | None,
-                        scan_id: str) -> dict:
-    from scanflow.fingerprint import answer_fingerprint
-
-    banners = dict(obs.banners)
-    return {"ip": ip, "scan_id": scan_id, "agent_id": r.agent_id, "command_id": None, "policy": policy,
-            "started_at": int(r.at * US), "ended_at": int(r.at * US),
-            "port_set": _record_of(ports) if ports is not None else {"name": None, "version": None, "ports": []},
-            "ports_probed": len(ports) if ports is not None else 0,
-            "responses": [{"port": p, "transport": "TCP", "banner": banners.get(p), "banner_protocol": None,
-                           "ttl": None, "window": None} for p in sorted(obs.open_ports)],
-            "status": "COMPLETE" if r.complete else "ABORTED",
-            "fingerprint": answer_fingerprint(obs.open_ports, obs.banners) if obs.open_ports else None,
-            "device": None}
-
-
-def _decision_record(ip: str, r: RecordedRound, previous, state, plan, policy: str, scan_id: str) -> dict:
-    decided = int(r.at * US)
-    material = "\x1f".join((ip, policy, str(decided), scan_id)).encode()
-    return {"decision_id": hashlib.blake2b(material, digest_size=16).hexdigest(), "ip": ip, "policy": policy,
-            "decided_at": decided, "scan_id": scan_id,
-            "previous_status": previous.status.value if previous is not None else "UNKNOWN",
-            "status": state.status.value, "changed": bool(plan.changed), "device": state.device,
-            "backoff_step": int(state.step), "reason": plan.reason.value, "next_scan_at": int(plan.at * US),
-            "port_set": _record_of(plan.ports), "command_id": None}
-
-
-def assemble_rounds(items: Iterable[tuple], published: Mapping[tuple[str, int], PortSet],
-                    ranges: Iterable[tuple] = ()) -> tuple[list[RecordedRound], int]:
-    """One IP's rounds from its compact events ``(0, scan_id, port, banner, ts_us)`` and ScanDones
-    ``(1, scan_id, ended_us, status, port_set_ref, ports_probed, policy, agent_id)``, plus the range
-    ScanDones covering it (same shape). A round is one scan_id; its time is the ScanDone's end (the
-    last response when the ScanDone is missing: an incomplete round). Returns (rounds, events)."""
-    events: dict[str, dict[int, bytes | None]] = {}
-    last_ts: dict[str, int] = {}
-    dones: dict[str, tuple] = {}
-    n_events = 0
-    for item in items:
-        if item[0] == 0:
-            _, sid, port, banner, ts = item
-            n_events += 1
-            ports = events.setdefault(sid, {})
-            if ports.get(port) is None:
-                ports[port] = banner
-            last_ts[sid] = max(last_ts.get(sid, ts), ts)
-        else:
-            dones[item[1]] = item
-    for item in ranges:
-        dones.setdefault(item[1], item)
-    out = []
-    for sid in set(events) | set(dones):
-        ports = events.get(sid, {})
-        done = dones.get(sid)
-        if done is not None:
-            _, _, ended, status, ref, probed, policy, agent = done
-            at, complete = ended / US, status == "COMPLETE"
-            port_set = resolve_port_set(ref, published)
-        else:
-            at, complete, port_set, probed, policy, agent = last_ts[sid] / US, False, None, 0, "UNKNOWN", ""
-        out.append(RecordedRound(at, sid, policy, frozenset(ports),
-                                 tuple(sorted((p, b) for p, b in ports.items() if b is not None)),
-                                 port_set, probed, complete, agent))
-    out.sort(key=lambda r: (r.at, r.scan_id))
-    return out, n_events
 
 
 # ------------------------------------------------------------------------------------------------
@@ -342,11 +127,12 @@ class _ReplayIps(beam.DoFn):
         self._spec, self._policy, self._records = spec, policy, records
 
     def setup(self):
-        from scanflow.simulate import bulk_silent_rule
+        from scanflow.lifecycle.untracked import bulk_silent_rule
 
         self._published = {(ps.name, ps.version): ps for ps in _published_sets(self._policy) if ps.name is not None}
         self._rule = bulk_silent_rule(self._policy, self._policy.params.standard_interval) \
             if self._spec.counterfactual and hasattr(self._policy, "estimator") else None
+        self._lifecycle = Lifecycle(self._policy)
         self._events = Metrics.counter(_METRICS, "events")
         self._ips = Metrics.counter(_METRICS, "ips")
 
@@ -360,7 +146,8 @@ class _ReplayIps(beam.DoFn):
         silent_rounds = self._rule.rounds if self._rule is not None else 1
         result = replay_ip(ip, rounds, self._policy, counterfactual=self._spec.counterfactual,
                            phase=stable_phase(ip, silent_rounds) if phase is None else phase,
-                           tolerance_s=self._spec.tolerance_s, silent_rule=self._rule, records=self._records)
+                           tolerance_s=self._spec.tolerance_s, silent_rule=self._rule, records=self._records,
+                           lifecycle=self._lifecycle)
         self._events.inc(n_events)
         self._ips.inc()
         for d in result.decisions:
@@ -645,50 +432,3 @@ def run_replay(settings, spec: ReplaySpec, *, policy=None, port_sets=None, lake:
 def _write_result(totals: _Totals, path: str, policy: str, counterfactual: bool,
                   honeypot_min_ports: int | None = HONEYPOT_MIN_PORTS) -> None:
     Path(path).write_text(json.dumps(ReplayResult.of(policy, counterfactual, totals, honeypot_min_ports).as_dict()))
-
-
-def world_standard_records(world, schedule, standard: PortSet, *, rounds: int | None = None,
-                           byte_model: ByteModel = ByteModel.ip_layer()):
-    """A standard scan of a synthetic world (:mod:`scanflow.world`) as the sim backend records it:
-    ``(schema, record)`` pairs, every address in every round at its scheduled instant (the
-    simulator's :class:`scanflow.simulate.Schedule`), the standard set, a ScanEvent per open port
-    (and one per banner), then one ScanDone per address. Virtual time 0 is
-    :data:`scanflow.world.banners.EPOCH_UNIX`."""
-    import numpy as np
-
-    from connectors.avro_codec import make_event_id
-    from scanflow.simulate import SCANNER_STANDARD
-    from scanflow.world.banners import EPOCH_UNIX, NO_BANNER
-    from scanflow.world.model import PortMasks
-
-    masks = PortMasks()
-    mid = masks.id_for("standard", standard.ports)
-    prof = world.profiles
-    ips = np.arange(world.n_ips, dtype=np.int64)
-    addresses = [world.address(int(i)) for i in ips]
-    port_set = standard.to_record()
-    for k in range(schedule.n_slots if rounds is None else rounds):
-        times = schedule.times(k, ips, efficient=False)
-        seg = world.segment_at(ips, times)
-        row, entry = world.answers(seg, masks.matrix, np.full(len(ips), mid), times, SCANNER_STANDARD)
-        sent = {}
-        for r, e in zip(row.tolist(), entry.tolist()):
-            ip, port, t = addresses[r], int(prof.port[e]), int(times[r])
-            sid, ts = f"std-{k}-{r}", (EPOCH_UNIX + t) * US
-            base = {"scan_id": sid, "agent_id": "sim", "ip": ip, "port": port, "transport": "TCP", "timestamp": ts,
-                    "banner_truncated": False, "banner_protocol": None, "ttl": None, "window": None}
-            yield "ScanEvent", {**base, "event_id": make_event_id(sid, ip, port, "TCP", "SYN_ACK"), "kind": "SYN_ACK",
-                                "banner": None}
-            banner = world.banner(int(seg[r]), int(e), t) if prof.choice[e] != NO_BANNER else None
-            if banner is not None:
-                yield "ScanEvent", {**base, "event_id": make_event_id(sid, ip, port, "TCP", "BANNER"), "kind": "BANNER",
-                                    "banner": banner[:4096], "banner_truncated": len(banner) > 4096}
-            sent[r] = sent.get(r, 0) + byte_model.rst
-        probe_bytes = len(standard) * byte_model.syn
-        for r in range(len(ips)):
-            ts = (EPOCH_UNIX + int(times[r])) * US
-            yield "ScanDone", {"scan_id": f"std-{k}-{r}", "agent_id": "sim", "command_id": None, "target": addresses[r],
-                               "policy": "STANDARD", "started_at": ts, "ended_at": ts, "port_set": port_set,
-                               "ports_probed": len(standard), "addresses_probed": 1, "packets_sent": len(standard),
-                               "bytes_sent": probe_bytes + sent.get(r, 0), "responses": 0, "status": "COMPLETE",
-                               "status_detail": None}

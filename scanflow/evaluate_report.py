@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from scanflow.metrics import HONEYPOT_MIN_PORTS, honeypot_threshold
-from scanflow.simulate import CHANGE_KINDS, EvaluationConfig, SeedResult, delay_samples
+from scanflow.evaluation import CHANGE_KINDS, EvaluationConfig, SeedResult, delay_samples
 from scanflow.world.dynamics import CLASS_NAMES, EVENT_NAMES
 
 #: The paper's Table 4 (real network, Dec 2019 - May 2020), for the side-by-side table.

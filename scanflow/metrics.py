@@ -1,6 +1,6 @@
 """How the efficient scan is judged against the standard one: port detection rate, device detection
 rate, traffic and scan attempts. This module is the one definition: the simulator
-(:func:`scanflow.simulate.window_metrics`), the replay (:mod:`pipelines.replay`), the lake's canned
+(:func:`scanflow.evaluation.window_metrics`), the replay (:mod:`pipelines.replay`), the lake's canned
 queries (:meth:`connectors.duckdb_catalog.Catalog.traffic`) and the report all end in
 :func:`compare_counts`.
 

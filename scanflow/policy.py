@@ -376,6 +376,10 @@ class StandardPolicy:
         self.port_sets = port_sets
         self.params = params
 
+    def ports_for(self, state: IpState) -> PortSet:
+        """Every IP is scanned with the standard set."""
+        return self.port_sets.standard
+
     def start(self, now: float) -> tuple[IpState, ScanPlan]:
         """First scan now with the standard set."""
         return IpState(), ScanPlan(now, self.port_sets.standard, Reason.INITIAL)

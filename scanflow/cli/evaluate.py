@@ -68,7 +68,7 @@ def evaluate(obj: CliContext, ips: int, weeks: float, seeds: int, out_dir: str, 
     from scanflow import evaluate_report as report
     from scanflow.knowledge import load_knowledge
     from scanflow.policy import PolicyPortSets, params_from_settings
-    from scanflow.simulate import EvaluationConfig, derive_policy_sets, evaluate_seed
+    from scanflow.evaluation import EvaluationConfig, derive_policy_sets, evaluate_seed
     from scanflow.world import WorldConfig
 
     overrides = {}

@@ -278,12 +278,13 @@ def lake_record_sim(obj: CliContext, lake_dir: str | None, ips: int, weeks: floa
     `scanflow replay --lake L --port-sets L/_portsets --out EVAL` and `scanflow report --lake EVAL`."""
     from connectors.lake_settings import lake_settings
     from connectors.parquet_lake import LakeWriter
-    from pipelines.replay import world_standard_records
+    from connectors.sim_recorder import world_standard_records
     from scanflow.estimate import Estimator
     from scanflow.knowledge import load_knowledge
     from scanflow.policy import EfficientPolicy, PolicyPortSets, params_from_settings
-    from scanflow.simulate import (EvaluationConfig, bulk_silent_rule, derive_policy_sets, first_probe_rounds,
-                                   make_schedule)
+    from scanflow.simulate import make_schedule
+    from scanflow.evaluation import EvaluationConfig, derive_policy_sets
+    from scanflow.lifecycle.untracked import bulk_silent_rule, first_probe_rounds
     from scanflow.world import World
 
     root = _root(obj, lake_dir)

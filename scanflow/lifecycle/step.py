@@ -71,7 +71,7 @@ class Lifecycle:
     it) are ignored. Counts of what was dropped and why are in ``counts``.
     """
 
-    def __init__(self, policy, *, recent_scans: int = 4, command_ttl_s: float, round_timeout_s: float,
+    def __init__(self, policy, *, recent_scans: int = 4, command_ttl_s: float = 0.0, round_timeout_s: float = 0.0,
                  horizon: float | None = None, policies: tuple[str, ...] = ("EFFICIENT", "UNKNOWN")):
         self.policy = policy
         self.recent_scans = recent_scans
@@ -215,19 +215,43 @@ class Lifecycle:
                 return t
         return self._decide(ip, t, rnd.scan_id, observation(rnd, self.published), rnd.at, out)
 
-    def _decide(self, ip: str, t: Tracked | None, scan_id: str | None, obs: Observation, now: float,
-                out: list) -> Tracked | None:
+    def observe(self, ip: Any, t: Tracked | None, obs: Observation, now: float,
+                scan_id: str | None = None) -> tuple[Tracked | None, Decided]:
+        """The one decision step: the policy decides on ``obs`` made at ``now`` for an IP in state
+        ``t`` (None: not tracked, e.g. promoted from a sweep), and who stays tracked is settled here.
+
+        Returns the new state (None: the IP is demoted to the sweeps, or stays there) and the
+        :class:`Decided`. Every runner reaches the policy through this method: the live and batch
+        stages (through :meth:`wake`), the simulator, the counterfactual replay and the
+        test-history generator (which supply the observations of their own worlds).
+        """
         previous = t.state if t is not None else None
         state, plan = self.policy.decide(previous, obs, now)
         # A silent IP the policy still recalls on its last ports keeps its state until the recall ends.
         tracked = state.responsive or bool(state.recall)
-        out.append(Decided(ip, scan_id, now, previous, state, plan, tracked))
+        decided = Decided(ip, scan_id, now, previous, state, plan, tracked)
         if not tracked:
-            return None
+            return None, decided
         recent = t.recent if t is not None else ()
         if scan_id is not None:
             recent = (short_hash(scan_id),) + recent[:self.recent_scans - 1]
-        return Tracked(state, plan.at, plan.reason, False, now, now, recent)
+        return Tracked(state, plan.at, plan.reason, False, now, now, recent), decided
+
+    def next_scan(self, t: Tracked | None, decided: Decided | None = None) -> tuple[float, PortSet] | None:
+        """When an IP is scanned next and with what: a tracked IP's next scan (its ports from the
+        policy's rule for its state); an untracked one's from the plan of its last decision (the
+        sweep that covers it, or the retry of an inconclusive first scan); None if neither is known."""
+        if t is not None:
+            return t.next_at, self.policy.ports_for(t.state)
+        if decided is not None:
+            return decided.plan.at, decided.plan.ports
+        return None
+
+    def _decide(self, ip: str, t: Tracked | None, scan_id: str | None, obs: Observation, now: float,
+                out: list) -> Tracked | None:
+        t, decided = self.observe(ip, t, obs, now, scan_id)
+        out.append(decided)
+        return t
 
 
 def out_time(out: list, default: float) -> float:

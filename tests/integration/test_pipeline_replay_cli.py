@@ -9,7 +9,7 @@ import re
 from click.testing import CliRunner
 
 from connectors.kafka_io import AvroProducer
-from pipelines.history import record_history, toy_world
+from tests.support.history import record_history, toy_world
 from pipelines.policy_setup import build_policy
 from pipelines.settings import pipeline_settings
 from scanflow.cli import main

@@ -14,12 +14,15 @@ import pytest
 from connectors.duckdb_catalog import Catalog
 from connectors.kafka_io import AvroProducer
 from connectors.parquet_lake import table_files, write_table
-from pipelines.replay import RecordedRound, ReplaySpec, replay_ip, run_replay, world_standard_records
+from connectors.sim_recorder import world_standard_records
+from pipelines.counterfactual import RecordedRound, replay_ip
+from pipelines.replay import ReplaySpec, run_replay
 from scanflow.estimate import Estimator
 from scanflow.knowledge import load_knowledge
 from scanflow.policy import EfficientPolicy, PolicyParams, PolicyPortSets
-from scanflow.simulate import (EvaluationConfig, bulk_silent_rule, derive_policy_sets, first_probe_rounds,
-                               make_schedule, run_policy, run_standard)
+from scanflow.simulate import make_schedule, run_policy, run_standard
+from scanflow.evaluation import EvaluationConfig, derive_policy_sets
+from scanflow.lifecycle.untracked import bulk_silent_rule, first_probe_rounds
 from scanflow.world import World
 
 

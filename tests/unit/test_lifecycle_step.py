@@ -203,3 +203,69 @@ def test_after_an_outage_a_missed_scan_moves_to_now_instead_of_an_expired_comman
     fresh, _, _ = _run(t3, None, [_round("a", T0)], T0)
     _, out, _ = t3.wake(IP, fresh, [], micros(T0 + 12 * HOUR), now=T0 + 13 * HOUR)
     assert _kinds(out) == ["Due", "Snapshot"] and out[0].at == T0 + 12 * HOUR and not t3.counts["caught_up"]
+
+
+# -- the one decision step every runner takes: observe / next_scan -----------------------------------
+
+def _obs(ports=(80,), banners=((80, HIK),), probed=None, complete=True):
+    from scanflow.policy import Observation
+
+    return Observation.of(ports, banners, probed=probed, complete=complete)
+
+
+def test_observe_keeps_a_responsive_ip_and_schedules_its_next_scan_with_its_ports():
+    lc = Lifecycle(POLICY)
+    t, d = lc.observe(IP, None, _obs(probed=POLICY.port_sets.silent), T0, "scan-1")
+    assert t is not None and d.tracked and d.previous is None and d.plan.reason is Reason.NEW_RESPONDER
+    assert t.next_at == d.plan.at and t.decided_at == T0 and len(t.recent) == 1
+    at, ports = lc.next_scan(t, d)
+    assert (at, ports) == (d.plan.at, d.plan.ports) == (d.plan.at, POLICY.ports_for(t.state))
+
+
+def test_observe_leaves_a_silent_ip_to_the_sweeps_with_the_policys_sweep_plan():
+    lc = Lifecycle(POLICY)
+    t, d = lc.observe(IP, None, _obs(), T0, "scan-1")
+    silent = _obs((), (), probed=POLICY.ports_for(t.state))
+    gone, d2 = lc.observe(IP, t, silent, T0 + 12 * HOUR, "scan-2")
+    assert gone is None and not d2.tracked and d2.previous is t.state
+    assert d2.state.status is IpStatus.NON_RESPONSIVE
+    # untracked: the next scan is the sweep the policy plans for a silent IP
+    assert lc.next_scan(gone, d2) == (T0 + 12 * HOUR + POLICY.params.silent_interval, POLICY.port_sets.silent)
+    assert lc.next_scan(None) is None
+
+
+def test_observe_keeps_a_recalled_ip_tracked_until_its_recall_ends():
+    from scanflow.policy import EfficientPolicy, PolicyParams
+
+    policy = EfficientPolicy(POLICY.port_sets, POLICY.estimator, PolicyParams(recall_interval=HOUR, recall_for=3 * HOUR))
+    lc = Lifecycle(policy)
+    t, _ = lc.observe(IP, None, _obs(), T0)
+    t, d = lc.observe(IP, t, _obs((), (), probed=policy.ports_for(t.state)), T0 + 12 * HOUR)
+    assert t is None and not d.tracked          # 13 h after its answer: past recall_for, swept
+    # within recall_for of its last answer a silent IP is recalled on its ports and stays tracked
+    t2, _ = lc.observe(IP, None, _obs(), T0)
+    t2, d2 = lc.observe(IP, t2, _obs((), (), probed=policy.ports_for(t2.state)), T0 + HOUR)
+    assert t2 is not None and t2.state.recall == frozenset({80}) and d2.tracked
+
+
+def test_only_the_lifecycle_asks_the_policy_to_decide_or_start():
+    """One per-IP decision flow: outside ``scanflow/lifecycle`` no production module calls a
+    policy's ``decide`` or ``start`` (the simulator, replays and the test-history generator go through
+    ``Lifecycle.observe``; the policy module defines them)."""
+    import ast
+    from pathlib import Path
+
+    from scanflow.config import REPO_ROOT
+
+    offenders = []
+    for package in ("scanflow", "pipelines", "connectors", "probe_agent", "tests/support"):
+        for path in sorted((REPO_ROOT / package).rglob("*.py")):
+            rel = path.relative_to(REPO_ROOT).as_posix()
+            if rel.startswith("scanflow/lifecycle/") or rel == "scanflow/policy.py":
+                continue
+            for node in ast.walk(ast.parse(path.read_text(), rel)):
+                if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                        and node.func.attr in ("decide", "start")
+                        and "policy" in ast.unparse(node.func.value).lower()):
+                    offenders.append(f"{rel}:{node.lineno}: {ast.unparse(node.func)}")
+    assert not offenders, offenders

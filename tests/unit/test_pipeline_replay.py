@@ -1,6 +1,6 @@
 """The bounded pipeline on the FnApiRunner makes the same decisions as the policy core driven directly.
 
-The history comes from :func:`pipelines.history.record_history`: a small synthetic world scanned
+The history comes from :func:`tests.support.history.record_history`: a small synthetic world scanned
 the way the live system scans it (sweeps of /28 blocks, per-IP scans at each plan's time), with
 agents that die mid-scan and rounds delivered twice. Every decision the policy core made there must
 come out of the pipeline identically (state, reason, back-off step, device, port set, next scan
@@ -19,7 +19,7 @@ from apache_beam.transforms.window import TimestampedValue
 
 from scanflow.lifecycle.rounds import Done
 from pipelines.decode import from_record
-from pipelines.history import record_history, toy_world
+from tests.support.history import record_history, toy_world
 from pipelines.policy_setup import build_policy
 from scanflow.lifecycle.records import command_id
 from pipelines.scheduler import build_replay, replay_runner

@@ -34,8 +34,9 @@ from scanflow.config import Settings
 from scanflow.knowledge import load_knowledge
 from scanflow.policy import DAY, HOUR, EfficientPolicy, PolicyParams
 from connectors.sim_recorder import EventRecorder
-from scanflow.simulate import (EvaluationConfig, bulk_silent_rule, derive_policy_sets, first_probe_rounds,
-                               make_schedule, run_policy)
+from scanflow.simulate import make_schedule, run_policy
+from scanflow.evaluation import EvaluationConfig, derive_policy_sets
+from scanflow.lifecycle.untracked import bulk_silent_rule, first_probe_rounds
 from scanflow.world import World, WorldConfig
 
 N_IPS = 4_000

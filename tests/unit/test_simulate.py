@@ -12,9 +12,9 @@ from scanflow.knowledge import load_knowledge
 from scanflow.metrics import ByteModel, compare_cells
 from scanflow.policy import EfficientPolicy, Observation, PolicyParams, PolicyPortSets, StandardPolicy
 from scanflow.portsets import PortSet
-from scanflow.simulate import (SCANNER_STANDARD, EvaluationConfig, Schedule, bulk_silent_rule, cover,
-                               derive_policy_sets, evaluate_seed, first_probe_rounds, make_schedule, run_policy,
-                               run_standard, window_metrics)
+from scanflow.simulate import SCANNER_STANDARD, Schedule, cover, make_schedule, run_policy, run_standard
+from scanflow.evaluation import EvaluationConfig, derive_policy_sets, evaluate_seed, window_metrics
+from scanflow.lifecycle.untracked import bulk_silent_rule, first_probe_rounds
 from scanflow.world import World, WorldConfig
 from scanflow.world.banners import NO_BANNER
 from scanflow.world.dynamics import HONEYPOT_CLASS, INITIAL, RETURNED, SPORADIC, STATIC, Segments

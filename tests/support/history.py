@@ -2,12 +2,13 @@
 
 :func:`toy_world` makes hosts whose answer (open ports and banners) changes at known times: known
 devices (estimated), generic servers (not estimated), devices replaced by others, hosts that go
-silent, hosts that appear late. :func:`record_history` scans it the way the live system does, driving
-:class:`scanflow.policy.EfficientPolicy` directly (no Beam):
+silent, hosts that appear late. :func:`record_history` scans it the way the live system does, every
+decision made by the one per-IP step, :class:`scanflow.lifecycle.step.Lifecycle` (no Beam):
 
 - every ``sweep block`` is range-scanned with the silent set every silent interval (its slot from
   :class:`pipelines.sweeps.SweepPlan`); a host that answers is decided from no state (promoted);
-- a tracked host is scanned at its plan's time with its plan's ports (answers only on probed ports);
+- a tracked host is scanned at its next scan time with its ports (``Lifecycle.next_scan``; answers
+  only on probed ports); a host the lifecycle stops tracking is left to the sweeps;
 - each scan emits ``ScanEvent`` records for the open probed ports and one ``ScanDone``; with
   ``dead_agent_every`` some scans lose their ScanDone (the agent died): the round then closes
   ``round_timeout_s`` after its last response, not complete; a scan that died before any response
@@ -32,9 +33,10 @@ from connectors.avro_codec import make_record
 from scanflow.knowledge import KnowledgeBase
 from scanflow.policy import Observation
 
-from scanflow.lifecycle.rounds import US
-from scanflow.lifecycle.records import micros, port_set_record
 from pipelines.sweeps import SweepPlan
+from scanflow.lifecycle.records import decision_record, micros, port_set_record
+from scanflow.lifecycle.rounds import US
+from scanflow.lifecycle.step import Lifecycle
 
 #: Seconds a scan lasts, first probe to ScanDone.
 SCAN_SECONDS = 30.0
@@ -166,8 +168,8 @@ def record_history(hosts: list[Host], policy, *, start: float, horizon: float, p
     by_block: dict[str, list[Host]] = {}
     for h in hosts:
         by_block.setdefault(str(ipaddress.IPv4Network(f"{h.ip}/{prefix}", strict=False)), []).append(h)
-    states: dict[str, Any] = {}
-    plans: dict[str, Any] = {}
+    lifecycle = Lifecycle(policy, command_ttl_s=command_ttl_s, round_timeout_s=round_timeout_s)
+    states: dict[str, Any] = {}          # ip -> the lifecycle's Tracked state of a tracked host
     records: list[tuple[str, dict]] = []
     decisions: list[dict] = []
     # (time, order, kind, target)
@@ -176,22 +178,13 @@ def record_history(hosts: list[Host], policy, *, start: float, horizon: float, p
     scans = 0
 
     def decide(ip, obs, now, scan_id):
-        before = states.get(ip)
-        state, plan = policy.decide(before, obs, now)
-        tracked = state.responsive
-        decisions.append({"ip": ip, "decided_at": micros(now), "scan_id": scan_id,
-                          "previous_status": before.status.value if before is not None else "UNKNOWN",
-                          "status": state.status.value, "reason": plan.reason.value, "changed": plan.changed,
-                          "backoff_step": state.step, "device": state.device,
-                          "next_scan_at": micros(plan.at) if tracked else None,
-                          "port_set": port_set_record(plan.ports)})
-        if tracked:
-            states[ip], plans[ip] = state, plan
-            if plan.at < horizon:
-                heapq.heappush(agenda, (plan.at, 1, "ip", ip))
-        else:
-            states.pop(ip, None)
-            plans.pop(ip, None)
+        tracked, d = lifecycle.observe(ip, states.pop(ip, None), obs, now, scan_id)
+        decisions.append(decision_record(ip=ip, policy=policy.name, decided_at=now, scan_id=scan_id,
+                                         previous=d.previous, state=d.state, plan=d.plan, tracked=d.tracked))
+        if tracked is not None:
+            states[ip] = tracked
+            if tracked.next_at < horizon:
+                heapq.heappush(agenda, (tracked.next_at, 1, "ip", ip))
 
     host_of = {h.ip: h for h in hosts}
     while agenda:
@@ -205,13 +198,13 @@ def record_history(hosts: list[Host], policy, *, start: float, horizon: float, p
             for ip, (ports, banners) in sorted(said.items()):
                 decide(ip, Observation.of(ports, banners, probed=silent), t + SCAN_SECONDS, scan_id)
             continue
-        if target not in plans or plans[target].at != t:
+        if target not in states or states[target].next_at != t:
             continue  # superseded by a later decision
-        plan = plans[target]
+        _, ports_now = lifecycle.next_scan(states[target])
         died = dead_agent_every and scans % dead_agent_every == 0
         mark = len(records)
-        said = _scan(records, rng, "agent-2", scan_id, target, [host_of[target]], plan.ports.ports,
-                     port_set_record(plan.ports), t, done=not died)
+        said = _scan(records, rng, "agent-2", scan_id, target, [host_of[target]], ports_now.ports,
+                     port_set_record(ports_now), t, done=not died)
         ports, banners = said.get(target, ([], []))
         if died:
             if not ports:
@@ -224,7 +217,7 @@ def record_history(hosts: list[Host], policy, *, start: float, horizon: float, p
             decide(target, Observation.of(ports, banners, probed=None, complete=False),
                    last / US + round_timeout_s, scan_id)
         else:
-            decide(target, Observation.of(ports, banners, probed=plan.ports), t + SCAN_SECONDS, scan_id)
+            decide(target, Observation.of(ports, banners, probed=ports_now), t + SCAN_SECONDS, scan_id)
         if duplicate_every and scans % duplicate_every == 0:
             records.extend(records[mark:])
     records.sort(key=lambda r: (_time_of(r), r[0] == "ScanDone"))

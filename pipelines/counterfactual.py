@@ -1,0 +1,232 @@
+"""The counterfactual replay of one IP, pure (no Beam): recorded rounds in, both sides' tallies out.
+
+**Counterfactual replay.** From a recorded *standard* scan (every IP, every 12 h, the standard set),
+the efficient policy is evaluated seeing only the (IP, port, round) cells it would have probed:
+
+- it first probes an IP at round ``phase(ip)`` of that IP's recorded rounds (``phase`` spreads the
+  first sweep over one silent interval, like the live sweeps and the simulator: a stable hash of the
+  address unless given);
+- every decision is the lifecycle's (``Lifecycle.observe``, the step the live pipeline and the
+  simulator take); when it schedules the next scan at time T (``Lifecycle.next_scan``), the next
+  round it sees is the first recorded round at or after T (within ``tolerance_s``, for the jitter of
+  real scans);
+- in that round it sees the recorded open ports and banners on the ports of its plan only, and the
+  round's completeness. Same responses, same timing: only the policy differs.
+
+What a counterfactual cannot see: ports of a plan that the recorded scan did not probe (outside the
+standard set) read as closed, and are counted as ``unobserved_probes``. An IP the lifecycle does not
+track (never answered, or demoted) is swept: its silent complete rounds are the policy's silent sweep
+(read from the policy by :func:`scanflow.lifecycle.untracked.bulk_silent_rule`), as the live sweeps
+and the simulator sweep it, and no decision is written for them; IPs that never answered and whose
+rounds all completed are handled in bulk.
+
+Both sides' traffic is modelled with the same :class:`scanflow.metrics.ByteModel`, so the ratio
+compares policies, not agents. :mod:`pipelines.replay` runs this per IP on the bounded Beam pipeline.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, NamedTuple
+
+from scanflow.lifecycle.records import decision_record
+from scanflow.lifecycle.rounds import US, resolve_port_set
+from scanflow.lifecycle.step import Lifecycle
+from scanflow.lifecycle.untracked import first_scan
+from scanflow.metrics import ByteModel, PolicyTally
+from scanflow.policy import Observation
+from scanflow.portsets import PortSet
+
+
+class RecordedRound(NamedTuple):
+    """One IP's recorded scan round: when it ended (seconds), what answered, what was probed."""
+
+    at: float
+    scan_id: str
+    policy: str
+    open_ports: frozenset[int]
+    banners: tuple[tuple[int, bytes], ...]
+    probed: PortSet | None
+    ports_probed: int
+    complete: bool
+    agent_id: str = ""
+
+
+@dataclass
+class IpReplay:
+    """What replaying one IP gave: both tallies, the efficient side's records, the blind spots."""
+
+    standard: PolicyTally
+    replayed: PolicyTally
+    decisions: list[dict] = field(default_factory=list)
+    observations: list[dict] = field(default_factory=list)
+    scans: list[dict] = field(default_factory=list)
+    unobserved_probes: int = 0
+    recorded_bytes: int = 0
+    events: int = 0
+
+
+def stable_phase(ip: str, rounds: int) -> int:
+    """The round (0..rounds-1) of an IP's first sweep: a stable hash of the address."""
+    if rounds <= 1:
+        return 0
+    return int.from_bytes(hashlib.blake2b(ip.encode(), digest_size=8).digest(), "big") % rounds
+
+
+def _record_of(ps: PortSet) -> dict:
+    if ps.name is not None or len(ps) <= 64:
+        return ps.to_record()
+    return {"name": None, "version": None, "ports": []}  # an oversized anonymous set: not recordable inline
+
+
+def replay_ip(ip: str, rounds: list[RecordedRound], policy, *, counterfactual: bool = True, phase: int = 0,
+              tolerance_s: float = 3600.0, byte_model: ByteModel = ByteModel(), silent_rule=None,
+              records: bool = True, lifecycle: Lifecycle | None = None) -> IpReplay:
+    """Replay one IP's recorded rounds (sorted by time) through ``policy`` (see the module docstring).
+
+    Without ``counterfactual`` the policy decides on every recorded round as recorded (its
+    decisions on the same history); the replayed tally is then the recording itself.
+    """
+    out = IpReplay(PolicyTally(byte_model), PolicyTally(byte_model))
+    for r in rounds:
+        probes = r.ports_probed or (len(r.probed) if r.probed else 0)
+        out.standard.add_round(ip, probes, r.open_ports, [(p, len(b)) for p, b in r.banners])
+        if records:  # the recording itself, so the output lake holds both sides of the comparison
+            out.scans.append(_scan_record(ip, r, r.policy, r.scan_id, probes, r.probed, r.open_ports, r.banners,
+                                          byte_model))
+            if r.open_ports:
+                out.observations.append(_observation_record(
+                    ip, r, Observation(r.open_ports, r.banners, r.probed, r.complete), r.policy, r.probed, r.scan_id))
+    if not rounds:
+        return out
+    tag = f"~{policy.name.lower()}"
+    answered = any(r.open_ports for r in rounds)
+    times = [r.at for r in rounds]
+    sweep_s = silent_rule.rounds * policy.params.standard_interval if silent_rule is not None else None
+    if counterfactual and sweep_s is not None and not answered and all(r.complete for r in rounds):
+        # never answered, every round complete: the policy's silent sweep, in bulk (what decide()
+        # would plan after each silent round, as checked by bulk_silent_rule)
+        i = phase
+        while i < len(rounds):
+            ports = silent_rule.first if i == phase else silent_rule.sweep
+            out.replayed.add_round(ip, len(ports))
+            if records:
+                r = rounds[i]
+                out.scans.append(_scan_record(ip, r, policy.name, r.scan_id + tag, len(ports), ports, frozenset(), (),
+                                              byte_model))
+            i = max(bisect.bisect_left(times, times[i] + sweep_s - tolerance_s, lo=i + 1), i + 1)
+        return out
+    lifecycle = lifecycle or Lifecycle(policy)
+    tracked = None                     # the lifecycle's state of the IP while it is tracked
+    if counterfactual:
+        if phase >= len(rounds):
+            return out
+        first = first_scan(policy, rounds[phase].at)
+        at, ports, i = first.at, first.ports, phase
+    else:
+        at, ports, i = None, None, 0
+    while i < len(rounds):
+        r = rounds[i]
+        sid = r.scan_id + tag
+        if counterfactual:
+            seen = r.open_ports & ports.ports
+            banners = tuple((p, b) for p, b in r.banners if p in ports.ports)
+            if r.probed is not None:
+                out.unobserved_probes += len(ports.ports - r.probed.ports)
+            obs = Observation(frozenset(seen), banners, ports, r.complete)
+            out.replayed.add_round(ip, len(ports), seen, [(p, len(b)) for p, b in banners])
+        else:
+            ports = r.probed
+            obs = Observation(r.open_ports, r.banners, r.probed, r.complete)
+            out.replayed.add_round(ip, r.ports_probed, r.open_ports, [(p, len(b)) for p, b in r.banners])
+        probes = len(ports) if ports is not None else r.ports_probed
+        if counterfactual and sweep_s is not None and tracked is None and not obs.open_ports and obs.complete:
+            # an untracked IP silent in a complete round: a sweep, left undecided as the live sweeps
+            # and the simulator leave it; the next sweep is one silent interval on
+            if records:
+                out.scans.append(_scan_record(ip, r, policy.name, sid, probes, ports, frozenset(), (), byte_model))
+            at, ports = r.at + sweep_s, silent_rule.sweep
+        else:
+            tracked, decided = lifecycle.observe(ip, tracked, obs, r.at, sid)
+            if records:
+                out.observations.append(_observation_record(ip, r, obs, policy.name, ports, sid))
+                out.decisions.append(decision_record(ip=ip, policy=policy.name, decided_at=r.at, scan_id=sid,
+                                                     previous=decided.previous, state=decided.state,
+                                                     plan=decided.plan, tracked=decided.tracked))
+                out.scans.append(_scan_record(ip, r, policy.name, sid, probes, ports, obs.open_ports, obs.banners,
+                                              byte_model))
+            at, ports = lifecycle.next_scan(tracked, decided)
+        if counterfactual:
+            i = max(bisect.bisect_left(times, at - tolerance_s, lo=i + 1), i + 1)
+        else:
+            i += 1
+    return out
+
+
+def _scan_record(ip: str, r: RecordedRound, policy: str, scan_id: str, probes: int, ports: PortSet | None,
+                 open_ports: frozenset[int], banners, byte_model: ByteModel) -> dict:
+    """A ScanDone for one round of one side, its bytes from the byte model (as the tallies)."""
+    grabbed = [(p, len(b)) for p, b in banners]
+    sent = byte_model.round_bytes(probes, len(open_ports - {p for p, _ in grabbed}), grabbed)
+    return {"scan_id": scan_id, "agent_id": r.agent_id, "command_id": None, "target": ip, "policy": policy,
+            "started_at": int(r.at * US), "ended_at": int(r.at * US),
+            "port_set": _record_of(ports) if ports is not None else {"name": None, "version": None, "ports": []},
+            "ports_probed": probes, "addresses_probed": 1, "packets_sent": probes, "bytes_sent": sent,
+            "responses": len(open_ports), "status": "COMPLETE" if r.complete else "ABORTED", "status_detail": None}
+
+
+def _observation_record(ip: str, r: RecordedRound, obs: Observation, policy: str, ports: PortSet | None,
+                        scan_id: str) -> dict:
+    from scanflow.fingerprint import answer_fingerprint
+
+    banners = dict(obs.banners)
+    return {"ip": ip, "scan_id": scan_id, "agent_id": r.agent_id, "command_id": None, "policy": policy,
+            "started_at": int(r.at * US), "ended_at": int(r.at * US),
+            "port_set": _record_of(ports) if ports is not None else {"name": None, "version": None, "ports": []},
+            "ports_probed": len(ports) if ports is not None else 0,
+            "responses": [{"port": p, "transport": "TCP", "banner": banners.get(p), "banner_protocol": None,
+                           "ttl": None, "window": None} for p in sorted(obs.open_ports)],
+            "status": "COMPLETE" if r.complete else "ABORTED",
+            "fingerprint": answer_fingerprint(obs.open_ports, obs.banners) if obs.open_ports else None,
+            "device": None}
+
+
+def assemble_rounds(items: Iterable[tuple], published: Mapping[tuple[str, int], PortSet],
+                    ranges: Iterable[tuple] = ()) -> tuple[list[RecordedRound], int]:
+    """One IP's rounds from its compact events ``(0, scan_id, port, banner, ts_us)`` and ScanDones
+    ``(1, scan_id, ended_us, status, port_set_ref, ports_probed, policy, agent_id)``, plus the range
+    ScanDones covering it (same shape). A round is one scan_id; its time is the ScanDone's end (the
+    last response when the ScanDone is missing: an incomplete round). Returns (rounds, events)."""
+    events: dict[str, dict[int, bytes | None]] = {}
+    last_ts: dict[str, int] = {}
+    dones: dict[str, tuple] = {}
+    n_events = 0
+    for item in items:
+        if item[0] == 0:
+            _, sid, port, banner, ts = item
+            n_events += 1
+            ports = events.setdefault(sid, {})
+            if ports.get(port) is None:
+                ports[port] = banner
+            last_ts[sid] = max(last_ts.get(sid, ts), ts)
+        else:
+            dones[item[1]] = item
+    for item in ranges:
+        dones.setdefault(item[1], item)
+    out = []
+    for sid in set(events) | set(dones):
+        ports = events.get(sid, {})
+        done = dones.get(sid)
+        if done is not None:
+            _, _, ended, status, ref, probed, policy, agent = done
+            at, complete = ended / US, status == "COMPLETE"
+            port_set = resolve_port_set(ref, published)
+        else:
+            at, complete, port_set, probed, policy, agent = last_ts[sid] / US, False, None, 0, "UNKNOWN", ""
+        out.append(RecordedRound(at, sid, policy, frozenset(ports),
+                                 tuple(sorted((p, b) for p, b in ports.items() if b is not None)),
+                                 port_set, probed, complete, agent))
+    out.sort(key=lambda r: (r.at, r.scan_id))
+    return out, n_events
