@@ -3,11 +3,11 @@
 A bounded replay has the whole window before it: grouping each IP's rounds (one ``GroupByKey``)
 and replaying the per-IP stage's wake-ups in time order in plain Python
 (:meth:`scanflow.lifecycle.step.Lifecycle.run`) gives the decisions and commands the timers of
-:mod:`pipelines.changes` give on the same rounds, at a fraction of the cost: no keyed state, no
+:mod:`pipelines.per_ip_stage` give on the same rounds, at a fraction of the cost: no keyed state, no
 timer, one call per IP. The live scheduler cannot do this (it never has an IP's future rounds), so
-it keeps :class:`~pipelines.changes.DetectChanges`; both are tested to decide alike.
+it keeps :class:`~pipelines.per_ip_stage.DetectChanges`; both are tested to decide alike.
 
-Outputs as :class:`~pipelines.changes.DetectChanges`: decisions (main), ``commands``, ``states``
+Outputs as :class:`~pipelines.per_ip_stage.DetectChanges`: decisions (main), ``commands``, ``states``
 (empty unless ``emit_states``; a replay writes no ip-state).
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 
 import apache_beam as beam
 
-from pipelines.changes import COMMANDS, STATES, CountReporter, emit
+from pipelines.per_ip_stage import COMMANDS, STATES, CountReporter, emit
 from scanflow.lifecycle.rounds import Round
 from scanflow.lifecycle.state import RefTable
 from scanflow.lifecycle.step import Lifecycle
@@ -40,15 +40,15 @@ class _DecideFn(beam.DoFn):
         self._ttl, self._emit_states, self._forget_s = command_ttl_s, emit_states, forget_s
 
     def setup(self):
-        self._tracker = Lifecycle(self._policy, **self._args)
+        self._lifecycle = Lifecycle(self._policy, **self._args)
         self._refs = RefTable.of_policy(self._policy)
         self._name = self._policy.name
-        self._counts = CountReporter(self._tracker.counts)
+        self._counts = CountReporter(self._lifecycle.counts)
 
     def process(self, element):
         ip, items = element
         rounds = [(us, Round(*r)) for us, r in items]
-        for o in self._tracker.run(ip, rounds, forget_s=self._forget_s):
+        for o in self._lifecycle.run(ip, rounds, forget_s=self._forget_s):
             yield from emit(o, self._name, self._ttl, self._refs, self._emit_states)
 
     def finish_bundle(self):
@@ -57,7 +57,7 @@ class _DecideFn(beam.DoFn):
 
 class DecideInBatch(beam.PTransform):
     """``(ip, Round)`` -> ``(decisions, commands, states)`` for a bounded window; the arguments are
-    :class:`~pipelines.changes.DetectChanges`'s."""
+    :class:`~pipelines.per_ip_stage.DetectChanges`'s."""
 
     def __init__(self, policy, *, recent_scans: int = 4, command_ttl_s: float, round_timeout_s: float,
                  horizon: float | None = None, emit_states: bool = False, forget_s: float = 24 * 3600.0):

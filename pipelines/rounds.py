@@ -32,7 +32,7 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
-from pipelines.beamfix import decline_nan_splits, lighten_state_cache_weigher
+from pipelines.beam_workarounds import decline_nan_splits, lighten_state_cache_weigher
 from scanflow.lifecycle.rounds import (RANGE_KEY_SEP, US, Done, Event, Round, assemble, complete_in,
                                        is_range_scan, range_key, scan_of_key)
 from pipelines.decode import timer_time

@@ -24,7 +24,7 @@ from typing import Any
 
 import apache_beam as beam
 
-from pipelines.changes import DetectChanges
+from pipelines.per_ip_stage import DetectChanges
 from pipelines.commands import WriteCommands, WriteIpStates
 from pipelines.decide_batch import DecideInBatch
 from pipelines.devices import EstimateDevices

@@ -35,7 +35,7 @@ from connectors.beam_kafka_source import KafkaRecord, ReadFromKafka
 from connectors.kafka_io import dead_letter_headers, make_consumer, topic_partitions
 from scanflow.config import KafkaSettings
 
-from pipelines.changes import RestoreRecord
+from pipelines.per_ip_stage import RestoreRecord
 from scanflow.lifecycle.rounds import US
 from pipelines.decode import MAX_TIME_US, MIN_TIME_US, check_times, from_record
 from scanflow.lifecycle.state import STATE_HEADER, RefTable, unpack_header

@@ -10,6 +10,6 @@
 - :mod:`~scanflow.lifecycle.records`: the Decision / Observation / ScanCommand / IpState records the
   step's outputs become, with one id formula each.
 
-The live Beam per-IP stage (``pipelines.changes``) and the batch decision stage
+The live Beam per-IP stage (``pipelines.per_ip_stage``) and the batch decision stage
 (``pipelines.decide_batch``) are drivers of :class:`~scanflow.lifecycle.step.Lifecycle`.
 """

@@ -1,6 +1,6 @@
 """The per-IP step: what happens to one IP, as a pure function of its state, its rounds and the time.
 
-The Beam stage (:mod:`pipelines.changes`) keeps a :class:`~scanflow.lifecycle.state.Tracked` per IP and a bag
+The Beam stage (:mod:`pipelines.per_ip_stage`) keeps a :class:`~scanflow.lifecycle.state.Tracked` per IP and a bag
 of rounds waiting for the watermark, and calls :meth:`Lifecycle.wake` when the IP's one event-time
 timer fires. ``wake`` processes, in event-time order, every round that ended by then and the IP's
 due times:
@@ -162,7 +162,7 @@ class Lifecycle:
 
     def run(self, ip: str, items: list[tuple[int, Round]], *, forget_s: float) -> list[Any]:
         """Every output for ``ip`` over a bounded window, exactly as the per-IP stage
-        (:mod:`pipelines.changes`) makes them, without Beam: ``items`` are all the IP's
+        (:mod:`pipelines.per_ip_stage`) makes them, without Beam: ``items`` are all the IP's
         ``(element time in micros, round)``, the IP starts without state.
 
         The stage's wake-ups are replayed in time order: a round's element time, the due time, the

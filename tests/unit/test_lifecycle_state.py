@@ -91,7 +91,7 @@ def test_a_state_naming_a_port_set_the_policy_lost_is_left_to_the_sweeps_not_a_f
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
     from apache_beam.testing.util import assert_that, equal_to
 
-    from pipelines.changes import DetectChanges, RestoreRecord
+    from pipelines.per_ip_stage import DetectChanges, RestoreRecord
     from scanflow.portsets import PortSet
 
     gone = PortSet("retired", 1, (80, 8080))
@@ -122,7 +122,7 @@ def test_a_restored_tombstone_keeps_the_rounds_before_it_from_being_applied_agai
     from apache_beam.testing.util import assert_that, equal_to
     from apache_beam.transforms.window import TimestampedValue
 
-    from pipelines.changes import DetectChanges, RestoreRecord
+    from pipelines.per_ip_stage import DetectChanges, RestoreRecord
     from scanflow.lifecycle.rounds import Round
     from scanflow.lifecycle.records import micros
 
@@ -153,7 +153,7 @@ def test_a_demoted_ip_keeps_its_demotion_time_so_a_round_before_it_coming_again_
     from apache_beam.testing.util import assert_that, equal_to
     from apache_beam.transforms.window import TimestampedValue
 
-    from pipelines.changes import DetectChanges
+    from pipelines.per_ip_stage import DetectChanges
     from scanflow.lifecycle.rounds import Round
     from scanflow.lifecycle.records import micros
 

@@ -37,7 +37,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, TimerSpec, on_timer
 
-from pipelines.beamfix import decline_nan_splits, lighten_state_cache_weigher
+from pipelines.beam_workarounds import decline_nan_splits, lighten_state_cache_weigher
 from scanflow.lifecycle.rounds import US, Round
 from pipelines.decode import timer_time
 from scanflow.lifecycle.records import command_record, decision_record, ip_state_record, micros
@@ -62,7 +62,7 @@ class RestoreRecord(NamedTuple):
 
 
 class CountReporter:
-    """Reports what a tracker counted (``Lifecycle.counts``) as Beam counters ``scanflow.changes/*``:
+    """Reports what the lifecycle counted (``Lifecycle.counts``) as Beam counters ``scanflow.changes/*``:
     each :meth:`flush` adds what was counted since the last one."""
 
     def __init__(self, counts):
@@ -112,10 +112,10 @@ class _TrackFn(beam.DoFn):
     def setup(self):
         lighten_state_cache_weigher()
         decline_nan_splits()
-        self._tracker = Lifecycle(self._policy, **self._args)
+        self._lifecycle = Lifecycle(self._policy, **self._args)
         self._refs = RefTable.of_policy(self._policy)
         self._name = self._policy.name
-        self._counts = CountReporter(self._tracker.counts)
+        self._counts = CountReporter(self._lifecycle.counts)
 
     def finish_bundle(self):
         self._counts.flush()
@@ -154,11 +154,11 @@ class _TrackFn(beam.DoFn):
         except (KeyError, ValueError, IndexError) as exc:
             # A well-formed state this policy cannot read (e.g. it names a port set the policy no
             # longer has): the IP starts again from its next sweep rather than failing the job.
-            self._tracker.counts["restore_unreadable"] += 1
+            self._lifecycle.counts["restore_unreadable"] += 1
             log.warning("ip-state of %s not restored (%s: %s); it is left to the sweeps",
                         ip, type(exc).__name__, exc)
             return
-        new = self._tracker.restore(current, restored, updated_at)
+        new = self._lifecycle.restore(current, restored, updated_at)
         if new is not current:
             if new is not None:
                 self._save(store, pack(new, self._refs), waiting)
@@ -192,7 +192,7 @@ class _TrackFn(beam.DoFn):
         return unpack(raw, self._refs), None
 
     def _set_due(self, due_timer, t) -> None:
-        due = self._tracker.due_at(t)
+        due = self._lifecycle.due_at(t)
         if due is None:
             due_timer.clear()
         else:
@@ -202,7 +202,7 @@ class _TrackFn(beam.DoFn):
         if item.header is not None:
             return unpack_header(item.header, self._refs)
         if item.record is not None:
-            t = from_ip_state_record(item.record, self._policy.params.retry_interval, self._tracker.published)
+            t = from_ip_state_record(item.record, self._policy.params.retry_interval, self._lifecycle.published)
             return t, t.updated_at
         return None, item.ts
 
@@ -226,7 +226,7 @@ class _TrackFn(beam.DoFn):
         raw, waiting = self._load(store)
         current, floor = self._read(raw)
         items = [(us, Round(*r)) for us, r in waiting]
-        new, out, rest = self._tracker.wake(key, current, items, fired.micros, late_until=floor,
+        new, out, rest = self._lifecycle.wake(key, current, items, fired.micros, late_until=floor,
                                             now=time.time() if self._catch_up else None)
         keep = raw
         if new is not None:
@@ -253,7 +253,7 @@ class _TrackFn(beam.DoFn):
 
 
 def emit(o, policy_name: str, ttl_s: float, refs: RefTable, emit_states: bool = True):
-    """The records of one tracker output: a ``Decision`` (main), ``(ip, ScanCommand)`` on
+    """The records of one lifecycle output: a ``Decision`` (main), ``(ip, ScanCommand)`` on
     ``commands``, ``(ip, IpState or None, headers)`` on ``states``."""
     if isinstance(o, Decided):
         yield decision_record(ip=o.ip, policy=policy_name, decided_at=o.at, scan_id=o.scan_id,

@@ -1,4 +1,4 @@
-"""Work-arounds for Beam worker behaviour (pipelines/beamfix.py)."""
+"""Work-arounds for Beam worker behaviour (pipelines/beam_workarounds.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 from apache_beam.runners.worker import bundle_processor
 
-from pipelines.beamfix import decline_nan_splits
+from pipelines.beam_workarounds import decline_nan_splits
 
 
 def test_a_nan_split_request_is_declined_instead_of_failing_the_bundle():
