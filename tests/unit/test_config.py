@@ -236,3 +236,109 @@ def test_the_broker_script_says_when_the_client_address_misses_its_port(tmp_path
     env["SCANFLOW_KAFKA_BOOTSTRAP_SERVERS"] = "127.0.0.1:39092"
     out = subprocess.run(["bash", script, "status"], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 3 and out.stderr == ""
+
+
+# The sections are frozen dataclasses whose fields pydantic types and checks (scanflow/config/model.py).
+
+def test_settings_survive_pickling_as_beam_ships_them_to_workers(tmp_path):
+    import pickle
+
+    from apache_beam.internal import pickler
+
+    derived = load_settings(overrides={"infra.kafka_port": "39092", "agent.allowlist": "198.18.0.0/24"}, environ={})
+    explicit = load_settings(overrides={"kafka.bootstrap_servers": "kafka1.example:9093"}, environ={})
+    for s in (derived, explicit):
+        for copy in (pickle.loads(pickle.dumps(s)), pickler.loads(pickler.dumps(s))):
+            assert copy == s and copy.bootstrap_derived == s.bootstrap_derived
+            assert copy.kafka.client_options() == s.kafka.client_options()
+            assert copy.validate() == s
+    assert pickle.loads(pickle.dumps(derived.lake)) == derived.lake
+
+
+def test_sections_are_frozen_and_replace_makes_changed_copies():
+    import dataclasses
+
+    from scanflow.config import AgentSettings
+
+    s = load_settings(environ={})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.infra.kafka_port = 1
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.kafka = None
+    topics = dataclasses.replace(s.topics, events="other.events")
+    assert topics.events == "other.events" and s.topics.events == "scanflow.events"
+    assert dataclasses.replace(s, topics=topics).topics.events == "other.events"
+    assert AgentSettings().replace(rate_pps=5.0).rate_pps == 5.0
+    # constructing a section checks nothing; validate() does, with the same one line
+    bad = dataclasses.replace(s.infra, kafka_port=70000)
+    with pytest.raises(ConfigError, match=r"^infra.kafka_port: 70000 is outside 1024..65535; pick a free port$"):
+        bad.validate()
+
+
+@pytest.mark.parametrize("source, key, value, message", [
+    ("toml", "agent.rate_pps", "true", "agent.rate_pps: expected a number, got True"),
+    ("toml", "kafka.request_timeout_ms", "1.5", "kafka.request_timeout_ms: expected a whole number, got 1.5"),
+    ("toml", "kafka.client_id", "[1]", "kafka.client_id: expected a string, got list"),
+    ("toml", "policy.builtin_kb", '"maybe"', "policy.builtin_kb: expected true or false, got 'maybe'"),
+    ("toml", "policy.ladder_hours", '[12, "x"]', "policy.ladder_hours: expected a number, got 'x'"),
+    ("toml", "agent.allowlist", "3", "agent.allowlist: expected a list, got 3"),
+    ("env", "agent.shards", "two", "agent.shards: expected a whole number, got 'two'"),
+    ("env", "infra.status_timeout_s", "soon", "infra.status_timeout_s: expected a number, got 'soon'"),
+    ("env", "pipeline.catch_up", "maybe", "pipeline.catch_up: expected true or false, got 'maybe'"),
+    ("set", "lake.row_group_rows", "many", "lake.row_group_rows: expected a whole number, got 'many'"),
+    ("set", "policy.ladder_hours", "12,abc", "policy.ladder_hours: expected a number, got 'abc'"),
+    ("set", "agent.skip_tracked", "perhaps", "agent.skip_tracked: expected true or false, got 'perhaps'"),
+    # a value of the right type out of range: the rule's own words, from every source
+    ("toml", "infra.kafka_port", "70000", "infra.kafka_port: 70000 is outside 1024..65535; pick a free port"),
+    ("env", "infra.kafka_port", "70000", "infra.kafka_port: 70000 is outside 1024..65535; pick a free port"),
+    ("set", "infra.kafka_port", "70000", "infra.kafka_port: 70000 is outside 1024..65535; pick a free port"),
+    ("env", "agent.rate_pps", "0", "agent.rate_pps: must be > 0, got 0.0"),
+    ("set", "pipeline.sweep_ranges", "192.0.2.1/24", "pipeline.sweep_ranges: '192.0.2.1/24' is not a CIDR range"),
+    ("set", "lake.compression", "lz5", "lake.compression: 'lz5' is not one of zstd, snappy, gzip, none"),
+])
+def test_a_wrong_value_is_one_line_naming_the_key_from_every_source(tmp_path, source, key, value, message):
+    section, name = key.split(".")
+    kwargs = {"environ": {}}
+    if source == "toml":
+        cfg = tmp_path / "scanflow.toml"
+        cfg.write_text(f"[{section}]\n{name} = {value}\n")
+        kwargs["config_file"] = cfg
+    elif source == "env":
+        kwargs["environ"] = {f"SCANFLOW_{section.upper()}_{name.upper()}": value}
+    else:
+        kwargs["overrides"] = parse_set_options([f"{key}={value}"])
+    with pytest.raises(ConfigError) as err:
+        load_settings(**kwargs)
+    text = str(err.value)
+    assert text.startswith(message) and "\n" not in text
+
+
+def test_values_are_typed_the_same_from_every_source(tmp_path):
+    cfg = tmp_path / "scanflow.toml"
+    cfg.write_text('[agent]\nallowlist = ["198.18.0.0/24", "127.0.0.1/32"]\nrate_pps = 250\nskip_tracked = false\n'
+                   '[policy]\nladder_hours = [12, 24.5]\n')
+    from_file = load_settings(cfg, environ={})
+    env = {"SCANFLOW_AGENT_ALLOWLIST": "198.18.0.0/24, 127.0.0.1/32", "SCANFLOW_AGENT_RATE_PPS": "250",
+           "SCANFLOW_AGENT_SKIP_TRACKED": "no", "SCANFLOW_POLICY_LADDER_HOURS": "12,24.5"}
+    from_env = load_settings(environ=env)
+    from_set = load_settings(overrides={"agent.allowlist": "198.18.0.0/24,127.0.0.1/32", "agent.rate_pps": "250",
+                                        "agent.skip_tracked": "off", "policy.ladder_hours": "12, 24.5"}, environ={})
+    assert from_file == from_env == from_set
+    agent = from_file.agent
+    assert agent.allowlist == ("198.18.0.0/24", "127.0.0.1/32") and agent.skip_tracked is False
+    assert agent.rate_pps == 250.0 and isinstance(agent.rate_pps, float)
+    assert from_file.policy.ladder_hours == (12.0, 24.5)
+    assert load_settings(overrides={"agent.allowlist": ""}, environ={}).agent.allowlist == ()
+
+
+def test_every_default_section_is_valid_and_paths_may_be_given_as_paths(tmp_path):
+    import dataclasses
+
+    from scanflow.config import AgentSettings
+
+    s = Settings().validate()
+    for f in dataclasses.fields(s):
+        assert getattr(s, f.name).validate() == getattr(s, f.name)
+    AgentSettings(portset_dir=tmp_path).validate()           # a Path where the setting is a path string
+    with pytest.raises(ConfigError, match="agent.portset_dir: .* is not a directory"):
+        AgentSettings(portset_dir=tmp_path / "absent").validate()
