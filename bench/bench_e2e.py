@@ -24,7 +24,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scanflow.config import load_settings  # noqa: E402
-from scanflow.loop.orchestrate import Loop, LoopSpec, proc_status_kb  # noqa: E402
+from scanflow.loop.orchestrate import Loop  # noqa: E402
+from scanflow.loop.processes import proc_status_kb  # noqa: E402
+from scanflow.loop.spec import LoopSpec  # noqa: E402
 
 
 def cpu_seconds(pid: int) -> float:

@@ -23,7 +23,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scanflow.config import load_settings  # noqa: E402
-from scanflow.loop.orchestrate import Loop, LoopError, LoopSpec, proc_status_kb  # noqa: E402
+from scanflow.loop.orchestrate import Loop  # noqa: E402
+from scanflow.loop.processes import proc_status_kb  # noqa: E402
+from scanflow.loop.spec import LoopError, LoopSpec  # noqa: E402
 
 
 def slope_per_min(points: list[tuple[float, float]]) -> float:

@@ -59,7 +59,9 @@ def run(obj: CliContext, ips, days, day_seconds, agents, backend, allow, no_firs
     Defaults: 20,000 IPs, 7 virtual days of 20 s each (about 3 minutes), 2 agents, no packets sent.
     `--backend connect --allow CIDR` scans a real allowlist instead (nothing outside it)."""
     from scanflow.config import REPO_ROOT, ConfigError
-    from scanflow.loop.orchestrate import Loop, LoopError, LoopSpec, format_summary
+    from scanflow.loop.orchestrate import Loop
+    from scanflow.loop.spec import LoopError, LoopSpec
+    from scanflow.loop.summary import format_summary
 
     # Bad input: one line naming the fix, before anything starts.
     if ips < 1 or ips > 1 << 24:
@@ -100,7 +102,7 @@ def run(obj: CliContext, ips, days, day_seconds, agents, backend, allow, no_firs
                     set_items=tuple(root.params.get("set_items") or ()), first_pass=not no_first_pass)
     clock_line = ""
     if backend != "sim":
-        from scanflow.loop.orchestrate import plan_real_clock
+        from scanflow.loop.spec import plan_real_clock
 
         plan = plan_real_clock(spec, settings)
         spec.first_pass_window_s = plan.first_pass_s

@@ -1,6 +1,6 @@
 """The scheduler process of ``scanflow run``: the live Beam scheduler on a Prism job server.
 
-Run as ``python -m scanflow.loop.scheduler SPEC.json`` by :mod:`scanflow.loop.orchestrate`, never
+Run as ``python -m scanflow.loop.scheduler SPEC.json`` by :mod:`scanflow.loop.launch`, never
 imported by the core: Beam and the ``pipelines`` package are imported inside :func:`main` only.
 
 The spec (JSON, written by the orchestrator) names the run's topics, the sweep ranges, the lake
