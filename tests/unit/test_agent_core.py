@@ -14,7 +14,8 @@ import pytest
 
 from connectors.avro_codec import encode, make_record
 from probe_agent.backends import Backend, ProbeResult, ProbeStatus
-from probe_agent.core import Agent, OffsetTracker
+from probe_agent.core import Agent
+from probe_agent.offsets import OffsetTracker
 from probe_agent.settings import AgentSettings
 from scanflow.config import KafkaSettings, TopicsSettings
 
