@@ -286,7 +286,7 @@ def test_pipeline_kill9_mid_run_no_decision_twice(kafka, loop_topics, tmp_path):
 @pytest.mark.skip(reason="flaky: on the just-started broker of this test the agent sometimes believes it joined its "
                          "group with no partition while the broker lists the group Empty, and idled past the 300 s "
                          "guard (3 of 6 runs last session, 3 of about 10 early this session). The agent now joins again when "
-                         "it sees that (probe_agent/core.py, _stale_empty_assignment); the stuck case did not recur in "
+                         "it sees that (probe_agent/group.py, _stale_empty_assignment); the stuck case did not recur in "
                          "the 7 runs since, so the rejoin is unproven: skipped until it is seen working. The broker "
                          "kill -9 is covered by tests/e2e/test_fault_loop.py")
 def test_broker_kill9_mid_run_agent_carries_on_and_counts_reconcile(second_broker, tmp_path):
