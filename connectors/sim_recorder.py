@@ -3,7 +3,7 @@
 :func:`scanflow.simulate.run_policy` calls a recorder's ``scan``, ``bulk`` and ``decision`` as it runs;
 this one turns them into ``ScanEvent`` / ``ScanDone`` records (Avro-ready dicts, built with
 :func:`connectors.avro_codec.make_record`) and ``Decision``-shaped dicts, so the scheduler pipeline can
-be fed the simulator's history and checked decision by decision (tests/unit/test_pipeline_sim_replay.py).
+be fed the simulator's history and checked decision by decision (tests/unit/pipelines/test_pipeline_sim_replay.py).
 The I/O side of the simulator lives here so the core stays free of the record layer.
 
 :func:`world_standard_records` records a world's *standard* scan the same way (what

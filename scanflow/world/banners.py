@@ -9,7 +9,7 @@ always gets the same bytes, a stable host gets the same *normalised* banner on e
 same model differ by their host names.
 
 The generic software strings below were checked not to contain any keyword of the built-in knowledge
-base (``tests/unit/test_world_banners.py``): a host of a device the knowledge base does not know must
+base (``tests/unit/scanflow/world/test_world_banners.py``): a host of a device the knowledge base does not know must
 not be estimated by accident from its web server's name.
 """
 

@@ -9,7 +9,7 @@ compare its figures with the paper's.
 An *answer* is what the scanner would fingerprint: the open ports and the normalised banners
 (:func:`scanflow.fingerprint.answer_fingerprint`), or silence. Banners are rendered at the first
 instant a device instance is seen; that the normalised banner does not depend on the instant is tested
-separately (``tests/unit/test_world_banners.py``), so one rendering per device stands for all rounds.
+separately (``tests/unit/scanflow/world/test_world_banners.py``), so one rendering per device stands for all rounds.
 """
 
 from __future__ import annotations

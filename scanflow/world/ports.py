@@ -16,7 +16,7 @@ The share of (host, port) draws falling on each rank is piecewise:
 The defaults were fitted (see ``docs/WORLD.md``) so that a full-port scan of 328,240 responsive hosts,
 put through the paper's derivation (:func:`scanflow.portsets.derive_port_sets`), gives the paper's
 sizes: ~11,000 standard ports, ~500 ports for 95 % device detection, ~5,100 ports for 97 % port
-detection. ``tests/unit/test_calibration_ports.py`` measures them on a generated world.
+detection. ``tests/unit/scanflow/world/test_calibration_ports.py`` measures them on a generated world.
 """
 
 from __future__ import annotations

@@ -172,7 +172,7 @@ def _honeypot_recording(root):
     """A lake recorded from a tiny world with a static host, a sporadic one and a 150-port honeypot."""
     from scanflow.world.dynamics import HONEYPOT_CLASS, INITIAL
     from scanflow.world.hosts import HONEYPOT
-    from tests.unit.test_simulate import SPORADIC_HOST, STATIC_HOST, hand_sets, tiny_world, zero_schedule
+    from tests.unit.scanflow.test_simulate import SPORADIC_HOST, STATIC_HOST, hand_sets, tiny_world, zero_schedule
 
     honeypot = (5, 0, 14 * 86400, set(range(1000, 1150)), HONEYPOT_CLASS, INITIAL, HONEYPOT)
     world = tiny_world([STATIC_HOST, SPORADIC_HOST, honeypot])

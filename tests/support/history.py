@@ -16,7 +16,7 @@ decision made by the one per-IP step, :class:`scanflow.lifecycle.step.Lifecycle`
 
 It returns the records in time order and every decision the policy made, so a pipeline fed the
 records can be checked decision by decision. The project's simulator records its own event stream
-too (:class:`connectors.sim_recorder.EventRecorder`, replayed by ``tests/unit/test_pipeline_sim_replay.py``);
+too (:class:`connectors.sim_recorder.EventRecorder`, replayed by ``tests/unit/pipelines/test_pipeline_sim_replay.py``);
 this history stays for what the simulator never produces: agents that die mid-scan (timed-out
 rounds, watchdog decisions), rounds delivered twice, and sweeps on the pipeline's block slots.
 """

@@ -6,7 +6,7 @@ event contract's records (:class:`connectors.sim_recorder.EventRecorder`): every
 on (one ``ScanEvent`` per open probed port, one ``ScanDone`` per address) and, for the addresses it
 probed in bulk and that stayed silent (the first classification scan, the silent sweeps), one range
 ``ScanDone`` per /24 block and round with no response. Those records go through the same stages as
-in ``tests/unit/test_pipeline_replay.py``; every decision the simulator made (port set, next scan
+in ``tests/unit/pipelines/test_pipeline_replay.py``; every decision the simulator made (port set, next scan
 time, state, reason, back-off step, device) must come out of the pipeline identically, and the
 pipeline must make no other (the silent range scans in particular close no per-IP round).
 

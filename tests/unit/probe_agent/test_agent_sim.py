@@ -11,7 +11,7 @@ from probe_agent.backends.sim import SimBackend
 from probe_agent.core import Agent
 from probe_agent.settings import AgentSettings
 from scanflow.config import KafkaSettings, TopicsSettings
-from tests.unit.test_agent_core import Recorder
+from tests.unit.probe_agent.test_agent_core import Recorder
 
 EPOCH_US = 1_700_000_000 * 1_000_000
 PORTS = [21, 22, 23, 80, 443, 554, 7547, 8080]

@@ -13,8 +13,8 @@ from click.testing import CliRunner
 
 from connectors.report import build_report, cell_text, format_table
 from scanflow.cli import main
-from tests.unit.test_catalog_queries import HOSTILE, build_lake
-from tests.unit.test_metrics_lake import events_lake, python_figures
+from tests.unit.connectors.test_catalog_queries import HOSTILE, build_lake
+from tests.unit.connectors.test_metrics_lake import events_lake, python_figures
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

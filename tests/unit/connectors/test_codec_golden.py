@@ -4,7 +4,7 @@ The files in tests/golden/ are the contract on the wire: if an encoder change al
 consumer in the field is affected. Old versions' golden files stay forever and must keep decoding
 with the newest schemas (that is the evolution guarantee, tested against real bytes).
 
-Regenerate (only when adding a schema version): ``SCANFLOW_REGEN_GOLDEN=1 pytest tests/unit/test_codec_golden.py``.
+Regenerate (only when adding a schema version): ``SCANFLOW_REGEN_GOLDEN=1 pytest tests/unit/connectors/test_codec_golden.py``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import pytest
 from connectors.avro_codec import HEADER_SIZE, MARKER, AvroCodec, decode
 from connectors.schema_registry import default_registry, strip_logical_types
 
-GOLDEN_DIR = Path(__file__).resolve().parent.parent / "golden"
+GOLDEN_DIR = Path(__file__).resolve().parents[2] / "golden"
 T0 = 1_714_564_800_000_000  # 2024-05-01T12:00:00Z in microseconds
 
 PORT_SET = {"name": "responsive", "version": 7, "ports": []}
