@@ -1,5 +1,9 @@
 """The Beam Kafka source: :class:`ReadFromKafka`, a splittable DoFn over topic-partition offset ranges.
 
+(Over ~500 lines on purpose: one concern, reading, whose offset tracker, watermark and committer
+share the splittable DoFn's state; decoding is :mod:`connectors.beam_kafka_decode`, writing
+:mod:`connectors.beam_kafka_sink`.)
+
 Pure Python on kafka-python (see :mod:`connectors.beam_kafka_common`). Live (unbounded): reads from
 the group's committed offsets, checkpoints itself every ``max_bundle_s``, keeps a watermark from
 record timestamps that also advances when a partition is idle, and commits offsets in the bundle

@@ -1,5 +1,7 @@
 """The Parquet lake: scanflow records as hive-partitioned Parquet files, written atomically.
 
+(Just over ~500 lines: one concern, the lake's files; its reads are :mod:`connectors.duckdb_catalog`.)
+
 Layout (``root`` is ``[lake] root``)::
 
     root/<table>/date=YYYY-MM-DD/hour=HH/part-<content digest>.parquet
