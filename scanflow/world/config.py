@@ -56,12 +56,28 @@ class WorldConfig:
     #: host names) of this many kinds (an ISP pool's customers mostly run the same few routers). 0 =
     #: every occupant an independent draw. *Assumption*.
     dynamic_pool_types: int = 4
+    #: Share of the dynamic (pooled) devices that, when their lease ends, reappear at another address
+    #: of the same pool (the dynamic addresses of their /24) as the same device (profile, host name,
+    #: fingerprint), at the next lease that ends there; the rest leave the pool. The address they left
+    #: gets its next occupant as before. Residential addresses are renumbered inside the ISP's pools,
+    #: but the share that stays on-line through a renumbering is not measured: *assumption* (a half).
+    #: 0 = nobody moves.
+    pool_move_share: float = 0.5
     #: Mean length (hours) of one on-line episode of a sporadic responder. *Assumption*: the paper's
     #: Table 3 shows isolated answers, so episodes are shorter than a 12 h round on average.
     sporadic_on_hours: float = 18.0
     #: Share of time a sporadic responder is on-line. Fitted so that the paper's statistic, answers
     #: in 2 weeks of 12 h rounds by IPs answering < 80 % of rounds, measures 3.45 (about once in 4 days).
     sporadic_duty: float = 0.08
+
+    #: Addresses live in /24 blocks (256 consecutive indices) of kinds with their own mix of classes
+    #: (residential pools, business, mobile, hosting, empty) and a heavy-tailed density, so most
+    #: answering hosts sit in a minority of the /24s, a set stable over months (TASS, Klick et al.
+    #: 2016: over 28 full IPv4 scans, scanning only the prefixes with hosts cuts traffic 25-90 % for
+    #: 1-10 % of hosts missed). The class shares and the responsive fraction are unchanged; only where
+    #: the hosts sit. The block kinds' shares and mixes are *assumptions* (``blocks.py``). False =
+    #: uniform placement.
+    blocks: bool = True
 
     #: Share of devices that are models of the knowledge base (banners carry their keywords); the rest
     #: are devices it does not know. Fitted so that the estimator recognises the model of ~3 % of the
@@ -100,7 +116,8 @@ class WorldConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.generic_port_draws < 1:
             raise ValueError("generic_port_draws is a mean of draws >= 1")
-        for name in ("static_replace_fraction", "known_share", "known_port_keep", "raw_banner_share", "loss"):
+        for name in ("static_replace_fraction", "known_share", "known_port_keep", "raw_banner_share", "loss",
+                     "pool_move_share"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not 0 < self.sporadic_duty < 1:
@@ -139,7 +156,10 @@ class WorldConfig:
                 raise ValueError(f"unknown world parameter {key!r}; known: {known}")
             kind = type(getattr(self, key))
             try:
-                changes[key] = kind(float(text)) if kind is int else kind(text)
+                if kind is bool:
+                    changes[key] = _parse_bool(text)
+                else:
+                    changes[key] = kind(float(text)) if kind is int else kind(text)
             except ValueError:
                 raise ValueError(f"world parameter {key}: {text!r} is not a {kind.__name__}") from None
         return self.replace(**changes)
@@ -149,6 +169,16 @@ class WorldConfig:
         out = dataclasses.asdict(self)
         out["ports"] = dataclasses.asdict(self.ports)
         return out
+
+
+def _parse_bool(text: str) -> bool:
+    """``true/false``, ``1/0``, ``yes/no``, ``on/off`` (any case); ``bool("false")`` would be True."""
+    word = str(text).strip().lower()
+    if word in ("true", "1", "yes", "on"):
+        return True
+    if word in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(word)
 
 
 #: The Dec 2018 full-port scan the paper derived its port sets from: ~12 M addresses, 328,240 (2.7 %)

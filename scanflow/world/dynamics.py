@@ -17,10 +17,16 @@ sporadic   exponential, mean ``sporadic_on_hours``     off-line, then the *same*
 honeypot   the whole horizon                           -
 =========  ==========================================  ============================================
 
+Which addresses each class holds is :mod:`scanflow.world.blocks` (clustered in /24 blocks) or a
+uniform draw (``blocks=False``). On dynamic addresses a share ``pool_move_share`` of the devices whose
+lease ends reappear at another address of their pool (the dynamic addresses of their /24) as the same
+device: renumbering inside the ISP's pool.
+
 A segment is one device on one address for one on-line period. Its ``event`` says how it began:
-``INITIAL`` (already there at time 0), ``APPEARED`` (a new device at an empty address), ``CHANGED`` (a
-new device right after another: replacement or address reassignment) or ``RETURNED`` (a sporadic
-device back on-line). Times are whole seconds.
+``INITIAL`` (already there at time 0), ``APPEARED`` (a device at an address that was empty, or, on a
+dynamic address, a device that held another address of the pool before: a move), ``CHANGED`` (a new
+device right after another: replacement or address reassignment) or ``RETURNED`` (a sporadic device
+back on-line). ``(DYNAMIC, APPEARED)`` segments are exactly the moves. Times are whole seconds.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from scanflow.world.blocks import BLOCK_SIZE, place_classes
 from scanflow.world.config import DAY, HOUR, WorldConfig
 
 STATIC, DYNAMIC, SPORADIC, HONEYPOT_CLASS = 0, 1, 2, 3
@@ -115,7 +122,10 @@ def make_segments(rng: np.random.Generator, config: WorldConfig, horizon: float)
     """
     sizes = class_sizes(rng, config)
     total = int(sizes.sum())
-    ips = rng.choice(config.n_ips, total, replace=False).astype(np.int64)
+    if config.blocks:
+        ips = place_classes(rng, config.n_ips, sizes)
+    else:
+        ips = rng.choice(config.n_ips, total, replace=False).astype(np.int64)
     bounds = np.concatenate([[0], np.cumsum(sizes)])
     spor_off = config.sporadic_on_hours * HOUR * (1 - config.sporadic_duty) / config.sporadic_duty
     specs = [
@@ -141,6 +151,10 @@ def make_segments(rng: np.random.Generator, config: WorldConfig, horizon: float)
     ip, start_s, end_s, dev, ev, cls = ip[order], start_s[order], end_s[order], dev[order], ev[order], cls[order]
     # one device instance per (ip, device_no): the key is unique because ips are unique per class
     key = ip * (1 << 20) + dev
+    if config.pool_move_share > 0:
+        ev = ev.copy()
+        _pool_moves(rng, ip, start_s, end_s, cls, ev, key, int(round(horizon)), config.pool_move_share,
+                    config.dynamic_lease_hours * HOUR)
     _, first_idx, device = np.unique(key, return_index=True, return_inverse=True)
     # renumber devices in order of first appearance so the numbering follows the sorted segments
     rank = np.empty(len(first_idx), dtype=np.int64)
@@ -149,3 +163,47 @@ def make_segments(rng: np.random.Generator, config: WorldConfig, horizon: float)
     device_class = np.zeros(len(first_idx), dtype=np.int8)
     device_class[device] = cls
     return Segments(ip, start_s, end_s, device.astype(np.int64), cls, ev), device_class
+
+
+def _pool_moves(rng: np.random.Generator, ip: np.ndarray, start: np.ndarray, end: np.ndarray, cls: np.ndarray,
+                event: np.ndarray, key: np.ndarray, horizon: int, share: float, max_wait: float) -> None:
+    """Renumbering inside the pools, in place: a share of the dynamic devices whose lease ends move to
+    the next address of their pool (the dynamic addresses of their /24) whose lease ends after theirs,
+    and stay there as its next occupant: that segment takes the mover's device ``key`` and the event
+    ``APPEARED``. Movers wait in a queue, first come first served; one that finds no address within
+    ``max_wait`` seconds, or only addresses it has held before, has left the pool."""
+    dyn = np.flatnonzero(cls == DYNAMIC)
+    if not len(dyn):
+        return
+    moving = rng.random(len(dyn)) < share
+    dep = dyn[moving & (end[dyn] < horizon)]
+    arr = dyn[event[dyn] == CHANGED]
+    seg = np.concatenate([arr, dep])
+    is_dep = np.concatenate([np.zeros(len(arr), dtype=bool), np.ones(len(dep), dtype=bool)])
+    when = np.concatenate([start[arr], end[dep]])
+    pool = ip[seg] // BLOCK_SIZE
+    order = np.lexsort((is_dep, when, pool))
+    seg_l, dep_l, when_l, pool_l = seg[order].tolist(), is_dep[order].tolist(), when[order].tolist(), pool[order].tolist()
+    ip_l = ip.tolist()
+    queue: list[tuple[int, int]] = []   # (device key, left at), in order of leaving
+    visited: dict[int, set[int]] = {}
+    current = -1
+    for s, leaving, t, p in zip(seg_l, dep_l, when_l, pool_l):
+        if p != current:
+            queue.clear()
+            current = p
+        if leaving:
+            k = int(key[s])
+            visited.setdefault(k, {ip_l[s]})
+            queue.append((k, t))
+            continue
+        while queue and t - queue[0][1] > max_wait:
+            queue.pop(0)
+        b = ip_l[s]
+        for j, (k, _) in enumerate(queue):
+            if b not in visited[k]:
+                key[s] = k
+                event[s] = APPEARED
+                visited[k].add(b)
+                del queue[j]
+                break

@@ -20,6 +20,7 @@ import numpy as np
 
 from scanflow.knowledge import DeviceModel, KnowledgeBase
 from scanflow.world import banners as B
+from scanflow.world.blocks import BLOCK_SIZE
 from scanflow.world.config import DAY, WorldConfig
 from scanflow.world.dynamics import DYNAMIC, HONEYPOT_CLASS, Segments, make_segments
 from scanflow.world.hosts import HONEYPOT, HostProfiles, draw_kinds, make_profiles
@@ -247,7 +248,8 @@ def survey_world(config: WorldConfig, seed: int, *, n_ips: int, responsive_fract
 def _assign_profiles(rng: np.random.Generator, segments: Segments, device_class: np.ndarray,
                      pool_types: int) -> tuple[np.ndarray, np.ndarray]:
     """Map device instances to profiles: one profile per device, except on dynamic addresses with
-    ``pool_types > 0``, whose occupants each take one of the address's ``pool_types`` set-ups.
+    ``pool_types > 0``, whose occupants each take one of their pool's ``pool_types`` set-ups (a pool:
+    the dynamic addresses of one /24; a device that moves stays in its pool).
     Returns ``(device_profile, profile_class)``."""
     n_dev = len(device_class)
     dynamic = device_class == DYNAMIC
@@ -257,7 +259,7 @@ def _assign_profiles(rng: np.random.Generator, segments: Segments, device_class:
     dev_ip[segments.device] = segments.ip
     own = np.flatnonzero(~dynamic)
     dyn = np.flatnonzero(dynamic)
-    pool_ips, pool_of = np.unique(dev_ip[dyn], return_inverse=True)
+    pool_ips, pool_of = np.unique(dev_ip[dyn] // BLOCK_SIZE, return_inverse=True)
     device_profile = np.empty(n_dev, dtype=np.int64)
     device_profile[own] = np.arange(len(own))
     device_profile[dyn] = len(own) + pool_of * pool_types + rng.integers(0, pool_types, len(dyn))

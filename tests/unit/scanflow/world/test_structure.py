@@ -1,0 +1,104 @@
+"""Structure real scanners exploit, measured on generated worlds: hosts clustered in stable /24 blocks
+(TASS), devices renumbered inside their pool, services that co-occur on one host (GPS), firmware
+updates that change a version but not the model. Each property is switched by a WorldConfig field;
+off, the world is the one without it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from scanflow.fingerprint import answer_fingerprint
+from scanflow.world import World, WorldConfig
+from scanflow.world.blocks import BLOCK_SIZE
+from scanflow.world.config import DAY
+from scanflow.world.dynamics import APPEARED, CHANGED, DYNAMIC
+
+N = 100_000
+
+
+@pytest.fixture(scope="module")
+def world() -> World:
+    return World.generate(WorldConfig(n_ips=N), seed=5, horizon_days=56)
+
+
+@pytest.fixture(scope="module")
+def flat() -> World:
+    return World.generate(WorldConfig(n_ips=N, blocks=False, pool_move_share=0.0), seed=5, horizon_days=56)
+
+
+def _per_block(w: World, t: float) -> np.ndarray:
+    return np.bincount(w.responsive_at(t) // BLOCK_SIZE, minlength=-(-w.n_ips // BLOCK_SIZE))
+
+
+def _fingerprint(w: World, seg: int) -> str:
+    prof = int(w.seg_profile[seg])
+    lo, hi = w.profiles.ptr[prof], w.profiles.ptr[prof + 1]
+    t = int(w.segments.start[seg])
+    banners = [(int(w.profiles.port[e]), w.banner(seg, e, t)) for e in range(lo, hi)]
+    return answer_fingerprint(w.profiles.port[lo:hi].tolist(), [(p, b) for p, b in banners if b])
+
+
+# -- blocks ---------------------------------------------------------------------------------------
+
+
+def test_hosts_cluster_in_a_minority_of_24s_with_blocks_and_spread_without(world, flat):
+    c, u = _per_block(world, 0), _per_block(flat, 0)
+    assert c.var() / c.mean() > 5, c.var() / c.mean()
+    assert 0.7 < u.var() / u.mean() < 1.4, u.var() / u.mean()
+    share_for_90 = [(np.searchsorted(np.cumsum(np.sort(x)[::-1]), 0.9 * x.sum()) + 1) / len(x) for x in (c, u)]
+    assert share_for_90[0] < 0.3 and share_for_90[1] > 0.6, share_for_90
+
+
+def test_the_24s_with_hosts_are_stable_over_eight_weeks(world):
+    week0, week8 = _per_block(world, 0) > 0, _per_block(world, 55.9 * DAY) > 0
+    assert (week0 & week8).sum() / week0.sum() > 0.9
+
+
+def test_blocks_move_hosts_but_keep_the_class_sizes_and_the_responsive_share(world, flat):
+    s, f = world.segments, flat.segments
+    for cls in range(4):
+        a, b = len(np.unique(s.ip[s.cls == cls])), len(np.unique(f.ip[f.cls == cls]))
+        assert abs(a - b) <= 3 * max(b, 1) ** 0.5 + 2, (cls, a, b)
+    for t in (0, 20 * DAY):
+        assert abs(len(world.responsive_at(t)) - len(flat.responsive_at(t))) < 0.05 * len(flat.responsive_at(t))
+
+
+# -- moves inside a pool ---------------------------------------------------------------------------
+
+
+def test_some_pooled_devices_move_inside_their_pool_keeping_their_fingerprint(world):
+    s = world.segments
+    dyn = np.flatnonzero(s.cls == DYNAMIC)
+    moved = dyn[s.event[dyn] == APPEARED]
+    arrivals = (s.event[dyn] == CHANGED).sum() + len(moved)
+    # about pool_move_share of the leases that end bring back a device that left another address
+    assert 0.25 * arrivals < len(moved) < 0.6 * arrivals, (len(moved), arrivals)
+    checked = 0
+    for seg in moved[:300]:
+        segs = np.flatnonzero(s.device == s.device[seg])
+        ips = np.unique(s.ip[segs])
+        assert len(ips) >= 2 and len(ips) == len(segs), "a mover never comes back to an address it held"
+        assert len(np.unique(ips // BLOCK_SIZE)) == 1, "a device stays in its pool"
+        assert len({_fingerprint(world, int(x)) for x in segs}) == 1
+        assert len(set(world.seg_profile[segs].tolist())) == 1
+        checked += 1
+    assert checked == min(300, len(moved)) > 50
+
+
+def test_nobody_moves_with_a_zero_share(flat):
+    s = flat.segments
+    assert not ((s.cls == DYNAMIC) & (s.event == APPEARED)).any()
+    dyn = s.cls == DYNAMIC
+    _, n_ips = np.unique(s.device[dyn], return_counts=True)
+    assert (n_ips == 1).all()
+
+
+def test_the_new_fields_parse_from_text():
+    cfg = WorldConfig().with_overrides({"blocks": "false", "pool_move_share": "0"})
+    assert cfg.blocks is False and cfg.pool_move_share == 0.0
+    assert WorldConfig(blocks=False).with_overrides({"blocks": "1"}).blocks is True
+    with pytest.raises(ValueError, match="is not a bool"):
+        WorldConfig().with_overrides({"blocks": "maybe"})
+    d = WorldConfig().as_dict()
+    assert {"blocks", "pool_move_share"} <= set(d)
