@@ -107,18 +107,27 @@ def host_name(token: int) -> str:
     return f"h{token & 0xFFFFFF:06x}"
 
 
+def firmware_version(token: int, updates: int) -> str:
+    """The firmware version a device of the knowledge base shows after ``updates`` updates: a base
+    version fixed per instance (``token``), its build number counting the updates."""
+    return f"V{1 + token % 9}.{(token >> 4) % 10}.{(token >> 8) % 200 + updates}"
+
+
 def render(proto: int, choice: int, *, keyword: str | None, token: int, seed: int, ip: int, port: int,
-           t: int) -> bytes | None:
+           t: int, firmware: int | None = None) -> bytes | None:
     """The bytes a grabber reads from ``port`` of host ``ip`` at virtual time ``t`` (seconds).
 
     ``choice`` is a :data:`GENERIC_SOFTWARE` index, :data:`NO_BANNER` or :data:`KEYWORD` (then
-    ``keyword`` is the device keyword to show). Returns None for :data:`NO_BANNER`.
+    ``keyword`` is the device keyword to show, followed by its firmware version when ``firmware``, the
+    number of updates it has had by ``t``, is given). Returns None for :data:`NO_BANNER`.
     """
     if choice == NO_BANNER:
         return None
     host = host_name(token)
     if choice == KEYWORD:
         sw = keyword or ""
+        if firmware is not None:
+            sw = f"{sw} firmware {firmware_version(token, firmware)}"
     else:
         options = GENERIC_SOFTWARE[proto]
         sw = options[choice % len(options)].replace("{host}", host)

@@ -91,6 +91,10 @@ class WorldConfig:
     #: Mean number of port draws for a device the knowledge base does not know (geometric, >= 1).
     #: Fitted with the popularity law to the paper's port-set sizes (11,000 / 500 / 5,100).
     generic_port_draws: float = 3.1
+    #: Mean time (days) between firmware updates of a device of the knowledge base: the version in its
+    #: banners changes (so its fingerprint does), its model does not. *Assumption* (about twice a
+    #: year); 0 = never.
+    firmware_update_days: float = 180.0
     #: Probability that a service on a port without a known protocol says something on connect.
     raw_banner_share: float = 0.3
     #: Honeypot open-port counts are log-uniform in [min, max]; ports uniformly random.
@@ -116,6 +120,8 @@ class WorldConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.generic_port_draws < 1:
             raise ValueError("generic_port_draws is a mean of draws >= 1")
+        if self.firmware_update_days < 0:
+            raise ValueError(f"firmware_update_days must be >= 0 (0 = never), got {self.firmware_update_days}")
         for name in ("static_replace_fraction", "known_share", "known_port_keep", "raw_banner_share", "loss",
                      "pool_move_share"):
             if not 0 <= getattr(self, name) <= 1:

@@ -76,12 +76,14 @@ class HostProfiles:
             return None
         return B.keyword_for(self.models[m].keywords, int(self.keyword[i]))
 
-    def banner(self, entry: int, *, profile: int, seed: int, ip: int, t: int, token: int | None = None) -> bytes | None:
+    def banner(self, entry: int, *, profile: int, seed: int, ip: int, t: int, token: int | None = None,
+               firmware: int | None = None) -> bytes | None:
         """Render entry ``entry`` (a port of ``profile``) as read by a grabber at time ``t``; ``token``
-        names the device instance (default: the profile's own)."""
+        names the device instance (default: the profile's own), ``firmware`` the number of firmware
+        updates it has had (None: no version shown)."""
         return B.render(int(self.proto[entry]), int(self.choice[entry]), keyword=self.keyword_of(profile),
                         token=int(self.token[profile] if token is None else token), seed=seed, ip=ip,
-                        port=int(self.port[entry]), t=t)
+                        port=int(self.port[entry]), t=t, firmware=firmware)
 
 
 def csr_gather(ptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

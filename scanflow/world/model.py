@@ -23,7 +23,7 @@ from scanflow.world import banners as B
 from scanflow.world.blocks import BLOCK_SIZE
 from scanflow.world.config import DAY, WorldConfig
 from scanflow.world.dynamics import DYNAMIC, HONEYPOT_CLASS, Segments, make_segments
-from scanflow.world.hosts import HONEYPOT, HostProfiles, draw_kinds, make_profiles
+from scanflow.world.hosts import HONEYPOT, KNOWN, HostProfiles, draw_kinds, make_profiles
 
 #: Bits of the packed (ip, time) search key given to time: horizons up to 2**26 s (~776 days).
 TIME_BITS = 26
@@ -76,7 +76,8 @@ class World:
     """
 
     def __init__(self, config: WorldConfig, seed: int, horizon: int, segments: Segments,
-                 device_profile: np.ndarray, device_token: np.ndarray, profiles: HostProfiles):
+                 device_profile: np.ndarray, device_token: np.ndarray, profiles: HostProfiles,
+                 firmware_updates: np.ndarray | None = None):
         self.config = config
         self.seed = int(seed)
         self.horizon = int(horizon)
@@ -86,6 +87,8 @@ class World:
         self.profiles = profiles
         self.seg_profile = device_profile[segments.device]
         self._key = (segments.ip << TIME_BITS) | segments.start
+        # firmware updates: keys ``device << TIME_BITS | t``, sorted (None = no device shows a version)
+        self.firmware_updates = firmware_updates
 
     # -- construction -----------------------------------------------------------------------------
 
@@ -105,7 +108,12 @@ class World:
         kinds[profile_class == HONEYPOT_CLASS] = HONEYPOT
         profiles = make_profiles(rng, kinds, config, models)
         token = rng.integers(0, 1 << 32, len(device_class), dtype=np.uint64).astype(np.uint32)
-        return cls(config, seed, horizon, segments, device_profile, token, profiles)
+        firmware = None
+        if config.firmware_update_days > 0:
+            firmware = _firmware_updates(np.random.default_rng([int(seed), 0xF1A3]),
+                                         np.flatnonzero(profiles.kind[device_profile] == KNOWN),
+                                         horizon, config.firmware_update_days * DAY)
+        return cls(config, seed, horizon, segments, device_profile, token, profiles, firmware)
 
     # -- addresses --------------------------------------------------------------------------------
 
@@ -172,11 +180,26 @@ class World:
         ``loss`` each, independent, a pure function of the world's seed and the probe)."""
         return B.hash_uniform(self.seed, 0x1055 + scanner, ips, ports, times) >= loss
 
+    def firmware_version(self, devices: np.ndarray, times: np.ndarray) -> np.ndarray:
+        """Firmware updates each device has had by each time (0 without updates; arrays broadcast)."""
+        devices = np.asarray(devices, dtype=np.int64)
+        times = np.broadcast_to(np.asarray(times, dtype=np.int64), devices.shape)
+        if self.firmware_updates is None or not len(self.firmware_updates):
+            return np.zeros(devices.shape, dtype=np.int64)
+        key = (devices << TIME_BITS) | np.clip(times, 0, MAX_HORIZON)
+        upd = self.firmware_updates
+        return (np.searchsorted(upd, key, side="right") - np.searchsorted(upd, devices << TIME_BITS, side="left"))
+
     def banner(self, seg: int, entry: int, t: int) -> bytes | None:
-        """The banner of profile entry ``entry`` of segment ``seg``'s device, read at time ``t``."""
+        """The banner of profile entry ``entry`` of segment ``seg``'s device, read at time ``t`` (a
+        device of the knowledge base shows its firmware version when the world has updates)."""
+        device = int(self.segments.device[seg])
+        firmware = None
+        if self.firmware_updates is not None:
+            firmware = int(self.firmware_version(np.array([device]), np.array([int(t)]))[0])
         return self.profiles.banner(int(entry), profile=int(self.seg_profile[seg]), seed=self.seed,
                                     ip=int(self.segments.ip[seg]), t=int(t),
-                                    token=int(self.device_token[self.segments.device[seg]]))
+                                    token=int(self.device_token[device]), firmware=firmware)
 
     def probe(self, ips: Sequence[int] | np.ndarray, ports: Iterable[int], t: float, *,
               scanner: int = 0, banners: bool = True) -> list[ProbeResponse]:
@@ -265,6 +288,15 @@ def _assign_profiles(rng: np.random.Generator, segments: Segments, device_class:
     device_profile[dyn] = len(own) + pool_of * pool_types + rng.integers(0, pool_types, len(dyn))
     profile_class = np.concatenate([device_class[own], np.full(len(pool_ips) * pool_types, DYNAMIC, np.int8)])
     return device_profile, profile_class
+
+
+def _firmware_updates(rng: np.random.Generator, devices: np.ndarray, horizon: int, mean: float) -> np.ndarray:
+    """Update times of ``devices`` (a Poisson process each, mean interval ``mean`` seconds) over
+    ``[0, horizon)``, as sorted keys ``device << TIME_BITS | t``."""
+    count = rng.poisson(horizon / mean, len(devices))
+    t = rng.integers(1, max(horizon, 2), int(count.sum()))
+    keys = (np.repeat(devices.astype(np.int64), count) << TIME_BITS) | t
+    return np.sort(keys)
 
 
 def _models(kb: KnowledgeBase | Sequence[DeviceModel] | None) -> tuple[DeviceModel, ...]:

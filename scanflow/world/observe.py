@@ -8,8 +8,8 @@ compare its figures with the paper's.
 
 An *answer* is what the scanner would fingerprint: the open ports and the normalised banners
 (:func:`scanflow.fingerprint.answer_fingerprint`), or silence. Banners are rendered at the first
-instant a device instance is seen; that the normalised banner does not depend on the instant is tested
-separately (``tests/unit/scanflow/world/test_world_banners.py``), so one rendering per device stands for all rounds.
+instant a device instance is seen with a firmware version; that the normalised banner does not depend on
+the instant otherwise is tested separately (``tests/unit/scanflow/world/test_world_banners.py``), so one rendering per device stands for all rounds.
 """
 
 from __future__ import annotations
@@ -75,20 +75,21 @@ def fixed_point_observation(world: World, *, start: float = 0.0, rounds: int = 4
     times = int(start) + offsets[:, None] + (np.arange(rounds, dtype=np.int64) * int(round_seconds))[None, :]
     seg = world.segment_at(np.repeat(ips, rounds), times.ravel()).reshape(len(ips), rounds)
     devices = np.where(seg >= 0, world.segments.device[np.maximum(seg, 0)], -1)
-    answer_of_device: dict[int, int] = {}
+    answer_of_device: dict[tuple[int, int], int] = {}
     fingerprint_id: dict[str, int] = {}
-    flat_seg, flat_dev = seg.ravel(), devices.ravel()
+    flat_seg, flat_dev, flat_t = seg.ravel(), devices.ravel(), times.ravel()
+    firmware = world.firmware_version(np.maximum(flat_dev, 0), flat_t)
     answers = np.full(flat_dev.shape, -1, dtype=np.int64)
     for k in np.flatnonzero(flat_dev >= 0):
-        dev = int(flat_dev[k])
-        aid = answer_of_device.get(dev)
+        key = (int(flat_dev[k]), int(firmware[k]))
+        aid = answer_of_device.get(key)
         if aid is None:
             s = int(flat_seg[k])
             prof = int(world.seg_profile[s])
             lo, hi = world.profiles.ptr[prof], world.profiles.ptr[prof + 1]
-            t = int(world.segments.start[s])
+            t = int(flat_t[k])
             banners = [(int(world.profiles.port[e]), world.banner(s, e, t)) for e in range(lo, hi)]
             fp = answer_fingerprint(world.profiles.port[lo:hi].tolist(), [(p, b) for p, b in banners if b])
-            aid = answer_of_device[dev] = fingerprint_id.setdefault(fp, len(fingerprint_id))
+            aid = answer_of_device[key] = fingerprint_id.setdefault(fp, len(fingerprint_id))
         answers[k] = aid
     return FixedPointResult(ips, answers.reshape(len(ips), rounds), round_seconds)

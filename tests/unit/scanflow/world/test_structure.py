@@ -102,3 +102,44 @@ def test_the_new_fields_parse_from_text():
         WorldConfig().with_overrides({"blocks": "maybe"})
     d = WorldConfig().as_dict()
     assert {"blocks", "pool_move_share"} <= set(d)
+
+
+# -- firmware updates ------------------------------------------------------------------------------
+
+
+def _known_banners(w: World, seg: int, t: int) -> list[tuple[int, bytes]]:
+    prof = int(w.seg_profile[seg])
+    lo, hi = w.profiles.ptr[prof], w.profiles.ptr[prof + 1]
+    return [(int(w.profiles.port[e]), b) for e in range(lo, hi) if (b := w.banner(seg, e, t))]
+
+
+@pytest.mark.parametrize("days", [180.0, 0.0])
+def test_firmware_updates_change_the_version_but_not_the_model(days):
+    from scanflow.estimate import Estimator
+    from scanflow.knowledge import load_knowledge
+    from scanflow.world.hosts import KNOWN
+
+    est = Estimator(load_knowledge())
+    # many known devices (known_share raised) to measure the update rate on
+    w = World.generate(WorldConfig(n_ips=40_000, known_share=0.5, firmware_update_days=days), seed=3,
+                       horizon_days=365)
+    s = w.segments
+    # known devices on-line for a month or more: read at the start and the end of their stay
+    segs = np.flatnonzero((s.end - s.start >= 30 * DAY) & (w.profiles.kind[w.seg_profile] == KNOWN))
+    assert len(segs) > 200
+    changed = same_model = 0
+    for seg in segs:
+        first = _known_banners(w, seg, int(s.start[seg]))
+        last = _known_banners(w, seg, int(s.end[seg]) - 1)
+        ports = frozenset(w.profiles.ports_of(int(w.seg_profile[seg])).tolist())
+        if answer_fingerprint(sorted(ports), first) != answer_fingerprint(sorted(ports), last):
+            changed += 1
+            same_model += est.estimate(ports, first).model == est.estimate(ports, last).model
+    if days == 0:
+        assert changed == 0
+        assert not w.firmware_version(s.device[segs], s.end[segs]).any()
+    else:
+        # Poisson updates, one per 180 days on average: P(at least one in a stay of L) = 1 - exp(-L/180 d)
+        expected = (1 - np.exp(-(s.end[segs] - s.start[segs]) / (days * DAY))).mean()
+        assert abs(changed / len(segs) - expected) < 0.06, (changed / len(segs), expected)
+        assert same_model == changed, "the estimator names the same model after an update"
