@@ -12,6 +12,7 @@ is a pure function of (seed, ip, port, time, scanner): the same question gets th
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -89,6 +90,7 @@ class World:
         self._key = (segments.ip << TIME_BITS) | segments.start
         # firmware updates: keys ``device << TIME_BITS | t``, sorted (None = no device shows a version)
         self.firmware_updates = firmware_updates
+        self._firmware_keys: list[int] | None = None
 
     # -- construction -----------------------------------------------------------------------------
 
@@ -195,8 +197,12 @@ class World:
         device of the knowledge base shows its firmware version when the world has updates)."""
         device = int(self.segments.device[seg])
         firmware = None
-        if self.firmware_updates is not None:
-            firmware = int(self.firmware_version(np.array([device]), np.array([int(t)]))[0])
+        if self.firmware_updates is not None and self.profiles.choice[entry] == B.KEYWORD:
+            if self._firmware_keys is None:
+                self._firmware_keys = self.firmware_updates.tolist()
+            keys = self._firmware_keys
+            firmware = (bisect.bisect_right(keys, (device << TIME_BITS) | min(max(int(t), 0), MAX_HORIZON))
+                        - bisect.bisect_left(keys, device << TIME_BITS))
         return self.profiles.banner(int(entry), profile=int(self.seg_profile[seg]), seed=self.seed,
                                     ip=int(self.segments.ip[seg]), t=int(t),
                                     token=int(self.device_token[device]), firmware=firmware)
