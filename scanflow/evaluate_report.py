@@ -51,7 +51,7 @@ def build_summary(cfg: EvaluationConfig, derivation, results: Sequence[SeedResul
         }
     d = derivation
     return {
-        "config": {"ips": cfg.ips, "weeks": cfg.weeks, "seeds": list(cfg.seeds), "loss": cfg.loss,
+        "config": {"scenario": cfg.scenario, "ips": cfg.ips, "weeks": cfg.weeks, "seeds": list(cfg.seeds), "loss": cfg.loss,
                    "desync": cfg.desync, "windows": list(cfg.windows), "world": cfg.world_config().as_dict(),
                    "survey_seed": cfg.survey_seed, "min_confidence": cfg.min_confidence,
                    "honeypot_min_ports": honeypot_threshold(cfg.honeypot_min_ports),
@@ -64,6 +64,8 @@ def build_summary(cfg: EvaluationConfig, derivation, results: Sequence[SeedResul
                       "digests": {"standard": d.standard.digest, "silent": d.silent.digest, "unknown": d.unknown.digest}},
         "windows": windows,
         "delays": {str(r.seed): r.delays for r in results},
+        "new_devices": {"per_seed": {str(r.seed): r.new_devices for r in results},
+                        "mean": _mean_new_devices([r.new_devices for r in results])},
         "worlds": {str(r.seed): r.world.summary() for r in results},
         "efficient_decisions": {str(r.seed): r.efficient.decisions for r in results},
         "final_backoff": {str(r.seed): _final_backoff(r) for r in results},
@@ -114,8 +116,8 @@ def format_table(summary: dict[str, Any]) -> str:
     if recall:
         first += (f"; beyond the paper: recall of silent IPs on their last ports every {recall:g} h for "
                   f"{cfg['policy']['recall_for_h']:g} h after their last answer")
-    lines = [f"Efficient vs standard scan: {cfg['ips']:,} IPs, {cfg['weeks']:g} weeks, seeds "
-             f"{', '.join(map(str, cfg['seeds']))}, {mode}",
+    lines = [f"Efficient vs standard scan: scenario {cfg.get('scenario', 'paper')}, {cfg['ips']:,} IPs, "
+             f"{cfg['weeks']:g} weeks, seeds {', '.join(map(str, cfg['seeds']))}, {mode}",
              f"port sets (derived from a {ps['survey_responsive_ips']:,}-host full-port survey): standard "
              f"{ps['standard']:,}, silent {ps['silent']:,}, unknown-device {ps['unknown']:,}; {first}", ""]
     head = (f"{'period':<7}{'seed':<6}{'standard GB':>12}{'efficient GB':>14}{'traffic':>9}{'PDR':>9}"
@@ -314,3 +316,122 @@ def _save(fig, path: Path, plt) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _mean_new_devices(rows: Sequence[dict]) -> dict:
+    """The seeds' mean of :func:`scanflow.evaluation.new_device_delays` (NaN-aware)."""
+    rows = [r for r in rows if r]
+    if not rows:
+        return {}
+    out: dict[str, Any] = {"devices": float(np.mean([r["devices"] for r in rows]))}
+    for side in ("standard", "efficient"):
+        out[side] = {k: float(np.nanmean([r[side][k] for r in rows])) if any(
+            not math.isnan(r[side][k]) for r in rows) else float("nan") for k in ("seen", "median_h", "p90_h")}
+    return out
+
+
+# -- across scenarios ----------------------------------------------------------------------------------
+
+#: The columns of the cross-scenario table: (key, heading).
+SCENARIO_COLUMNS = (("traffic_ratio", "traffic"), ("pdr", "PDR"), ("ddr", "DDR"), ("attempts_ratio", "attempts"))
+
+
+def scenario_table(summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One row per scenario and judging window: the paper's method's traffic, PDR, DDR and attempts
+    (means over seeds, each window from a run of its own length) and the detection delay of devices
+    that appeared after the start (median and 90th percentile, efficient scan, from the longest run)."""
+    rows = []
+    for summ in summaries:
+        cfg = summ["config"]
+        new = summ.get("new_devices", {}).get("mean", {})
+        eff = new.get("efficient", {})
+        for wk, win in summ["windows"].items():
+            row = {"scenario": cfg.get("scenario", "paper"), "window": wk, "ips": cfg["ips"],
+                   "seeds": len(cfg["seeds"]), "desync": cfg["desync"], "loss": cfg["loss"]}
+            row.update({k: win["mean"][k] for k, _ in SCENARIO_COLUMNS})
+            row.update({f"min_{k}": win["min"][k] for k, _ in SCENARIO_COLUMNS})
+            row.update(new_devices=new.get("devices"), new_seen=eff.get("seen"),
+                       new_median_h=eff.get("median_h"), new_p90_h=eff.get("p90_h"),
+                       standard_new_median_h=new.get("standard", {}).get("median_h"),
+                       world=cfg["world"])
+            rows.append(row)
+    return {"rows": rows, "paper": {"table4": list(PAPER_TABLE4), "attempts": PAPER_ATTEMPTS}}
+
+
+def _h(x) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.0f} h"
+
+
+def format_scenario_table(table: dict[str, Any]) -> str:
+    """The cross-scenario table as text, with the paper's Table 4 below it."""
+    head = (f"{'scenario':<16}{'window':<8}{'traffic':>9}{'PDR':>8}{'DDR':>8}{'attempts':>10}"
+            f"{'new devices: median':>21}{'p90':>8}")
+    lines = ["The paper's method across scenarios (means over seeds; delays of devices new after the start, "
+             "efficient scan)", head, "-" * len(head)]
+    for r in table["rows"]:
+        lines.append(f"{r['scenario']:<16}{r['window']:<8}{_pct(r['traffic_ratio'], 2):>9}{_pct(r['pdr']):>8}"
+                     f"{_pct(r['ddr']):>8}{_pct(r['attempts_ratio']):>10}{_h(r['new_median_h']):>21}"
+                     f"{_h(r['new_p90_h']):>8}")
+    lines.append("")
+    lines.append("paper, real network (Table 4; unsynchronised, with packet loss):")
+    for p in PAPER_TABLE4:
+        lines.append(f"{'table 4, run ' + str(p['run']):<16}{str(p['weeks']) + 'w':<8}{_pct(p['traffic_ratio'], 2):>9}"
+                     f"{_pct(p['pdr']):>8}{'-':>8}{_pct(PAPER_ATTEMPTS[p['weeks']]):>10}")
+    return "\n".join(lines)
+
+
+def scenario_markdown(table: dict[str, Any]) -> str:
+    """The cross-scenario table as Markdown (for the docs), the paper's rows last."""
+    lines = ["| scenario | window | traffic | PDR | DDR | attempts | new devices: median delay | p90 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in table["rows"]:
+        lines.append(f"| {r['scenario']} | {r['window']} | {_pct(r['traffic_ratio'], 2)} | {_pct(r['pdr'])} | "
+                     f"{_pct(r['ddr'])} | {_pct(r['attempts_ratio'])} | {_h(r['new_median_h'])} | {_h(r['new_p90_h'])} |")
+    for p in PAPER_TABLE4:
+        lines.append(f"| paper, Table 4 run {p['run']} | {p['weeks']}w | {_pct(p['traffic_ratio'], 2)} | "
+                     f"{_pct(p['pdr'])} | - | {_pct(PAPER_ATTEMPTS[p['weeks']])} | - | - |")
+    return "\n".join(lines)
+
+
+def plot_scenarios(path: Path, table: dict[str, Any]) -> Path:
+    """One figure across scenarios: PDR, DDR, traffic and attempts per scenario and window, with the
+    paper's Table 4 values as reference lines, and the new-device detection delays."""
+    plt = _pyplot()
+    rows = table["rows"]
+    names = list(dict.fromkeys(r["scenario"] for r in rows))
+    windows = list(dict.fromkeys(r["window"] for r in rows))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    width = 0.8 / max(len(windows), 1)
+    x = np.arange(len(names))
+    for j, wk in enumerate(windows):
+        by = {r["scenario"]: r for r in rows if r["window"] == wk}
+        for ax, keys in ((axes[0], ("pdr", "ddr")), (axes[1], ("traffic_ratio", "attempts_ratio"))):
+            for k_i, key in enumerate(keys):
+                vals = [100 * by[n][key] if n in by else np.nan for n in names]
+                offset = (j * len(keys) + k_i - (len(windows) * len(keys) - 1) / 2) * width / len(keys)
+                ax.bar(x + offset, vals, width / len(keys), label=f"{key.replace('_ratio', '').upper()} {wk}")
+    axes[0].axhline(94.3, color="k", ls="--", lw=1, label="paper 8w PDR 94.3 %")
+    axes[0].axhline(95.7, color="grey", ls=":", lw=1, label="paper 2w PDR (mean) 95.7 %")
+    axes[0].set_ylim(70, 101)
+    axes[0].set_ylabel("%")
+    axes[0].set_title("detection (PDR, DDR)")
+    axes[1].axhline(3.95, color="k", ls="--", lw=1, label="paper 8w traffic 3.95 %")
+    axes[1].axhline(8.95, color="grey", ls=":", lw=1, label="paper 2w traffic 8.95 %")
+    axes[1].set_ylabel("% of the standard scan")
+    axes[1].set_title("cost (traffic, attempts)")
+    longest = windows[-1]
+    by = {r["scenario"]: r for r in rows if r["window"] == longest}
+    med = [by[n]["new_median_h"] if n in by and by[n]["new_median_h"] is not None else np.nan for n in names]
+    p90 = [by[n]["new_p90_h"] if n in by and by[n]["new_p90_h"] is not None else np.nan for n in names]
+    axes[2].bar(x - 0.2, med, 0.4, label="median")
+    axes[2].bar(x + 0.2, p90, 0.4, label="90th percentile")
+    axes[2].set_ylabel("hours")
+    axes[2].set_title(f"delay to see a device new after the start ({longest})")
+    for ax in axes:
+        ax.set_xticks(x)
+        ax.set_xticklabels(names, rotation=20)
+        ax.legend(fontsize=7)
+    fig.suptitle("The paper's method across scenarios (means over seeds)")
+    fig.tight_layout()
+    return _save(fig, path, plt)
+

@@ -7,7 +7,7 @@ The runs themselves are :mod:`scanflow.simulate`; the figures come from the one 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
@@ -104,6 +104,7 @@ CHANGE_KINDS = (
     ("replaced device (static address)", 0, 2),
     ("reassigned address (dynamic pool)", 1, 2),
     ("sporadic device back on-line", 2, 3),
+    ("moved device (dynamic pool)", 1, 1),
 )
 
 
@@ -171,6 +172,8 @@ class EvaluationConfig:
     params: "PolicyParams | None" = None
     min_confidence: float = 0.5
     honeypot_min_ports: int | None = HONEYPOT_MIN_PORTS
+    #: The named world (:mod:`scanflow.scenarios`) ``world`` was built from, for the record.
+    scenario: str = "paper"
 
     def world_config(self):
         """The world parameters with this evaluation's size and loss."""
@@ -192,6 +195,7 @@ class SeedResult:
     windows: list[WindowMetrics]
     delays: dict
     seconds: dict
+    new_devices: dict = field(default_factory=dict)
 
 
 def derive_policy_sets(cfg: EvaluationConfig, kb=None):
@@ -211,31 +215,81 @@ def derive_policy_sets(cfg: EvaluationConfig, kb=None):
     return derivation, table.num_rows
 
 
-def evaluate_seed(cfg: EvaluationConfig, seed: int, port_sets, kb=None, *,
-                  progress: Callable[[int], None] | None = None) -> SeedResult:
-    """Generate the world of ``seed`` and run both policies on it."""
+def _run_both(cfg: EvaluationConfig, seed: int, weeks: float, port_sets, kb, *, record: bool,
+              progress: Callable[[int], None] | None):
+    """Generate the world of ``seed`` over ``weeks`` and run both policies on it."""
     import time
 
     from scanflow.estimate import Estimator
-    from scanflow.knowledge import load_knowledge
     from scanflow.policy import EfficientPolicy, PolicyParams
 
-    kb = kb or load_knowledge()
     params = cfg.params or PolicyParams()
     clock = {}
     t0 = time.perf_counter()
-    world = World.generate(cfg.world_config(), seed, horizon_days=cfg.weeks * 7, kb=kb)
+    world = World.generate(cfg.world_config(), seed, horizon_days=weeks * 7, kb=kb)
     policy = EfficientPolicy(port_sets, Estimator(kb, min_confidence=cfg.min_confidence), params)
     rule = bulk_silent_rule(policy, params.standard_interval)
     schedule = make_schedule(world.n_ips, seed, world.horizon, slot=params.standard_interval,
                              silent_rounds=first_probe_rounds(rule), desync=cfg.desync)
     clock["world"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    std = run_standard(world, schedule, port_sets.standard, record=cfg.record)
+    std = run_standard(world, schedule, port_sets.standard, record=record)
     clock["standard"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    eff = run_policy(world, schedule, policy, record=cfg.record, ladder_len=len(params.ladder), progress=progress)
+    eff = run_policy(world, schedule, policy, record=record, ladder_len=len(params.ladder), progress=progress)
     clock["efficient"] = time.perf_counter() - t0
-    windows = [window_metrics(world, std, eff, schedule.slot, w, cfg.honeypot_min_ports)
-               for w in sorted(set(cfg.windows)) if w <= cfg.weeks]
-    return SeedResult(seed, world, schedule, std, eff, windows, detection_delays(world, std, eff), clock)
+    return world, schedule, std, eff, clock
+
+
+def rounds_of(weeks: float, slot: float = 43_200.0) -> int:
+    """The 12 h rounds of a run of ``weeks``."""
+    return int(round(weeks * 7 * 86400 / slot))
+
+
+def evaluation_rounds(cfg: EvaluationConfig) -> int:
+    """Rounds simulated per seed: the full run and one run per shorter judging window."""
+    return rounds_of(cfg.weeks) + sum(rounds_of(w) for w in set(cfg.windows) if w < cfg.weeks - 1e-9)
+
+
+def evaluate_seed(cfg: EvaluationConfig, seed: int, port_sets, kb=None, *,
+                  progress: Callable[[int], None] | None = None) -> SeedResult:
+    """Generate the world of ``seed`` and run both policies on it over ``cfg.weeks``; every shorter
+    judging window is a run of its own length (a world generated over 2 weeks is not the first 2
+    weeks of one generated over 8: the generator depends on the horizon), judged over all of it."""
+    from scanflow.knowledge import load_knowledge
+
+    kb = kb or load_knowledge()
+    world, schedule, std, eff, clock = _run_both(cfg, seed, cfg.weeks, port_sets, kb, record=cfg.record,
+                                                 progress=progress)
+    windows = []
+    for w in sorted(set(cfg.windows)):
+        if w > cfg.weeks + 1e-9:
+            continue
+        if abs(w - cfg.weeks) < 1e-9:
+            windows.append(window_metrics(world, std, eff, schedule.slot, w, cfg.honeypot_min_ports))
+        else:
+            w_world, w_schedule, w_std, w_eff, _ = _run_both(cfg, seed, w, port_sets, kb, record=False,
+                                                             progress=progress)
+            windows.append(window_metrics(w_world, w_std, w_eff, w_schedule.slot, w, cfg.honeypot_min_ports))
+    return SeedResult(seed, world, schedule, std, eff, windows, detection_delays(world, std, eff), clock,
+                      new_device_delays(world, std, eff))
+
+
+def new_device_delays(world: World, std: PolicyRun, eff: PolicyRun) -> dict:
+    """How soon each scan saw a device that appeared after the start (a device new at its address:
+    every segment that is neither present at the start nor a sporadic device coming back): the
+    number of them, the share each scan saw before it went away, and the median and 90th-percentile
+    delay in hours of those it saw."""
+    from scanflow.world.dynamics import INITIAL, RETURNED
+
+    s = world.segments
+    sel = np.flatnonzero((s.event != INITIAL) & (s.event != RETURNED) & (s.start > 0) & (s.start < world.horizon))
+    out: dict = {"devices": int(len(sel))}
+    for label, run in (("standard", std), ("efficient", eff)):
+        det = run.detected[sel]
+        ok = det >= 0
+        delay = (det[ok] - s.start[sel][ok]) / 3600.0
+        out[label] = {"seen": float(ok.mean()) if len(sel) else float("nan"),
+                      "median_h": float(np.median(delay)) if len(delay) else float("nan"),
+                      "p90_h": float(np.percentile(delay, 90)) if len(delay) else float("nan")}
+    return out

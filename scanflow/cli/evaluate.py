@@ -38,8 +38,12 @@ def _weeks_list(text: str) -> tuple[float, ...]:
               help="Probability that one probe of one port is lost (the paper's congestion).")
 @click.option("--desync", is_flag=True,
               help="Let the two scans probe each IP at different instants of the 12 h round (the paper's set-up).")
+@click.option("--scenario", default="paper", show_default=True, metavar="NAME",
+              help="The named world (docs/EVALUATION.md): paper, sporadic-heavy, churn-heavy, mobile, flat; "
+                   "'all' runs each into its own directory under --out and writes the cross-scenario table.")
 @click.option("--world", "world_items", multiple=True, metavar="KEY=VALUE",
-              help="Override a world parameter (docs/WORLD.md), e.g. --world sporadic_share=0.05 (repeatable).")
+              help="Override a world parameter (docs/WORLD.md) after the scenario's, e.g. --world "
+                   "sporadic_share=0.05 (repeatable).")
 @click.option("--survey-seed", type=int, default=0, show_default=True,
               help="Seed of the full-port survey the port sets are derived from.")
 @click.option("--survey-ips", type=click.IntRange(10_000, 200_000_000), default=None,
@@ -54,22 +58,22 @@ def _weeks_list(text: str) -> tuple[float, ...]:
 @click.option("--no-parquet", is_flag=True, help="Skip the Parquet observations (faster, smaller).")
 @pass_ctx
 def evaluate(obj: CliContext, ips: int, weeks: float, seeds: int, out_dir: str, windows: str, loss: float, desync: bool,
-             world_items: tuple[str, ...], survey_seed: int, survey_ips: int | None, initial_scan: str | None,
-             honeypot_min_ports: int, no_plots: bool, no_parquet: bool) -> None:
+             scenario: str, world_items: tuple[str, ...], survey_seed: int, survey_ips: int | None,
+             initial_scan: str | None, honeypot_min_ports: int, no_plots: bool, no_parquet: bool) -> None:
     """Run the standard and the efficient policy on the same synthetic internet and timeline.
 
     Derives the port sets from an emulated full-port survey (as the paper did), then for each seed
     generates a world and runs both policies, and prints a Table-4-style table (per seed, mean, min)
-    for 2 weeks and the full period. Writes metrics.json, observations/found/events Parquet and the
+    for 2 weeks and the full period, each from a run of its own length. Writes metrics.json, observations/found/events Parquet and the
     Figure 3, 5, 6, 7 analogs, detection delays and traffic over time as PNG into --out. The policy
     parameters and knowledge-base files come from the [policy] configuration (defaults: the paper's);
     --initial-scan (or --set policy.initial_scan=...) chooses the first scan of each IP.
     """
     from scanflow import evaluate_report as report
+    from scanflow.evaluation import EvaluationConfig
     from scanflow.knowledge import load_knowledge
-    from scanflow.policy import PolicyPortSets, params_from_settings
-    from scanflow.evaluation import EvaluationConfig, derive_policy_sets, evaluate_seed
-    from scanflow.world import WorldConfig
+    from scanflow.policy import params_from_settings
+    from scanflow.scenarios import SCENARIOS, scenario as named
 
     overrides = {}
     for item in world_items:
@@ -77,22 +81,54 @@ def evaluate(obj: CliContext, ips: int, weeks: float, seeds: int, out_dir: str, 
         if not sep:
             raise click.BadParameter(f"{item!r}: write KEY=VALUE", param_hint="--world")
         overrides[key.strip()] = value.strip()
+    names = list(SCENARIOS) if scenario == "all" else [scenario]
     policy_settings = obj.settings.policy
+    configs = []
     try:
-        world_cfg = WorldConfig().with_overrides(overrides)
-        cfg = EvaluationConfig(ips=ips, weeks=weeks, windows=tuple(sorted(set(_weeks_list(windows)) | {weeks})),
-                               seeds=tuple(range(1, seeds + 1)), loss=loss, desync=desync, world=world_cfg,
-                               survey_seed=survey_seed, survey_ips=survey_ips, record=not no_parquet,
-                               params=_policy_params(params_from_settings(policy_settings), initial_scan),
-                               min_confidence=policy_settings.min_confidence,
-                               honeypot_min_ports=honeypot_min_ports)
-        cfg.world_config()
+        for name in names:
+            cfg = EvaluationConfig(ips=ips, weeks=weeks, windows=tuple(sorted(set(_weeks_list(windows)) | {weeks})),
+                                   seeds=tuple(range(1, seeds + 1)), loss=loss, desync=desync,
+                                   world=named(name).config(overrides=overrides), scenario=name,
+                                   survey_seed=survey_seed, survey_ips=survey_ips, record=not no_parquet,
+                                   params=_policy_params(params_from_settings(policy_settings), initial_scan),
+                                   min_confidence=policy_settings.min_confidence,
+                                   honeypot_min_ports=honeypot_min_ports)
+            cfg.world_config()
+            configs.append(cfg)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-
     kb = load_knowledge(policy_settings.kb_paths(), builtin=policy_settings.builtin_kb)
+    if scenario != "all":
+        _evaluate_one(configs[0], out, kb, no_plots=no_plots, no_parquet=no_parquet)
+        return
+    summaries = []
+    for i, cfg in enumerate(configs, 1):
+        click.echo(f"[{i}/{len(configs)}] scenario {cfg.scenario}: {SCENARIOS[cfg.scenario].summary}", err=True)
+        summaries.append(_evaluate_one(cfg, out / cfg.scenario, kb, no_plots=no_plots, no_parquet=no_parquet,
+                                       quiet=True))
+    table = report.scenario_table(summaries)
+    click.echo(report.format_scenario_table(table))
+    written = [report.write_json(out / "scenarios.json", table)]
+    (out / "scenarios.md").write_text(report.scenario_markdown(table) + "\n")
+    written.append(out / "scenarios.md")
+    if not no_plots:
+        try:
+            written.append(report.plot_scenarios(out / "scenarios.png", table))
+        except report.PlotsUnavailable as exc:
+            click.echo(f"scanflow: warning: {exc}", err=True)
+    click.echo(f"\nwrote the cross-scenario table and plot to {out}/ ({len(written)} files; each scenario in its "
+               "own directory)")
+
+
+def _evaluate_one(cfg, out: Path, kb, *, no_plots: bool, no_parquet: bool, quiet: bool = False) -> dict:
+    """One evaluation (one world configuration, every seed) into ``out``; returns its summary."""
+    from scanflow import evaluate_report as report
+    from scanflow.evaluation import derive_policy_sets, evaluate_seed, evaluation_rounds
+    from scanflow.policy import PolicyPortSets
+
+    out.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     click.echo("deriving port sets from the full-port survey ...", err=True)
@@ -103,9 +139,8 @@ def evaluate(obj: CliContext, ips: int, weeks: float, seeds: int, out_dir: str, 
     port_sets = PolicyPortSets(derivation.standard, derivation.silent, derivation.unknown)
 
     results = []
-    rounds = int(round(weeks * 14))
     t0 = time.perf_counter()
-    with click.progressbar(length=rounds * len(cfg.seeds), label="simulating", file=sys.stderr,
+    with click.progressbar(length=evaluation_rounds(cfg) * len(cfg.seeds), label="simulating", file=sys.stderr,
                            show_eta=True, item_show_func=lambda _: None) as bar:
         for seed in cfg.seeds:
             results.append(evaluate_seed(cfg, seed, port_sets, kb, progress=bar.update))
@@ -113,7 +148,8 @@ def evaluate(obj: CliContext, ips: int, weeks: float, seeds: int, out_dir: str, 
     seconds["per_seed"] = {str(r.seed): r.seconds for r in results}
 
     summary = report.build_summary(cfg, derivation, results, survey_rows=survey_rows, seconds=seconds)
-    click.echo(report.format_table(summary))
+    if not quiet:
+        click.echo(report.format_table(summary))
     written.append(report.write_json(out / "metrics.json", summary))
     if not no_parquet:
         written += report.write_parquet(out, results)
@@ -122,8 +158,9 @@ def evaluate(obj: CliContext, ips: int, weeks: float, seeds: int, out_dir: str, 
             written += report.write_plots(out, derivation, results, kb.device_ports() | kb.malware_ports())
         except report.PlotsUnavailable as exc:
             click.echo(f"scanflow: warning: {exc}", err=True)
-    click.echo(f"\nwrote {len(written)} files to {out}/ (simulation {seconds['simulation']:.1f} s, "
-               f"port sets {seconds['port_sets']:.1f} s)")
+    click.echo(f"{'' if quiet else chr(10)}wrote {len(written)} files to {out}/ (simulation "
+               f"{seconds['simulation']:.1f} s, port sets {seconds['port_sets']:.1f} s)", err=quiet)
+    return summary
 
 
 def _policy_params(params, initial_scan: str | None):

@@ -50,11 +50,27 @@ def test_the_most_frequent_change_interval_is_12_hours(observations):
         assert len(o.change_intervals()) > 1000
 
 
-def test_sporadic_responders_answer_about_3_45_times_in_two_weeks(observations):
-    # IPs answering in < 80 % of the rounds answered 3.45 times in 2 weeks on average ("once in 4 days")
-    means = [o.sporadic_mean_answers(rounds=28, threshold=0.8) for o in observations]
+def test_sporadic_responders_answer_about_3_45_times_in_two_weeks():
+    # IPs answering in < 80 % of the rounds answered 3.45 times in 2 weeks on average ("once in 4 days").
+    # The fact says how rarely an intermittent host answers (sporadic_duty, sporadic_on_hours), not how
+    # many there are: Table 4's PDR caps their share near 0.25 %, too few to form the group in the
+    # default world, whose < 80 % group is then mostly static hosts that left (~12 answers; see
+    # docs/WORLD.md, Limitations). So it is measured where the class forms the group: the default
+    # world with the pre-calibration shares (scenario sporadic-heavy), same behaviour parameters.
+    from scanflow.scenarios import scenario
+
+    cfg = scenario("sporadic-heavy").config().replace(n_ips=N)
+    worlds = [World.generate(cfg, seed=s, horizon_days=56) for s in (11, 12)]
+    means = [fixed_point_observation(w, start=35 * DAY, select_at=0, rounds=42).sporadic_mean_answers(
+        rounds=28, threshold=0.8) for w in worlds]
     assert all(n > 300 for _, n in means), means
     assert 3.0 <= np.mean([m for m, _ in means]) <= 3.9, means
+
+
+def test_in_the_default_world_the_rarely_answering_group_is_small_and_says_so(observations):
+    # the other side of the above, measured and kept visible: few IPs answer < 80 % of the rounds
+    means = [o.sporadic_mean_answers(rounds=28, threshold=0.8) for o in observations]
+    assert all(n < 300 for _, n in means), means
 
 
 def test_about_0_2_percent_of_responsive_ips_are_honeypots_with_100_or_more_ports(worlds):

@@ -129,7 +129,7 @@ def test_config_rejects_impossible_shares_and_parses_overrides():
     with pytest.raises(ValueError, match="shares|sporadic"):
         WorldConfig(dynamic_share=0.6, sporadic_share=0.5)
     with pytest.raises(ValueError, match="of the addresses"):
-        WorldConfig(responsive_fraction=0.5, sporadic_duty=0.1)
+        WorldConfig(responsive_fraction=0.5, sporadic_duty=0.1, sporadic_share=0.125, dynamic_share=0.125)
     cfg = WorldConfig().with_overrides({"sporadic_share": "0.05", "n_ips": "2000", "dynamic_pool_types": "0"})
     assert (cfg.sporadic_share, cfg.n_ips, cfg.dynamic_pool_types) == (0.05, 2000, 0)
     with pytest.raises(ValueError, match="unknown world parameter"):
