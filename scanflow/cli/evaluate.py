@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import time
 from pathlib import Path
@@ -40,7 +41,8 @@ def _weeks_list(text: str) -> tuple[float, ...]:
               help="Let the two scans probe each IP at different instants of the 12 h round (the paper's set-up).")
 @click.option("--scenario", default="paper", show_default=True, metavar="NAME",
               help="The named world (docs/EVALUATION.md): paper, sporadic-heavy, churn-heavy, mobile, flat; "
-                   "'all' runs each into its own directory under --out and writes the cross-scenario table.")
+                   "'all' runs each (one per core) into its own directory under --out and writes the "
+                   "cross-scenario table and plot.")
 @click.option("--world", "world_items", multiple=True, metavar="KEY=VALUE",
               help="Override a world parameter (docs/WORLD.md) after the scenario's, e.g. --world "
                    "sporadic_share=0.05 (repeatable).")
@@ -103,11 +105,24 @@ def evaluate(obj: CliContext, ips: int, weeks: float, seeds: int, out_dir: str, 
     if scenario != "all":
         _evaluate_one(configs[0], out, kb, no_plots=no_plots, no_parquet=no_parquet)
         return
-    summaries = []
-    for i, cfg in enumerate(configs, 1):
-        click.echo(f"[{i}/{len(configs)}] scenario {cfg.scenario}: {SCENARIOS[cfg.scenario].summary}", err=True)
-        summaries.append(_evaluate_one(cfg, out / cfg.scenario, kb, no_plots=no_plots, no_parquet=no_parquet,
-                                       quiet=True))
+    # one process per core, each scenario into its own directory (metrics.json and Parquet; the
+    # per-scenario plots are left out here: the cross-scenario plot is the one to compare)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    workers = max(1, min(len(configs), os.cpu_count() or 1))
+    click.echo(f"{len(configs)} scenarios, {workers} at a time: {', '.join(c.scenario for c in configs)}", err=True)
+    summaries: dict[str, dict] = {}
+    started = time.perf_counter()
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        jobs = {pool.submit(_evaluate_quietly, cfg, str(out / cfg.scenario), kb, no_parquet): cfg.scenario
+                for cfg in configs}
+        for done in as_completed(jobs):
+            name = jobs[done]
+            summaries[name] = done.result()
+            click.echo(f"[{len(summaries)}/{len(configs)}] scenario {name} done "
+                       f"({time.perf_counter() - started:.0f} s): {SCENARIOS[name].summary}", err=True)
+    summaries = [summaries[c.scenario] for c in configs]
     table = report.scenario_table(summaries)
     click.echo(report.format_scenario_table(table))
     written = [report.write_json(out / "scenarios.json", table)]
@@ -122,6 +137,11 @@ def evaluate(obj: CliContext, ips: int, weeks: float, seeds: int, out_dir: str, 
                "own directory)")
 
 
+def _evaluate_quietly(cfg, out: str, kb, no_parquet: bool) -> dict:
+    """One scenario in a worker process: no progress bar, no table, no per-scenario plots."""
+    return _evaluate_one(cfg, Path(out), kb, no_plots=True, no_parquet=no_parquet, quiet=True)
+
+
 def _evaluate_one(cfg, out: Path, kb, *, no_plots: bool, no_parquet: bool, quiet: bool = False) -> dict:
     """One evaluation (one world configuration, every seed) into ``out``; returns its summary."""
     from scanflow import evaluate_report as report
@@ -131,7 +151,8 @@ def _evaluate_one(cfg, out: Path, kb, *, no_plots: bool, no_parquet: bool, quiet
     out.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    click.echo("deriving port sets from the full-port survey ...", err=True)
+    if not quiet:
+        click.echo("deriving port sets from the full-port survey ...", err=True)
     derivation, survey_rows = derive_policy_sets(cfg, kb)
     seconds["port_sets"] = time.perf_counter() - t0
     written = [ps.write(out / f"portset_{ps.name}.json")
@@ -140,10 +161,13 @@ def _evaluate_one(cfg, out: Path, kb, *, no_plots: bool, no_parquet: bool, quiet
 
     results = []
     t0 = time.perf_counter()
-    with click.progressbar(length=evaluation_rounds(cfg) * len(cfg.seeds), label="simulating", file=sys.stderr,
-                           show_eta=True, item_show_func=lambda _: None) as bar:
-        for seed in cfg.seeds:
-            results.append(evaluate_seed(cfg, seed, port_sets, kb, progress=bar.update))
+    if quiet:
+        results = [evaluate_seed(cfg, seed, port_sets, kb) for seed in cfg.seeds]
+    else:
+        with click.progressbar(length=evaluation_rounds(cfg) * len(cfg.seeds), label="simulating", file=sys.stderr,
+                               show_eta=True, item_show_func=lambda _: None) as bar:
+            for seed in cfg.seeds:
+                results.append(evaluate_seed(cfg, seed, port_sets, kb, progress=bar.update))
     seconds["simulation"] = time.perf_counter() - t0
     seconds["per_seed"] = {str(r.seed): r.seconds for r in results}
 
@@ -158,8 +182,9 @@ def _evaluate_one(cfg, out: Path, kb, *, no_plots: bool, no_parquet: bool, quiet
             written += report.write_plots(out, derivation, results, kb.device_ports() | kb.malware_ports())
         except report.PlotsUnavailable as exc:
             click.echo(f"scanflow: warning: {exc}", err=True)
-    click.echo(f"{'' if quiet else chr(10)}wrote {len(written)} files to {out}/ (simulation "
-               f"{seconds['simulation']:.1f} s, port sets {seconds['port_sets']:.1f} s)", err=quiet)
+    if not quiet:
+        click.echo(f"\nwrote {len(written)} files to {out}/ (simulation {seconds['simulation']:.1f} s, "
+                   f"port sets {seconds['port_sets']:.1f} s)")
     return summary
 
 
