@@ -37,7 +37,8 @@ from connectors.sim_recorder import EventRecorder
 from scanflow.simulate import make_schedule, run_policy
 from scanflow.evaluation import EvaluationConfig, derive_policy_sets
 from scanflow.lifecycle.untracked import bulk_silent_rule, first_probe_rounds
-from scanflow.world import World, WorldConfig
+from scanflow.scenarios import scenario
+from scanflow.world import World
 
 N_IPS = 4_000
 DAYS = 14
@@ -69,7 +70,10 @@ def simulated(tmp_path_factory):
                                 **{f"{role}_set": str(getattr(derivation, role).write(sets / f"{role}.json"))
                                    for role in ("standard", "silent", "unknown")})
     policy = build_policy(Settings(), settings)
-    world = World.generate(WorldConfig(n_ips=N_IPS), SEED, horizon_days=DAYS, kb=policy.estimator.kb)
+    # a world rich in IPs that answer and go silent (sporadic-heavy: 12.5 % sporadic responders), so
+    # demotions, promotions and recalls are all exercised; the calibrated default has few of them
+    world = World.generate(scenario("sporadic-heavy").config().replace(n_ips=N_IPS), SEED, horizon_days=DAYS,
+                           kb=policy.estimator.kb)
     rule = bulk_silent_rule(policy, policy.params.standard_interval)
     schedule = make_schedule(world.n_ips, SEED, world.horizon, slot=policy.params.standard_interval,
                              silent_rounds=first_probe_rounds(rule))
