@@ -15,7 +15,7 @@ that result depends on the assumption:
 - ``mobile``: most pooled devices move to another address of their pool when their lease ends,
   keeping their fingerprint;
 - ``flat``: no structure: hosts spread uniformly over the addresses, nobody moves, no firmware
-  updates (the world's structure before it was added).
+  updates, no software stacks (the world's structure before it was added).
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              {"dynamic_pool_types": 0, "pool_move_share": 0.0}),
     Scenario("mobile", "most pooled devices move to another address of their pool, keeping their fingerprint",
              {"pool_move_share": 0.9}),
-    Scenario("flat", "no structure: uniform placement, nobody moves, no firmware updates",
-             {"blocks": False, "pool_move_share": 0.0, "firmware_update_days": 0.0}),
+    Scenario("flat", "no structure: uniform placement, nobody moves, no firmware updates, no software stacks",
+             {"blocks": False, "pool_move_share": 0.0, "firmware_update_days": 0.0, "stacks": False}),
 )}
 
 

@@ -143,3 +143,113 @@ def test_firmware_updates_change_the_version_but_not_the_model(days):
         expected = (1 - np.exp(-(s.end[segs] - s.start[segs]) / (days * DAY))).mean()
         assert abs(changed / len(segs) - expected) < 0.06, (changed / len(segs), expected)
         assert same_model == changed, "the estimator names the same model after an update"
+
+
+# -- software stacks (co-occurring services) --------------------------------------------------------
+
+
+def _survey(stacks: bool):
+    from scanflow.world import survey_world
+
+    table = survey_world(WorldConfig(stacks=stacks), 0, n_ips=4_000_000, responsive_fraction=0.027)
+    return table["ip"].to_numpy().astype(np.int64), table["port"].to_numpy().astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def surveys():
+    return {s: _survey(s) for s in (True, False)}
+
+
+def _top5_recall(ip: np.ndarray, port: np.ndarray, k: int = 5, seed: int = 0) -> tuple[float, float]:
+    """GPS-style prediction: learn on half of the hosts (2-99 open ports) how often each port is open
+    with each other one; on the other half, give one random open port of a host and measure the share
+    of its other open ports found in the top ``k`` of (a) the ports most often open with it, (b) the
+    plain popularity ranking. Returns the mean recalls (conditional, plain)."""
+    w = 65536
+    _, inv, cnt = np.unique(ip, return_inverse=True, return_counts=True)
+    keep = (cnt[inv] >= 2) & (cnt[inv] < 100)
+    order = np.lexsort((port[keep], inv[keep]))
+    host, port = inv[keep][order], port[keep][order]
+    train = (np.random.default_rng(seed).random(len(cnt)) < 0.5)[host]
+    plain = np.argsort(-np.bincount(port[train], minlength=w), kind="stable")[:k].tolist()
+    th, tp = host[train], port[train]
+    starts = np.flatnonzero(np.r_[True, th[1:] != th[:-1]])
+    sizes = np.diff(np.r_[starts, len(th)])
+    pairs = []
+    for n in np.unique(sizes):
+        p = tp[starts[sizes == n][:, None] + np.arange(n)]
+        a, b = np.repeat(p, n, axis=1).ravel(), np.tile(p, (1, n)).ravel()
+        pairs.append((a * w + b)[a != b])
+    code, times = np.unique(np.concatenate(pairs), return_counts=True)
+    a, b = code // w, code % w
+    o = np.lexsort((b, -times, a))
+    top: dict[int, list[int]] = {}
+    for x, y in zip(a[o].tolist(), b[o].tolist()):
+        if len(top.setdefault(x, [])) < k:
+            top[x].append(y)
+    eh, ep = host[~train], port[~train]
+    starts = np.flatnonzero(np.r_[True, eh[1:] != eh[:-1]])
+    ends = np.r_[starts[1:], len(eh)]
+    pick = np.random.default_rng(seed + 1)
+    cond = flat = 0.0
+    for s, e in zip(starts.tolist(), ends.tolist()):
+        ports = ep[s:e].tolist()
+        given = ports[int(pick.integers(len(ports)))]
+        others = set(ports) - {given}
+        ranked = top.get(given, [])
+        ranked = ranked + [p for p in plain if p != given and p not in ranked][:k - len(ranked)]
+        cond += len(others & set(ranked)) / len(others)
+        flat += len(others & set(plain)) / len(others)
+    return cond / len(starts), flat / len(starts)
+
+
+def test_services_on_one_host_predict_each_other_with_stacks(surveys):
+    # given one open port, ranking the others by co-occurrence beats the plain ranking (GPS); with
+    # independent draws only by the place the plain ranking spends on the given port itself
+    cond, plain = _top5_recall(*surveys[True])
+    assert cond - plain > 0.10, (cond, plain)  # ~0.15
+    cond, plain = _top5_recall(*surveys[False])
+    assert -0.01 < cond - plain < 0.04, (cond, plain)  # ~0.015
+
+
+def test_stacks_keep_every_ports_and_every_hosts_count(surveys):
+    (ip1, p1), (ip0, p0) = surveys[True], surveys[False]
+    assert np.array_equal(np.bincount(p1, minlength=65536), np.bincount(p0, minlength=65536))
+    assert np.array_equal(np.unique(ip1, return_counts=True)[1], np.unique(ip0, return_counts=True)[1])
+    assert np.array_equal(np.unique(ip1), np.unique(ip0))
+    # and they do move ports: a good part of the (host, port) pairs of hosts with < 100 ports are new
+    _, inv, cnt = np.unique(ip0, return_inverse=True, return_counts=True)
+    moved = len(np.setdiff1d(ip1 * 65536 + p1, ip0 * 65536 + p0))
+    assert moved > 0.2 * (cnt[inv] < 100).sum(), (moved, (cnt[inv] < 100).sum())
+
+
+def test_stacks_keep_the_silent_set(surveys):
+    # only the most popular ports move (a survey ranks them first) and every host keeps as many of
+    # them: the device-detection curve of the paper's derivation is unchanged past them, so the
+    # silent set is the same (and the ranking, hence the standard and unknown-device sets)
+    import pyarrow as pa
+
+    from scanflow.portsets import derive_port_sets
+    from scanflow.world.hosts import movable_ranks
+
+    top = movable_ranks(WorldConfig().ports)
+    assert 100 <= top <= 200, top
+    d = [derive_port_sets(pa.table({"ip": ip, "port": p.astype(np.int32)}), device_ports=(), malware_ports=(),
+                          created="2018-12-31") for ip, p in (surveys[True], surveys[False])]
+    assert d[0].ranking == d[1].ranking
+    assert d[0].silent.ports == d[1].silent.ports and d[0].unknown.ports == d[1].unknown.ports
+    assert d[0].ddr_curve[top + 20:] == d[1].ddr_curve[top + 20:]
+    assert d[0].ddr_curve[:top] != d[1].ddr_curve[:top]  # stacks do move ports among the top ones
+
+
+def test_stacks_parse_and_leave_everything_else_alone():
+    cfg = WorldConfig().with_overrides({"stacks": "false", "stack_share": "0.5"})
+    assert cfg.stacks is False and cfg.stack_share == 0.5
+    with pytest.raises(ValueError, match="stack_share"):
+        WorldConfig(stack_share=1.5)
+    on = World.generate(WorldConfig(n_ips=20_000), seed=4, horizon_days=14)
+    again = World.generate(WorldConfig(n_ips=20_000), seed=4, horizon_days=14)
+    off = World.generate(WorldConfig(n_ips=20_000, stacks=False), seed=4, horizon_days=14)
+    assert np.array_equal(on.profiles.port, again.profiles.port)
+    assert np.array_equal(on.profiles.ptr, off.profiles.ptr) and np.array_equal(on.segments.ip, off.segments.ip)
+    assert not np.array_equal(on.profiles.port, off.profiles.port)
