@@ -126,17 +126,23 @@ def detection_delays(world: World, std: PolicyRun, eff: PolicyRun, horizon: int 
         sel = np.flatnonzero(mask)
         entry: dict = {"events": int(len(sel))}
         for label, run in (("standard", std), ("efficient", eff)):
-            det = run.detected[sel]
-            ok = (det >= 0) & (det < horizon)
-            delay = (det[ok] - s.start[sel][ok]) / 3600.0
-            entry[label] = {"seen": float(ok.mean()) if len(sel) else float("nan"),
-                            "median_h": float(np.median(delay)) if len(delay) else float("nan"),
-                            "p90_h": float(np.percentile(delay, 90)) if len(delay) else float("nan")}
+            entry[label] = _seen_and_delay(s, sel, run, horizon)
         both = (std.detected[sel] >= 0) & (std.detected[sel] < horizon)
         eff_ok = (eff.detected[sel] >= 0) & (eff.detected[sel] < horizon)
         entry["efficient_seen_of_standard_seen"] = float(eff_ok[both].mean()) if both.any() else float("nan")
         out[name] = entry
     return out
+
+
+def _seen_and_delay(s, sel: np.ndarray, run: PolicyRun, horizon: int) -> dict:
+    """Of the segments ``sel``: the share ``run`` saw before ``horizon``, and the median and
+    90th-percentile delay (hours) from each segment's start to its first detection."""
+    det = run.detected[sel]
+    ok = (det >= 0) & (det < horizon)
+    delay = (det[ok] - s.start[sel][ok]) / 3600.0
+    return {"seen": float(ok.mean()) if len(sel) else float("nan"),
+            "median_h": float(np.median(delay)) if len(delay) else float("nan"),
+            "p90_h": float(np.percentile(delay, 90)) if len(delay) else float("nan")}
 
 
 def delay_samples(world: World, run: PolicyRun, cls: int, event: int) -> np.ndarray:
@@ -241,14 +247,14 @@ def _run_both(cfg: EvaluationConfig, seed: int, weeks: float, port_sets, kb, *, 
     return world, schedule, std, eff, clock
 
 
-def rounds_of(weeks: float, slot: float = 43_200.0) -> int:
-    """The 12 h rounds of a run of ``weeks``."""
-    return int(round(weeks * 7 * 86400 / slot))
-
-
 def evaluation_rounds(cfg: EvaluationConfig) -> int:
-    """Rounds simulated per seed: the full run and one run per shorter judging window."""
-    return rounds_of(cfg.weeks) + sum(rounds_of(w) for w in set(cfg.windows) if w < cfg.weeks - 1e-9)
+    """Rounds simulated per seed (of the policy's standard interval): the full run and one run per
+    shorter judging window."""
+    from scanflow.policy import PolicyParams
+
+    slot = (cfg.params or PolicyParams()).standard_interval
+    weeks = [cfg.weeks] + [w for w in set(cfg.windows) if w < cfg.weeks - 1e-9]
+    return sum(int(round(w * 7 * 86400 / slot)) for w in weeks)
 
 
 def evaluate_seed(cfg: EvaluationConfig, seed: int, port_sets, kb=None, *,
@@ -286,10 +292,5 @@ def new_device_delays(world: World, std: PolicyRun, eff: PolicyRun) -> dict:
     sel = np.flatnonzero((s.event != INITIAL) & (s.event != RETURNED) & (s.start > 0) & (s.start < world.horizon))
     out: dict = {"devices": int(len(sel))}
     for label, run in (("standard", std), ("efficient", eff)):
-        det = run.detected[sel]
-        ok = det >= 0
-        delay = (det[ok] - s.start[sel][ok]) / 3600.0
-        out[label] = {"seen": float(ok.mean()) if len(sel) else float("nan"),
-                      "median_h": float(np.median(delay)) if len(delay) else float("nan"),
-                      "p90_h": float(np.percentile(delay, 90)) if len(delay) else float("nan")}
+        out[label] = _seen_and_delay(s, sel, run, world.horizon)   # a run never detects at or past its horizon
     return out
