@@ -102,22 +102,10 @@ def replay_ip(ip: str, rounds: list[RecordedRound], policy, *, counterfactual: b
     if not rounds:
         return out
     tag = f"~{policy.name.lower()}"
-    answered = any(r.open_ports for r in rounds)
     times = [r.at for r in rounds]
+    # an untracked IP's silent complete rounds are the policy's silent sweep (bulk_silent_rule checked
+    # that the plan after a silent round is exactly this cadence and set)
     sweep_s = silent_rule.rounds * policy.params.standard_interval if silent_rule is not None else None
-    if counterfactual and sweep_s is not None and not answered and all(r.complete for r in rounds):
-        # never answered, every round complete: the policy's silent sweep, in bulk (what decide()
-        # would plan after each silent round, as checked by bulk_silent_rule)
-        i = phase
-        while i < len(rounds):
-            ports = silent_rule.first if i == phase else silent_rule.sweep
-            out.replayed.add_round(ip, len(ports))
-            if records:
-                r = rounds[i]
-                out.scans.append(_scan_record(ip, r, policy.name, r.scan_id + tag, len(ports), ports, frozenset(), (),
-                                              byte_model))
-            i = max(bisect.bisect_left(times, times[i] + sweep_s - tolerance_s, lo=i + 1), i + 1)
-        return out
     lifecycle = lifecycle or Lifecycle(policy)
     tracked = None                     # the lifecycle's state of the IP while it is tracked
     if counterfactual:
