@@ -17,8 +17,7 @@ What a counterfactual cannot see: ports of a plan that the recorded scan did not
 standard set) read as closed, and are counted as ``unobserved_probes``. An IP the lifecycle does not
 track (never answered, or demoted) is swept: its silent complete rounds are the policy's silent sweep
 (read from the policy by :func:`scanflow.lifecycle.untracked.bulk_silent_rule`), as the live sweeps
-and the simulator sweep it, and no decision is written for them; IPs that never answered and whose
-rounds all completed are handled in bulk.
+and the simulator sweep it, and no decision is written for them.
 
 Both sides' traffic is modelled with the same :class:`scanflow.metrics.ByteModel`, so the ratio
 compares policies, not agents. :mod:`pipelines.replay` runs this per IP on the bounded Beam pipeline.
