@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     kb = load_knowledge()
     cfg = EvaluationConfig(ips=args.ips, weeks=args.weeks, seeds=(args.seed,), survey_ips=100_000)
     derivation, _ = derive_policy_sets(cfg, kb)
-    sets = PolicyPortSets(derivation.standard, derivation.silent, derivation.unknown)
+    sets = PolicyPortSets.of(derivation)
     world = World.generate(cfg.world_config(), args.seed, horizon_days=args.weeks * 7, kb=kb)
     policy = EfficientPolicy(sets, Estimator(kb), PolicyParams())
     rule = bulk_silent_rule(policy, PolicyParams().standard_interval)

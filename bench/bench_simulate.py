@@ -80,7 +80,7 @@ def _derive(sets_path: str) -> float:
     derivation, _ = derive_policy_sets(EvaluationConfig())
     seconds = time.perf_counter() - t0
     with open(sets_path, "wb") as fh:
-        pickle.dump(PolicyPortSets(derivation.standard, derivation.silent, derivation.unknown), fh)
+        pickle.dump(PolicyPortSets.of(derivation), fh)
     print(f"port sets: standard {len(derivation.standard):,}, silent {len(derivation.silent):,}, "
           f"unknown {len(derivation.unknown):,} ports; survey + derivation {seconds:.1f} s")
     return seconds

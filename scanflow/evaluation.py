@@ -18,6 +18,7 @@ from scanflow.simulate import PolicyRun, Schedule, make_schedule, run_policy, ru
 from scanflow.world.model import World
 
 if TYPE_CHECKING:
+    from scanflow.adaptive import AdaptiveParams
     from scanflow.policy import PolicyParams
     from scanflow.world import WorldConfig
 
@@ -180,6 +181,10 @@ class EvaluationConfig:
     honeypot_min_ports: int | None = HONEYPOT_MIN_PORTS
     #: The named world (:mod:`scanflow.scenarios`) ``world`` was built from, for the record.
     scenario: str = "paper"
+    #: The efficient policy judged against the standard scan: ``paper`` or ``adaptive``
+    #: (:data:`scanflow.adaptive.POLICIES`), and the adaptive policy's parameters.
+    policy: str = "paper"
+    adaptive: "AdaptiveParams | None" = None
 
     def world_config(self):
         """The world parameters with this evaluation's size and loss."""
@@ -226,14 +231,16 @@ def _run_both(cfg: EvaluationConfig, seed: int, weeks: float, port_sets, kb, *, 
     """Generate the world of ``seed`` over ``weeks`` and run both policies on it."""
     import time
 
+    from scanflow.adaptive import make_policy
     from scanflow.estimate import Estimator
-    from scanflow.policy import EfficientPolicy, PolicyParams
+    from scanflow.policy import PolicyParams
 
     params = cfg.params or PolicyParams()
     clock = {}
     t0 = time.perf_counter()
     world = World.generate(cfg.world_config(), seed, horizon_days=weeks * 7, kb=kb)
-    policy = EfficientPolicy(port_sets, Estimator(kb, min_confidence=cfg.min_confidence), params)
+    policy = make_policy(cfg.policy, port_sets, Estimator(kb, min_confidence=cfg.min_confidence),
+                         paper_params=params, adaptive_params=cfg.adaptive)
     rule = bulk_silent_rule(policy, params.standard_interval)
     schedule = make_schedule(world.n_ips, seed, world.horizon, slot=params.standard_interval,
                              silent_rounds=first_probe_rounds(rule), desync=cfg.desync)
@@ -242,7 +249,7 @@ def _run_both(cfg: EvaluationConfig, seed: int, weeks: float, port_sets, kb, *, 
     std = run_standard(world, schedule, port_sets.standard, record=record)
     clock["standard"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    eff = run_policy(world, schedule, policy, record=record, ladder_len=len(params.ladder), progress=progress)
+    eff = run_policy(world, schedule, policy, record=record, ladder_len=len(policy.params.ladder), progress=progress)
     clock["efficient"] = time.perf_counter() - t0
     return world, schedule, std, eff, clock
 

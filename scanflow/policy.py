@@ -128,11 +128,21 @@ def params_from_settings(policy_settings) -> PolicyParams:
 
 @dataclass(frozen=True, slots=True)
 class PolicyPortSets:
-    """The three data-derived port sets the policies use (see :mod:`scanflow.portsets`)."""
+    """The three data-derived port sets the policies use (see :mod:`scanflow.portsets`), with the
+    response ranking they were cut from (best first) and its device detection curve, when known (the
+    adaptive policy cuts its light set from them)."""
 
     standard: PortSet
     silent: PortSet
     unknown: PortSet
+    ranking: tuple[int, ...] = ()
+    ddr_curve: tuple[float, ...] = ()
+
+    @classmethod
+    def of(cls, derivation) -> "PolicyPortSets":
+        """The sets of a :class:`scanflow.portsets.Derivation`, with its ranking and curve."""
+        return cls(derivation.standard, derivation.silent, derivation.unknown,
+                   tuple(p for p, _ in derivation.ranking), tuple(derivation.ddr_curve))
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +181,8 @@ class IpState:
     ``digests`` are per-port normalised banner digests; ``probed`` the ref of the port set of the
     last complete round (so the next comparison knows which ports were looked at both times).
     ``recall`` (only with ``PolicyParams.recall_interval``): the ports a silent IP last answered on,
-    probed while the recall lasts (kept one more round after it answers again, for the comparison).
+    probed while the recall lasts (kept one more round after it answers again, for the comparison);
+    the adaptive policy keeps a departed device's ports there while it remembers the device.
     """
 
     status: IpStatus = IpStatus.NON_RESPONSIVE
@@ -188,6 +199,12 @@ class IpState:
     last_scanned: float | None = None
     last_changed: float | None = None
     recall: frozenset[int] = frozenset()
+    #: The adaptive policy only (:mod:`scanflow.adaptive`; the paper's policy leaves them at their
+    #: defaults): the kind of the next probe (0 light, 1 full, 2 follow-up), when the last follow-up
+    #: was asked for, and when the last full probe (the model's or the unknown-device set) was made.
+    probe: int = 0
+    followup_at: float | None = None
+    full_at: float | None = None
 
     @property
     def responsive(self) -> bool:
@@ -218,7 +235,8 @@ class Policy(Protocol):
 
     def start(self, now: float) -> tuple[IpState, ScanPlan]: ...
 
-    def decide(self, state: IpState | None, observation: Observation, now: float) -> tuple[IpState, ScanPlan]: ...
+    def decide(self, state: IpState | None, observation: Observation, now: float,
+               ip=None) -> tuple[IpState, ScanPlan]: ...
 
 
 class EfficientPolicy:
@@ -265,8 +283,9 @@ class EfficientPolicy:
             return recall_set(state.recall)
         return self.port_sets.silent
 
-    def decide(self, state: IpState | None, obs: Observation, now: float) -> tuple[IpState, ScanPlan]:
-        """The new state of the IP and its next scan, after observation ``obs`` made at ``now``."""
+    def decide(self, state: IpState | None, obs: Observation, now: float, ip=None) -> tuple[IpState, ScanPlan]:
+        """The new state of the IP and its next scan, after observation ``obs`` made at ``now``
+        (``ip`` is not used: the paper's plan does not depend on where the address is)."""
         state = state or IpState()
         if not obs.open_ports:
             if not obs.complete:  # inconclusive: keep everything, try again
@@ -384,7 +403,7 @@ class StandardPolicy:
         """First scan now with the standard set."""
         return IpState(), ScanPlan(now, self.port_sets.standard, Reason.INITIAL)
 
-    def decide(self, state: IpState | None, obs: Observation, now: float) -> tuple[IpState, ScanPlan]:
+    def decide(self, state: IpState | None, obs: Observation, now: float, ip=None) -> tuple[IpState, ScanPlan]:
         """Track responsiveness (for reporting) and scan again in 12 h whatever was seen."""
         state = state or IpState()
         at = now + self.params.standard_interval

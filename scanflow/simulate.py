@@ -36,7 +36,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from scanflow.lifecycle.step import Lifecycle
-from scanflow.lifecycle.untracked import BulkRule, bulk_silent_rule
+from scanflow.lifecycle.untracked import BulkRule, bulk_silent_rule, sweep_rounds
 from scanflow.metrics import ByteModel
 from scanflow.policy import IpStatus, Observation
 from scanflow.portsets import PortSet
@@ -45,6 +45,8 @@ from scanflow.world.hosts import csr_gather
 from scanflow.world.model import PortMasks, World
 
 SCANNER_STANDARD, SCANNER_EFFICIENT = 1, 2
+#: How often (seconds) a policy with a learned sweep cadence learns it again from what it found.
+LEARN_EVERY = 7 * 86400
 
 
 class Recorder(Protocol):
@@ -82,6 +84,11 @@ class Schedule:
         """Probe instants (seconds) of ``ips`` in round ``k``."""
         off = self.offset_eff if efficient else self.offset_std
         return k * self.slot + off[ips]
+
+    def round_near(self, at: float, ip: int, efficient: bool = True) -> int:
+        """The round whose probe instant for ``ip`` is nearest ``at`` (ties: the later one)."""
+        off = (self.offset_eff if efficient else self.offset_std)[ip]
+        return int(np.floor((at - off) / self.slot + 0.5))
 
     def round_of(self, at: float, ip: int, efficient: bool = True) -> int:
         """The first round whose probe instant for ``ip`` is at or after ``at``."""
@@ -122,6 +129,8 @@ class PolicyRun:
     states: np.ndarray | None = None
     records: dict[str, list] | None = None
     decisions: int = 0
+    #: The most probes one address received in one round (the ethics bound: the standard set's size).
+    max_slot_probes: int = 0
 
 
 def open_costs(world: World, byte_model: ByteModel) -> np.ndarray:
@@ -261,8 +270,13 @@ def run_policy(world: World, schedule: Schedule, policy, byte_model: ByteModel =
     rec: dict[str, list] = {k: [] for k in ("ip", "t", "round", "open_ports", "probed", "status", "step",
                                             "device", "reason", "changed", "next_at")}
     decisions = 0
+    learn_rounds = _learn_rounds(policy, schedule.slot)
+    slot_max = 0
     for k in range(nr):
+        if learn_rounds and k and k % learn_rounds == 0:
+            _learn_cadence(policy, n, code_parts)
         due = np.flatnonzero(tr.next_round == k)
+        followups: list[tuple[int, int]] = []
         if len(due):
             segs_k = seg_all[bounds[k]:bounds[k + 1]]
             seg_of_ip[seg_ip[segs_k]] = segs_k
@@ -272,6 +286,7 @@ def run_policy(world: World, schedule: Schedule, policy, byte_model: ByteModel =
             row, entry = world.answers(seg_due, masks.matrix, tr.mask_of[due], times, scanner, loss)
             attempts[k] = len(due)
             probes[k] = int(tr.size_of[due].sum())
+            slot_max = max(slot_max, int(tr.size_of[due].max()))
             sent[k] = probes[k] * byte_model.syn + int(cost[entry].sum())
             if len(row):
                 code_parts.append((due[row] << 16) | prof.port[entry].astype(np.int64))
@@ -286,15 +301,46 @@ def run_policy(world: World, schedule: Schedule, policy, byte_model: ByteModel =
                 swept = ~tr.probed_first[due[quiet]]
                 events.bulk(k, due[quiet][swept], times[quiet][swept], rule.first, "first", policy.name)
                 events.bulk(k, due[quiet][~swept], times[quiet][~swept], rule.sweep, "sweep", policy.name)
-            tr.next_round[due[quiet]] += rule.rounds
+            tr.next_round[due[quiet]] += sweep_rounds(policy, rule, due[quiet], schedule.slot)
             tr.mask_of[due[quiet]] = sweep_mid
             tr.size_of[due[quiet]] = len(rule.sweep)
             tr.probed_first[due[quiet]] = True
             starts = np.searchsorted(row, np.arange(len(due) + 1))
+            grid_size = tr.size_of[due].copy()
             for r in np.flatnonzero(~quiet):
-                _decide_one(world, schedule, lifecycle, rule, masks, tr, int(due[r]), int(seg_due[r]), int(times[r]),
-                            entry[starts[r]:starts[r + 1]], k, ladder_len, rec if record else None, events)
+                at = _decide_one(world, schedule, lifecycle, rule, masks, tr, int(due[r]), int(seg_due[r]),
+                                 int(times[r]), entry[starts[r]:starts[r + 1]], k, ladder_len,
+                                 rec if record else None, events)
                 decisions += 1
+                if at is not None:
+                    followups.append((int(due[r]), at, int(grid_size[r])))
+        # Follow-ups: a plan due before the address's next probe of the grid is made within the round,
+        # at its own instant, and decided like any round (a follow-up may not plan another in the slot).
+        if followups:
+            ips = np.array([ip for ip, _, _ in followups], dtype=np.int64)
+            times = np.array([at for _, at, _ in followups], dtype=np.int64)
+            before = np.array([size for _, _, size in followups], dtype=np.int64)
+            segs = world.segment_at(ips, times)
+            row, entry = world.answers(segs, masks.matrix, tr.mask_of[ips], times, scanner, loss)
+            attempts[k] += len(ips)
+            sizes = tr.size_of[ips]
+            probes[k] += int(sizes.sum())
+            sent[k] += int(sizes.sum()) * byte_model.syn + int(cost[entry].sum())
+            slot_max = max(slot_max, int((before + sizes).max()))
+            if len(row):
+                code_parts.append((ips[row] << 16) | prof.port[entry].astype(np.int64))
+                round_parts.append(np.full(len(row), k, dtype=np.int32))
+                hit_seg = segs[row]
+                fresh = detected[hit_seg] < 0
+                detected[hit_seg[fresh]] = times[row[fresh]]
+            starts = np.searchsorted(row, np.arange(len(ips) + 1))
+            for r in range(len(ips)):
+                at = _decide_one(world, schedule, lifecycle, rule, masks, tr, int(ips[r]), int(segs[r]),
+                                 int(times[r]), entry[starts[r]:starts[r + 1]], k, ladder_len,
+                                 rec if record else None, events)
+                decisions += 1
+                if at is not None:
+                    raise ValueError(f"policy {policy.name}: a follow-up planned another probe in the same slot")
         tracked_now = np.flatnonzero(tr.tracked)
         states[k] = np.bincount(tr.code_of[tracked_now], minlength=n_codes)[:n_codes]
         if progress is not None:
@@ -303,7 +349,25 @@ def run_policy(world: World, schedule: Schedule, policy, byte_model: ByteModel =
     rounds = np.concatenate(round_parts) if round_parts else np.zeros(0, dtype=np.int32)
     cells, cell_round = _first_rounds(codes, rounds)
     return PolicyRun(policy.name, cells, cell_round, attempts, probes, sent, detected, states,
-                     rec if record else None, decisions)
+                     rec if record else None, decisions, slot_max)
+
+
+def _learn_rounds(policy, slot: int) -> int:
+    """Every how many rounds the policy's sweep cadence is learned again (0: it has none)."""
+    params = getattr(policy, "params", None)
+    if getattr(policy, "cadence", None) is None or not getattr(params, "learned_cadence", False):
+        return 0
+    return max(int(round(LEARN_EVERY / slot)), 1)
+
+
+def _learn_cadence(policy, n_ips: int, code_parts: list) -> None:
+    """The sweep cadence learned from what the scan has found so far: prefixes where nothing has
+    answered are quiet (what ``scanflow`` derives from a lake, here from the run's own answers)."""
+    from scanflow.adaptive import PREFIX_BITS
+
+    answered = np.unique(np.concatenate([c >> (16 + PREFIX_BITS) for c in code_parts])) if code_parts else []
+    prefixes = range(((n_ips - 1) >> PREFIX_BITS) + 1)
+    policy.cadence = policy.cadence.learned(prefixes, (int(p) for p in answered))
 
 
 def _decide_one(world: World, schedule: Schedule, lifecycle: Lifecycle, rule: BulkRule, masks: PortMasks,
@@ -322,7 +386,10 @@ def _decide_one(world: World, schedule: Schedule, lifecycle: Lifecycle, rule: Bu
     obs = Observation(frozenset(ports.tolist()), tuple(banners), probed, True)
     tracked, decided = lifecycle.observe(ip, prior, obs, float(t))
     at, ports_next = lifecycle.next_scan(tracked, decided)
-    tr.next_round[ip] = max(schedule.round_of(at, ip), k + 1)
+    followup = tracked is not None and at < schedule.times(k + 1, np.array([ip]))[0]
+    # the grid round nearest the plan (a plan made by a follow-up minutes after the grid instant
+    # lands on the grid instant of its cadence, not one round later)
+    tr.next_round[ip] = max(schedule.round_near(at, ip), k + 1)
     if tracked is not None:
         tr.states[ip] = tracked
         tr.tracked[ip] = True
@@ -331,7 +398,8 @@ def _decide_one(world: World, schedule: Schedule, lifecycle: Lifecycle, rule: Bu
         tr.code_of[ip] = STATUS_CODE[tracked.state.status] * ladder_len + min(tracked.state.step, ladder_len - 1)
     else:
         # left to the sweeps: their cadence and set are the policy's (bulk_silent_rule checked them)
-        if ports_next.ref != rule.sweep.ref or abs(at - t - rule.rounds * schedule.slot) > 1e-6:
+        rounds = int(sweep_rounds(lifecycle.policy, rule, np.array([ip]), schedule.slot)[0])
+        if ports_next.ref != rule.sweep.ref or abs(at - t - rounds * schedule.slot) > 1e-6:
             raise ValueError(f"policy {lifecycle.policy.name}: an untracked IP is planned off the sweeps "
                              f"({ports_next.ref} in {at - t:.0f} s); the simulator sweeps untracked IPs in bulk")
         tr.tracked[ip] = False
@@ -349,3 +417,4 @@ def _decide_one(world: World, schedule: Schedule, lifecycle: Lifecycle, rule: Bu
         rec["probed"].append(probed.ref); rec["status"].append(state.status.value); rec["step"].append(state.step)
         rec["device"].append(state.device); rec["reason"].append(plan.reason.value)
         rec["changed"].append(plan.changed); rec["next_at"].append(plan.at)
+    return int(np.ceil(at)) if followup else None

@@ -157,7 +157,7 @@ def _evaluate_one(cfg, out: Path, kb, *, no_plots: bool, no_parquet: bool, quiet
     seconds["port_sets"] = time.perf_counter() - t0
     written = [ps.write(out / f"portset_{ps.name}.json")
                for ps in (derivation.standard, derivation.silent, derivation.unknown)]
-    port_sets = PolicyPortSets(derivation.standard, derivation.silent, derivation.unknown)
+    port_sets = PolicyPortSets.of(derivation)
 
     results = []
     t0 = time.perf_counter()

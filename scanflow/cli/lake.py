@@ -171,7 +171,7 @@ def _port_sets(directory: str | None, root: Path, spec, topic: str | None):
                                  device_ports=kb.device_ports(), malware_ports=kb.malware_ports())
     click.echo(f"port sets derived from the recording: standard {len(d.standard):,}, silent {len(d.silent):,}, "
                f"unknown {len(d.unknown):,} ports", err=True)
-    return PolicyPortSets(d.standard, d.silent, d.unknown)
+    return PolicyPortSets.of(d)
 
 
 def _offsets(topic: str | None, items: tuple[str, ...]) -> dict[tuple[str, int], int] | None:
@@ -292,7 +292,7 @@ def lake_record_sim(obj: CliContext, lake_dir: str | None, ips: int, weeks: floa
     params = params_from_settings(obj.settings.policy)
     cfg = EvaluationConfig(ips=ips, weeks=weeks, seeds=(seed,), survey_ips=survey_ips)
     derivation, _ = derive_policy_sets(cfg, kb)
-    sets = PolicyPortSets(derivation.standard, derivation.silent, derivation.unknown)
+    sets = PolicyPortSets.of(derivation)
     (root / "_portsets").mkdir(parents=True, exist_ok=True)
     for role in ("standard", "silent", "unknown"):
         getattr(sets, role).write(root / "_portsets" / f"{role}.json")

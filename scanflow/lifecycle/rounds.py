@@ -193,4 +193,5 @@ def observation(rnd: Round, published: Mapping[tuple[str, int], PortSet]) -> Obs
 def published_sets(policy) -> dict[tuple[str, int], PortSet]:
     """The named port sets a policy knows, by (name, version), for :func:`resolve_port_set`."""
     sets = policy.port_sets
-    return {(ps.name, ps.version): ps for ps in (sets.standard, sets.silent, sets.unknown) if ps.name is not None}
+    every = policy.published() if hasattr(policy, "published") else (sets.standard, sets.silent, sets.unknown)
+    return {(ps.name, ps.version): ps for ps in every if ps.name is not None}

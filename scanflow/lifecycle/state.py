@@ -15,6 +15,10 @@ record header that lets a restarted pipeline restore the exact state. Layout (ve
     [varint n + delta-varint recall ports]              when a recall is on (presence bit 7)
     u8 n + 8-byte scan-id hashes
 
+Version 2 (written only for states of the adaptive policy, whose extra fields are set) adds one byte
+after the presence bits (probe kind in bits 0-1, bit 2 a follow-up time, bit 3 a full-probe time) and
+those times after the others. Version 1 bytes still unpack.
+
 Times stay float64 so a restored state is bit-identical (replays compare decisions exactly).
 """
 
@@ -28,7 +32,7 @@ from typing import Iterable
 from scanflow.policy import IpState, IpStatus, Reason
 from scanflow.portsets import PortSet
 
-VERSION = 1
+VERSION = 2
 #: Kafka header on ``scanflow.ip-state`` records carrying :func:`pack` bytes (or a tombstone mark).
 STATE_HEADER = "scanflow.scheduler.state"
 
@@ -83,6 +87,8 @@ class RefTable:
     @classmethod
     def of_policy(cls, policy) -> "RefTable":
         """Every port set :class:`~scanflow.policy.EfficientPolicy` can probe with."""
+        if hasattr(policy, "published"):
+            return cls([*policy.published(), *policy.estimator.port_sets()])
         sets = policy.port_sets
         return cls([sets.standard, sets.silent, sets.unknown, *policy.estimator.port_sets()])
 
@@ -148,7 +154,8 @@ def _read_ports(data: bytes, pos: int) -> tuple[list[int], int]:
 def pack(t: Tracked, refs: RefTable) -> bytes:
     """The compact bytes of ``t`` (see the module docstring for the layout)."""
     s = t.state
-    out = bytearray((VERSION, _STATUS_CODE[s.status] | _REASON_CODE[t.reason] << 2 | int(t.issued) << 5))
+    version = 2 if (s.probe or s.followup_at is not None or s.full_at is not None) else 1
+    out = bytearray((version, _STATUS_CODE[s.status] | _REASON_CODE[t.reason] << 2 | int(t.issued) << 5))
     presence = 0
     for i, name in enumerate(_TIMES):
         if getattr(s, name) is not None:
@@ -160,6 +167,8 @@ def pack(t: Tracked, refs: RefTable) -> bytes:
     if s.recall:
         presence |= 1 << 7
     out.append(presence)
+    if version == 2:   # the adaptive policy's fields: probe kind, follow-up and full-probe times
+        out.append(s.probe | (s.followup_at is not None) << 2 | (s.full_at is not None) << 3)
     _varint(out, s.step)
     _varint(out, s.silent_rounds)
     _varint(out, s.scans)
@@ -171,6 +180,10 @@ def pack(t: Tracked, refs: RefTable) -> bytes:
         value = getattr(s, name)
         if value is not None:
             out += _F64.pack(value)
+    if version == 2:
+        for value in (s.followup_at, s.full_at):
+            if value is not None:
+                out += _F64.pack(value)
     _ports(out, s.open_ports)
     prev = 0
     _varint(out, len(s.digests))
@@ -202,11 +215,14 @@ def unpack(data: bytes, refs: RefTable) -> Tracked:
 
 
 def _unpack(data: bytes, refs: RefTable) -> Tracked:
-    if not data or data[0] != VERSION:
-        raise ValueError(f"scheduler state version {data[:1].hex() or 'none'} is not {VERSION}")
+    if not data or data[0] not in (1, VERSION):
+        raise ValueError(f"scheduler state version {data[:1].hex() or 'none'} is not 1 or {VERSION}")
     codes, presence = data[1], data[2]
     status, reason, issued = _STATUS[codes & 3], _REASON[(codes >> 2) & 7], bool(codes >> 5 & 1)
     pos = 3
+    extra = 0
+    if data[0] == 2:
+        extra, pos = data[3], 4
     step, pos = _read_varint(data, pos)
     silent_rounds, pos = _read_varint(data, pos)
     scans, pos = _read_varint(data, pos)
@@ -224,6 +240,11 @@ def _unpack(data: bytes, refs: RefTable) -> Tracked:
             pos += 8
         else:
             times[name] = None
+    adaptive: dict = {"probe": extra & 3, "followup_at": None, "full_at": None}
+    for bit, name in ((2, "followup_at"), (3, "full_at")):
+        if extra & 1 << bit:
+            (adaptive[name],) = _F64.unpack_from(data, pos)
+            pos += 8
     ports, pos = _read_ports(data, pos)
     n, pos = _read_varint(data, pos)
     digests, port = [], 0
@@ -252,7 +273,7 @@ def _unpack(data: bytes, refs: RefTable) -> Tracked:
         raise ValueError(f"scheduler state has {len(data) - pos - 8 * count} trailing bytes")
     state = IpState(status, step, frozenset(ports), tuple(digests), device, confidence, probed, silent_rounds,
                     scans, times["first_seen"], times["last_seen"], times["last_scanned"], times["last_changed"],
-                    frozenset(recall))
+                    frozenset(recall), adaptive["probe"], adaptive["followup_at"], adaptive["full_at"])
     return Tracked(state, next_at, reason, issued, decided_at, updated_at, recent)
 
 

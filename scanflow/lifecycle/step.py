@@ -226,7 +226,7 @@ class Lifecycle:
         test-history generator (which supply the observations of their own worlds).
         """
         previous = t.state if t is not None else None
-        state, plan = self.policy.decide(previous, obs, now)
+        state, plan = self.policy.decide(previous, obs, now, ip)
         # A silent IP the policy still recalls on its last ports keeps its state until the recall ends.
         tracked = state.responsive or bool(state.recall)
         decided = Decided(ip, scan_id, now, previous, state, plan, tracked)

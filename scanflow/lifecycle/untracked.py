@@ -53,3 +53,15 @@ def first_probe_rounds(rule: BulkRule) -> int:
     classification scan with the standard set) is one full round at the start, like the standard
     scan's first round."""
     return rule.rounds if rule.first.ref == rule.sweep.ref else 1
+
+
+def sweep_rounds(policy, rule: BulkRule, ips, slot: float):
+    """Rounds until the next sweep of each untracked address in ``ips`` (integer addresses): the
+    policy's per-prefix cadence where it has one (the adaptive policy's :meth:`sweep_interval`),
+    ``rule.rounds`` for every address otherwise."""
+    import numpy as np
+
+    cadence = getattr(policy, "cadence", None)
+    if cadence is None or not getattr(policy.params, "learned_cadence", False):
+        return np.full(len(ips), rule.rounds, dtype=np.int64)
+    return np.maximum(np.rint(cadence.intervals(ips) / slot), 1).astype(np.int64)

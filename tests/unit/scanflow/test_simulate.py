@@ -272,7 +272,7 @@ def test_every_answer_goes_through_the_policys_decide(small):
     class Spy(EfficientPolicy):
         calls = 0
 
-        def decide(self, state, obs, now):
+        def decide(self, state, obs, now, ip=None):
             Spy.calls += 1
             return super().decide(state, obs, now)
 
