@@ -37,7 +37,7 @@ paper's policy, so the one per-IP lifecycle (:mod:`scanflow.lifecycle.step`) run
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Iterable, Mapping
 
 import numpy as np
@@ -50,6 +50,8 @@ from scanflow.portsets import PortSet
 
 LIGHT, FULL, FOLLOWUP = 0, 1, 2
 PROBE_KINDS = ("light", "full", "followup")
+#: What ``AdaptiveParams.initial_scan`` may name.
+INITIAL_SCANS = ("silent", "standard", "light")
 #: Addresses per sweep prefix (/24).
 PREFIX_BITS = 8
 
@@ -71,8 +73,9 @@ class AdaptiveParams:
     light_target: float = 0.93
     light_ports: int = 0
     #: The first probe of an address: ``standard`` (the paper's classification round, which also finds
-    #: the devices the light set misses) or ``light``.
-    initial_scan: str = "standard"
+    #: the devices the light set misses), ``silent`` (the paper's silent sweep set: most of those, for
+    #: a twentieth of the cost) or ``light``.
+    initial_scan: str = "silent"
     followup: bool = True
     learned_cadence: bool = True
     memory: bool = True
@@ -86,8 +89,8 @@ class AdaptiveParams:
             raise ValueError(f"followup_delay: must be in [0, cadence), got {self.followup_delay}")
         if not self.ladder or any(s <= 0 for s in self.ladder) or any(b < a for a, b in zip(self.ladder, self.ladder[1:])):
             raise ValueError(f"ladder: give non-decreasing positive intervals, got {self.ladder}")
-        if self.initial_scan not in ("standard", "light"):
-            raise ValueError(f"initial_scan: must be standard or light, got {self.initial_scan!r}")
+        if self.initial_scan not in INITIAL_SCANS:
+            raise ValueError(f"initial_scan: must be one of {', '.join(INITIAL_SCANS)}, got {self.initial_scan!r}")
         if not 0 < self.light_target <= 1 or self.light_ports < 0:
             raise ValueError(f"light_target must be in (0, 1] and light_ports >= 0, got {self.light_target}, "
                              f"{self.light_ports}")
@@ -122,6 +125,8 @@ class AdaptivePortSets:
     light: PortSet
     followup: PortSet
     unknown: PortSet
+    #: The paper's silent sweep set (a possible first probe, ``AdaptiveParams.initial_scan``).
+    deep: PortSet | None = None
 
     @property
     def silent(self) -> PortSet:
@@ -147,7 +152,7 @@ def adaptive_sets(sets: PolicyPortSets, ranking: Iterable[tuple[int, int]] | Ite
     dropped = set(order[:n_light if drop is None else drop])
     followup = PortSet.named("followup", v, sets.standard.ports - dropped)
     unknown = PortSet.named("unknown-light", v, sets.unknown.ports | light.ports)
-    return AdaptivePortSets(sets.standard, light, followup, unknown)
+    return AdaptivePortSets(sets.standard, light, followup, unknown, sets.silent)
 
 
 @dataclass(frozen=True)
@@ -222,20 +227,23 @@ class AdaptivePolicy:
             name = f"light+{ps.name or ps.label or ps.digest}"
             self._full[ps.ref] = PortSet.named(name, ps.version or 1, light.ports | ps.ports)
         self._by_ref = {ps.ref: ps.ports for ps in self.published()}
-        self._slot_max = max([len(light)] + [len(ps) for ps in self._full.values()])
+        firsts = [len(port_sets.deep)] if port_sets.deep is not None else []
+        self._slot_max = max([len(light)] + firsts + [len(ps) for ps in self._full.values()])
 
     # -- what the runners ask ----------------------------------------------------------------------
 
     def published(self) -> tuple[PortSet, ...]:
         """Every named set a command of this policy can refer to."""
         s = self.port_sets
-        return (s.standard, s.light, s.followup, s.unknown, *self._full.values())
+        deep = (s.deep,) if s.deep is not None else ()
+        return (s.standard, s.light, s.followup, s.unknown, *deep, *self._full.values())
 
     @property
     def initial_ports(self) -> PortSet:
         """The first probe of an address (``AdaptiveParams.initial_scan``): the standard set, or the
         light set (a responder then gets its follow-up at once)."""
-        return self.port_sets.standard if self.params.initial_scan == "standard" else self.port_sets.light
+        s = self.port_sets
+        return {"standard": s.standard, "silent": s.deep or s.light, "light": s.light}[self.params.initial_scan]
 
     def start(self, now: float) -> tuple[IpState, ScanPlan]:
         """An address never probed: its first probe now."""
@@ -271,18 +279,19 @@ class AdaptivePolicy:
             if not obs.complete:   # inconclusive: keep everything, try again
                 return state, ScanPlan(now + self.params.retry_interval, self.ports_for(state), Reason.BACKOFF)
             return self._silent(state, obs, now, ip)
+        digests = port_digests(obs.banners)
         if not state.responsive:
-            if state.recall and self._same_device(state, obs):
+            if state.recall and self._same_device(state, obs, digests):
                 return self._back(state, obs, now)
-            return self._new(state, obs, now, Reason.NEW_RESPONDER)
+            return self._new(state, obs, now, Reason.NEW_RESPONDER, digests)
         if state.probe == FOLLOWUP and obs.probed is not None and obs.probed.ref == self.port_sets.followup.ref:
-            return self._classified(state, obs, now)
+            return self._classified(state, obs, now, digests)
         if not obs.complete:      # alive, nothing else known
             new = replace(state, last_seen=now)
             return new, ScanPlan(now + self.params.retry_interval, self.ports_for(state), Reason.BACKOFF)
-        if self._changed(state, obs):
-            return self._new(state, obs, now, Reason.CHANGED)
-        return self._unchanged(state, obs, now)
+        if self._changed(state, obs, digests):
+            return self._new(state, obs, now, Reason.CHANGED, digests)
+        return self._unchanged(state, obs, now, digests)
 
     def _full_set(self, device: str | None) -> PortSet:
         if device is None:
@@ -308,9 +317,9 @@ class AdaptivePolicy:
         # a light probe plus the follow-up stay within the standard scan's probes of one slot
         return obs.probed is None or len(obs.probed) <= self._slot_max
 
-    def _new(self, state: IpState, obs: Observation, now: float, reason: Reason) -> tuple[IpState, ScanPlan]:
+    def _new(self, state: IpState, obs: Observation, now: float, reason: Reason,
+             digests: tuple[tuple[int, str], ...]) -> tuple[IpState, ScanPlan]:
         """Something new answered: follow up at once when allowed, otherwise estimate from what answered."""
-        digests = port_digests(obs.banners)
         first = state.first_seen if state.first_seen is not None else now
         if self._may_follow_up(state, obs, now):
             new = IpState(IpStatus.RESPONSIVE_UNESTIMATED, 0, obs.open_ports, digests, None, 0.0,
@@ -327,14 +336,15 @@ class AdaptivePolicy:
         new = replace(new, probe=kind)
         return new, ScanPlan(at, self.ports_for(new), reason, True)
 
-    def _classified(self, state: IpState, obs: Observation, now: float) -> tuple[IpState, ScanPlan]:
+    def _classified(self, state: IpState, obs: Observation, now: float,
+                    digests: tuple[tuple[int, str], ...]) -> tuple[IpState, ScanPlan]:
         """The follow-up answered: estimate the device from it (it probed nearly the standard set)."""
         estimate = self.estimator.estimate(obs.open_ports, obs.banners)
         device = estimate.model
         status = IpStatus.RESPONSIVE_ESTIMATED if device is not None else IpStatus.RESPONSIVE_UNESTIMATED
         ports = obs.open_ports | (state.open_ports - obs.probed.ports)
         merged = dict(state.digests)
-        merged.update(port_digests(obs.banners))
+        merged.update(digests)
         digests = tuple(sorted((p, d) for p, d in merged.items() if p in ports))
         new = replace(state, status=status, open_ports=ports, digests=digests, device=device,
                       confidence=estimate.confidence, probed=obs.probed.ref, scans=state.scans + 1, last_seen=now,
@@ -343,14 +353,16 @@ class AdaptivePolicy:
         new = replace(new, probe=kind)
         return new, ScanPlan(at, self.ports_for(new), Reason.BACKOFF, False)
 
-    def _unchanged(self, state: IpState, obs: Observation, now: float) -> tuple[IpState, ScanPlan]:
+    def _unchanged(self, state: IpState, obs: Observation, now: float,
+                   digests: tuple[tuple[int, str], ...]) -> tuple[IpState, ScanPlan]:
         """Same answer: a full probe moves the back-off one step; ports not probed keep what was known."""
         was_full = state.probe == FULL
         kept = state.open_ports - obs.probed.ports if obs.probed is not None else frozenset()
         ports = kept | obs.open_ports
-        merged = dict(state.digests)
-        merged.update(port_digests(obs.banners))
-        digests = tuple(sorted((p, d) for p, d in merged.items() if p in ports))
+        if digests != state.digests:
+            merged = dict(state.digests)
+            merged.update(digests)
+            digests = tuple(sorted((p, d) for p, d in merged.items() if p in ports))
         step = min(state.step + 1, self._last) if was_full else state.step
         new = replace(state, step=step, open_ports=ports, digests=digests,
                       probed=obs.probed.ref if obs.probed is not None else state.probed, silent_rounds=0,
@@ -378,7 +390,7 @@ class AdaptivePolicy:
         return new, ScanPlan(now + self.sweep_interval(ip), self.port_sets.light, Reason.SWEEP,
                              changed=state.responsive)
 
-    def _same_device(self, state: IpState, obs: Observation) -> bool:
+    def _same_device(self, state: IpState, obs: Observation, digests: tuple[tuple[int, str], ...]) -> bool:
         """A remembered device answers again as itself: the same open ports and banner digests on the
         ports probed this time (and at least one of its ports answered)."""
         probed = obs.probed.ports if obs.probed is not None else obs.open_ports
@@ -386,7 +398,7 @@ class AdaptivePolicy:
         if not before or before != obs.open_ports:
             return False
         old = dict(state.digests)
-        return all(old.get(port, digest) == digest for port, digest in port_digests(obs.banners))
+        return all(old.get(port, digest) == digest for port, digest in digests)
 
     def _back(self, state: IpState, obs: Observation, now: float) -> tuple[IpState, ScanPlan]:
         """A remembered device came back: resume its estimate and back-off step (no follow-up)."""
@@ -398,7 +410,7 @@ class AdaptivePolicy:
         new = replace(new, probe=kind)
         return new, ScanPlan(at, self.ports_for(new), Reason.BACKOFF, False)
 
-    def _changed(self, state: IpState, obs: Observation) -> bool:
+    def _changed(self, state: IpState, obs: Observation, digests: tuple[tuple[int, str], ...]) -> bool:
         """A change on the ports probed both times: a port opened or closed, or another banner."""
         cur = obs.probed.ports if obs.probed is not None else None
         prev = self._by_ref.get(state.probed) if state.probed is not None else None
@@ -412,8 +424,10 @@ class AdaptivePolicy:
         after = obs.open_ports if common is None else obs.open_ports & common
         if before != after:
             return True
+        if digests == state.digests:
+            return False
         old = dict(state.digests)
-        for port, digest in port_digests(obs.banners):
+        for port, digest in digests:
             was = old.get(port)
             if was is not None and was != digest and (common is None or port in common):
                 return True
@@ -426,7 +440,9 @@ def build_adaptive(sets: PolicyPortSets, ranking, ddr_curve, estimator: Estimato
     """The adaptive policy from a derivation's sets, ranking and detection curve."""
     n = params.light_ports or light_size(ddr_curve, params.light_target)
     ranked = [p if isinstance(p, int) else p[0] for p in ranking][:n]
-    drop = max([n] + [len(ps.ports | frozenset(ranked)) for ps in estimator.port_sets()])
+    # the follow-up leaves room for the largest probe it can follow in the slot: a light or full probe,
+    # or a first probe with the paper's silent set
+    drop = max([n, len(sets.silent)] + [len(ps.ports | frozenset(ranked)) for ps in estimator.port_sets()])
     return AdaptivePolicy(adaptive_sets(sets, ranking, n, drop=drop), estimator, params, cadence, exploited)
 
 

@@ -142,7 +142,7 @@ def normalize_banner(banner: bytes | bytearray | memoryview | str) -> bytes:
 
 
 _digest_cache: dict[bytes, str] = {}
-_DIGEST_CACHE_MAX = 1 << 16
+_DIGEST_CACHE_MAX = 1 << 18
 
 
 def banner_digest(banner: bytes | bytearray | memoryview | str) -> str:

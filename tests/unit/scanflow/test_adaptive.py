@@ -1,0 +1,263 @@
+"""The adaptive policy, mechanism by mechanism, on hand-made addresses whose answers are worked out by
+hand: the light set cut from the detection curve, the follow-up within the slot and its probe budget,
+remembered devices, the learned per-prefix sweep cadence, the back-off of full probes."""
+
+from __future__ import annotations
+
+import pytest
+
+from scanflow.adaptive import (FOLLOWUP, FULL, LIGHT, AdaptiveParams, AdaptivePolicy, SweepCadence, adaptive_sets,
+                               build_adaptive, light_size, make_policy)
+from scanflow.estimate import Estimator
+from scanflow.knowledge import load_knowledge
+from scanflow.lifecycle.state import RefTable, Tracked, pack, unpack
+from scanflow.lifecycle.step import Lifecycle
+from scanflow.policy import DAY, HOUR, EfficientPolicy, IpStatus, Observation, PolicyPortSets, Reason
+from scanflow.portsets import PortSet
+
+T0 = 1_700_000_000.0
+HIK = b"HTTP/1.1 200 OK\r\nDate: Mon, 01 Jan 2024 12:34:56 GMT\r\nServer: Hikvision-Webs\r\n\r\n"
+HIK_LATER = b"HTTP/1.1 200 OK\r\nDate: Thu, 04 Jan 2024 01:02:03 GMT\r\nServer: Hikvision-Webs\r\n\r\n"
+NGINX = b"HTTP/1.1 200 OK\r\nDate: Mon, 01 Jan 2024 12:34:56 GMT\r\nServer: nginx/1.24.0\r\n\r\n"
+ESTIMATOR = Estimator(load_knowledge())
+# ranking: 80, 23, 554, 8000, 443, 22, then 1..2000 in order; the standard set is 1..2000 plus those
+RANKING = (80, 23, 554, 8000, 443, 22) + tuple(p for p in range(1, 2001) if p not in (80, 23, 554, 443, 22))
+SETS = PolicyPortSets(PortSet.named("standard", 1, set(RANKING)),
+                      PortSet.named("silent", 1, RANKING[:10]),
+                      PortSet.named("unknown", 1, RANKING[:1000]),
+                      RANKING, tuple(min(1.0, 0.5 + 0.1 * k) for k in range(len(RANKING))))
+
+
+def policy(**params) -> AdaptivePolicy:
+    return make_policy("adaptive", SETS, ESTIMATOR, adaptive_params=AdaptiveParams(light_ports=4, **params))
+
+
+def obs(ports, banners=(), probed=None, complete=True) -> Observation:
+    return Observation.of(ports, dict(banners), probed, complete)
+
+
+def test_the_light_set_is_as_many_top_ranked_ports_as_the_detection_curve_needs():
+    curve = (0.5, 0.8, 0.93, 0.95, 0.99)
+    assert light_size(curve, 0.93) == 3 and light_size(curve, 0.94) == 4 and light_size(curve, 1.0) == 5
+    pol = build_adaptive(SETS, RANKING, curve, ESTIMATOR, AdaptiveParams(light_target=0.93))
+    assert pol.port_sets.light.ports == {80, 23, 554}
+
+
+def test_a_light_probe_and_its_follow_up_never_exceed_the_standard_set():
+    pol = policy()
+    s = pol.port_sets
+    assert s.light.ports == {80, 23, 554, 8000}
+    assert s.light.ports <= s.followup.ports <= s.standard.ports
+    biggest_first = max(len(ps) for ps in pol.published() if ps.name not in ("standard", "followup", "unknown-light"))
+    assert biggest_first + len(s.followup) <= len(s.standard)
+    # the dropped ports are the lowest-ranked ones
+    assert s.standard.ports - s.followup.ports == set(RANKING[-(len(s.standard) - len(s.followup)):])
+
+
+def test_a_new_responder_is_followed_up_within_minutes_with_the_follow_up_set():
+    pol = policy(initial_scan="light")
+    state, plan = pol.start(T0)
+    assert plan.ports is pol.port_sets.light and plan.reason is Reason.INITIAL
+    state, plan = pol.decide(state, obs([80], {80: HIK}, plan.ports), T0)
+    assert plan.at == T0 + 300 and plan.ports is pol.port_sets.followup
+    assert plan.reason is Reason.NEW_RESPONDER and plan.changed
+    assert state.probe == FOLLOWUP and state.followup_at == T0 and state.responsive
+    # the follow-up finds the camera's ports and names it; the next probe is 12 h later, a full one
+    state, plan = pol.decide(state, obs([80, 554, 8000], {80: HIK}, plan.ports), T0 + 300)
+    assert state.status is IpStatus.RESPONSIVE_ESTIMATED and state.device == "hikvision-ipc"
+    assert state.open_ports == {80, 554, 8000} and state.full_at == T0 + 300
+    assert plan.at == T0 + 300 + 12 * HOUR and state.probe == FULL
+    assert plan.ports.ports == pol.port_sets.light.ports | ESTIMATOR.port_set("hikvision-ipc").ports
+    assert not plan.changed
+
+
+def test_full_probes_back_off_on_the_ladder_and_light_probes_fill_the_slots_between():
+    pol = policy(initial_scan="light")
+    state, plan = pol.start(T0)
+    state, plan = pol.decide(state, obs([80], {80: HIK}, plan.ports), T0)
+    now = T0 + 300
+    state, plan = pol.decide(state, obs([80, 554, 8000], {80: HIK}, plan.ports), now)
+    kinds = []
+    for _ in range(10):
+        now = plan.at
+        answer = obs(sorted({80, 554, 8000} & plan.ports.ports), {80: HIK_LATER}, plan.ports)
+        state, plan = pol.decide(state, answer, now)
+        assert plan.at - now == 12 * HOUR and plan.reason is Reason.BACKOFF and not plan.changed
+        kinds.append(state.probe)
+    # ladder 12 h, 1 d, 2 d, ...: after the first full probe (step 1: 1 d) one light slot, then
+    # (step 2: 2 d) three light slots, and so on
+    assert kinds[:6] == [LIGHT, FULL, LIGHT, LIGHT, LIGHT, FULL]
+    assert state.step == 3
+
+
+def test_models_with_active_exploitation_have_a_shorter_back_off_cap():
+    pol = make_policy("adaptive", SETS, ESTIMATOR, adaptive_params=AdaptiveParams(light_ports=4, exploited_cap=DAY),
+                      exploited={"hikvision-ipc"})
+    state, plan = pol.start(T0)
+    state, plan = pol.decide(state, obs([80], {80: HIK}, pol.port_sets.light), T0)
+    state, plan = pol.decide(state, obs([80, 554, 8000], {80: HIK}, plan.ports), T0 + 300)
+    fulls = []
+    for _ in range(12):
+        now = plan.at
+        was_full = state.probe == FULL
+        state, plan = pol.decide(state, obs(sorted({80, 554, 8000} & plan.ports.ports), {80: HIK}, plan.ports), now)
+        if was_full:
+            fulls.append(now)
+    gaps = {b - a for a, b in zip(fulls, fulls[1:])}
+    assert gaps == {DAY}    # the cap (1 d) instead of the ladder's 2 d, 3 d, ...
+
+
+def test_a_changed_answer_is_followed_up_but_only_once_per_slot():
+    pol = policy(initial_scan="light")
+    state, plan = pol.start(T0)
+    state, plan = pol.decide(state, obs([80], {80: HIK}, plan.ports), T0)
+    state, plan = pol.decide(state, obs([80, 554], {80: HIK}, plan.ports), T0 + 300)
+    # 12 h later another device answers on port 80: follow up
+    t1 = plan.at
+    state, plan = pol.decide(state, obs([80], {80: NGINX}, plan.ports), t1)
+    assert plan.reason is Reason.CHANGED and plan.at == t1 + 300 and plan.ports is pol.port_sets.followup
+    state, plan = pol.decide(state, obs([80], {80: NGINX}, plan.ports), t1 + 300)
+    assert state.probe != FOLLOWUP
+    # and if it changes again within the same 12 h, no second follow-up: estimated from what answered
+    state2, plan2 = pol.decide(state, obs([23], {}, pol.port_sets.light), t1 + 3600)
+    assert plan2.reason is Reason.CHANGED and plan2.ports is not pol.port_sets.followup
+    assert plan2.at == t1 + 3600 + 12 * HOUR
+
+
+def test_a_remembered_device_coming_back_triggers_no_follow_up():
+    pol = policy(initial_scan="light")
+    state, plan = pol.start(T0)
+    state, plan = pol.decide(state, obs([80], {80: HIK}, plan.ports), T0)
+    state, plan = pol.decide(state, obs([80, 554], {80: HIK}, plan.ports), T0 + 300)
+    device, step = state.device, state.step
+    # it goes away: remembered, probed with the light set every 12 h, still tracked by the lifecycle
+    now = plan.at
+    gone, plan = pol.decide(state, obs([], (), plan.ports), now)
+    assert gone.status is IpStatus.NON_RESPONSIVE and gone.recall == {80, 554} and plan.changed
+    assert plan.ports is pol.port_sets.light and plan.at == now + 12 * HOUR
+    tracked, _ = Lifecycle(pol).observe("198.18.0.9", None, obs([80], {80: HIK}, pol.port_sets.light), T0)
+    assert tracked is not None
+    # the same camera answers again: resumed where it was, no follow-up, not a change
+    assert device == "hikvision-ipc"
+    back, plan = pol.decide(gone, obs([80, 554], {80: HIK_LATER}, plan.ports), plan.at)
+    assert back.status is IpStatus.RESPONSIVE_ESTIMATED and back.device == device and back.step == step
+    assert plan.ports is not pol.port_sets.followup and not plan.changed and plan.reason is Reason.BACKOFF
+    # another device on the address: a new responder, followed up
+    other, plan = pol.decide(gone, obs([80], {80: NGINX}, pol.port_sets.light), now + 12 * HOUR)
+    assert plan.ports is pol.port_sets.followup and plan.reason is Reason.NEW_RESPONDER
+
+
+def test_a_remembered_device_is_forgotten_after_memory_for():
+    pol = policy(initial_scan="light", memory_for=2 * DAY)
+    state, plan = pol.start(T0)
+    state, plan = pol.decide(state, obs([80], {80: HIK}, plan.ports), T0)
+    state, plan = pol.decide(state, obs([80, 554], {80: HIK}, plan.ports), T0 + 300)
+    now = plan.at
+    while True:
+        state, plan = pol.decide(state, obs([], (), plan.ports), now)
+        if not state.recall:
+            break
+        now = plan.at
+    assert now + 12 * HOUR - (T0 + 300) > 2 * DAY
+    tracked, decided = Lifecycle(pol).observe("198.18.0.9", Tracked(state, 0, Reason.SWEEP, False, 0, 0),
+                                              obs([], (), pol.port_sets.light), now + 12 * HOUR)
+    assert tracked is None and decided.plan.ports is pol.port_sets.light
+
+
+def test_quiet_prefixes_are_swept_less_often_once_learned():
+    cadence = SweepCadence(12 * HOUR, 3.5 * DAY).learned(prefixes=[0, 1, 2], answered=[1])
+    assert cadence.quiet == {0, 2}
+    assert cadence.interval(5) == 3.5 * DAY and cadence.interval(256 + 5) == 12 * HOUR
+    assert cadence.interval("10.0.0.7") == 12 * HOUR   # text addresses are parsed: 10.0.0.0/24 is not prefix 0
+    assert list(cadence.intervals([5, 300, 600])) == [3.5 * DAY, 12 * HOUR, 3.5 * DAY]
+    assert SweepCadence.from_dict(cadence.to_dict()).quiet == cadence.quiet
+    pol = make_policy("adaptive", SETS, ESTIMATOR, adaptive_params=AdaptiveParams(light_ports=4), cadence=cadence)
+    _, plan = pol.decide(None, obs([], (), pol.port_sets.light), T0, ip=7)
+    assert plan.at == T0 + 3.5 * DAY and plan.reason is Reason.SWEEP
+    _, plan = pol.decide(None, obs([], (), pol.port_sets.light), T0, ip=260)
+    assert plan.at == T0 + 12 * HOUR
+    off = make_policy("adaptive", SETS, ESTIMATOR, cadence=cadence,
+                      adaptive_params=AdaptiveParams(light_ports=4, learned_cadence=False))
+    assert off.decide(None, obs([], (), off.port_sets.light), T0, ip=7)[1].at == T0 + 12 * HOUR
+
+
+def test_the_first_probe_is_the_papers_silent_set_by_default():
+    pol = policy()
+    assert pol.start(T0)[1].ports is SETS.silent
+    # a first probe's answer is followed up: the silent set plus the follow-up fit in a slot
+    state, plan = pol.decide(None, obs([80], {80: HIK}, SETS.silent), T0)
+    assert plan.ports is pol.port_sets.followup and len(SETS.silent) + len(plan.ports) <= len(SETS.standard)
+
+
+def test_adaptive_state_survives_the_compact_form_and_paper_state_keeps_version_1():
+    pol = policy(initial_scan="light")
+    state, plan = pol.start(T0)
+    state, plan = pol.decide(state, obs([80], {80: HIK}, plan.ports), T0)
+    t = Tracked(state, plan.at, plan.reason, False, T0, T0)
+    refs = RefTable.of_policy(pol)
+    data = pack(t, refs)
+    assert data[0] == 2 and unpack(data, refs) == t
+    paper = EfficientPolicy(SETS, ESTIMATOR)
+    pstate, pplan = paper.decide(None, obs([80], {80: HIK}, SETS.standard), T0)
+    pt = Tracked(pstate, pplan.at, pplan.reason, False, T0, T0)
+    pdata = pack(pt, RefTable.of_policy(paper))
+    assert pdata[0] == 1 and unpack(pdata, RefTable.of_policy(paper)) == pt
+
+
+def test_unknown_policy_names_and_missing_rankings_are_clear_errors():
+    with pytest.raises(ValueError, match="known: adaptive, paper"):
+        make_policy("fast", SETS, ESTIMATOR)
+    bare = PolicyPortSets(SETS.standard, SETS.silent, SETS.unknown)
+    with pytest.raises(ValueError, match="ranking"):
+        make_policy("adaptive", bare, ESTIMATOR)
+    with pytest.raises(ValueError, match="followup_delay"):
+        AdaptiveParams(followup_delay=13 * HOUR)
+    assert isinstance(make_policy("paper", bare, ESTIMATOR), EfficientPolicy)
+
+
+def test_adaptive_sets_refuse_a_light_set_larger_than_the_ranking():
+    with pytest.raises(ValueError, match="light set"):
+        adaptive_sets(SETS, RANKING[:3], 5)
+
+
+# -- on a small simulated world -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sporadic_world():
+    from scanflow.evaluation import EvaluationConfig, derive_policy_sets
+    from scanflow.scenarios import scenario
+
+    kb = load_knowledge()
+    cfg = EvaluationConfig(ips=6_000, weeks=2, windows=(2,), seeds=(3,), survey_ips=400_000, record=False,
+                           world=scenario("sporadic-heavy").config(), policy="adaptive")
+    derivation, _ = derive_policy_sets(cfg, kb)
+    return cfg, PolicyPortSets.of(derivation), kb
+
+
+def test_on_a_world_the_follow_up_finds_new_devices_within_the_round_and_no_slot_exceeds_the_standard(
+        sporadic_world):
+    from dataclasses import replace as dc_replace
+
+    from scanflow.evaluation import _run_both
+
+    cfg, sets, kb = sporadic_world
+    _, _, _, eff, _ = _run_both(cfg, 3, 2, sets, kb, record=False, progress=None)
+    _, _, _, slow, _ = _run_both(dc_replace(cfg, adaptive=AdaptiveParams(followup=False)), 3, 2, sets, kb,
+                                 record=False, progress=None)
+    assert 0 < eff.max_slot_probes <= len(sets.standard)
+    assert 0 < slow.max_slot_probes <= len(sets.standard)
+
+    def whole_in_first_round(run) -> float:
+        """Share of the addresses found whose every port found was found in their first round."""
+        ips = run.cells >> 16
+        first, last = {}, {}
+        for ip, r in zip(ips.tolist(), run.cell_round.tolist()):
+            first[ip] = min(first.get(ip, r), r)
+            last[ip] = max(last.get(ip, r), r)
+        return sum(first[ip] == last[ip] for ip in first) / len(first)
+
+    # with the follow-up an address's ports come in the round it first answered; without it, the
+    # ports outside the light set wait for later probes
+    assert whole_in_first_round(eff) > whole_in_first_round(slow)
+    assert len(eff.cells) > len(slow.cells)
