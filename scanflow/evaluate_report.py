@@ -46,6 +46,7 @@ def build_summary(cfg: EvaluationConfig, derivation, results: Sequence[SeedResul
             "mean": {k: float(np.mean([x[k] for x in rows])) for k in keys},
             "min": {k: float(np.min([x[k] for x in rows])) for k in keys},
             "max": {k: float(np.max([x[k] for x in rows])) for k in keys},
+            "max_slot_probes": int(max(x["max_slot_probes"] for x in rows)),
             "meets_target_every_seed": all(x["traffic_ratio"] <= TARGET["traffic_ratio"] and x["pdr"] >= TARGET["pdr"]
                                            and x["ddr"] >= TARGET["ddr"] for x in rows),
         }
@@ -55,7 +56,8 @@ def build_summary(cfg: EvaluationConfig, derivation, results: Sequence[SeedResul
                    "desync": cfg.desync, "windows": list(cfg.windows), "world": cfg.world_config().as_dict(),
                    "survey_seed": cfg.survey_seed, "min_confidence": cfg.min_confidence,
                    "honeypot_min_ports": honeypot_threshold(cfg.honeypot_min_ports),
-                   "policy": _params_dict(cfg.params)},
+                   "policy": _params_dict(cfg.params), "efficient_policy": cfg.policy, "variant": cfg.label,
+                   "adaptive": _adaptive_dict(cfg) if cfg.policy == "adaptive" else None},
         "port_sets": {"standard": len(d.standard), "silent": len(d.silent), "unknown": len(d.unknown),
                       "unknown_base_pdr": d.pdr_curve[0] if d.pdr_curve else None,
                       "survey_rows": survey_rows, "survey_responsive_ips": d.responsive_ips,
@@ -82,6 +84,16 @@ def _params_dict(params) -> dict[str, Any]:
             "standard_interval_h": p.standard_interval / 3600, "demote_after": p.demote_after,
             "initial_scan": p.initial_scan, "recall_interval_h": p.recall_interval / 3600,
             "recall_for_h": p.recall_for / 3600}
+
+
+def _adaptive_dict(cfg: EvaluationConfig) -> dict[str, Any]:
+    """The adaptive policy's parameters as run (its defaults where ``cfg.adaptive`` is None)."""
+    import dataclasses
+
+    from scanflow.adaptive import AdaptiveParams
+
+    return {k: list(v) if isinstance(v, tuple) else v
+            for k, v in dataclasses.asdict(cfg.adaptive or AdaptiveParams()).items()}
 
 
 def _metric_dict(m) -> dict[str, Any]:
@@ -113,10 +125,16 @@ def format_table(summary: dict[str, Any]) -> str:
     first = ("first scan of each IP with the standard set (the paper's)" if initial == "standard"
              else "first scan of each IP a silent sweep (policy.initial_scan=silent)")
     recall = cfg.get("policy", {}).get("recall_interval_h") or 0
-    if recall:
+    adaptive = cfg.get("adaptive")
+    if adaptive:
+        off = [k for k in ("followup", "learned_cadence", "memory") if not adaptive[k]]
+        first = (f"adaptive policy: first probe of each IP with the {adaptive['initial_scan']} set, light "
+                 f"probes every {adaptive['cadence'] / 3600:g} h" + (f", off: {', '.join(off)}" if off else ""))
+    elif recall:
         first += (f"; beyond the paper: recall of silent IPs on their last ports every {recall:g} h for "
                   f"{cfg['policy']['recall_for_h']:g} h after their last answer")
-    lines = [f"Efficient vs standard scan: scenario {cfg.get('scenario', 'paper')}, {cfg['ips']:,} IPs, "
+    lines = [f"Efficient ({cfg.get('variant', 'paper')}) vs standard scan: scenario {cfg.get('scenario', 'paper')}, "
+             f"{cfg['ips']:,} IPs, "
              f"{cfg['weeks']:g} weeks, seeds {', '.join(map(str, cfg['seeds']))}, {mode}",
              f"port sets (derived from a {ps['survey_responsive_ips']:,}-host full-port survey): standard "
              f"{ps['standard']:,}, silent {ps['silent']:,}, unknown-device {ps['unknown']:,}; {first}", ""]
@@ -346,7 +364,8 @@ def scenario_table(summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
         new = summ.get("new_devices", {}).get("mean", {})
         eff = new.get("efficient", {})
         for wk, win in summ["windows"].items():
-            row = {"scenario": cfg.get("scenario", "paper"), "window": wk, "ips": cfg["ips"],
+            row = {"scenario": cfg.get("scenario", "paper"), "variant": cfg.get("variant", "paper"),
+                   "window": wk, "ips": cfg["ips"],
                    "seeds": len(cfg["seeds"]), "desync": cfg["desync"], "loss": cfg["loss"]}
             row.update({k: win["mean"][k] for k, _ in SCENARIO_COLUMNS})
             row.update({f"min_{k}": win["min"][k] for k, _ in SCENARIO_COLUMNS})
@@ -370,7 +389,7 @@ def format_scenario_table(table: dict[str, Any]) -> str:
     """The cross-scenario table as text, with the paper's Table 4 below it."""
     head = (f"{'scenario':<16}{'window':<8}{'traffic':>9}{'PDR':>8}{'DDR':>8}{'attempts':>10}"
             f"{'new devices: seen':>19}{'median':>8}{'p90':>8}")
-    lines = ["The paper's method across scenarios (means over seeds; devices new after the start: the share "
+    lines = [f"{_policy_title(table)} across scenarios (means over seeds; devices new after the start: the share "
              "the efficient scan saw and its delay to see them)", head, "-" * len(head)]
     for r in table["rows"]:
         lines.append(f"{r['scenario']:<16}{r['window']:<8}{_pct(r['traffic_ratio'], 2):>9}{_pct(r['pdr']):>8}"
@@ -382,6 +401,11 @@ def format_scenario_table(table: dict[str, Any]) -> str:
         lines.append(f"{'table 4, run ' + str(p['run']):<16}{str(p['weeks']) + 'w':<8}{_pct(p['traffic_ratio'], 2):>9}"
                      f"{_pct(p['pdr']):>8}{'-':>8}{_pct(PAPER_ATTEMPTS[p['weeks']]):>10}")
     return "\n".join(lines)
+
+
+def _policy_title(table: dict[str, Any]) -> str:
+    names = sorted({r.get("variant", "paper") for r in table["rows"]})
+    return "The paper's method" if names in ([], ["paper"]) else f"The {', '.join(names)} policy"
 
 
 def scenario_markdown(table: dict[str, Any]) -> str:
@@ -437,7 +461,7 @@ def plot_scenarios(path: Path, table: dict[str, Any]) -> Path:
         ax.set_xticks(x)
         ax.set_xticklabels(names, rotation=20)
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)
-    fig.suptitle("The paper's method across scenarios (means over seeds)")
+    fig.suptitle(f"{_policy_title(table)} across scenarios (means over seeds)")
     fig.tight_layout()
     return _save(fig, path, plt)
 

@@ -7,7 +7,7 @@ The runs themselves are :mod:`scanflow.simulate`; the figures come from the one 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
@@ -56,6 +56,9 @@ class WindowMetrics:
     missed_ips_by_class: dict
     missed_cells_by_class: dict
     honeypot_min_ports: int = HONEYPOT_MIN_PORTS
+    #: The most probes the efficient scan sent one address in one round of this window's run (the
+    #: ethics bound is the standard set's size).
+    max_slot_probes: int = 0
 
 
 def window_metrics(world: World, std: PolicyRun, eff: PolicyRun, slot: int, weeks: float,
@@ -91,7 +94,7 @@ def window_metrics(world: World, std: PolicyRun, eff: PolicyRun, slot: int, week
         standard_cells=m.standard_cells, efficient_cells=m.efficient_cells, common_cells=m.common_cells,
         standard_ips=m.standard_ips, efficient_ips=m.efficient_ips, excluded_ips=m.excluded_ips,
         missed_ips_by_class=by_class(missed_ips), missed_cells_by_class=by_class(missed_cells),
-        honeypot_min_ports=m.honeypot_min_ports)
+        honeypot_min_ports=m.honeypot_min_ports, max_slot_probes=int(eff.max_slot_probes))
 
 
 def _cell_pairs(codes: np.ndarray) -> set[tuple[int, int]]:
@@ -185,6 +188,13 @@ class EvaluationConfig:
     #: (:data:`scanflow.adaptive.POLICIES`), and the adaptive policy's parameters.
     policy: str = "paper"
     adaptive: "AdaptiveParams | None" = None
+    #: The name of this policy variant in a comparison (:func:`policy_variants`); empty: ``policy``.
+    variant: str = ""
+
+    @property
+    def label(self) -> str:
+        """The name this run goes by in tables, plots and directories."""
+        return self.variant or self.policy
 
     def world_config(self):
         """The world parameters with this evaluation's size and loss."""
@@ -192,6 +202,51 @@ class EvaluationConfig:
 
         base = self.world or WorldConfig()
         return base.replace(n_ips=self.ips, loss=self.loss)
+
+
+@dataclass(frozen=True)
+class PolicyVariant:
+    """One efficient policy a comparison runs: its name, the policy (:data:`scanflow.adaptive.POLICIES`),
+    the adaptive policy's parameters (None: the paper's method or the adaptive defaults) and what it is."""
+
+    name: str
+    policy: str
+    adaptive: "AdaptiveParams | None" = None
+    summary: str = ""
+
+    def apply(self, cfg: EvaluationConfig) -> EvaluationConfig:
+        """``cfg`` running this variant."""
+        return replace(cfg, policy=self.policy, adaptive=self.adaptive, variant=self.name)
+
+
+#: The adaptive policy's ablation (``scanflow evaluate --ablation``): each mechanism switched off in
+#: turn, (variant name, :class:`~scanflow.adaptive.AdaptiveParams` change, what is left out).
+ABLATIONS = (
+    ("adaptive-no-followup", {"followup": False}, "no immediate follow-up: a new answer waits for the back-off"),
+    ("adaptive-no-cadence", {"learned_cadence": False}, "no learned per-prefix sweep cadence: every prefix every 12 h"),
+    ("adaptive-no-memory", {"memory": False}, "no remembered devices: a returning device is classified again"),
+    ("adaptive-light-first", {"initial_scan": "light"}, "first probe of each address the light set, not the standard set"),
+)
+
+
+def policy_variants(policy: str = "both", ablation: bool = False,
+                    base: "AdaptiveParams | None" = None) -> list[PolicyVariant]:
+    """The variants ``--policy paper|adaptive|both`` and ``--ablation`` name, in table order: the
+    paper's method, the adaptive policy (``base``: its parameters), then the adaptive policy with each
+    mechanism off (:data:`ABLATIONS`; ``--ablation`` brings the adaptive policy in as the reference)."""
+    from scanflow.adaptive import POLICIES, AdaptiveParams
+
+    if policy not in (*POLICIES, "both"):
+        raise ValueError(f"unknown policy {policy!r}; known: {', '.join(POLICIES)}, both")
+    base = base or AdaptiveParams()
+    out = []
+    if policy in ("paper", "both"):
+        out.append(PolicyVariant("paper", "paper", None, "the paper's method"))
+    if policy in ("adaptive", "both") or ablation:
+        out.append(PolicyVariant("adaptive", "adaptive", base, "the adaptive policy, every mechanism on"))
+    if ablation:
+        out += [PolicyVariant(name, "adaptive", replace(base, **change), what) for name, change, what in ABLATIONS]
+    return out
 
 
 @dataclass

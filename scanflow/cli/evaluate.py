@@ -56,23 +56,34 @@ def _weeks_list(text: str) -> tuple[float, ...]:
 @click.option("--honeypot-min-ports", type=click.IntRange(min=0), default=HONEYPOT_MIN_PORTS, show_default=True,
               help="Leave IPs the standard scan found with this many open ports or more out of PDR and DDR "
                    "(honeypots; 0 = keep every IP). PDR*/DDR* always keep them.")
+@click.option("--policy", "policy", type=click.Choice(["paper", "adaptive", "both"]), default="both", show_default=True,
+              help="The efficient policy judged against the standard scan: the paper's method, the adaptive "
+                   "policy (scanflow.adaptive), or both side by side (each into its own directory under --out, "
+                   "plus compare.json, compare.md and pareto.png).")
+@click.option("--ablation", is_flag=True,
+              help="Also run the adaptive policy with each mechanism switched off in turn (follow-up, learned "
+                   "cadence, memory, the standard first probe), into the same comparison.")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
 @click.option("--no-parquet", is_flag=True, help="Skip the Parquet observations (faster, smaller).")
 @pass_ctx
 def evaluate(obj: CliContext, ips: int, weeks: float, seeds: int, out_dir: str, windows: str, loss: float, desync: bool,
              scenario: str, world_items: tuple[str, ...], survey_seed: int, survey_ips: int | None,
-             initial_scan: str | None, honeypot_min_ports: int, no_plots: bool, no_parquet: bool) -> None:
-    """Run the standard and the efficient policy on the same synthetic internet and timeline.
+             initial_scan: str | None, honeypot_min_ports: int, policy: str, ablation: bool, no_plots: bool,
+             no_parquet: bool) -> None:
+    """Run the standard and the efficient policies on the same synthetic internet and timeline.
 
     Derives the port sets from an emulated full-port survey (as the paper did), then for each seed
     generates a world and runs both policies, and prints a Table-4-style table (per seed, mean, min)
     for 2 weeks and the full period, each from a run of its own length. Writes metrics.json, observations/found/events Parquet and the
     Figure 3, 5, 6, 7 analogs, detection delays and traffic over time as PNG into --out. The policy
     parameters and knowledge-base files come from the [policy] configuration (defaults: the paper's);
-    --initial-scan (or --set policy.initial_scan=...) chooses the first scan of each IP.
+    --initial-scan (or --set policy.initial_scan=...) chooses the first scan of the paper's method.
+    With --policy both (the default) or --ablation, each policy variant is written into its own
+    directory and one table compares them (compare.json, compare.md, printed) beside a Pareto plot of
+    traffic against PDR (pareto.png) with the paper's Table 4 marked.
     """
     from scanflow import evaluate_report as report
-    from scanflow.evaluation import EvaluationConfig
+    from scanflow.evaluation import EvaluationConfig, policy_variants
     from scanflow.knowledge import load_knowledge
     from scanflow.policy import params_from_settings
     from scanflow.scenarios import SCENARIOS, scenario as named
@@ -99,31 +110,23 @@ def evaluate(obj: CliContext, ips: int, weeks: float, seeds: int, out_dir: str, 
             configs.append(cfg)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    variants = policy_variants(policy, ablation)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     kb = load_knowledge(policy_settings.kb_paths(), builtin=policy_settings.builtin_kb)
     if scenario != "all":
-        _evaluate_one(configs[0], out, kb, no_plots=no_plots, no_parquet=no_parquet)
+        cfg = configs[0]
+        if len(variants) == 1:
+            _evaluate_one(variants[0].apply(cfg), out, kb, no_plots=no_plots, no_parquet=no_parquet)
+            return
+        derived = _derive(cfg, kb, quiet=False)
+        summaries = [_evaluate_one(v.apply(cfg), out / v.name, kb, no_plots=no_plots, no_parquet=no_parquet,
+                                   derived=derived) for v in variants]
+        _write_comparison(out, summaries, no_plots=no_plots)
         return
-    # one process per core, each scenario into its own directory (metrics.json and Parquet; the
-    # per-scenario plots are left out here: the cross-scenario plot is the one to compare)
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    workers = max(1, min(len(configs), os.cpu_count() or 1))
-    click.echo(f"{len(configs)} scenarios, {workers} at a time: {', '.join(c.scenario for c in configs)}", err=True)
-    summaries: dict[str, dict] = {}
-    started = time.perf_counter()
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        jobs = {pool.submit(_evaluate_quietly, cfg, str(out / cfg.scenario), kb, no_parquet): cfg.scenario
-                for cfg in configs}
-        for done in as_completed(jobs):
-            name = jobs[done]
-            summaries[name] = done.result()
-            click.echo(f"[{len(summaries)}/{len(configs)}] scenario {name} done "
-                       f"({time.perf_counter() - started:.0f} s): {SCENARIOS[name].summary}", err=True)
-    summaries = [summaries[c.scenario] for c in configs]
-    table = report.scenario_table(summaries)
+    runs = _run_all(configs, variants, out, kb, no_parquet)
+    # the cross-scenario table and bar plot of the first variant (the paper's method unless left out)
+    table = report.scenario_table([runs[(c.scenario, variants[0].name)] for c in configs])
     click.echo(report.format_scenario_table(table))
     written = [report.write_json(out / "scenarios.json", table)]
     (out / "scenarios.md").write_text(report.scenario_markdown(table) + "\n")
@@ -133,28 +136,97 @@ def evaluate(obj: CliContext, ips: int, weeks: float, seeds: int, out_dir: str, 
             written.append(report.plot_scenarios(out / "scenarios.png", table))
         except report.PlotsUnavailable as exc:
             click.echo(f"scanflow: warning: {exc}", err=True)
-    click.echo(f"\nwrote the cross-scenario table and plot to {out}/ ({len(written)} files; each scenario in its "
+    if len(variants) > 1:
+        written += _write_comparison(out, [runs[(c.scenario, v.name)] for c in configs for v in variants],
+                                     no_plots=no_plots)
+    click.echo(f"\nwrote the cross-scenario tables and plots to {out}/ ({len(written)} files; each scenario in its "
                "own directory)")
 
 
-def _evaluate_quietly(cfg, out: str, kb, no_parquet: bool) -> dict:
-    """One scenario in a worker process: no progress bar, no table, no per-scenario plots."""
-    return _evaluate_one(cfg, Path(out), kb, no_plots=True, no_parquet=no_parquet, quiet=True)
+def _run_all(configs, variants, out: Path, kb, no_parquet: bool) -> dict[tuple[str, str], dict]:
+    """Every scenario and variant, one process per core: first each scenario's port sets, then a job
+    per (scenario, variant) into ``out/scenario`` (``out/scenario/variant`` with several variants;
+    metrics.json and Parquet: the per-run plots are left out here, the cross-scenario ones compare).
+    Returns the summaries by (scenario, variant)."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    from scanflow.scenarios import SCENARIOS
+
+    workers = max(1, min(len(configs) * len(variants), os.cpu_count() or 1))
+    total = len(configs) * len(variants)
+    click.echo(f"{len(configs)} scenarios x {len(variants)} policies, {workers} at a time: "
+               f"{', '.join(c.scenario for c in configs)}; {', '.join(v.name for v in variants)}", err=True)
+    runs: dict[tuple[str, str], dict] = {}
+    started = time.perf_counter()
+    # the adaptive variants first: they take longest, the paper's method fills the gaps at the end
+    order = sorted(variants, key=lambda v: v.policy == "paper")
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        jobs = {pool.submit(_derive, cfg, kb): ("sets", cfg) for cfg in configs}
+        while jobs:
+            done, _ = wait(jobs, return_when=FIRST_COMPLETED)
+            for fut in done:
+                kind, what = jobs.pop(fut)
+                if kind == "sets":
+                    for v in order:
+                        where = out / what.scenario / v.name if len(variants) > 1 else out / what.scenario
+                        jobs[pool.submit(_evaluate_quietly, v.apply(what), str(where), kb, no_parquet,
+                                         fut.result())] = ("run", (what.scenario, v.name))
+                    continue
+                runs[what] = fut.result()
+                name, variant = what
+                click.echo(f"[{len(runs)}/{total}] scenario {name}, policy {variant} done "
+                           f"({time.perf_counter() - started:.0f} s): {SCENARIOS[name].summary}", err=True)
+    return runs
 
 
-def _evaluate_one(cfg, out: Path, kb, *, no_plots: bool, no_parquet: bool, quiet: bool = False) -> dict:
-    """One evaluation (one world configuration, every seed) into ``out``; returns its summary."""
+def _write_comparison(out: Path, summaries: list[dict], *, no_plots: bool) -> list[Path]:
+    """The variants side by side: printed, ``compare.json``, ``compare.md`` and ``pareto.png``."""
+    from scanflow import compare_report as compare
     from scanflow import evaluate_report as report
-    from scanflow.evaluation import derive_policy_sets, evaluate_seed, evaluation_rounds
+
+    table = compare.compare_table(summaries)
+    click.echo("\n" + compare.format_compare_table(table))
+    written = [report.write_json(out / "compare.json", table)]
+    (out / "compare.md").write_text(compare.compare_markdown(table) + "\n")
+    written.append(out / "compare.md")
+    if not no_plots:
+        try:
+            written.append(compare.plot_pareto(out / "pareto.png", table))
+        except report.PlotsUnavailable as exc:
+            click.echo(f"scanflow: warning: {exc}", err=True)
+    click.echo(f"\nwrote the comparison to {out}/ (compare.json, compare.md"
+               f"{'' if no_plots else ', pareto.png'}; each policy in its own directory)")
+    return written
+
+
+def _derive(cfg, kb, quiet: bool = True):
+    """The port sets of ``cfg``'s world from its full-port survey: ``(derivation, survey rows, seconds)``."""
+    from scanflow.evaluation import derive_policy_sets
+
+    if not quiet:
+        click.echo("deriving port sets from the full-port survey ...", err=True)
+    t0 = time.perf_counter()
+    derivation, survey_rows = derive_policy_sets(cfg, kb)
+    return derivation, survey_rows, time.perf_counter() - t0
+
+
+def _evaluate_quietly(cfg, out: str, kb, no_parquet: bool, derived=None) -> dict:
+    """One scenario and policy in a worker process: no progress bar, no table, no per-run plots."""
+    return _evaluate_one(cfg, Path(out), kb, no_plots=True, no_parquet=no_parquet, quiet=True, derived=derived)
+
+
+def _evaluate_one(cfg, out: Path, kb, *, no_plots: bool, no_parquet: bool, quiet: bool = False,
+                  derived=None) -> dict:
+    """One evaluation (one world configuration and policy, every seed) into ``out``; returns its
+    summary. ``derived``: the port sets already derived (:func:`_derive`), shared by the variants."""
+    from scanflow import evaluate_report as report
+    from scanflow.evaluation import evaluate_seed, evaluation_rounds
     from scanflow.policy import PolicyPortSets
 
     out.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
-    t0 = time.perf_counter()
-    if not quiet:
-        click.echo("deriving port sets from the full-port survey ...", err=True)
-    derivation, survey_rows = derive_policy_sets(cfg, kb)
-    seconds["port_sets"] = time.perf_counter() - t0
+    derivation, survey_rows, seconds["port_sets"] = derived or _derive(cfg, kb, quiet)
     written = [ps.write(out / f"portset_{ps.name}.json")
                for ps in (derivation.standard, derivation.silent, derivation.unknown)]
     port_sets = PolicyPortSets.of(derivation)
@@ -164,8 +236,8 @@ def _evaluate_one(cfg, out: Path, kb, *, no_plots: bool, no_parquet: bool, quiet
     if quiet:
         results = [evaluate_seed(cfg, seed, port_sets, kb) for seed in cfg.seeds]
     else:
-        with click.progressbar(length=evaluation_rounds(cfg) * len(cfg.seeds), label="simulating", file=sys.stderr,
-                               show_eta=True, item_show_func=lambda _: None) as bar:
+        with click.progressbar(length=evaluation_rounds(cfg) * len(cfg.seeds), label=f"simulating {cfg.label}",
+                               file=sys.stderr, show_eta=True, item_show_func=lambda _: None) as bar:
             for seed in cfg.seeds:
                 results.append(evaluate_seed(cfg, seed, port_sets, kb, progress=bar.update))
     seconds["simulation"] = time.perf_counter() - t0

@@ -71,9 +71,17 @@ def test_all_scenarios_write_one_table_and_one_plot(tmp_path):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     table = json.loads((tmp_path / "scenarios.json").read_text())
-    assert {(r["scenario"], r["window"]) for r in table["rows"]} == {(s, w) for s in SCENARIOS for w in ("1w", "2w")}
+    # the cross-scenario table is the paper's method's (the first policy); both policies are in compare.json
+    assert {(r["scenario"], r["variant"], r["window"]) for r in table["rows"]} == {
+        (s, "paper", w) for s in SCENARIOS for w in ("1w", "2w")}
+    compare = json.loads((tmp_path / "compare.json").read_text())
+    assert [(r["scenario"], r["variant"], r["window"]) for r in compare["rows"]] == [
+        (s, p, w) for s in SCENARIOS for p in ("paper", "adaptive") for w in ("1w", "2w")]
     for name in SCENARIOS:
-        m = json.loads((tmp_path / name / "metrics.json").read_text())
+        for policy in ("paper", "adaptive"):
+            m = json.loads((tmp_path / name / policy / "metrics.json").read_text())
+            assert (m["config"]["scenario"], m["config"]["efficient_policy"]) == (name, policy)
+        m = json.loads((tmp_path / name / "paper" / "metrics.json").read_text())
         assert m["config"]["scenario"] == name
         want = json.loads(json.dumps(SCENARIOS[name].config().replace(n_ips=1500).as_dict()))
         assert m["config"]["world"] == want          # the scenario and every parameter, recorded
@@ -81,3 +89,14 @@ def test_all_scenarios_write_one_table_and_one_plot(tmp_path):
     assert (tmp_path / "scenarios.md").read_text().count("\n") == len(table["rows"]) + 2 + 3
     pytest.importorskip("matplotlib")
     assert (tmp_path / "scenarios.png").stat().st_size > 10_000
+    assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_all_scenarios_with_one_policy_keep_one_directory_per_scenario(tmp_path):
+    args = ["evaluate", "--scenario", "all", "--policy", "paper", "--ips", "1500", "--weeks", "1", "--seeds", "1",
+            "--windows", "1", "--survey-ips", "150000", "--no-parquet", "--no-plots", "--out", str(tmp_path)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    for name in SCENARIOS:
+        assert json.loads((tmp_path / name / "metrics.json").read_text())["config"]["variant"] == "paper"
+    assert (tmp_path / "scenarios.json").exists() and not (tmp_path / "compare.json").exists()

@@ -1,4 +1,5 @@
-"""``scanflow evaluate`` end to end on a small world: table, JSON, Parquet and plots."""
+"""``scanflow evaluate --policy paper`` end to end on a small world: table, JSON, Parquet and plots (one
+policy writes straight into --out; the comparison of several is ``test_evaluate_compare.py``)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from scanflow.cli import main
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("evaluate")
-    args = ["evaluate", "--ips", "3000", "--weeks", "2", "--seeds", "2", "--windows", "1",
+    args = ["evaluate", "--policy", "paper", "--ips", "3000", "--weeks", "2", "--seeds", "2", "--windows", "1",
             "--survey-ips", "300000", "--out", str(out)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
@@ -64,7 +65,7 @@ def test_bad_world_parameter_is_a_usage_error(tmp_path):
 
 @pytest.mark.parametrize("how", [["--set", "policy.initial_scan=silent", "evaluate"], ["evaluate", "--initial-scan", "silent"]])
 def test_the_silent_first_scan_variant_is_selectable(tmp_path, how, run):
-    args = how + ["--ips", "3000", "--weeks", "2", "--seeds", "1", "--windows", "1", "--survey-ips", "300000",
+    args = how + ["--policy", "paper", "--ips", "3000", "--weeks", "2", "--seeds", "1", "--windows", "1", "--survey-ips", "300000",
                   "--no-plots", "--no-parquet", "--out", str(tmp_path)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
@@ -81,8 +82,8 @@ def test_the_silent_first_scan_variant_is_selectable(tmp_path, how, run):
 
 
 def test_the_honeypot_exclusion_is_an_option_and_metrics_json_says_which(tmp_path, run):
-    args = ["evaluate", "--ips", "3000", "--weeks", "2", "--seeds", "2", "--windows", "1", "--survey-ips", "300000",
-            "--no-plots", "--no-parquet", "--honeypot-min-ports", "0", "--out", str(tmp_path)]
+    args = ["evaluate", "--policy", "paper", "--ips", "3000", "--weeks", "2", "--seeds", "2", "--windows", "1",
+            "--survey-ips", "300000", "--no-plots", "--no-parquet", "--honeypot-min-ports", "0", "--out", str(tmp_path)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "PDR/DDR count every IP (--honeypot-min-ports 0)" in result.output
