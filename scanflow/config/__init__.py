@@ -19,14 +19,14 @@ precedence of its sources).
 from scanflow.config.agent import BACKEND_NAMES, DEFAULT_CONTACT, MAX_BANNER_CAP, TEST_NETWORKS, AgentSettings
 from scanflow.config.errors import ConfigError, KafkaNotReady
 from scanflow.config.model import REPO_ROOT, _coerce, resolve_path  # noqa: F401 - _coerce: probe_agent.settings
-from scanflow.config.sections import (DEFAULT_KAFKA_PORT, LAKE_COMPRESSIONS, LOCAL_KAFKA_HOST, BeamSettings,
-                                      InfraSettings, KafkaSettings, LakeSettings, PipelineSettings, PolicySettings,
-                                      TopicsSettings)
+from scanflow.config.sections import (DEFAULT_KAFKA_PORT, LAKE_COMPRESSIONS, LOCAL_KAFKA_HOST, POLICY_NAMES,
+                                      BeamSettings, InfraSettings, KafkaSettings, LakeSettings, PipelineSettings,
+                                      PolicySettings, TopicsSettings)
 from scanflow.config.settings import ENV_PREFIX, Settings, load_settings, parse_set_options
 
 __all__ = [
     "BACKEND_NAMES", "DEFAULT_CONTACT", "DEFAULT_KAFKA_PORT", "ENV_PREFIX", "LAKE_COMPRESSIONS",
-    "LOCAL_KAFKA_HOST", "MAX_BANNER_CAP", "REPO_ROOT", "TEST_NETWORKS", "AgentSettings", "BeamSettings",
+    "LOCAL_KAFKA_HOST", "MAX_BANNER_CAP", "POLICY_NAMES", "REPO_ROOT", "TEST_NETWORKS", "AgentSettings", "BeamSettings",
     "ConfigError", "InfraSettings", "KafkaNotReady", "KafkaSettings", "LakeSettings", "PipelineSettings",
     "PolicySettings", "Settings", "TopicsSettings", "load_settings", "parse_set_options", "resolve_path",
 ]

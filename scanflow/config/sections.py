@@ -170,12 +170,28 @@ def _kb_files(paths: tuple[str, ...]) -> None:
             raise ConfigError(f"{path} does not exist; list existing knowledge-base TOML files")
 
 
+#: The efficient policies ``[policy] name`` can choose (``scanflow.adaptive.POLICIES``; kept here as
+#: text so the configuration does not import the policy core).
+POLICY_NAMES = ("adaptive", "paper")
+
+
 @dataclass(frozen=True)
 class PolicySettings(Section):
-    """The scanning policy's tunables (defaults: the paper's) and extra knowledge-base files."""
+    """Which efficient policy runs and its tunables, and extra knowledge-base files.
+
+    ``name``: ``adaptive`` (default: light sweeps every ``cadence_h``, a follow-up ``followup_delay_s``
+    after anything new, remembered devices; see :mod:`scanflow.adaptive`) or ``paper`` (the paper's
+    method, :class:`scanflow.policy.EfficientPolicy`). Both use the ladder, standard and retry
+    intervals; ``silent_interval_h`` is the paper's sweep period and the adaptive policy's sweep
+    period of quiet prefixes; ``initial_scan = "silent"`` is the adaptive policy's light first probe.
+    ``cadence_h``, ``followup_delay_s``, ``memory_for_h``, ``light_target`` and ``light_ports`` are the
+    adaptive policy's only (:class:`scanflow.adaptive.AdaptiveParams`).
+    """
 
     section_name = "policy"
 
+    name: Annotated[str, one_of(*POLICY_NAMES, note="(adaptive: the default; paper: the paper's method); "
+                                                    "set policy.name or pass --policy")] = "adaptive"
     kb_files: Annotated[Strs, checked(_kb_files)] = ()
     builtin_kb: bool = True
     min_confidence: Annotated[Float, rule(lambda v: 0 < v <= 1, "must be in (0, 1], got {v}")] = 0.5
@@ -188,6 +204,20 @@ class PolicySettings(Section):
                                                                    "the standard set)")] = "standard"
     recall_interval_h: Annotated[Float, rule(lambda v: v >= 0, "must be >= 0 (0 = off), got {v}")] = 0.0
     recall_for_h: Positive = 168.0
+    cadence_h: Positive = 12.0
+    followup_delay_s: Annotated[Float, rule(lambda v: v >= 0, "must be >= 0 seconds, got {v}")] = 300.0
+    memory_for_h: Positive = 720.0
+    light_target: Annotated[Float, rule(lambda v: 0 < v <= 1, "must be in (0, 1], got {v}")] = 0.93
+    light_ports: Annotated[Int, rule(lambda v: v >= 0, "must be >= 0 (0: cut by light_target), got {v}")] = 0
+    #: Quiet /24 prefixes of the adaptive sweeps (``SweepCadence.to_dict`` JSON); empty: none known yet.
+    cadence_file: Annotated[str, existing_file("give a sweep cadence file (JSON of SweepCadence.to_dict) "
+                                               "or leave it empty")] = ""
+
+    def check(self) -> None:
+        if self.followup_delay_s >= self.cadence_h * 3600:
+            raise ConfigError(f"policy.followup_delay_s: {self.followup_delay_s:g} s is not shorter than "
+                              f"policy.cadence_h ({self.cadence_h:g} h); a follow-up comes before the next "
+                              "light probe: lower followup_delay_s")
 
     def kb_paths(self) -> tuple[Path, ...]:
         return tuple(resolve_path(p) for p in self.kb_files)
@@ -257,6 +287,9 @@ class PipelineSettings(Section):
     - ``silent_set`` / ``unknown_set`` / ``standard_set``: published port-set files
       (``PortSet.write``); empty: a provisional set built from the knowledge base (see
       :func:`pipelines.policy_setup.policy_port_sets`);
+    - ``ranking_file``: the response ranking the sets were cut from (``ranking.json`` written by
+      ``scanflow portsets derive``), which the adaptive policy cuts its light set from; empty: the
+      ``ranking.json`` beside ``standard_set``;
     - ``group_id``: the Kafka consumer group of the live events reader;
     - ``watermark_lag_s``: how far the live watermark trails the newest record (and the wall clock
       when a partition is idle);
@@ -287,6 +320,8 @@ class PipelineSettings(Section):
     silent_set: PortSetFile = ""
     unknown_set: PortSetFile = ""
     standard_set: PortSetFile = ""
+    ranking_file: Annotated[str, existing_file("give the ranking.json written by `scanflow portsets derive` "
+                                               "or leave it empty (ranking.json beside standard_set)")] = ""
     group_id: Annotated[str, rule(bool, "give the consumer group of the scheduler, e.g. scanflow-scheduler")] = \
         "scanflow-scheduler"
     watermark_lag_s: Seconds = 5.0

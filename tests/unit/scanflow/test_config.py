@@ -138,6 +138,10 @@ def test_policy_recall_is_off_by_default_and_set_in_hours():
 
 @pytest.mark.parametrize("override, fragment", [
     ({"policy.initial_scan": "full"}, "policy.initial_scan: 'full' is not one of standard, silent"),
+    ({"policy.name": "fast"}, "policy.name: 'fast' is not one of adaptive, paper"),
+    ({"policy.followup_delay_s": "-1"}, "policy.followup_delay_s: must be >= 0"),
+    ({"policy.followup_delay_s": "50000"}, "policy.followup_delay_s: 50000 s is not shorter than policy.cadence_h"),
+    ({"policy.light_target": "0"}, "policy.light_target: must be in (0, 1]"),
     ({"policy.recall_interval_h": "-1"}, "policy.recall_interval_h: must be >= 0"),
     ({"policy.recall_for_h": "0"}, "policy.recall_for_h: must be > 0"),
     ({"policy.ladder_hours": "24,12"}, "policy.ladder_hours: must not decrease"),
@@ -342,3 +346,15 @@ def test_every_default_section_is_valid_and_paths_may_be_given_as_paths(tmp_path
     AgentSettings(portset_dir=tmp_path).validate()           # a Path where the setting is a path string
     with pytest.raises(ConfigError, match="agent.portset_dir: .* is not a directory"):
         AgentSettings(portset_dir=tmp_path / "absent").validate()
+
+
+def test_policy_name_is_adaptive_by_default_and_a_bad_one_is_one_line_naming_the_fix(tmp_path):
+    assert load_settings(environ={}).policy.name == "adaptive"
+    assert load_settings(environ={"SCANFLOW_POLICY_NAME": "paper"}).policy.name == "paper"
+    cfg = tmp_path / "scanflow.toml"
+    cfg.write_text('[policy]\nname = "papr"\n')
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg, environ={})
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("policy.name: 'papr' is not one of adaptive, paper")
+    assert "set policy.name or pass --policy" in message
