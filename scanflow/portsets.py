@@ -197,6 +197,8 @@ class Derivation:
     kept_ips: int
     threshold_ips: float
     rows: int
+    #: Ports predicted from ports (:class:`scanflow.predict.PortPredictor`), when learned from the same scan.
+    predictor: Any = None
 
     def silent_size_for(self, target: float) -> int:
         """Smallest k whose top-k device detection rate reaches ``target`` (len(ranking) if none)."""
@@ -205,6 +207,61 @@ class Derivation:
     def unknown_top_for(self, target: float) -> int:
         """Smallest k whose base + top-k port detection rate reaches ``target``."""
         return _first_reaching(self.pdr_curve, target, offset=0, default=len(self.ranking))
+
+
+#: The file name of a derivation's :class:`Ranking` beside its port sets (``scanflow portsets derive``).
+RANKING_FILE = "ranking.json"
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """The response ranking a derivation cut its sets from, as published beside them: ``ports``
+    ``((port, ips), ...)`` best first, the device detection curve ``ddr_curve`` (``ddr_curve[k-1]``:
+    top ``k``), and the digest of the standard set it ranks (so a ranking is never paired with the
+    sets of another derivation). The adaptive policy cuts its light set from it."""
+
+    ports: tuple[tuple[int, int], ...]
+    ddr_curve: tuple[float, ...]
+    standard_digest: str
+
+    @classmethod
+    def of(cls, derivation: "Derivation") -> "Ranking":
+        """The ranking of a :class:`Derivation`."""
+        return cls(tuple(derivation.ranking), tuple(derivation.ddr_curve), derivation.standard.digest)
+
+    def to_json(self) -> str:
+        return json.dumps({"standard_digest": self.standard_digest, "size": len(self.ports),
+                           "ranking": [list(pc) for pc in self.ports], "ddr_curve": list(self.ddr_curve)})
+
+    @classmethod
+    def from_json(cls, text: str) -> "Ranking":
+        """Inverse of :meth:`to_json`; ``ValueError`` when the curve does not match the ranking."""
+        data = json.loads(text)
+        ports = tuple((int(p), int(n)) for p, n in data["ranking"])
+        curve = tuple(float(x) for x in data["ddr_curve"])
+        if len(curve) != len(ports):
+            raise ValueError(f"ranking of {len(ports)} ports with a detection curve of {len(curve)} points; "
+                             "the file was edited or damaged: derive the sets again")
+        return cls(ports, curve, str(data["standard_digest"]))
+
+    def write(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(self.to_json() + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def read(cls, path: str | Path) -> "Ranking":
+        return cls.from_json(Path(path).read_text(encoding="utf-8"))
+
+
+def write_derivation(derivation: "Derivation", directory: str | Path) -> list[Path]:
+    """Write a derivation's sets (``standard.json``, ``silent.json``, ``unknown.json``) and its
+    :class:`Ranking` (``ranking.json``) into ``directory``; returns the paths."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = [getattr(derivation, role).write(directory / f"{role}.json") for role in ("standard", "silent", "unknown")]
+    paths.append(Ranking.of(derivation).write(directory / RANKING_FILE))
+    return paths
 
 
 def _first_reaching(curve: Sequence[float], target: float, offset: int, default: int) -> int:

@@ -292,10 +292,10 @@ def lake_record_sim(obj: CliContext, lake_dir: str | None, ips: int, weeks: floa
     params = params_from_settings(obj.settings.policy)
     cfg = EvaluationConfig(ips=ips, weeks=weeks, seeds=(seed,), survey_ips=survey_ips)
     derivation, _ = derive_policy_sets(cfg, kb)
+    from scanflow.portsets import write_derivation
+
     sets = PolicyPortSets.of(derivation)
-    (root / "_portsets").mkdir(parents=True, exist_ok=True)
-    for role in ("standard", "silent", "unknown"):
-        getattr(sets, role).write(root / "_portsets" / f"{role}.json")
+    write_derivation(derivation, root / "_portsets")   # the three sets and ranking.json
     world = World.generate(cfg.world_config(), seed, horizon_days=weeks * 7, kb=kb)
     rule = bulk_silent_rule(EfficientPolicy(sets, Estimator(kb), params), params.standard_interval)
     schedule = make_schedule(world.n_ips, seed, world.horizon, slot=params.standard_interval,
