@@ -21,7 +21,7 @@ import apache_beam as beam
 
 from connectors.avro_codec import default_codec
 from connectors.kafka_io import make_consumer, topic_partitions
-from pipelines.policy_setup import build_policy
+from pipelines.policy_setup import build_policy, publish_port_sets
 from pipelines.scheduler import NO_STATE_CACHE, build_live
 from pipelines.settings import PipelineSettings
 from scanflow.config import REPO_ROOT
@@ -58,15 +58,16 @@ def test_scheduler_and_sim_agent_close_the_loop(kafka, make_topic, settings, pri
         commands=make_topic("loop-commands", partitions=3),
         ip_state=make_topic("loop-state", partitions=6, **{"cleanup.policy": "compact"}),
         dead_letter=make_topic("loop-dead", partitions=1))
-    policy_settings = dataclasses.replace(settings.policy, ladder_hours=tuple(s / 3600 for s in LADDER_S),
+    # The paper's policy: its back-off ladder is what this test follows (the adaptive policy's live
+    # follow-ups: test_scheduler_followup; its whole loop: tests/e2e).
+    policy_settings = dataclasses.replace(settings.policy, name="paper", ladder_hours=tuple(s / 3600 for s in LADDER_S),
                                           silent_interval_h=60 / 3600)
     cfg = dataclasses.replace(settings, topics=topics, policy=policy_settings)
     pipeline = PipelineSettings(round_timeout_s=60, rewind_s=120, command_ttl_s=3600, watermark_lag_s=1.0,
                                 group_id=f"loop-scheduler-{uuid.uuid4().hex[:8]}", sweep_ranges=(WORLD,),
                                 sweep_prefix=24, sweep_tick_s=1.0, sweep_gather_s=2.0)
     policy = build_policy(cfg, pipeline)
-    for ps in (policy.port_sets.standard, policy.port_sets.silent, policy.port_sets.unknown):
-        ps.write(tmp_path / f"{ps.name}-v{ps.version}.json")   # the agent resolves named sets here
+    publish_port_sets(policy, tmp_path)   # the agent resolves named sets here
 
     start = time.time()
     agent_cmd = [sys.executable, "-m", "scanflow"]

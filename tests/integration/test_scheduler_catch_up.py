@@ -28,7 +28,7 @@ from scanflow.policy import HOUR
 IP = "192.0.2.7"
 HIK = b"HTTP/1.1 200 OK\r\nServer: Hikvision-Webs\r\n\r\n"
 SETTINGS = PipelineSettings(round_timeout_s=600, command_ttl_s=3600, dedupe_horizon_s=2 * HOUR, rewind_s=3600)
-POLICY = build_policy(Settings(), SETTINGS)
+POLICY = build_policy(Settings(), SETTINGS, name="paper")
 SILENT = POLICY.port_sets.silent
 
 

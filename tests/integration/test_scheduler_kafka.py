@@ -125,7 +125,7 @@ def test_live_scheduler_commands_and_restart(kafka, make_topic, settings, prism_
         commands=make_topic("sched-commands", partitions=3),
         ip_state=make_topic("sched-state", partitions=6, **{"cleanup.policy": "compact"}),
         dead_letter=make_topic("sched-dead", partitions=1))
-    policy_settings = dataclasses.replace(settings.policy, ladder_hours=tuple(s / 3600 for s in LADDER_S),
+    policy_settings = dataclasses.replace(settings.policy, name="paper", ladder_hours=tuple(s / 3600 for s in LADDER_S),
                                           silent_interval_h=10 / 3600)
     cfg = dataclasses.replace(settings, topics=topics, policy=policy_settings)
     pipeline = PipelineSettings(round_timeout_s=60, rewind_s=120, command_ttl_s=3600, watermark_lag_s=1.0,

@@ -28,7 +28,7 @@ A, B, C = "192.0.2.1", "192.0.2.2", "192.0.2.20"
 HIK = b"HTTP/1.1 200 OK\r\nServer: Hikvision-Webs\r\n\r\n"
 NGINX = b"HTTP/1.1 200 OK\r\nServer: nginx/1.24.0\r\n\r\n"
 SETTINGS = PipelineSettings(round_timeout_s=600, command_ttl_s=3600, dedupe_horizon_s=2 * HOUR, rewind_s=3600)
-POLICY = build_policy(Settings(), SETTINGS)
+POLICY = build_policy(Settings(), SETTINGS, name="paper")
 SILENT = POLICY.port_sets.silent
 SILENT_REF = (SILENT.name, SILENT.version, ())
 HORIZON = T0 + 5 * 24 * HOUR

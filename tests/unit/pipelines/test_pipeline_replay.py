@@ -71,7 +71,7 @@ def _expected_commands(decisions: list[dict]) -> list[str]:
 @pytest.mark.parametrize("batch", [False, True], ids=["per-ip-timers", "batch"])
 def test_bounded_pipeline_decides_exactly_as_the_policy_core(tmp_path, batch):
     settings = PipelineSettings(sweep_ranges=("198.51.100.0/25",), sweep_prefix=28)
-    policy = build_policy(Settings(), settings)
+    policy = build_policy(Settings(), settings, name="paper")
     hosts = toy_world(80, kb=policy.estimator.kb, silent=policy.port_sets.silent.ports, start=T0, days=DAYS)
     history = record_history(hosts, policy, start=T0, horizon=HORIZON, prefix=28,
                              round_timeout_s=settings.round_timeout_s, command_ttl_s=settings.command_ttl_s,

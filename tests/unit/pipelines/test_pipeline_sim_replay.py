@@ -69,7 +69,7 @@ def simulated(tmp_path_factory):
     settings = PipelineSettings(sweep_ranges=("10.0.0.0/20",), sweep_prefix=24,
                                 **{f"{role}_set": str(getattr(derivation, role).write(sets / f"{role}.json"))
                                    for role in ("standard", "silent", "unknown")})
-    policy = build_policy(Settings(), settings)
+    policy = build_policy(Settings(), settings, name="paper")
     # a world rich in IPs that answer and go silent (sporadic-heavy: 12.5 % sporadic responders), so
     # demotions, promotions and recalls are all exercised; the calibrated default has few of them
     world = World.generate(scenario("sporadic-heavy").config().replace(n_ips=N_IPS), SEED, horizon_days=DAYS,

@@ -14,7 +14,7 @@ from scanflow.portsets import PortSet
 
 def test_named_sets_are_published_once_and_never_changed(tmp_path):
     settings = dataclasses.replace(Settings(), infra=InfraSettings(state_dir=str(tmp_path / "state")))
-    policy = build_policy(settings, PipelineSettings())
+    policy = build_policy(settings, PipelineSettings(), name="paper")
     where = published_dir(settings)
     paths = publish_port_sets(policy, where)
     sets = policy.port_sets
@@ -28,3 +28,21 @@ def test_named_sets_are_published_once_and_never_changed(tmp_path):
     PortSet.named(sets.silent.name, sets.silent.version, [1, 2, 3]).write(clash)
     with pytest.raises(ValueError, match="new version"):
         publish_port_sets(policy, where)
+
+
+def test_every_set_of_the_adaptive_policy_is_published_and_resolved_by_an_agent(tmp_path):
+    """The adaptive policy's commands name light, followup, unknown-light, the first-probe set and one
+    light+<model> set per model: each is published, and the agent's catalog resolves each by name."""
+    from probe_agent.job import PortSetCatalog
+
+    settings = dataclasses.replace(Settings(), infra=InfraSettings(state_dir=str(tmp_path / "state")))
+    policy = build_policy(settings, PipelineSettings())
+    assert policy.variant == "adaptive"
+    paths = publish_port_sets(policy, published_dir(settings))
+    named = policy.published()
+    assert {"light", "followup", "unknown-light"} <= {ps.name for ps in named}
+    assert sum(ps.name.startswith("light+") for ps in named) == len({ps.ref for ps in policy.estimator.port_sets()})
+    assert len(paths) == len({ps.ref for ps in named})
+    catalog = PortSetCatalog(published_dir(settings))
+    for ps in (*named, policy.initial_ports, policy.port_sets.silent):
+        assert catalog.resolve(ps.to_record()) == ps.sorted, ps.ref

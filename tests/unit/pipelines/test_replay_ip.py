@@ -12,7 +12,7 @@ from scanflow.lifecycle.step import Lifecycle
 from scanflow.lifecycle.untracked import bulk_silent_rule
 from scanflow.policy import HOUR, Observation
 
-POLICY = build_policy(Settings(), PipelineSettings())
+POLICY = build_policy(Settings(), PipelineSettings(), name="paper")
 RULE = bulk_silent_rule(POLICY, POLICY.params.standard_interval)
 IP = "192.0.2.44"
 T0 = 1_700_000_000.0

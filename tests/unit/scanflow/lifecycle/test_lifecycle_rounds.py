@@ -12,7 +12,7 @@ from pipelines.settings import PipelineSettings
 from scanflow.config import Settings
 from scanflow.policy import IpStatus
 
-POLICY = build_policy(Settings(), PipelineSettings())
+POLICY = build_policy(Settings(), PipelineSettings(), name="paper")
 SILENT = POLICY.port_sets.silent
 PUBLISHED = published_sets(POLICY)
 T = 1_700_000_000_000_000

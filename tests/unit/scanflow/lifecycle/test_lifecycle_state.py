@@ -11,7 +11,7 @@ from scanflow.lifecycle.state import RefTable, Tracked, pack, pack_header, short
 from scanflow.config import Settings
 from scanflow.policy import IpState, IpStatus, Observation, Reason
 
-POLICY = build_policy(Settings(), PipelineSettings())
+POLICY = build_policy(Settings(), PipelineSettings(), name="paper")
 REFS = RefTable.of_policy(POLICY)
 T0 = 1_700_000_000.0
 HIK = b"HTTP/1.1 200 OK\r\nServer: Hikvision-Webs\r\n\r\n"

@@ -12,7 +12,7 @@ from scanflow.lifecycle.step import Decided, Due, Lifecycle, Snapshot, from_ip_s
 from scanflow.config import Settings
 from scanflow.policy import HOUR, IpState, IpStatus, Reason
 
-POLICY = build_policy(Settings(), PipelineSettings())
+POLICY = build_policy(Settings(), PipelineSettings(), name="paper")
 SILENT = ("provisional-silent", 1, ())
 IP = "192.0.2.10"
 T0 = 1_700_000_000.0
