@@ -30,7 +30,7 @@ from pipelines.decide_batch import DecideInBatch
 from pipelines.devices import EstimateDevices
 from pipelines.rounds import AssembleRounds
 from pipelines.settings import PipelineSettings
-from pipelines.sweeps import Sweeps
+from pipelines.sweeps import Sweeps, sweep_period_of
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,8 @@ def _archive(outputs: SchedulerOutputs, root: str, mode: str) -> None:
 def build_live(p: beam.Pipeline, settings, pipeline: PipelineSettings, policy, *, now: float | None = None,
                restore: bool = True, rewind: bool = True) -> SchedulerOutputs:
     """The live scheduler on ``p``: events from the consumer group, state restored from
-    ``scanflow.ip-state``, commands and state changes back to Kafka, sweeps from now on."""
+    ``scanflow.ip-state``, commands and state changes back to Kafka, sweeps from now on (each block
+    at its period under ``policy``: :func:`pipelines.sweeps.sweep_period_of`)."""
     from pipelines.sources import ReadEvents, ReadIpStates, rewound_start_offsets
 
     kafka, topics = settings.kafka, settings.topics
@@ -118,7 +119,8 @@ def build_live(p: beam.Pipeline, settings, pipeline: PipelineSettings, policy, *
                                         tick_s=pipeline.sweep_tick_s, policy=policy.name,
                                         first_pass=(getattr(policy, "initial_ports", None) or policy.port_sets.standard)
                                         if pipeline.first_pass else None,
-                                        first_pass_window_s=pipeline.first_pass_window_s)
+                                        first_pass_window_s=pipeline.first_pass_window_s,
+                                        period_of=sweep_period_of(policy))
         commands = (commands, sweeps) | "AllCommands" >> beam.Flatten()
     _ = commands | "WriteCommands" >> WriteCommands(kafka, topics.commands, topics.dead_letter)
     _ = out.states | "WriteIpStates" >> WriteIpStates(kafka, topics.ip_state, topics.dead_letter)
@@ -140,7 +142,8 @@ def build_replay(p: beam.Pipeline, items, pipeline: PipelineSettings, policy, *,
                                           emit_states=False, batch=batch)
     sweeps = p | "Sweeps" >> Sweeps(pipeline.sweep_networks(), prefix=pipeline.sweep_prefix,
                                     period_s=policy.params.silent_interval, silent=policy.port_sets.silent,
-                                    ttl_s=pipeline.command_ttl_s, start=start, stop=horizon, policy=policy.name)
+                                    ttl_s=pipeline.command_ttl_s, start=start, stop=horizon, policy=policy.name,
+                                    period_of=sweep_period_of(policy))
     if archive_dir:
         _archive(out, archive_dir, mode="grouped")
     return out, sweeps

@@ -1,7 +1,10 @@
 """Stage: sweeps, the range commands that cover the silent ~97 % of the target space.
 
 The configured ranges are cut into blocks of ``sweep_prefix`` (a /24 = 256 addresses). Each block is
-swept once per ``period`` (the policy's silent interval, 3.5 days) with the silent port set. Its slot
+swept once per ``period`` with the policy's sweep set: the paper's policy sweeps every block every
+silent interval (3.5 days) with its silent set; the adaptive one every ``sweep_interval`` of the
+block's first address (its prefix's learned cadence: 12 h, or 3.5 days where nothing ever answered)
+with its light set (:func:`sweep_period_of`). Its slot
 within the period is a fixed pseudo-random offset from a BLAKE2b hash of the block, so the blocks are
 spread evenly over the period in a scrambled order (no network sees a burst, and the schedule is the
 same in every process and after every restart). An IP that answers a sweep is promoted to per-IP
@@ -21,7 +24,7 @@ import ipaddress
 import math
 from array import array
 from bisect import bisect_left
-from typing import Iterable
+from typing import Callable, Iterable
 
 import apache_beam as beam
 from apache_beam.transforms.periodicsequence import PeriodicImpulse
@@ -54,46 +57,68 @@ def _fraction(block: str) -> float:
 class SweepPlan:
     """When each block is swept: at ``epoch + k * period + offset(block)`` for every whole ``k``.
 
-    ``offset(block)`` is the block's hash fraction times ``spread`` (default: the whole period, so
-    the blocks are spread evenly over it). A run that starts with a first pass over everything
-    (:class:`Sweeps` ``first_pass``) uses ``epoch`` = its start and ``spread`` = the first pass's
-    window: every block is swept within that window, then once per period after its first sweep.
-    Kept compact (two arrays sorted by offset, 12 bytes a block) so a national target space fits.
+    ``period`` is ``period_s`` for every block, or ``period_of(address)`` of the block's first
+    address when given (the adaptive policy's ``sweep_interval``: quiet prefixes less often than the
+    others); blocks of one period form a group. ``offset(block)`` is the block's hash fraction times
+    ``spread`` (default: its period, so the blocks are spread evenly over it). A run that starts with
+    a first pass over everything (:class:`Sweeps` ``first_pass``) uses ``epoch`` = its start and
+    ``spread`` = the first pass's window: every block is swept within that window, then once per
+    period after its first sweep. Kept compact (two arrays sorted by offset per group, 12 bytes a
+    block) so a national target space fits.
     """
 
     def __init__(self, networks: Iterable[ipaddress.IPv4Network], prefix: int, period_s: float, epoch: float = 0.0,
-                 spread: float | None = None):
+                 spread: float | None = None, period_of: Callable[[str], float] | None = None):
         if period_s <= 0:
             raise ValueError(f"sweep period must be > 0 seconds, got {period_s}")
-        spread = period_s if spread is None else spread
-        if not 0 <= spread <= period_s:
+        if spread is not None and not 0 <= spread <= period_s:
             raise ValueError(f"sweep spread must be within [0, period] = [0, {period_s}] s, got {spread}")
         self.prefix, self.period, self.epoch = prefix, float(period_s), float(epoch)
-        slots = sorted((_fraction(str(b)) * spread, int(b.network_address))
-                       for b in sweep_blocks(networks, prefix))
-        self._offsets = array("d", (o for o, _ in slots))
-        self._nets = array("L", (n for _, n in slots))
+        by_period: dict[float, list[ipaddress.IPv4Network]] = {}
+        for b in sweep_blocks(networks, prefix):
+            period = self.period if period_of is None else float(period_of(str(b.network_address)))
+            if period <= 0:
+                raise ValueError(f"sweep period of {b} must be > 0 seconds, got {period}")
+            by_period.setdefault(period, []).append(b)
+        #: ``(period, offsets, network addresses)`` per group, offsets ascending.
+        self._groups: list[tuple[float, array, array]] = []
+        for period, blocks in sorted(by_period.items()):
+            width = period if spread is None else min(spread, period)
+            slots = sorted((_fraction(str(b)) * width, int(b.network_address)) for b in blocks)
+            self._groups.append((period, array("d", (o for o, _ in slots)), array("L", (n for _, n in slots))))
 
     def __len__(self) -> int:
-        return len(self._offsets)
+        return sum(len(offsets) for _, offsets, _ in self._groups)
 
-    def block(self, i: int) -> str:
-        return f"{ipaddress.IPv4Address(self._nets[i])}/{self.prefix}"
+    @property
+    def periods(self) -> tuple[float, ...]:
+        """The distinct sweep periods, ascending."""
+        return tuple(period for period, _, _ in self._groups)
+
+    def _block(self, net: int) -> str:
+        return f"{ipaddress.IPv4Address(net)}/{self.prefix}"
+
+    def due_periods(self, start: float, stop: float) -> list[tuple[float, str, float]]:
+        """Every ``(slot time, block, its period)`` with ``start <= slot < stop``, in time order."""
+        out: list[tuple[float, str, float]] = []
+        if stop <= start:
+            return out
+        for period, offsets, nets in self._groups:
+            first = math.floor((start - self.epoch) / period)
+            last = math.floor((stop - self.epoch) / period)
+            for k in range(first, last + 1):
+                base = self.epoch + k * period
+                i = bisect_left(offsets, start - base)
+                while i < len(offsets) and base + offsets[i] < stop:
+                    out.append((base + offsets[i], self._block(nets[i]), period))
+                    i += 1
+        if len(self._groups) > 1:
+            out.sort()
+        return out
 
     def due(self, start: float, stop: float) -> list[tuple[float, str]]:
         """Every ``(slot time, block)`` with ``start <= slot < stop``, in time order."""
-        out: list[tuple[float, str]] = []
-        if stop <= start or not len(self):
-            return out
-        first = math.floor((start - self.epoch) / self.period)
-        last = math.floor((stop - self.epoch) / self.period)
-        for k in range(first, last + 1):
-            base = self.epoch + k * self.period
-            i = bisect_left(self._offsets, start - base)
-            while i < len(self._offsets) and base + self._offsets[i] < stop:
-                out.append((base + self._offsets[i], self.block(i)))
-                i += 1
-        return out
+        return [(at, block) for at, block, _ in self.due_periods(start, stop)]
 
 
 class _IssueFn(beam.DoFn):
@@ -101,20 +126,21 @@ class _IssueFn(beam.DoFn):
     port set and reason ``INITIAL``)."""
 
     def __init__(self, plan_args: tuple, silent: PortSet, ttl_s: float, policy: str,
-                 first_pass: PortSet | None = None):
+                 first_pass: PortSet | None = None, period_of: Callable[[str], float] | None = None):
         self._plan_args, self._silent, self._ttl, self._policy = plan_args, silent, ttl_s, policy
         self._first = first_pass
+        self._period_of = period_of
 
     def setup(self):
-        self._plan = SweepPlan(*self._plan_args)
+        self._plan = SweepPlan(*self._plan_args, period_of=self._period_of)
 
     def process(self, window):
         start, stop = window
-        first_end = self._plan.epoch + self._plan.period
-        for at, block in self._plan.due(start, stop):
-            if self._first is not None and at < self._plan.epoch:
+        epoch = self._plan.epoch
+        for at, block, period in self._plan.due_periods(start, stop):
+            if self._first is not None and at < epoch:
                 continue  # before the run's start: its first pass is what comes first
-            if self._first is not None and at < first_end:
+            if self._first is not None and at < epoch + period:
                 yield block, command_record(policy=self._policy, target=block, not_before=at, ttl_s=self._ttl,
                                             ports=self._first, reason="INITIAL")
                 continue
@@ -126,7 +152,8 @@ class Sweeps(beam.PTransform):
     """Range commands ``(block, ScanCommand record)`` for the sweep ranges.
 
     Live (``stop`` None): from ``start`` on, every ``tick_s`` of wall-clock time. Bounded: the slots
-    in ``[start, stop)`` at once.
+    in ``[start, stop)`` at once. ``period_of`` (an address -> seconds; see :func:`sweep_period_of`):
+    each block's own period instead of ``period_s``.
 
     ``first_pass`` (live runs that start from nothing, e.g. ``scanflow run``): the run begins by
     scanning every block with this port set (the policy's initial, classification set), all of them
@@ -137,13 +164,15 @@ class Sweeps(beam.PTransform):
 
     def __init__(self, networks: Iterable[ipaddress.IPv4Network], *, prefix: int, period_s: float, silent: PortSet,
                  ttl_s: float, start: float, stop: float | None = None, tick_s: float = 60.0,
-                 policy: str = "EFFICIENT", first_pass: PortSet | None = None, first_pass_window_s: float = 0.0):
+                 policy: str = "EFFICIENT", first_pass: PortSet | None = None, first_pass_window_s: float = 0.0,
+                 period_of: Callable[[str], float] | None = None):
         super().__init__()
         if first_pass is not None:
             self._plan_args = (tuple(networks), prefix, period_s, start, min(first_pass_window_s, period_s))
         else:
             self._plan_args = (tuple(networks), prefix, period_s)
-        SweepPlan(*self._plan_args)  # fail at construction, not on a worker
+        SweepPlan(*self._plan_args, period_of=period_of)  # fail at construction, not on a worker
+        self._period_of = period_of
         self._first = first_pass
         self._silent, self._ttl, self._policy = silent, ttl_s, policy
         self._start, self._stop, self._tick = start, stop, tick_s
@@ -158,4 +187,10 @@ class Sweeps(beam.PTransform):
         else:
             windows = pbegin | "Window" >> beam.Create([(self._start, self._stop)])
         return windows | "Issue" >> beam.ParDo(_IssueFn(self._plan_args, self._silent, self._ttl, self._policy,
-                                                        self._first))
+                                                        self._first, self._period_of))
+
+
+def sweep_period_of(policy) -> Callable[[str], float] | None:
+    """The per-block sweep period of ``policy``: its ``sweep_interval(address)`` when it has one (the
+    adaptive policy), else None (every block at ``policy.params.silent_interval``, the paper's)."""
+    return getattr(policy, "sweep_interval", None)

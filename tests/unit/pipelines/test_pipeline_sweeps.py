@@ -82,3 +82,19 @@ def test_a_run_begins_with_a_first_pass_over_every_block_then_sweeps_once_per_pe
     plain = Sweeps(_nets("198.18.0.0/22"), prefix=24, period_s=PERIOD, silent=silent, ttl_s=3600, start=start)
     early = _issue(plain, start, start + window)
     assert len(early) < 4 and all(c["reason"] == "SWEEP" for _, c in early)
+
+
+def test_each_block_sweeps_at_its_own_period_when_the_policy_gives_one():
+    """The adaptive policy's learned cadence: quiet prefixes every 3.5 days, the others every 12 h;
+    without ``period_of`` every block keeps the one period (the paper's)."""
+    quiet = "10.0.1.0"
+    plan = SweepPlan(_nets("10.0.0.0/22"), 24, 12 * 3600.0,
+                     period_of=lambda ip: 84 * 3600.0 if ip == quiet else 12 * 3600.0)
+    assert plan.periods == (12 * 3600.0, 84 * 3600.0) and len(plan) == 4
+    due = plan.due(0.0, 84 * 3600.0)
+    count = {b: sum(1 for _, x in due if x == b) for b in ("10.0.0.0/24", "10.0.1.0/24", "10.0.2.0/24")}
+    assert count == {"10.0.0.0/24": 7, "10.0.1.0/24": 1, "10.0.2.0/24": 7}
+    assert [t for t, _ in due] == sorted(t for t, _ in due)
+    same = SweepPlan(_nets("10.0.0.0/22"), 24, 12 * 3600.0)
+    assert same.due(0.0, 84 * 3600.0) == SweepPlan(_nets("10.0.0.0/22"), 24, 12 * 3600.0,
+                                                    period_of=lambda ip: 12 * 3600.0).due(0.0, 84 * 3600.0)
