@@ -32,6 +32,10 @@ def _fail(message: str, code: int = 2) -> None:
                    "agent.masscan_router_mac=...), banners by connect.")
 @click.option("--allow", multiple=True, metavar="CIDR",
               help="Allowlist for a real backend (required there; repeatable).")
+@click.option("--policy", "policy_name", type=click.Choice(["adaptive", "paper"]), default=None,
+              help="The efficient policy: adaptive (light sweeps every 12 h, a follow-up minutes after "
+                   "anything new) or paper (the paper's method). Default: policy.name of the "
+                   "configuration (adaptive).")
 @click.option("--no-first-pass", is_flag=True,
               help="Do not begin with a first pass over every address (the policy's initial set); the "
                    "blocks' sweeps are then spread over the sweep period from the start.")
@@ -50,8 +54,8 @@ def _fail(message: str, code: int = 2) -> None:
                                                   "the lake keeps the archive).")
 @click.option("--skip-kafka-up", is_flag=True, help="Do not start the local broker (an external cluster).")
 @pass_ctx
-def run(obj: CliContext, ips, days, day_seconds, agents, backend, allow, no_first_pass, contact, rate, seed, run_dir,
-        lake_dir, report_dir, no_report, keep_topics, skip_kafka_up) -> None:
+def run(obj: CliContext, ips, days, day_seconds, agents, backend, allow, policy_name, no_first_pass, contact, rate, seed,
+        run_dir, lake_dir, report_dir, no_report, keep_topics, skip_kafka_up) -> None:
     """The whole loop: Kafka up, the run's topics, the scheduler on Prism, sim agents scanning a
     synthetic internet in accelerated virtual time, the Parquet lake; a progress line while it runs;
     at the end of the virtual period a clean stop, a DuckDB summary and `scanflow report`.
@@ -87,19 +91,26 @@ def run(obj: CliContext, ips, days, day_seconds, agents, backend, allow, no_firs
             if net.version != 4:
                 _fail(f"--allow {entry}: the loop sweeps IPv4 ranges only")
 
+    import dataclasses
+
     settings = obj.settings
     root = click.get_current_context().find_root()
     cli_args: list[str] = []
     if root.params.get("config_file"):
         cli_args += ["--config", root.params["config_file"]]
-    for item in root.params.get("set_items") or ():
+    set_items = list(root.params.get("set_items") or ())
+    if policy_name:
+        # Every child (scheduler, agents, report) sees the same policy as this process.
+        set_items.append(f"policy.name={policy_name}")
+        settings = dataclasses.replace(settings, policy=dataclasses.replace(settings.policy, name=policy_name))
+    for item in set_items:
         cli_args += ["--set", item]
 
     spec = LoopSpec(run_dir=Path("."), lake_dir=Path("."), report_dir=Path("."), ips=ips, days=days,
                     day_seconds=day_seconds or 20.0, agents=agents, backend=backend, allow=tuple(allow), seed=seed,
                     rate=rate, contact=contact, keep_topics=keep_topics, report=not no_report,
                     cli_args=tuple(cli_args), config_file=root.params.get("config_file"),
-                    set_items=tuple(root.params.get("set_items") or ()), first_pass=not no_first_pass)
+                    set_items=tuple(set_items), first_pass=not no_first_pass)
     clock_line = ""
     if backend != "sim":
         from scanflow.loop.spec import plan_real_clock
@@ -125,8 +136,8 @@ def run(obj: CliContext, ips, days, day_seconds, agents, backend, allow, no_firs
 
     what = (f"{ips:,} synthetic IPs (sim backend, no packets)" if backend == "sim"
             else f"allowlist {', '.join(allow)} ({backend} backend, real probes)")
-    click.echo(f"scanflow run {spec.run_id}: {what}; {days:g} virtual days at {day_seconds:g} s/day "
-               f"(~{days * day_seconds:.0f} s), {agents} agent(s); run dir {spec.run_dir}")
+    click.echo(f"scanflow run {spec.run_id}: {what}; {settings.policy.name} policy; {days:g} virtual days at "
+               f"{day_seconds:g} s/day (~{days * day_seconds:.0f} s), {agents} agent(s); run dir {spec.run_dir}")
     if clock_line:
         click.echo(clock_line)
     started = time.monotonic()

@@ -6,10 +6,12 @@ imported by the core: Beam and the ``pipelines`` package are imported inside :fu
 The spec (JSON, written by the orchestrator) names the run's topics, the sweep ranges, the lake
 directory for observations and decisions, the Prism endpoint and the time scale. Time is compressed
 the way the closed-loop test compresses it: every duration of the policy (back-off ladder, silent
-sweep period, standard and retry intervals) is multiplied by ``scale`` (wall seconds per virtual
+sweep period, standard and retry intervals; the adaptive policy's cadence, follow-up delay and
+device memory) is multiplied by ``scale`` (wall seconds per virtual
 second), so one virtual day passes in ``86400 * scale`` wall seconds while the pipeline keeps its
 ordinary wall-clock watermark.
 
+The policy is ``[policy] name`` (``adaptive`` unless configured; ``scanflow run --policy`` sets it).
 Before the pipeline starts, the policy's named port sets are written to ``portset_dir`` (the agents
 resolve named sets there); once the job is submitted, ``ready`` is written so the orchestrator knows
 when to start the clock. SIGTERM or SIGINT cancels the job and exits 0.
@@ -37,7 +39,12 @@ def scaled_policy(policy, scale: float):
         retry_interval_h=policy.retry_interval_h * scale,
         # 0 means "recall off"; scaling keeps it off.
         recall_interval_h=policy.recall_interval_h * scale,
-        recall_for_h=policy.recall_for_h * scale)
+        recall_for_h=policy.recall_for_h * scale,
+        # the adaptive policy's: light cadence, follow-up delay (minutes become fractions of a
+        # wall second at 20 s a day), device memory
+        cadence_h=policy.cadence_h * scale,
+        followup_delay_s=policy.followup_delay_s * scale,
+        memory_for_h=policy.memory_for_h * scale)
 
 
 def pipeline_settings_for(spec: dict):

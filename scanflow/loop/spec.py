@@ -96,5 +96,9 @@ def plan_real_clock(spec: LoopSpec, settings):
     pace = AgentPace(spec.agents, spec.rate or a.rate_pps, a.per_target_pps, spec.backend, a.concurrency,
                      a.connect_timeout_s, a.read_timeout_s, a.syn_retries)
     p = settings.policy
-    return plan_clock(costs, pace, shortest_interval_h=min(p.ladder_hours[0], p.retry_interval_h),
-                      sweep_interval_h=p.silent_interval_h)
+    # The adaptive policy sweeps busy prefixes and probes tracked devices every cadence (its light
+    # set); the paper's sweeps every silent interval.
+    adaptive = getattr(policy, "variant", "paper") == "adaptive"
+    sweep_h = p.cadence_h if adaptive else p.silent_interval_h
+    shortest_h = min(p.ladder_hours[0], p.retry_interval_h, *((p.cadence_h,) if adaptive else ()))
+    return plan_clock(costs, pace, shortest_interval_h=shortest_h, sweep_interval_h=sweep_h)
