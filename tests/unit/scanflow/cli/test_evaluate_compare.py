@@ -106,3 +106,13 @@ def test_one_policy_writes_straight_into_out_without_a_comparison(tmp_path):
     assert m["config"]["efficient_policy"] == "adaptive" and m["config"]["adaptive"]["followup"]
     assert "Efficient (adaptive) vs standard scan" in result.output and "adaptive policy: first probe" in result.output
     assert not (tmp_path / "compare.json").exists()
+
+
+def test_the_papers_method_in_a_comparison_is_the_papers_method_alone(tmp_path, run):
+    args = ["evaluate", "--policy", "paper", "--ips", "3000", "--weeks", "2", "--seeds", "1", "--windows", "1",
+            "--survey-ips", "300000", "--no-parquet", "--no-plots", "--out", str(tmp_path)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    alone = json.loads((tmp_path / "metrics.json").read_text())
+    compared = json.loads((run[0] / "paper" / "metrics.json").read_text())
+    assert alone["windows"] == compared["windows"] and alone["new_devices"] == compared["new_devices"]
