@@ -43,7 +43,9 @@ class EventRecorder:
       ``SYN_ACK``), and one ``ScanDone`` with the address as target, the probed port set, status
       ``COMPLETE``, started and ended at the probe instant (the simulator's probes are
       instantaneous; its decision is made at that instant, and a pipeline decides at the end of the
-      round). Scan id ``sim-<k>-<address>``.
+      round). Scan id ``sim-<k>-<address>``; a follow-up probe the policy planned within the round
+      (the adaptive policy's, minutes after an answer) is a scan of its own at its own instant,
+      ``sim-<k>-<address>-followup``.
     - the addresses probed in bulk that stayed silent (the first classification scan, then the
       silent sweeps): one range ``ScanDone`` per ``/block_prefix`` block and round with no
       ``ScanEvent``, over the instants of its probes (``addresses_probed`` = how many). Like the
@@ -66,6 +68,18 @@ class EventRecorder:
         self.records: list[tuple[str, dict]] = []
         self.decisions: list[dict] = []
         self._syn_bytes = ByteModel.ip_layer().syn
+        self._round = -1
+        self._scanned: set[int] = set()          # addresses scanned in round ``_round``
+        self._last: tuple[int, int, int, str] | None = None  # (k, ip, t, scan id) of the last scan
+
+    def _scan_id(self, k: int, ip: int, address: str) -> str:
+        """``sim-<k>-<address>``; a second scan of the address in round ``k`` is its follow-up."""
+        if k != self._round:
+            self._round, self._scanned = k, set()
+        if ip in self._scanned:
+            return f"sim-{k}-{address}-followup"
+        self._scanned.add(ip)
+        return f"sim-{k}-{address}"
 
     def micros(self, t: float) -> int:
         """Simulator seconds -> microseconds since the Unix epoch."""
@@ -77,7 +91,8 @@ class EventRecorder:
         bytes the simulator observed) and its ScanDone. Returns the scan id."""
         prof = world.profiles
         address = world.address(ip)
-        scan_id = f"sim-{k}-{address}"
+        scan_id = self._scan_id(k, ip, address)
+        self._last = (k, ip, t, scan_id)
         ts = self.micros(t)
         for e in sorted(entries.tolist(), key=lambda e: int(prof.port[e])):
             port = int(prof.port[e])
@@ -119,10 +134,13 @@ class EventRecorder:
 
     def decision(self, world: World, k: int, ip: int, t: int, before, state, plan, *, individually: bool,
                  policy: str) -> None:
-        """One ``decide`` of the simulator (``before``: the per-IP state it had, None if in bulk)."""
+        """One ``decide`` of the simulator (``before``: the per-IP state it had, None if in bulk), on the
+        scan recorded just before it."""
         address = world.address(ip)
+        last = self._last
+        scan_id = last[3] if last is not None and last[:3] == (k, ip, t) else f"sim-{k}-{address}"
         self.decisions.append({
-            "ip": address, "policy": policy, "decided_at": self.micros(t), "scan_id": f"sim-{k}-{address}",
+            "ip": address, "policy": policy, "decided_at": self.micros(t), "scan_id": scan_id,
             "previous_status": before.status.value if before is not None else "UNKNOWN",
             "status": state.status.value, "changed": plan.changed, "device": state.device,
             "backoff_step": state.step, "reason": plan.reason.value,
