@@ -4,20 +4,29 @@
 the efficient policy is evaluated seeing only the (IP, port, round) cells it would have probed:
 
 - it first probes an IP at round ``phase(ip)`` of that IP's recorded rounds (``phase`` spreads the
-  first sweep over one silent interval, like the live sweeps and the simulator: a stable hash of the
-  address unless given);
+  first probes as the simulator does: over one sweep interval when they are sweeps, all in the first
+  round when they are a classification scan; a stable hash of the address unless given);
 - every decision is the lifecycle's (``Lifecycle.observe``, the step the live pipeline and the
   simulator take); when it schedules the next scan at time T (``Lifecycle.next_scan``), the next
   round it sees is the first recorded round at or after T (within ``tolerance_s``, for the jitter of
-  real scans);
+  real scans), T counted from the recorded round its last observation came from;
 - in that round it sees the recorded open ports and banners on the ports of its plan only, and the
-  round's completeness. Same responses, same timing: only the policy differs.
+  round's completeness. Same responses, same timing: only the policy differs;
+- a *follow-up* (a tracked IP's next scan due before the recording looks at the address again, and
+  within one standard interval: the adaptive policy's classification probe minutes after a new
+  answer) is made at its own time on what the recording saw last, the same round; at most one per
+  recorded round, as the simulator makes at most one within a round. The recording cannot show a
+  change in those minutes: the counterfactual takes the address as unchanged since its round.
 
 What a counterfactual cannot see: ports of a plan that the recorded scan did not probe (outside the
 standard set) read as closed, and are counted as ``unobserved_probes``. An IP the lifecycle does not
 track (never answered, or demoted) is swept: its silent complete rounds are the policy's silent sweep
-(read from the policy by :func:`scanflow.lifecycle.untracked.bulk_silent_rule`), as the live sweeps
-and the simulator sweep it, and no decision is written for them.
+(read from the policy by :func:`scanflow.lifecycle.untracked.bulk_silent_rule`; every
+``sweep_interval(ip)`` of its prefix for a policy that sweeps prefixes apart, :func:`sweep_seconds`),
+as the live sweeps and the simulator sweep it, and no decision is written for them. The adaptive
+policy's per-prefix sweep table (:class:`scanflow.adaptive.SweepCadence`) is an input: the replay
+uses the policy's table as given and learns none (the simulator re-learns it weekly only with
+``AdaptiveParams.learned_cadence``; give every runner the same table to compare them).
 
 Both sides' traffic is modelled with the same :class:`scanflow.metrics.ByteModel`, so the ratio
 compares policies, not agents. :mod:`pipelines.replay` runs this per IP on the bounded Beam pipeline.
@@ -102,9 +111,10 @@ def replay_ip(ip: str, rounds: list[RecordedRound], policy, *, counterfactual: b
         return out
     tag = f"~{policy.name.lower()}"
     times = [r.at for r in rounds]
-    # an untracked IP's silent complete rounds are the policy's silent sweep (bulk_silent_rule checked
-    # that the plan after a silent round is exactly this cadence and set)
-    sweep_s = silent_rule.rounds * policy.params.standard_interval if silent_rule is not None else None
+    slot = policy.params.standard_interval
+    # an untracked IP's silent complete rounds are the policy's silent sweep of its prefix
+    # (bulk_silent_rule checked that the plan after a silent round is a fixed cadence and set)
+    sweep_s = sweep_seconds(policy, silent_rule, ip, slot) if silent_rule is not None else None
     lifecycle = lifecycle or Lifecycle(policy)
     tracked = None                     # the lifecycle's state of the IP while it is tracked
     if counterfactual:
@@ -116,61 +126,88 @@ def replay_ip(ip: str, rounds: list[RecordedRound], policy, *, counterfactual: b
         at, ports, i = None, None, 0
     while i < len(rounds):
         r = rounds[i]
-        sid = r.scan_id + tag
+        # ``now``: when the policy looks; the recorded round's end, or a follow-up's planned time
+        now, sid, followed = r.at, r.scan_id + tag, False
+        while True:
+            if counterfactual:
+                seen = r.open_ports & ports.ports
+                banners = tuple((p, b) for p, b in r.banners if p in ports.ports)
+                if r.probed is not None:
+                    out.unobserved_probes += len(ports.ports - r.probed.ports)
+                obs = Observation(frozenset(seen), banners, ports, r.complete)
+                out.replayed.add_round(ip, len(ports), seen, [(p, len(b)) for p, b in banners])
+            else:
+                ports = r.probed
+                obs = Observation(r.open_ports, r.banners, r.probed, r.complete)
+                out.replayed.add_round(ip, r.ports_probed, r.open_ports, [(p, len(b)) for p, b in r.banners])
+            probes = len(ports) if ports is not None else r.ports_probed
+            if counterfactual and sweep_s is not None and tracked is None and not obs.open_ports and obs.complete:
+                # an untracked IP silent in a complete round: a sweep, left undecided as the live sweeps
+                # and the simulator leave it; the next sweep is one sweep interval of its prefix on
+                if records:
+                    out.scans.append(_scan_record(ip, r, policy.name, sid, probes, ports, frozenset(), (),
+                                                  byte_model, now))
+                at, ports = now + sweep_s, silent_rule.sweep
+            else:
+                tracked, decided = lifecycle.observe(ip, tracked, obs, now, sid)
+                if records:
+                    out.observations.append(_observation_record(ip, r, obs, policy.name, ports, sid, now))
+                    out.decisions.append(decision_record(ip=ip, policy=policy.name, decided_at=now, scan_id=sid,
+                                                         previous=decided.previous, state=decided.state,
+                                                         plan=decided.plan, tracked=decided.tracked))
+                    out.scans.append(_scan_record(ip, r, policy.name, sid, probes, ports, obs.open_ports,
+                                                  obs.banners, byte_model, now))
+                at, ports = lifecycle.next_scan(tracked, decided)
+            nxt = times[i + 1] if i + 1 < len(times) else float("inf")
+            if (counterfactual and not followed and tracked is not None
+                    and at < min(nxt, r.at + slot) - tolerance_s):
+                # a follow-up: due before the recording looks at the address again, so it sees what
+                # the recording saw last (this round), at its own time; one per round, as the simulator
+                now, sid, followed = at, f"{r.scan_id}{tag}-followup", True
+                continue
+            break
         if counterfactual:
-            seen = r.open_ports & ports.ports
-            banners = tuple((p, b) for p, b in r.banners if p in ports.ports)
-            if r.probed is not None:
-                out.unobserved_probes += len(ports.ports - r.probed.ports)
-            obs = Observation(frozenset(seen), banners, ports, r.complete)
-            out.replayed.add_round(ip, len(ports), seen, [(p, len(b)) for p, b in banners])
-        else:
-            ports = r.probed
-            obs = Observation(r.open_ports, r.banners, r.probed, r.complete)
-            out.replayed.add_round(ip, r.ports_probed, r.open_ports, [(p, len(b)) for p, b in r.banners])
-        probes = len(ports) if ports is not None else r.ports_probed
-        if counterfactual and sweep_s is not None and tracked is None and not obs.open_ports and obs.complete:
-            # an untracked IP silent in a complete round: a sweep, left undecided as the live sweeps
-            # and the simulator leave it; the next sweep is one silent interval on
-            if records:
-                out.scans.append(_scan_record(ip, r, policy.name, sid, probes, ports, frozenset(), (), byte_model))
-            at, ports = r.at + sweep_s, silent_rule.sweep
-        else:
-            tracked, decided = lifecycle.observe(ip, tracked, obs, r.at, sid)
-            if records:
-                out.observations.append(_observation_record(ip, r, obs, policy.name, ports, sid))
-                out.decisions.append(decision_record(ip=ip, policy=policy.name, decided_at=r.at, scan_id=sid,
-                                                     previous=decided.previous, state=decided.state,
-                                                     plan=decided.plan, tracked=decided.tracked))
-                out.scans.append(_scan_record(ip, r, policy.name, sid, probes, ports, obs.open_ports, obs.banners,
-                                              byte_model))
-            at, ports = lifecycle.next_scan(tracked, decided)
-        if counterfactual:
-            i = max(bisect.bisect_left(times, at - tolerance_s, lo=i + 1), i + 1)
+            # intervals count from the recorded round observed (a plan made by a follow-up minutes
+            # after the round lands on the round of its cadence, as in the simulator)
+            i = max(bisect.bisect_left(times, at - (now - r.at) - tolerance_s, lo=i + 1), i + 1)
         else:
             i += 1
     return out
 
 
+def sweep_seconds(policy, rule, ip: str, slot: float) -> float:
+    """Seconds between sweeps of ``ip`` while it is untracked and silent: whole rounds of ``slot``,
+    its prefix's interval for a policy with per-prefix sweeps (the adaptive policy's
+    ``sweep_interval``, rounded as :func:`scanflow.lifecycle.untracked.sweep_rounds` rounds it),
+    ``rule.rounds`` otherwise."""
+    interval = getattr(policy, "sweep_interval", None)
+    if interval is None:
+        return rule.rounds * slot
+    return max(round(interval(ip) / slot), 1) * slot
+
+
 def _scan_record(ip: str, r: RecordedRound, policy: str, scan_id: str, probes: int, ports: PortSet | None,
-                 open_ports: frozenset[int], banners, byte_model: ByteModel) -> dict:
-    """A ScanDone for one round of one side, its bytes from the byte model (as the tallies)."""
+                 open_ports: frozenset[int], banners, byte_model: ByteModel, at: float | None = None) -> dict:
+    """A ScanDone for one round of one side (at ``at``, default the round's end), its bytes from the
+    byte model (as the tallies)."""
+    at = r.at if at is None else at
     grabbed = [(p, len(b)) for p, b in banners]
     sent = byte_model.round_bytes(probes, len(open_ports - {p for p, _ in grabbed}), grabbed)
     return {"scan_id": scan_id, "agent_id": r.agent_id, "command_id": None, "target": ip, "policy": policy,
-            "started_at": int(r.at * US), "ended_at": int(r.at * US),
+            "started_at": int(at * US), "ended_at": int(at * US),
             "port_set": _record_of(ports) if ports is not None else {"name": None, "version": None, "ports": []},
             "ports_probed": probes, "addresses_probed": 1, "packets_sent": probes, "bytes_sent": sent,
             "responses": len(open_ports), "status": "COMPLETE" if r.complete else "ABORTED", "status_detail": None}
 
 
 def _observation_record(ip: str, r: RecordedRound, obs: Observation, policy: str, ports: PortSet | None,
-                        scan_id: str) -> dict:
+                        scan_id: str, at: float | None = None) -> dict:
     from scanflow.fingerprint import answer_fingerprint
 
+    at = r.at if at is None else at
     banners = dict(obs.banners)
     return {"ip": ip, "scan_id": scan_id, "agent_id": r.agent_id, "command_id": None, "policy": policy,
-            "started_at": int(r.at * US), "ended_at": int(r.at * US),
+            "started_at": int(at * US), "ended_at": int(at * US),
             "port_set": _record_of(ports) if ports is not None else {"name": None, "version": None, "ports": []},
             "ports_probed": len(ports) if ports is not None else 0,
             "responses": [{"port": p, "transport": "TCP", "banner": banners.get(p), "banner_protocol": None,
