@@ -32,7 +32,6 @@ from pipelines.counterfactual import IpReplay, assemble_rounds, replay_ip, stabl
 from scanflow.lifecycle.rounds import US
 from scanflow.lifecycle.step import Lifecycle
 from scanflow.metrics import HONEYPOT_MIN_PORTS, PolicyTally, compare, exclusion_line
-from scanflow.portsets import PortSet
 
 _METRICS = "scanflow.replay"
 
@@ -127,11 +126,15 @@ class _ReplayIps(beam.DoFn):
         self._spec, self._policy, self._records = spec, policy, records
 
     def setup(self):
-        from scanflow.lifecycle.untracked import bulk_silent_rule
+        from scanflow.lifecycle.rounds import published_sets
+        from scanflow.lifecycle.untracked import bulk_silent_rule, first_probe_rounds
 
-        self._published = {(ps.name, ps.version): ps for ps in _published_sets(self._policy) if ps.name is not None}
+        self._published = published_sets(self._policy)
         self._rule = bulk_silent_rule(self._policy, self._policy.params.standard_interval) \
             if self._spec.counterfactual and hasattr(self._policy, "estimator") else None
+        # first probes are spread as the simulator spreads them: over one sweep interval when they
+        # are sweeps, all in the first round when they are a classification scan
+        self._first_rounds = first_probe_rounds(self._rule) if self._rule is not None else 1
         self._lifecycle = Lifecycle(self._policy)
         self._events = Metrics.counter(_METRICS, "events")
         self._ips = Metrics.counter(_METRICS, "ips")
@@ -143,9 +146,8 @@ class _ReplayIps(beam.DoFn):
         rounds, n_events = assemble_rounds(items, self._published, covering)
         rounds = [r for r in rounds if r.policy == self._spec.source_policy]
         phase = self._spec.phases.get(ip) if self._spec.phases else None
-        silent_rounds = self._rule.rounds if self._rule is not None else 1
         result = replay_ip(ip, rounds, self._policy, counterfactual=self._spec.counterfactual,
-                           phase=stable_phase(ip, silent_rounds) if phase is None else phase,
+                           phase=stable_phase(ip, self._first_rounds) if phase is None else phase,
                            tolerance_s=self._spec.tolerance_s, silent_rule=self._rule, records=self._records,
                            lifecycle=self._lifecycle)
         self._events.inc(n_events)
@@ -157,11 +159,6 @@ class _ReplayIps(beam.DoFn):
         for d in result.scans:
             yield beam.pvalue.TaggedOutput("scans", d)
         yield _Totals.of(result, n_events)
-
-
-def _published_sets(policy) -> list[PortSet]:
-    sets = policy.port_sets
-    return [sets.standard, sets.silent, sets.unknown]
 
 
 def _covering(ip: str, ranges: Mapping[str, list]) -> list:
