@@ -35,7 +35,9 @@ def test_pipeline_run_consumes_events_and_sends_commands(kafka, make_topic, pris
                 started_at=micros(t), ended_at=micros(t + 0.5), status="COMPLETE",
                 port_set={"name": "provisional-silent", "version": 1, "ports": []}))
     sets = [f"topics.{key}={name}" for key, name in topics.items()]
-    sets += ["policy.ladder_hours=" + ",".join(str(s / 3600) for s in (5, 10, 20, 40, 80, 160, 320, 640))]
+    # the paper's policy: its first command is the first step of the (compressed) ladder
+    sets += ["policy.name=paper",
+             "policy.ladder_hours=" + ",".join(str(s / 3600) for s in (5, 10, 20, 40, 80, 160, 320, 640))]
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCANFLOW_PIPELINE_")}
     cmd = [sys.executable, "-m", "scanflow"]
     for item in sets:
@@ -105,9 +107,14 @@ def test_sigterm_cancels_the_job_and_leaves_no_runner_behind(kafka, make_topic, 
     assert "CANCELLED" in out
     errors = [line for line in "".join(lines).splitlines() + out.splitlines() if line.startswith("ERROR")]
     assert not errors, errors
+    # every named set of the default (adaptive) policy: light, followup, ..., one light+<model> per model
+    from pipelines.policy_setup import build_policy, named_sets
+    from pipelines.settings import PipelineSettings
+    from scanflow.config import Settings
+
     published = sorted(p.name for p in (tmp_path / "state" / "portsets").iterdir())
-    assert published == ["provisional-silent-v1.json", "provisional-standard-v1.json",
-                         "provisional-unknown-v1.json"]
+    expected = sorted({f"{ps.name}-v{ps.version}.json" for ps in named_sets(build_policy(Settings(), PipelineSettings()))})
+    assert published == expected and "light-v1.json" in published and "followup-v1.json" in published
     # Nothing of the command's session is still running (its Prism job server in particular).
     time.sleep(1)
     left = [pid for pid in os.listdir("/proc") if pid.isdigit() and _session_of(int(pid)) == proc.pid]
