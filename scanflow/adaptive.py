@@ -48,8 +48,8 @@ from scanflow.policy import (DAY, DEFAULT_LADDER, HOUR, IpState, IpStatus, Obser
                              ScanPlan)
 from scanflow.portsets import PortSet
 
-LIGHT, FULL, FOLLOWUP = 0, 1, 2
-PROBE_KINDS = ("light", "full", "followup")
+LIGHT, FULL, FOLLOWUP, REST = 0, 1, 2, 3
+PROBE_KINDS = ("light", "full", "followup", "rest")
 #: What ``AdaptiveParams.initial_scan`` may name.
 INITIAL_SCANS = ("silent", "standard", "light")
 #: Addresses per sweep prefix (/24).
@@ -79,6 +79,9 @@ class AdaptiveParams:
     followup: bool = True
     learned_cadence: bool = True
     memory: bool = True
+    #: Full probes of a device the knowledge base cannot name use the ports predicted from its ports
+    #: (:mod:`scanflow.predict`, when the sets carry a predictor) instead of the unknown-device set.
+    predicted: bool = False
 
     def __post_init__(self) -> None:
         for name in ("cadence", "quiet_interval", "standard_interval", "retry_interval", "memory_for",
@@ -127,6 +130,9 @@ class AdaptivePortSets:
     unknown: PortSet
     #: The paper's silent sweep set (a possible first probe, ``AdaptiveParams.initial_scan``).
     deep: PortSet | None = None
+    #: The standard ports the unknown-device set leaves out: the follow-up of a change seen by a
+    #: probe with that set (together they are the standard set).
+    rest: PortSet | None = None
 
     @property
     def silent(self) -> PortSet:
@@ -152,7 +158,12 @@ def adaptive_sets(sets: PolicyPortSets, ranking: Iterable[tuple[int, int]] | Ite
     dropped = set(order[:n_light if drop is None else drop])
     followup = PortSet.named("followup", v, sets.standard.ports - dropped)
     unknown = PortSet.named("unknown-light", v, sets.unknown.ports | light.ports)
-    return AdaptivePortSets(sets.standard, light, followup, unknown, sets.silent)
+    # the rest leaves out as many of its lowest-ranked ports as the unknown set has outside the
+    # standard set, so that the two probes together never exceed the standard set
+    rest_order = [p for p in order if p not in unknown.ports]
+    rest = PortSet.named("followup-rest", v, (sets.standard.ports - unknown.ports)
+                         - set(rest_order[:len(unknown.ports - sets.standard.ports)]))
+    return AdaptivePortSets(sets.standard, light, followup, unknown, sets.silent, rest)
 
 
 @dataclass(frozen=True)
@@ -213,8 +224,9 @@ class AdaptivePolicy:
     variant = "adaptive"
 
     def __init__(self, port_sets: AdaptivePortSets, estimator: Estimator, params: AdaptiveParams = AdaptiveParams(),
-                 cadence: SweepCadence | None = None, exploited: Iterable[str] = ()):
+                 cadence: SweepCadence | None = None, exploited: Iterable[str] = (), predictor=None):
         self.port_sets = port_sets
+        self.predictor = predictor if params.predicted else None
         self.estimator = estimator
         self.params = params
         self.cadence = cadence or SweepCadence(params.cadence, params.quiet_interval)
@@ -235,8 +247,8 @@ class AdaptivePolicy:
     def published(self) -> tuple[PortSet, ...]:
         """Every named set a command of this policy can refer to."""
         s = self.port_sets
-        deep = (s.deep,) if s.deep is not None else ()
-        return (s.standard, s.light, s.followup, s.unknown, *deep, *self._full.values())
+        extra = tuple(x for x in (s.deep, s.rest) if x is not None)
+        return (s.standard, s.light, s.followup, s.unknown, *extra, *self._full.values())
 
     @property
     def initial_ports(self) -> PortSet:
@@ -261,7 +273,13 @@ class AdaptivePolicy:
         """The set the next probe of ``state`` uses."""
         if state.probe == FOLLOWUP:
             return self.port_sets.followup
+        if state.probe == REST and self.port_sets.rest is not None:
+            return self.port_sets.rest
         if state.probe == FULL and state.responsive:
+            if state.device is None and self.predictor is not None:
+                predicted = self.predictor.predict(state.open_ports)
+                if predicted is not None:
+                    return predicted
             return self._full_set(state.device)
         return self.port_sets.light
 
@@ -286,6 +304,9 @@ class AdaptivePolicy:
             return self._new(state, obs, now, Reason.NEW_RESPONDER, digests)
         if state.probe == FOLLOWUP and obs.probed is not None and obs.probed.ref == self.port_sets.followup.ref:
             return self._classified(state, obs, now, digests)
+        if (state.probe == REST and obs.probed is not None and self.port_sets.rest is not None
+                and obs.probed.ref == self.port_sets.rest.ref):
+            return self._rest(state, obs, now, digests)
         if not obs.complete:      # alive, nothing else known
             new = replace(state, last_seen=now)
             return new, ScanPlan(now + self.params.retry_interval, self.ports_for(state), Reason.BACKOFF)
@@ -309,19 +330,27 @@ class AdaptivePolicy:
         full = state.full_at is None or state.full_at + wait <= at + 1e-6
         return at, FULL if full else LIGHT
 
-    def _may_follow_up(self, state: IpState, obs: Observation, now: float) -> bool:
+    def _may_follow_up(self, state: IpState, obs: Observation, now: float) -> int | None:
+        """The kind of follow-up ``obs`` may have (None: none): FOLLOWUP after a small probe, REST
+        after a probe with the unknown-device set; one per ``standard_interval``, and a probe plus its
+        follow-up stay within the standard scan's probes of one slot."""
         if not self.params.followup:
-            return False
+            return None
         if state.followup_at is not None and now - state.followup_at < self.params.standard_interval:
-            return False
-        # a light probe plus the follow-up stay within the standard scan's probes of one slot
-        return obs.probed is None or len(obs.probed) <= self._slot_max
+            return None
+        if obs.probed is None or len(obs.probed) <= self._slot_max:
+            return FOLLOWUP
+        if self.port_sets.rest is not None and obs.probed.ref == self.port_sets.unknown.ref:
+            return REST
+        return None
 
     def _new(self, state: IpState, obs: Observation, now: float, reason: Reason,
              digests: tuple[tuple[int, str], ...]) -> tuple[IpState, ScanPlan]:
-        """Something new answered: follow up at once when allowed, otherwise estimate from what answered."""
+        """Something new answered: follow up at once when allowed, otherwise estimate from what answered
+        (after a probe with the unknown-device set: estimate from it and follow up on the rest)."""
         first = state.first_seen if state.first_seen is not None else now
-        if self._may_follow_up(state, obs, now):
+        kind = self._may_follow_up(state, obs, now)
+        if kind == FOLLOWUP:
             new = IpState(IpStatus.RESPONSIVE_UNESTIMATED, 0, obs.open_ports, digests, None, 0.0,
                           obs.probed.ref if obs.probed is not None else None, 0, state.scans + 1, first, now, now,
                           now, frozenset(), FOLLOWUP, now, state.full_at)
@@ -332,9 +361,25 @@ class AdaptivePolicy:
         new = IpState(status, 0, obs.open_ports, digests, device, estimate.confidence,
                       obs.probed.ref if obs.probed is not None else None, 0, state.scans + 1, first, now, now, now,
                       frozenset(), LIGHT, state.followup_at, None)
+        if kind == REST:
+            new = replace(new, probe=REST, followup_at=now, full_at=now)
+            return new, ScanPlan(now + self.params.followup_delay, self.port_sets.rest, reason, True)
         at, kind = self._next(new, now)
         new = replace(new, probe=kind)
         return new, ScanPlan(at, self.ports_for(new), reason, True)
+
+    def _rest(self, state: IpState, obs: Observation, now: float,
+              digests: tuple[tuple[int, str], ...]) -> tuple[IpState, ScanPlan]:
+        """The rest of the standard set answered after a change seen with the unknown-device set: its
+        ports join the device's (the estimate was made from the unknown-device probe)."""
+        ports = state.open_ports | obs.open_ports
+        merged = dict(state.digests)
+        merged.update(digests)
+        new = replace(state, open_ports=ports, digests=tuple(sorted((p, d) for p, d in merged.items() if p in ports)),
+                      scans=state.scans + 1, last_seen=now, last_scanned=now, probe=LIGHT)
+        at, kind = self._next(new, now)
+        new = replace(new, probe=kind)
+        return new, ScanPlan(at, self.ports_for(new), Reason.BACKOFF, False)
 
     def _classified(self, state: IpState, obs: Observation, now: float,
                     digests: tuple[tuple[int, str], ...]) -> tuple[IpState, ScanPlan]:
@@ -401,14 +446,13 @@ class AdaptivePolicy:
         return all(old.get(port, digest) == digest for port, digest in digests)
 
     def _back(self, state: IpState, obs: Observation, now: float) -> tuple[IpState, ScanPlan]:
-        """A remembered device came back: resume its estimate and back-off step (no follow-up)."""
+        """A remembered device came back: resume its estimate and back-off step (no follow-up); its
+        next probe is a full one, which checks on its other ports that it is the same device."""
         status = IpStatus.RESPONSIVE_ESTIMATED if state.device is not None else IpStatus.RESPONSIVE_UNESTIMATED
         new = replace(state, status=status, open_ports=state.recall, recall=frozenset(), silent_rounds=0,
                       probed=obs.probed.ref if obs.probed is not None else state.probed, scans=state.scans + 1,
-                      last_seen=now, last_scanned=now)
-        at, kind = self._next(new, now)
-        new = replace(new, probe=kind)
-        return new, ScanPlan(at, self.ports_for(new), Reason.BACKOFF, False)
+                      last_seen=now, last_scanned=now, probe=FULL)
+        return new, ScanPlan(now + self.params.cadence, self.ports_for(new), Reason.BACKOFF, False)
 
     def _changed(self, state: IpState, obs: Observation, digests: tuple[tuple[int, str], ...]) -> bool:
         """A change on the ports probed both times: a port opened or closed, or another banner."""
@@ -436,14 +480,15 @@ class AdaptivePolicy:
 
 def build_adaptive(sets: PolicyPortSets, ranking, ddr_curve, estimator: Estimator,
                    params: AdaptiveParams = AdaptiveParams(), *, cadence: SweepCadence | None = None,
-                   exploited: Iterable[str] = ()) -> AdaptivePolicy:
+                   exploited: Iterable[str] = (), predictor=None) -> AdaptivePolicy:
     """The adaptive policy from a derivation's sets, ranking and detection curve."""
     n = params.light_ports or light_size(ddr_curve, params.light_target)
     ranked = [p if isinstance(p, int) else p[0] for p in ranking][:n]
     # the follow-up leaves room for the largest probe it can follow in the slot: a light or full probe,
     # or a first probe with the paper's silent set
     drop = max([n, len(sets.silent)] + [len(ps.ports | frozenset(ranked)) for ps in estimator.port_sets()])
-    return AdaptivePolicy(adaptive_sets(sets, ranking, n, drop=drop), estimator, params, cadence, exploited)
+    return AdaptivePolicy(adaptive_sets(sets, ranking, n, drop=drop), estimator, params, cadence, exploited,
+                          predictor if predictor is not None else getattr(sets, "predictor", None))
 
 
 #: The efficient policies ``--policy`` can name: the paper's method and the adaptive one.

@@ -278,6 +278,11 @@ def derive_policy_sets(cfg: EvaluationConfig, kb=None):
     derivation = derive_port_sets(table, device_ports=kb.device_ports(), malware_ports=kb.malware_ports(),
                                   created="2018-12-31", source_label=f"synthetic full-port survey, seed {cfg.survey_seed}",
                                   kb_version=kb.version)
+    from dataclasses import replace
+
+    from scanflow.predict import PortPredictor
+
+    derivation = replace(derivation, predictor=PortPredictor.from_table(table))
     return derivation, table.num_rows
 
 
@@ -294,8 +299,14 @@ def _run_both(cfg: EvaluationConfig, seed: int, weeks: float, port_sets, kb, *, 
     clock = {}
     t0 = time.perf_counter()
     world = World.generate(cfg.world_config(), seed, horizon_days=weeks * 7, kb=kb)
+    from scanflow.adaptive import AdaptiveParams, SweepCadence
+    from scanflow.world.model import BASE_ADDRESS
+
+    ap = cfg.adaptive or AdaptiveParams()
+    # the sweep table names the world's real /24s (10.0.0.0 upwards), as a lake's would
     policy = make_policy(cfg.policy, port_sets, Estimator(kb, min_confidence=cfg.min_confidence),
-                         paper_params=params, adaptive_params=cfg.adaptive)
+                         paper_params=params, adaptive_params=ap,
+                         cadence=SweepCadence(ap.cadence, ap.quiet_interval, offset=BASE_ADDRESS))
     rule = bulk_silent_rule(policy, params.standard_interval)
     schedule = make_schedule(world.n_ips, seed, world.horizon, slot=params.standard_interval,
                              silent_rounds=first_probe_rounds(rule), desync=cfg.desync)

@@ -137,12 +137,15 @@ class PolicyPortSets:
     unknown: PortSet
     ranking: tuple[int, ...] = ()
     ddr_curve: tuple[float, ...] = ()
+    #: Ports predicted from a device's ports (:class:`scanflow.predict.PortPredictor`), if learned.
+    predictor: object = None
 
     @classmethod
     def of(cls, derivation) -> "PolicyPortSets":
-        """The sets of a :class:`scanflow.portsets.Derivation`, with its ranking and curve."""
+        """The sets of a :class:`scanflow.portsets.Derivation`, with its ranking, curve and predictor."""
         return cls(derivation.standard, derivation.silent, derivation.unknown,
-                   tuple(p for p, _ in derivation.ranking), tuple(derivation.ddr_curve))
+                   tuple(p for p, _ in derivation.ranking), tuple(derivation.ddr_curve),
+                   getattr(derivation, "predictor", None))
 
 
 @dataclass(frozen=True, slots=True)

@@ -283,7 +283,7 @@ def run_policy(world: World, schedule: Schedule, policy, byte_model: ByteModel =
             seg_due = seg_of_ip[due]
             seg_of_ip[seg_ip[segs_k]] = -1
             times = schedule.times(k, due)
-            row, entry = world.answers(seg_due, masks.matrix, tr.mask_of[due], times, scanner, loss)
+            row, entry = world.answers(seg_due, masks, tr.mask_of[due], times, scanner, loss)
             attempts[k] = len(due)
             probes[k] = int(tr.size_of[due].sum())
             slot_max = max(slot_max, int(tr.size_of[due].max()))
@@ -321,7 +321,7 @@ def run_policy(world: World, schedule: Schedule, policy, byte_model: ByteModel =
             times = np.array([at for _, at, _ in followups], dtype=np.int64)
             before = np.array([size for _, _, size in followups], dtype=np.int64)
             segs = world.segment_at(ips, times)
-            row, entry = world.answers(segs, masks.matrix, tr.mask_of[ips], times, scanner, loss)
+            row, entry = world.answers(segs, masks, tr.mask_of[ips], times, scanner, loss)
             attempts[k] += len(ips)
             sizes = tr.size_of[ips]
             probes[k] += int(sizes.sum())
@@ -365,8 +365,10 @@ def _learn_cadence(policy, n_ips: int, code_parts: list) -> None:
     answered are quiet (what ``scanflow`` derives from a lake, here from the run's own answers)."""
     from scanflow.adaptive import PREFIX_BITS
 
-    answered = np.unique(np.concatenate([c >> (16 + PREFIX_BITS) for c in code_parts])) if code_parts else []
-    prefixes = range(((n_ips - 1) >> PREFIX_BITS) + 1)
+    offset = policy.cadence.offset     # address index -> address number (the /24s are the live ones)
+    answered = (np.unique(np.concatenate([((c >> 16) + offset) >> PREFIX_BITS for c in code_parts]))
+                if code_parts else [])
+    prefixes = range(offset >> PREFIX_BITS, ((offset + n_ips - 1) >> PREFIX_BITS) + 1)
     policy.cadence = policy.cadence.learned(prefixes, (int(p) for p in answered))
 
 

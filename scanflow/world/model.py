@@ -42,32 +42,66 @@ class ProbeResponse:
 
 
 class PortMasks:
-    """Boolean port masks (one row of 65,536 per port set), so that "is this port probed?" is a
-    vectorised lookup ``masks[set_id, port]``."""
+    """Port sets by small integer id, so that "is this port probed?" is a vectorised lookup
+    (:meth:`lookup`). Sets of more than :data:`SPARSE_MAX` ports are boolean rows of 65,536 (a direct
+    index); smaller ones (a device's inline sets, of which a run can make thousands) are kept as
+    sorted ``id << 16 | port`` codes and looked up by binary search."""
 
     def __init__(self) -> None:
         self._rows: list[np.ndarray] = []
+        self._row_of: list[int] = []             # id -> dense row, -1 for a sparse set
         self._ids: dict[object, int] = {}
         self._matrix: np.ndarray | None = None
+        self._codes: list[np.ndarray] = []
+        self._sorted: np.ndarray | None = None
 
     def id_for(self, key: object, ports: Iterable[int]) -> int:
-        """The row of the set named ``key`` (added on first use)."""
+        """The id of the set named ``key`` (added on first use)."""
         found = self._ids.get(key)
         if found is None:
-            row = np.zeros(65536, dtype=bool)
             plist = np.fromiter((int(p) for p in ports), dtype=np.int64)
-            row[plist[(plist >= 1) & (plist <= 65535)]] = True
-            found = self._ids[key] = len(self._rows)
-            self._rows.append(row)
-            self._matrix = None
+            plist = plist[(plist >= 1) & (plist <= 65535)]
+            found = self._ids[key] = len(self._row_of)
+            if len(plist) > SPARSE_MAX:
+                row = np.zeros(65536, dtype=bool)
+                row[plist] = True
+                self._row_of.append(len(self._rows))
+                self._rows.append(row)
+                self._matrix = None
+            else:
+                self._row_of.append(-1)
+                self._codes.append((np.int64(found) << 16) | plist)
+                self._sorted = None
         return found
 
     @property
     def matrix(self) -> np.ndarray:
-        """All rows stacked (rebuilt after additions)."""
+        """The dense rows stacked (rebuilt after additions); index it with :meth:`dense_rows`."""
         if self._matrix is None:
             self._matrix = np.stack(self._rows) if self._rows else np.zeros((0, 65536), dtype=bool)
         return self._matrix
+
+    def lookup(self, ids: np.ndarray, ports: np.ndarray) -> np.ndarray:
+        """True where ``ports[i]`` is in the set ``ids[i]``."""
+        ids = np.asarray(ids, dtype=np.int64)
+        ports = np.asarray(ports, dtype=np.int64)
+        rows = np.asarray(self._row_of, dtype=np.int64)[ids] if len(ids) else np.zeros(0, dtype=np.int64)
+        out = np.zeros(len(ids), dtype=bool)
+        dense = rows >= 0
+        if dense.any():
+            out[dense] = self.matrix[rows[dense], ports[dense]]
+        if not dense.all():
+            if self._sorted is None:
+                self._sorted = np.sort(np.concatenate(self._codes)) if self._codes else np.zeros(0, np.int64)
+            codes = (ids[~dense] << 16) | ports[~dense]
+            at = np.searchsorted(self._sorted, codes)
+            at = np.minimum(at, max(len(self._sorted) - 1, 0))
+            out[~dense] = (self._sorted[at] == codes) if len(self._sorted) else False
+        return out
+
+
+#: Port sets up to this size are kept sparse by :class:`PortMasks`.
+SPARSE_MAX = 64
 
 
 class World:
@@ -154,10 +188,10 @@ class World:
         live = (s.start <= t) & (s.end > t)
         return np.unique(s.ip[live])
 
-    def answers(self, seg: np.ndarray, masks: np.ndarray, mask_id: np.ndarray, times: np.ndarray,
+    def answers(self, seg: np.ndarray, masks: "PortMasks | np.ndarray", mask_id: np.ndarray, times: np.ndarray,
                 scanner: int = 0, loss: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The open, probed, not-lost entries for probes of segments ``seg`` (one per row, -1 = silent
-        address) at ``times`` with port set ``masks[mask_id[row]]``.
+        address) at ``times`` with port set ``mask_id[row]`` of ``masks`` (a :class:`PortMasks`, or a dense matrix indexed by it).
 
         Returns ``(row, entry)``: the probe row each answer belongs to and the profile entry (port,
         banner) that answered, grouped by row. ``loss`` defaults to the world's.
@@ -167,7 +201,8 @@ class World:
         row_l, entry = self.profiles.entries_of(self.seg_profile[seg[live]])
         row = live[row_l]
         port = self.profiles.port[entry]
-        keep = masks[np.asarray(mask_id)[row], port]
+        ids = np.asarray(mask_id)[row]
+        keep = masks.lookup(ids, port) if isinstance(masks, PortMasks) else masks[ids, port]
         row, entry = row[keep], entry[keep]
         loss = self.config.loss if loss is None else loss
         if loss > 0 and len(row):
@@ -221,7 +256,7 @@ class World:
         mid = masks.id_for("probe", ports)
         tt = np.full(len(ips), int(t), dtype=np.int64)
         seg = self.segment_at(ips, tt)
-        row, entry = self.answers(seg, masks.matrix, np.full(len(ips), mid), tt, scanner)
+        row, entry = self.answers(seg, masks, np.full(len(ips), mid), tt, scanner)
         out = [ProbeResponse(int(ips[r]), int(self.profiles.port[e]),
                              self.banner(int(seg[r]), int(e), int(t)) if banners else None)
                for r, e in zip(row, entry)]

@@ -48,8 +48,10 @@ def test_a_light_probe_and_its_follow_up_never_exceed_the_standard_set():
     s = pol.port_sets
     assert s.light.ports == {80, 23, 554, 8000}
     assert s.light.ports <= s.followup.ports <= s.standard.ports
-    biggest_first = max(len(ps) for ps in pol.published() if ps.name not in ("standard", "followup", "unknown-light"))
-    assert biggest_first + len(s.followup) <= len(s.standard)
+    small = [ps for ps in pol.published() if ps.name not in ("standard", "followup", "unknown-light", "followup-rest")]
+    assert max(len(ps) for ps in small) + len(s.followup) <= len(s.standard)
+    # a change seen with the unknown-device set is followed up on the rest of the standard set
+    assert s.rest.ports.isdisjoint(s.unknown.ports) and len(s.unknown) + len(s.rest) <= len(s.standard)
     # the dropped ports are the lowest-ranked ones
     assert s.standard.ports - s.followup.ports == set(RANKING[-(len(s.standard) - len(s.followup)):])
 
@@ -261,3 +263,50 @@ def test_on_a_world_the_follow_up_finds_new_devices_within_the_round_and_no_slot
     # ports outside the light set wait for later probes
     assert whole_in_first_round(eff) > whole_in_first_round(slow)
     assert len(eff.cells) > len(slow.cells)
+
+
+def test_a_change_seen_with_the_unknown_set_is_followed_up_on_the_rest_of_the_standard_set():
+    pol = policy(initial_scan="light")
+    s = pol.port_sets
+    state, plan = pol.decide(None, obs([80], {}, s.light), T0)
+    state, plan = pol.decide(state, obs([80, 1500], {}, plan.ports), T0 + 300)   # not a model: unestimated
+    assert state.device is None and state.probe == FULL and plan.ports is s.unknown
+    # 12 h later the full probe sees another port: estimated from it, then the rest within minutes
+    t1 = plan.at
+    state, plan = pol.decide(state, obs([80, 999], {}, s.unknown), t1)
+    assert plan.reason is Reason.CHANGED and plan.ports is s.rest and plan.at == t1 + 300
+    state, plan = pol.decide(state, obs([1999], {}, s.rest), t1 + 300)
+    assert state.open_ports == {80, 999, 1999} and plan.at == t1 + 300 + 12 * HOUR and not plan.changed
+
+
+def test_the_simulator_learns_the_sweep_table_on_the_worlds_real_prefixes(sporadic_world):
+    from scanflow.evaluation import _run_both
+    from scanflow.world.model import BASE_ADDRESS
+
+    cfg, sets, kb = sporadic_world
+    captured = {}
+    import scanflow.adaptive as adaptive_mod
+    real = adaptive_mod.make_policy
+
+    def spy(*args, **kwargs):
+        captured["policy"] = real(*args, **kwargs)
+        return captured["policy"]
+
+    adaptive_mod.make_policy = spy
+    try:
+        world, _, _, eff, _ = _run_both(cfg, 3, 2, sets, kb, record=False, progress=None)
+    finally:
+        adaptive_mod.make_policy = real
+    cadence = captured["policy"].cadence
+    assert cadence.offset == BASE_ADDRESS and cadence.quiet
+    quiet = cadence.to_dict()["quiet_prefixes"]
+    assert all(n.startswith("10.0.") for n in quiet)
+    answered = {world.address(int(ip)).rsplit(".", 1)[0] for ip in (eff.cells >> 16).tolist()}
+    assert not answered & {n.rsplit(".", 1)[0] for n in quiet}
+    first_quiet = quiet[0].split("/")[0]
+    assert cadence.interval(first_quiet) == cfg_quiet_interval()
+    assert cadence.interval(world.index(first_quiet)) == cfg_quiet_interval()
+
+
+def cfg_quiet_interval() -> float:
+    return AdaptiveParams().quiet_interval
