@@ -52,6 +52,17 @@ def test_main_job_runs_the_loop_and_reports(kafka, prism_binary, tmp_path):
     commands = int(summary_line.split("commands")[1].split()[0].replace(",", ""))
     assert commands >= targets["per_ip"] > 0     # one single-address ScanDone per per-IP command
 
+    # The adaptive policy ran (the default): the blocks were swept with its light set after the
+    # first pass, and new answers were followed up with its follow-up set minutes (compressed: a
+    # fraction of a second) after their round, each within the agent's reach before the next sweep.
+    assert "adaptive policy" in out.stdout
+    with Catalog(lake) as cat:
+        sets = {(r["ps"], r["range"]): r["n"] for r in cat.sql(
+            "SELECT port_set_name AS ps, contains(target, '/') AS range, count(*) AS n FROM scans_dedup "
+            "GROUP BY ALL").to_pylist()}
+    assert sets.get(("light", True), 0) >= 1, sets
+    assert sets.get(("followup", False), 0) >= 1, sets
+
     assert (report / "index.html").is_file()
     assert any(p.suffix == ".csv" for p in report.iterdir())
     # Clean stop: every process's log ends without a traceback from the orchestrator's kill path.
