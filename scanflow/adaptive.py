@@ -37,7 +37,7 @@ paper's policy, so the one per-IP lifecycle (:mod:`scanflow.lifecycle.step`) run
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Iterable, Mapping
 
 import numpy as np
@@ -285,7 +285,7 @@ class AdaptivePolicy:
 
     def urgent(self, state: IpState, now: float) -> tuple[IpState, ScanPlan]:
         """Rescan now with the full set (e.g. the knowledge base gained ports for the model)."""
-        new = replace(state, probe=FULL) if state.responsive else state
+        new = _put(state, probe=FULL) if state.responsive else state
         return new, ScanPlan(now, self.ports_for(new), Reason.URGENT)
 
     # -- the decision ------------------------------------------------------------------------------
@@ -308,7 +308,7 @@ class AdaptivePolicy:
                 and obs.probed.ref == self.port_sets.rest.ref):
             return self._rest(state, obs, now, digests)
         if not obs.complete:      # alive, nothing else known
-            new = replace(state, last_seen=now)
+            new = _put(state, last_seen=now)
             return new, ScanPlan(now + self.params.retry_interval, self.ports_for(state), Reason.BACKOFF)
         if self._changed(state, obs, digests):
             return self._new(state, obs, now, Reason.CHANGED, digests)
@@ -362,10 +362,10 @@ class AdaptivePolicy:
                       obs.probed.ref if obs.probed is not None else None, 0, state.scans + 1, first, now, now, now,
                       frozenset(), LIGHT, state.followup_at, None)
         if kind == REST:
-            new = replace(new, probe=REST, followup_at=now, full_at=now)
+            new = _put(new, probe=REST, followup_at=now, full_at=now)
             return new, ScanPlan(now + self.params.followup_delay, self.port_sets.rest, reason, True)
         at, kind = self._next(new, now)
-        new = replace(new, probe=kind)
+        new = _put(new, probe=kind)
         return new, ScanPlan(at, self.ports_for(new), reason, True)
 
     def _rest(self, state: IpState, obs: Observation, now: float,
@@ -375,10 +375,10 @@ class AdaptivePolicy:
         ports = state.open_ports | obs.open_ports
         merged = dict(state.digests)
         merged.update(digests)
-        new = replace(state, open_ports=ports, digests=tuple(sorted((p, d) for p, d in merged.items() if p in ports)),
+        new = _put(state, open_ports=ports, digests=tuple(sorted((p, d) for p, d in merged.items() if p in ports)),
                       scans=state.scans + 1, last_seen=now, last_scanned=now, probe=LIGHT)
         at, kind = self._next(new, now)
-        new = replace(new, probe=kind)
+        new = _put(new, probe=kind)
         return new, ScanPlan(at, self.ports_for(new), Reason.BACKOFF, False)
 
     def _classified(self, state: IpState, obs: Observation, now: float,
@@ -391,11 +391,11 @@ class AdaptivePolicy:
         merged = dict(state.digests)
         merged.update(digests)
         digests = tuple(sorted((p, d) for p, d in merged.items() if p in ports))
-        new = replace(state, status=status, open_ports=ports, digests=digests, device=device,
+        new = _put(state, status=status, open_ports=ports, digests=digests, device=device,
                       confidence=estimate.confidence, probed=obs.probed.ref, scans=state.scans + 1, last_seen=now,
                       last_scanned=now, probe=LIGHT, full_at=now, step=0)
         at, kind = self._next(new, now)
-        new = replace(new, probe=kind)
+        new = _put(new, probe=kind)
         return new, ScanPlan(at, self.ports_for(new), Reason.BACKOFF, False)
 
     def _unchanged(self, state: IpState, obs: Observation, now: float,
@@ -409,12 +409,12 @@ class AdaptivePolicy:
             merged.update(digests)
             digests = tuple(sorted((p, d) for p, d in merged.items() if p in ports))
         step = min(state.step + 1, self._last) if was_full else state.step
-        new = replace(state, step=step, open_ports=ports, digests=digests,
+        new = _put(state, step=step, open_ports=ports, digests=digests,
                       probed=obs.probed.ref if obs.probed is not None else state.probed, silent_rounds=0,
                       scans=state.scans + 1, last_seen=now, last_scanned=now,
                       full_at=now if was_full else state.full_at)
         at, kind = self._next(new, now)
-        new = replace(new, probe=kind)
+        new = _put(new, probe=kind)
         return new, ScanPlan(at, self.ports_for(new), Reason.BACKOFF, False)
 
     def _silent(self, state: IpState, obs: Observation, now: float, ip) -> tuple[IpState, ScanPlan]:
@@ -424,7 +424,7 @@ class AdaptivePolicy:
         remember = state.open_ports if state.responsive else state.recall
         last_seen = state.last_seen
         if (p.memory and remember and last_seen is not None and now + p.cadence - last_seen <= p.memory_for):
-            new = replace(state, status=IpStatus.NON_RESPONSIVE, open_ports=frozenset(), recall=remember,
+            new = _put(state, status=IpStatus.NON_RESPONSIVE, open_ports=frozenset(), recall=remember,
                           probed=obs.probed.ref if obs.probed is not None else state.probed,
                           silent_rounds=state.silent_rounds + 1, scans=state.scans + 1, last_scanned=now,
                           last_changed=now if state.responsive else state.last_changed, probe=LIGHT)
@@ -449,7 +449,7 @@ class AdaptivePolicy:
         """A remembered device came back: resume its estimate and back-off step (no follow-up); its
         next probe is a full one, which checks on its other ports that it is the same device."""
         status = IpStatus.RESPONSIVE_ESTIMATED if state.device is not None else IpStatus.RESPONSIVE_UNESTIMATED
-        new = replace(state, status=status, open_ports=state.recall, recall=frozenset(), silent_rounds=0,
+        new = _put(state, status=status, open_ports=state.recall, recall=frozenset(), silent_rounds=0,
                       probed=obs.probed.ref if obs.probed is not None else state.probed, scans=state.scans + 1,
                       last_seen=now, last_scanned=now, probe=FULL)
         return new, ScanPlan(now + self.params.cadence, self.ports_for(new), Reason.BACKOFF, False)
@@ -511,3 +511,12 @@ def make_policy(name: str, sets: PolicyPortSets, estimator: Estimator, *, paper_
         return build_adaptive(sets, sets.ranking, sets.ddr_curve or (1.0,) * len(sets.ranking), estimator,
                               adaptive_params or AdaptiveParams(), cadence=cadence, exploited=exploited)
     raise ValueError(f"unknown policy {name!r}; known: {', '.join(POLICIES)}")
+
+
+_STATE_FIELDS = tuple(f.name for f in fields(IpState))
+
+
+def _put(state: IpState, **changes) -> IpState:
+    """``state`` with ``changes`` (what ``dataclasses.replace`` does, several times faster: it runs on
+    every probe of every tracked address)."""
+    return IpState(*[changes[n] if n in changes else getattr(state, n) for n in _STATE_FIELDS])

@@ -125,9 +125,34 @@ def normalize_banner(banner: bytes | bytearray | memoryview | str) -> bytes:
     """The banner with its volatile parts replaced by ``*`` or ``#``, line endings and runs of
     blanks unified; the input is cut to :data:`MAX_BANNER_BYTES` first. Never raises on any bytes.
     A Telnet greeting's option negotiation is removed first (:func:`strip_telnet`): how it
-    interleaves with the text depends on timing, not on the device."""
+    interleaves with the text depends on timing, not on the device.
+
+    No pattern can match across a line end and no replacement makes one, so each line is normalised
+    on its own, and lines are memoised (``Server: ...`` recurs on every probe of a device; only the
+    ``Date:`` line is new): the same bytes as normalising the whole banner at once, several times
+    faster on real banner mixes."""
     data = strip_telnet(_as_bytes(banner)[:MAX_BANNER_BYTES])
     data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    cache = _line_cache
+    out = []
+    for line in data.split(b"\n"):
+        done = cache.get(line)
+        if done is None:
+            # a volatile header's value goes first; "Date: *" is then a line seen before (the header
+            # step is idempotent, so the rest of the line's normalisation is the memoised one)
+            headed = _VOLATILE_HEADERS.sub(rb"\1: *", line)
+            done = cache.get(headed) if headed != line else None
+            if done is None:
+                done = _normalize_line(headed)
+            if len(cache) >= _LINE_CACHE_MAX:
+                cache.clear()
+            cache[line] = done
+        out.append(done)
+    return b"\n".join(out).strip()
+
+
+def _normalize_line(data: bytes) -> bytes:
+    """Every volatile-part pattern, in order, on one line (no line ends in ``data``)."""
     data = _VOLATILE_HEADERS.sub(rb"\1: *", data)
     data = _VOLATILE_VALUES.sub(rb"\1\2*", data)
     data = _DATES.sub(b"<date>", data)
@@ -137,8 +162,11 @@ def normalize_banner(banner: bytes | bytearray | memoryview | str) -> bytes:
     data = _TOKEN.sub(_token_if_random, data)
     data = _DURATIONS.sub(rb"# \1", data)
     data = _COUNTERS.sub(rb"\1\2#", data)
-    data = _BLANKS.sub(b" ", data)
-    return data.strip()
+    return _BLANKS.sub(b" ", data)
+
+
+_line_cache: dict[bytes, bytes] = {}
+_LINE_CACHE_MAX = 1 << 16
 
 
 _digest_cache: dict[bytes, str] = {}

@@ -388,7 +388,7 @@ def _decide_one(world: World, schedule: Schedule, lifecycle: Lifecycle, rule: Bu
     obs = Observation(frozenset(ports.tolist()), tuple(banners), probed, True)
     tracked, decided = lifecycle.observe(ip, prior, obs, float(t))
     at, ports_next = lifecycle.next_scan(tracked, decided)
-    followup = tracked is not None and at < schedule.times(k + 1, np.array([ip]))[0]
+    followup = tracked is not None and at < (k + 1) * schedule.slot + int(schedule.offset_eff[ip])
     # the grid round nearest the plan (a plan made by a follow-up minutes after the grid instant
     # lands on the grid instant of its cadence, not one round later)
     tr.next_round[ip] = max(schedule.round_near(at, ip), k + 1)

@@ -146,3 +146,31 @@ def test_a_telnet_banner_digest_ignores_the_negotiation():
     assert banner_digest(TELNET_NEGOTIATION + BUSYBOX_TEXT) == plain
     assert banner_digest(TELNET_NEGOTIATION[:6] + BUSYBOX_TEXT[:20] + TELNET_NEGOTIATION[6:] + BUSYBOX_TEXT[20:]) == plain
     assert banner_digest(TELNET_NEGOTIATION + BUSYBOX_TEXT.replace(b"1.19.4", b"1.20.0")) != plain
+
+
+def _whole_buffer_normalize(banner: bytes) -> bytes:
+    """The reference: every pattern over the whole banner at once (what the line-wise, memoised
+    :func:`normalize_banner` must equal)."""
+    from scanflow import fingerprint as F
+
+    data = F.strip_telnet(F._as_bytes(banner)[:F.MAX_BANNER_BYTES])
+    data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    return F._normalize_line(data).strip()
+
+
+_LINES = st.sampled_from([
+    b"HTTP/1.1 200 OK", b"Date: Mon, 01 Jan 2024 12:34:56 GMT", b"Server: Boa/0.94.14rc21",
+    b"Set-Cookie: SESSIONID=a8f5f167f44f4964e6c998dee827110c; path=/", b"uptime: 12345 days",
+    b"WWW-Authenticate: Basic realm=\"DCS-932L\"", b"  token = abcdefghijklmnopqrstuvwx1234567890 ",
+    b"Nov  6 08:49:37 1994", b"x" * 30, b"", b"\t", b"id 550e8400-e29b-41d4-a716-446655440000 pid=812",
+    b"BusyBox v1.19.4 built-in shell", b"\xff\xfd\x01\xff\xfb\x03login:",
+])
+
+
+@settings(max_examples=300, deadline=None)
+@given(lines=st.lists(st.one_of(_LINES, st.binary(max_size=60)), max_size=8),
+       sep=st.sampled_from([b"\n", b"\r\n", b"\r"]))
+def test_line_wise_normalisation_equals_the_whole_banner_at_once(lines, sep):
+    banner = sep.join(lines)
+    assert normalize_banner(banner) == _whole_buffer_normalize(banner)
+    assert normalize_banner(banner) == normalize_banner(banner)   # memoised lines give the same
