@@ -306,7 +306,8 @@ def _run_both(cfg: EvaluationConfig, seed: int, weeks: float, port_sets, kb, *, 
     # the sweep table names the world's real /24s (10.0.0.0 upwards), as a lake's would
     policy = make_policy(cfg.policy, port_sets, Estimator(kb, min_confidence=cfg.min_confidence),
                          paper_params=params, adaptive_params=ap,
-                         cadence=SweepCadence(ap.cadence, ap.quiet_interval, offset=BASE_ADDRESS))
+                         cadence=SweepCadence(ap.cadence, ap.quiet_interval, offset=BASE_ADDRESS),
+                         exploited=kb.exploited_models())
     rule = bulk_silent_rule(policy, params.standard_interval)
     schedule = make_schedule(world.n_ips, seed, world.horizon, slot=params.standard_interval,
                              silent_rounds=first_probe_rounds(rule), desync=cfg.desync)

@@ -39,7 +39,7 @@ _DEVICE_KEYS = {"id": str, "vendor": str, "name": str, "category": str, "ports":
 _DEVICE_REQUIRED = ("id", "vendor", "name", "category", "ports", "keywords")
 _MALWARE_KEYS = {"id": str, "name": str, "aliases": list, "first_seen": int, "infects": list,
                  "targets": list, "target_ports": list, "listen_ports": list, "c2_ports": list,
-                 "notes": str}
+                 "notes": str, "active": bool}
 _MALWARE_REQUIRED = ("id", "name", "infects", "target_ports")
 
 
@@ -89,6 +89,9 @@ class Malware:
     first_seen: int | None = None
     notes: str = ""
     source: str = ""
+    #: Known active exploitation (public threat reports of recent campaigns): the devices it infects
+    #: are rescanned on a shorter back-off cap by the adaptive policy.
+    active: bool = False
 
     @property
     def scan_ports(self) -> frozenset[int]:
@@ -134,6 +137,10 @@ class KnowledgeBase:
     def device_ports(self) -> frozenset[int]:
         """Every port any device model uses."""
         return frozenset().union(*(d.ports for d in self.devices))
+
+    def exploited_models(self) -> frozenset[str]:
+        """Ids of the models infected by a malware family with known active exploitation."""
+        return frozenset(d.id for d in self.devices if any(m.active for m in self.malware_for(d)))
 
     def malware_ports(self) -> frozenset[int]:
         """Every port worth probing for any malware (targets and listeners, not C2)."""
@@ -227,7 +234,7 @@ def _check_keys(entry: dict[str, Any], allowed: dict[str, type], required: Seque
     for key, value in entry.items():
         if key not in allowed:
             raise KnowledgeError(f"{where}: unknown key {key!r}; known keys: {', '.join(sorted(allowed))}")
-        if not isinstance(value, allowed[key]) or isinstance(value, bool):
+        if not isinstance(value, allowed[key]) or (isinstance(value, bool) and allowed[key] is not bool):
             raise KnowledgeError(f"{where}: {key} must be a {allowed[key].__name__}, "
                                  f"got {type(value).__name__}")
     if not _ID.match(entry["id"]):
@@ -292,7 +299,8 @@ def _malware(entry: dict[str, Any], where: str, source: str) -> Malware:
                    c2_ports=_ports(entry.get("c2_ports", []), "c2_ports", where, allow_empty=True),
                    targets=frozenset(_strings(entry.get("targets", []), "targets", where)),
                    aliases=_strings(entry.get("aliases", []), "aliases", where),
-                   first_seen=first_seen, notes=entry.get("notes", ""), source=source)
+                   first_seen=first_seen, notes=entry.get("notes", ""), source=source,
+                   active=bool(entry.get("active", False)))
 
 
 def _content_version(devices: Sequence[DeviceModel], malware: Sequence[Malware]) -> str:
@@ -300,7 +308,8 @@ def _content_version(devices: Sequence[DeviceModel], malware: Sequence[Malware])
         "devices": sorted([d.id, d.category, sorted(d.ports), list(d.keywords), sorted(d.signature_ports)]
                           for d in devices),
         "malware": sorted([m.id, sorted(m.infects), sorted(m.targets), sorted(m.target_ports),
-                           sorted(m.listen_ports), sorted(m.c2_ports)] for m in malware),
+                           sorted(m.listen_ports), sorted(m.c2_ports)] + ([True] if m.active else [])
+                          for m in malware),
     }
     blob = json.dumps(canon, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:16]

@@ -237,6 +237,19 @@ class Lifecycle:
             recent = (short_hash(scan_id),) + recent[:self.recent_scans - 1]
         return Tracked(state, plan.at, plan.reason, False, now, now, recent), decided
 
+    def urgent(self, ip: Any, t: Tracked | None, now: float, ports: PortSet | None = None) -> tuple[Tracked | None, list]:
+        """Rescan a tracked IP now (the knowledge base gained ports or a malware family for its model):
+        the policy's urgent plan (its full set; ``ports`` instead when given, e.g. the model's new
+        ports inline) is issued at once, and the round comes back through :meth:`wake` as usual. An
+        IP without state is not tracked: nothing to do. Returns the new state and the outputs
+        (:class:`Due`, :class:`Snapshot`)."""
+        if t is None:
+            return None, []
+        state, plan = self.policy.urgent(t.state, now)
+        self.counts["urgent"] += 1
+        new = t.with_(state=state, next_at=now, reason=Reason.URGENT, issued=True, updated_at=now)
+        return new, [Due(ip, now, ports or plan.ports, Reason.URGENT), Snapshot(ip, new, now)]
+
     def next_scan(self, t: Tracked | None, decided: Decided | None = None) -> tuple[float, PortSet] | None:
         """When an IP is scanned next and with what: a tracked IP's next scan (its ports from the
         policy's rule for its state); an untracked one's from the plan of its last decision (the

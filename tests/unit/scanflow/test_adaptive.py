@@ -310,3 +310,26 @@ def test_the_simulator_learns_the_sweep_table_on_the_worlds_real_prefixes(sporad
 
 def cfg_quiet_interval() -> float:
     return AdaptiveParams().quiet_interval
+
+
+def test_a_knowledge_update_rescans_a_tracked_address_at_once_and_exploited_models_are_listed():
+    kb = load_knowledge()
+    exploited = kb.exploited_models()
+    assert "hikvision-ipc" in exploited     # cameras: Mirai (active) infects them
+    assert all(any(m.active for m in kb.malware_for(kb.device(d))) for d in exploited)
+    pol = policy(initial_scan="light")
+    lc = Lifecycle(pol)
+    t, _ = lc.observe("198.18.0.9", None, obs([80], {80: HIK}, pol.port_sets.light), T0)
+    t, _ = lc.observe("198.18.0.9", t, obs([80, 554], {80: HIK}, pol.port_sets.followup), T0 + 300)
+    assert t.next_at == T0 + 300 + 12 * HOUR
+    new_ports = PortSet.inline([80, 554, 9527], label="kb-update")
+    urgent, out = lc.urgent("198.18.0.9", t, T0 + 3600, new_ports)
+    due = out[0]
+    assert due.at == T0 + 3600 and due.ports is new_ports and due.reason is Reason.URGENT
+    assert urgent.issued and urgent.next_at == T0 + 3600 and urgent.reason is Reason.URGENT
+    assert lc.urgent("198.18.0.10", None, T0 + 3600) == (None, [])
+    # the urgent round comes back as any round: the new port, never probed before, joins what is
+    # known (no change on the ports probed both times, so no follow-up)
+    after, decided = lc.observe("198.18.0.9", urgent, obs([80, 554, 9527], {80: HIK}, new_ports), T0 + 3700)
+    assert 9527 in after.state.open_ports and not decided.plan.changed
+    assert decided.plan.at == T0 + 3700 + 12 * HOUR
