@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 
 
-def _child(ips: int, weeks: float, seed: int, sets_path: str, overrides: dict, policy: dict) -> None:
+def _child(ips: int, weeks: float, seed: int, sets_path: str, overrides: dict, policy: dict,
+           name: str = "paper") -> None:
     t0 = time.perf_counter()
     from scanflow.knowledge import load_knowledge
     from scanflow.policy import PolicyParams
@@ -37,13 +38,14 @@ def _child(ips: int, weeks: float, seed: int, sets_path: str, overrides: dict, p
         sets = pickle.load(fh)
     kb = load_knowledge()
     cfg = EvaluationConfig(ips=ips, weeks=weeks, windows=(2.0, weeks), seeds=(seed,), record=False,
-                           world=WorldConfig().with_overrides(overrides), params=PolicyParams(**policy))
+                           world=WorldConfig().with_overrides(overrides), params=PolicyParams(**policy),
+                           policy=name)
     imports = time.perf_counter() - t0
     t0 = time.perf_counter()
     result = evaluate_seed(cfg, seed, sets, kb)
     total = time.perf_counter() - t0
     peak_mib = _peak_mib()
-    print(json.dumps({"ips": ips, "weeks": weeks, "seed": seed, "seconds": result.seconds, "total_s": total,
+    print(json.dumps({"ips": ips, "weeks": weeks, "seed": seed, "policy": name, "seconds": result.seconds, "total_s": total,
                       "imports_s": imports, "peak_mib": peak_mib, "decisions": result.efficient.decisions,
                       "segments": len(result.world.segments),
                       "windows": {f"{w.weeks:g}w": {"traffic": w.traffic_ratio, "pdr": w.pdr, "ddr": w.ddr,
@@ -63,9 +65,9 @@ def _peak_mib() -> float:
 
 
 def _run_child(ips: int, weeks: float, seed: int, sets_path: str, overrides: dict | None = None,
-               policy: dict | None = None) -> dict:
+               policy: dict | None = None, name: str = "paper") -> dict:
     cmd = [sys.executable, __file__, "--child", str(ips), str(weeks), str(seed), sets_path,
-           json.dumps(overrides or {}), json.dumps(policy or {})]
+           json.dumps(overrides or {}), json.dumps(policy or {}), name]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(out.stderr)
@@ -173,13 +175,15 @@ def calibration(n_ips: int = 300_000, seeds: tuple[int, ...] = (11, 12)) -> None
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--child":
-        ips, weeks, seed, sets_path, overrides, policy = argv[1:7]
-        _child(int(ips), float(weeks), int(seed), sets_path, json.loads(overrides), json.loads(policy))
+        ips, weeks, seed, sets_path, overrides, policy, name = argv[1:8]
+        _child(int(ips), float(weeks), int(seed), sets_path, json.loads(overrides), json.loads(policy), name)
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ips", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--weeks", type=float, default=8.0)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--policy", choices=("paper", "adaptive"), default="paper",
+                        help="the efficient policy timed against the standard scan")
     parser.add_argument("--sensitivity", action="store_true", help="run the what-if table instead")
     parser.add_argument("--calibration", action="store_true", help="print the calibration table instead")
     parser.add_argument("--sensitivity-ips", type=int, default=100_000)
@@ -201,10 +205,10 @@ def main(argv: list[str] | None = None) -> None:
                       f"{w8['traffic']:>10.2%}{w8['pdr']:>8.1%}{w8['ddr']:>8.1%}", flush=True)
             return
         for ips in args.ips:
-            r = _run_child(ips, args.weeks, args.seed, sets_path)
+            r = _run_child(ips, args.weeks, args.seed, sets_path, name=args.policy)
             s = r["seconds"]
             run_s = s["world"] + s["standard"] + s["efficient"]
-            print(f"{ips:>10,} IPs x {args.weeks:g} weeks: {run_s:6.1f} s both policies "
+            print(f"{ips:>10,} IPs x {args.weeks:g} weeks, {args.policy}: {run_s:6.1f} s both policies "
                   f"(world {s['world']:.1f} s, standard {s['standard']:.1f} s, efficient {s['efficient']:.1f} s, "
                   f"{r['decisions']:,} decide calls, {r['segments']:,} world segments); with the 2-week run of its "
                   f"own and the judging {r['total_s']:.1f} s; peak RSS {r['peak_mib']:,.0f} MiB", flush=True)
