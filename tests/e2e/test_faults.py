@@ -173,8 +173,10 @@ from pipelines.scheduler import run_live
 from pipelines.settings import PipelineSettings
 
 settings = load_settings(environ={k: v for k, v in os.environ.items() if k.startswith("SCANFLOW_")})
+# the adaptive policy's durations (the default policy) compressed like the ladder: 12 h -> 5 s
 settings = dataclasses.replace(settings, policy=dataclasses.replace(
-    settings.policy, ladder_hours=tuple(s / 3600 for s in (5, 10, 20, 40, 80, 160, 320, 640))))
+    settings.policy, ladder_hours=tuple(s / 3600 for s in (5, 10, 20, 40, 80, 160, 320, 640)),
+    cadence_h=5 / 3600, followup_delay_s=300 * 5 / 43200, memory_for_h=640 / 3600))
 ps = PipelineSettings(round_timeout_s=60, rewind_s=120, command_ttl_s=3600, watermark_lag_s=1.0,
                       group_id=sys.argv[1])
 print("scheduler starting", flush=True)
