@@ -127,6 +127,7 @@ def adaptive_params_from_settings(policy_settings):
         ladder=tuple(h * HOUR for h in p.ladder_hours),
         standard_interval=p.standard_interval_h * HOUR, retry_interval=p.retry_interval_h * HOUR,
         followup_delay=p.followup_delay_s, memory_for=p.memory_for_h * HOUR,
+        exploited_cap=p.exploited_cap_h * HOUR,
         light_target=p.light_target, light_ports=p.light_ports, initial_scan=initial)
 
 
@@ -184,8 +185,10 @@ def build_policy(settings, pipeline: PipelineSettings, *, name: str | None = Non
     if not pipeline.standard_set:
         adaptive, sets = _provisional_adaptive(adaptive, sets)
     try:
+        # models that actively exploited malware infects get the shorter back-off cap (as evaluated)
+        exploited = kb.exploited_models() if hasattr(kb, "exploited_models") else ()
         return make_policy(name, sets, estimator, adaptive_params=adaptive,
-                           cadence=_sweep_cadence(policy_settings, adaptive))
+                           cadence=_sweep_cadence(policy_settings, adaptive), exploited=exploited)
     except ValueError as exc:
         raise ConfigError(f"policy: {exc}") from None
 

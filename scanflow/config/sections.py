@@ -184,8 +184,8 @@ class PolicySettings(Section):
     method, :class:`scanflow.policy.EfficientPolicy`). Both use the ladder, standard and retry
     intervals; ``silent_interval_h`` is the paper's sweep period and the adaptive policy's sweep
     period of quiet prefixes; ``initial_scan = "silent"`` is the adaptive policy's light first probe.
-    ``cadence_h``, ``followup_delay_s``, ``memory_for_h``, ``light_target`` and ``light_ports`` are the
-    adaptive policy's only (:class:`scanflow.adaptive.AdaptiveParams`).
+    ``cadence_h``, ``followup_delay_s``, ``memory_for_h``, ``exploited_cap_h``, ``light_target`` and
+    ``light_ports`` are the adaptive policy's only (:class:`scanflow.adaptive.AdaptiveParams`).
     """
 
     section_name = "policy"
@@ -207,6 +207,8 @@ class PolicySettings(Section):
     cadence_h: Positive = 12.0
     followup_delay_s: Annotated[Float, rule(lambda v: v >= 0, "must be >= 0 seconds, got {v}")] = 300.0
     memory_for_h: Positive = 720.0
+    #: Back-off cap of models that actively exploited malware infects (the knowledge base's ``active``).
+    exploited_cap_h: Positive = 72.0
     light_target: Annotated[Float, rule(lambda v: 0 < v <= 1, "must be in (0, 1], got {v}")] = 0.93
     light_ports: Annotated[Int, rule(lambda v: v >= 0, "must be >= 0 (0: cut by light_target), got {v}")] = 0
     #: Quiet /24 prefixes of the adaptive sweeps (``SweepCadence.to_dict`` JSON); empty: none known yet.

@@ -44,7 +44,8 @@ def scaled_policy(policy, scale: float):
         # wall second at 20 s a day), device memory
         cadence_h=policy.cadence_h * scale,
         followup_delay_s=policy.followup_delay_s * scale,
-        memory_for_h=policy.memory_for_h * scale)
+        memory_for_h=policy.memory_for_h * scale,
+        exploited_cap_h=policy.exploited_cap_h * scale)
 
 
 def pipeline_settings_for(spec: dict):

@@ -102,5 +102,8 @@ def test_scaled_loop_policy_compresses_the_adaptive_durations():
     from scanflow.loop.scheduler import scaled_policy
 
     p = scaled_policy(Settings().policy, 0.01)
-    assert (p.cadence_h, p.followup_delay_s, p.memory_for_h) == pytest.approx((0.12, 3.0, 7.2))
+    assert (p.cadence_h, p.followup_delay_s, p.memory_for_h, p.exploited_cap_h) == pytest.approx((0.12, 3.0, 7.2, 0.72))
+    policy = build_policy(dataclasses.replace(Settings(), policy=p), PipelineSettings())
+    assert policy.params.exploited_cap == pytest.approx(0.72 * 3600)
+    assert policy.exploited == load_knowledge().exploited_models() and policy.exploited
     assert dataclasses.replace(p, name="paper").name == "paper"
