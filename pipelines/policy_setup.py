@@ -112,16 +112,12 @@ def _read_ranking(pipeline: PipelineSettings, standard: PortSet) -> Ranking:
 def adaptive_params_from_settings(policy_settings):
     """:class:`scanflow.adaptive.AdaptiveParams` from the ``[policy]`` section: the ladder, standard
     and retry intervals as the paper's; ``silent_interval_h`` is the sweep period of quiet prefixes;
-    ``initial_scan`` as configured (``standard`` by default: the first pass is the classification
-    scan, as the paper's)."""
-    from scanflow.adaptive import AdaptiveParams
-
+    ``initial_scan`` as configured (``auto``, the default: the adaptive policy's own, the paper's silent
+    set with its answers followed up at once)."""
     import scanflow.adaptive as adaptive
 
     p = policy_settings
-    initial = p.initial_scan
-    if initial not in getattr(adaptive, "INITIAL_SCANS", ("standard", "light")):
-        initial = "light"        # the adaptive policy's sweep set is its light set
+    initial = adaptive.AdaptiveParams().initial_scan if p.initial_scan == "auto" else p.initial_scan
     return adaptive.AdaptiveParams(
         cadence=p.cadence_h * HOUR, quiet_interval=p.silent_interval_h * HOUR,
         ladder=tuple(h * HOUR for h in p.ladder_hours),

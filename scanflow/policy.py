@@ -121,7 +121,8 @@ def params_from_settings(policy_settings) -> PolicyParams:
                         standard_interval=policy_settings.standard_interval_h * HOUR,
                         retry_interval=policy_settings.retry_interval_h * HOUR,
                         demote_after=policy_settings.demote_after,
-                        initial_scan=policy_settings.initial_scan,
+                        initial_scan=("standard" if policy_settings.initial_scan == "auto"
+                                      else policy_settings.initial_scan),
                         recall_interval=policy_settings.recall_interval_h * HOUR,
                         recall_for=policy_settings.recall_for_h * HOUR)
 

@@ -183,7 +183,7 @@ class PolicySettings(Section):
     after anything new, remembered devices; see :mod:`scanflow.adaptive`) or ``paper`` (the paper's
     method, :class:`scanflow.policy.EfficientPolicy`). Both use the ladder, standard and retry
     intervals; ``silent_interval_h`` is the paper's sweep period and the adaptive policy's sweep
-    period of quiet prefixes; ``initial_scan = "silent"`` is the adaptive policy's light first probe.
+    period of quiet prefixes; ``initial_scan = "auto"`` is each policy's own first probe.
     ``cadence_h``, ``followup_delay_s``, ``memory_for_h``, ``exploited_cap_h``, ``light_target`` and
     ``light_ports`` are the adaptive policy's only (:class:`scanflow.adaptive.AdaptiveParams`).
     """
@@ -200,8 +200,11 @@ class PolicySettings(Section):
     standard_interval_h: Positive = 12.0
     retry_interval_h: Positive = 12.0
     demote_after: Annotated[Int, rule(lambda v: v >= 1, "must be >= 1 silent round, got {v}")] = 1
-    initial_scan: Annotated[str, one_of("standard", "silent", note="(standard: the paper's first scan with "
-                                                                   "the standard set)")] = "standard"
+    #: The first probe of an address; auto: the policy's own (the paper's: the standard set; the
+    #: adaptive policy's: the paper's silent set, its answers followed up at once).
+    initial_scan: Annotated[str, one_of("auto", "standard", "silent", note="(auto: the policy's own; standard: "
+                                                                           "the paper's first scan with the "
+                                                                           "standard set)")] = "auto"
     recall_interval_h: Annotated[Float, rule(lambda v: v >= 0, "must be >= 0 (0 = off), got {v}")] = 0.0
     recall_for_h: Positive = 168.0
     cadence_h: Positive = 12.0

@@ -114,11 +114,15 @@ def test_policy_section_builds_the_papers_parameters_by_default():
     assert params.ladder == (43200.0, 86400.0, 172800.0) and params.silent_interval == 72 * 3600.0
 
 
-def test_policy_initial_scan_is_the_papers_standard_set_unless_set_to_silent(tmp_path):
+def test_policy_initial_scan_is_each_policys_own_unless_set(tmp_path):
+    from pipelines.policy_setup import adaptive_params_from_settings
     from scanflow.policy import PolicyParams, params_from_settings
 
-    assert load_settings(environ={}).policy.initial_scan == "standard"
+    assert load_settings(environ={}).policy.initial_scan == "auto"
     assert params_from_settings(load_settings(environ={}).policy).initial_scan == "standard"
+    assert adaptive_params_from_settings(load_settings(environ={}).policy).initial_scan == "silent"
+    standard = load_settings(overrides={"policy.initial_scan": "standard"}, environ={})
+    assert adaptive_params_from_settings(standard.policy).initial_scan == "standard"
     silent = load_settings(overrides={"policy.initial_scan": "silent"}, environ={})
     assert params_from_settings(silent.policy) == PolicyParams(initial_scan="silent")
     cfg = tmp_path / "scanflow.toml"
@@ -137,7 +141,7 @@ def test_policy_recall_is_off_by_default_and_set_in_hours():
 
 
 @pytest.mark.parametrize("override, fragment", [
-    ({"policy.initial_scan": "full"}, "policy.initial_scan: 'full' is not one of standard, silent"),
+    ({"policy.initial_scan": "full"}, "policy.initial_scan: 'full' is not one of auto, standard, silent"),
     ({"policy.name": "fast"}, "policy.name: 'fast' is not one of adaptive, paper"),
     ({"policy.followup_delay_s": "-1"}, "policy.followup_delay_s: must be >= 0"),
     ({"policy.followup_delay_s": "50000"}, "policy.followup_delay_s: 50000 s is not shorter than policy.cadence_h"),
