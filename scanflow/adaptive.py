@@ -48,8 +48,8 @@ from scanflow.policy import (DAY, DEFAULT_LADDER, HOUR, IpState, IpStatus, Obser
                              ScanPlan)
 from scanflow.portsets import PortSet
 
-LIGHT, FULL, FOLLOWUP, REST = 0, 1, 2, 3
-PROBE_KINDS = ("light", "full", "followup", "rest")
+LIGHT, FULL, FOLLOWUP, REST, FIRST = 0, 1, 2, 3, 4
+PROBE_KINDS = ("light", "full", "followup", "rest", "followup-first")
 #: What ``AdaptiveParams.initial_scan`` may name.
 INITIAL_SCANS = ("silent", "standard", "light")
 #: Addresses per sweep prefix (/24).
@@ -133,6 +133,9 @@ class AdaptivePortSets:
     #: The standard ports the unknown-device set leaves out: the follow-up of a change seen by a
     #: probe with that set (together they are the standard set).
     rest: PortSet | None = None
+    #: The follow-up of an answer to the first probe with the paper's silent set: the standard set
+    #: minus as many of its lowest-ranked ports as the silent set has (None: ``followup`` fits).
+    first: PortSet | None = None
 
     @property
     def silent(self) -> PortSet:
@@ -141,11 +144,13 @@ class AdaptivePortSets:
 
 
 def adaptive_sets(sets: PolicyPortSets, ranking: Iterable[tuple[int, int]] | Iterable[int], n_light: int,
-                  *, drop: int | None = None, version: int | None = None) -> AdaptivePortSets:
+                  *, drop: int | None = None, first_drop: int | None = None,
+                  version: int | None = None) -> AdaptivePortSets:
     """Build the adaptive sets from the paper's three sets and the response ranking (best first, ports
     or ``(port, ips)`` pairs), with ``n_light`` light ports; the follow-up set leaves out the ``drop``
     (default ``n_light``) lowest-ranked standard ports: the size of the largest probe a follow-up can
-    follow in the same slot."""
+    follow in the same slot (``first_drop``: the same for the follow-up of a first probe with the
+    silent set, when that is larger)."""
     ranked = [p if isinstance(p, int) else p[0] for p in ranking]
     ranked = [p for p in ranked if p in sets.standard.ports]
     if not 1 <= n_light <= len(ranked):
@@ -163,7 +168,10 @@ def adaptive_sets(sets: PolicyPortSets, ranking: Iterable[tuple[int, int]] | Ite
     rest_order = [p for p in order if p not in unknown.ports]
     rest = PortSet.named("followup-rest", v, (sets.standard.ports - unknown.ports)
                          - set(rest_order[:len(unknown.ports - sets.standard.ports)]))
-    return AdaptivePortSets(sets.standard, light, followup, unknown, sets.silent, rest)
+    first = None
+    if first_drop is not None and first_drop > len(dropped):
+        first = PortSet.named("followup-first", v, sets.standard.ports - set(order[:first_drop]))
+    return AdaptivePortSets(sets.standard, light, followup, unknown, sets.silent, rest, first)
 
 
 @dataclass(frozen=True)
@@ -239,15 +247,16 @@ class AdaptivePolicy:
             name = f"light+{ps.name or ps.label or ps.digest}"
             self._full[ps.ref] = PortSet.named(name, ps.version or 1, light.ports | ps.ports)
         self._by_ref = {ps.ref: ps.ports for ps in self.published()}
-        firsts = [len(port_sets.deep)] if port_sets.deep is not None else []
-        self._slot_max = max([len(light)] + firsts + [len(ps) for ps in self._full.values()])
+        self._slot_max = max([len(light)] + [len(ps) for ps in self._full.values()])
+        if port_sets.deep is not None and port_sets.first is None:
+            self._slot_max = max(self._slot_max, len(port_sets.deep))
 
     # -- what the runners ask ----------------------------------------------------------------------
 
     def published(self) -> tuple[PortSet, ...]:
         """Every named set a command of this policy can refer to."""
         s = self.port_sets
-        extra = tuple(x for x in (s.deep, s.rest) if x is not None)
+        extra = tuple(x for x in (s.deep, s.rest, s.first) if x is not None)
         return (s.standard, s.light, s.followup, s.unknown, *extra, *self._full.values())
 
     @property
@@ -273,6 +282,8 @@ class AdaptivePolicy:
         """The set the next probe of ``state`` uses."""
         if state.probe == FOLLOWUP:
             return self.port_sets.followup
+        if state.probe == FIRST and self.port_sets.first is not None:
+            return self.port_sets.first
         if state.probe == REST and self.port_sets.rest is not None:
             return self.port_sets.rest
         if state.probe == FULL and state.responsive:
@@ -293,6 +304,10 @@ class AdaptivePolicy:
     def decide(self, state: IpState | None, obs: Observation, now: float, ip=None) -> tuple[IpState, ScanPlan]:
         """The new state of the address and its next probe, after ``obs`` made at ``now``."""
         state = state or IpState()
+        if (state.probe == REST and obs.complete and obs.probed is not None and self.port_sets.rest is not None
+                and obs.probed.ref == self.port_sets.rest.ref):
+            # the rest of the standard set: silence there says nothing about the device's other ports
+            return self._rest(state, obs, now, port_digests(obs.banners))
         if not obs.open_ports:
             if not obs.complete:   # inconclusive: keep everything, try again
                 return state, ScanPlan(now + self.params.retry_interval, self.ports_for(state), Reason.BACKOFF)
@@ -302,11 +317,9 @@ class AdaptivePolicy:
             if state.recall and self._same_device(state, obs, digests):
                 return self._back(state, obs, now)
             return self._new(state, obs, now, Reason.NEW_RESPONDER, digests)
-        if state.probe == FOLLOWUP and obs.probed is not None and obs.probed.ref == self.port_sets.followup.ref:
+        if (state.probe in (FOLLOWUP, FIRST) and obs.probed is not None
+                and obs.probed.ref == self.ports_for(state).ref):
             return self._classified(state, obs, now, digests)
-        if (state.probe == REST and obs.probed is not None and self.port_sets.rest is not None
-                and obs.probed.ref == self.port_sets.rest.ref):
-            return self._rest(state, obs, now, digests)
         if not obs.complete:      # alive, nothing else known
             new = _put(state, last_seen=now)
             return new, ScanPlan(now + self.params.retry_interval, self.ports_for(state), Reason.BACKOFF)
@@ -340,6 +353,9 @@ class AdaptivePolicy:
             return None
         if obs.probed is None or len(obs.probed) <= self._slot_max:
             return FOLLOWUP
+        s = self.port_sets
+        if s.first is not None and s.deep is not None and obs.probed.ref == s.deep.ref:
+            return FIRST
         if self.port_sets.rest is not None and obs.probed.ref == self.port_sets.unknown.ref:
             return REST
         return None
@@ -350,11 +366,11 @@ class AdaptivePolicy:
         (after a probe with the unknown-device set: estimate from it and follow up on the rest)."""
         first = state.first_seen if state.first_seen is not None else now
         kind = self._may_follow_up(state, obs, now)
-        if kind == FOLLOWUP:
+        if kind in (FOLLOWUP, FIRST):
             new = IpState(IpStatus.RESPONSIVE_UNESTIMATED, 0, obs.open_ports, digests, None, 0.0,
                           obs.probed.ref if obs.probed is not None else None, 0, state.scans + 1, first, now, now,
-                          now, frozenset(), FOLLOWUP, now, state.full_at)
-            return new, ScanPlan(now + self.params.followup_delay, self.port_sets.followup, reason, True)
+                          now, frozenset(), kind, now, state.full_at)
+            return new, ScanPlan(now + self.params.followup_delay, self.ports_for(new), reason, True)
         estimate = self.estimator.estimate(obs.open_ports, obs.banners)
         device = estimate.model
         status = IpStatus.RESPONSIVE_ESTIMATED if device is not None else IpStatus.RESPONSIVE_UNESTIMATED
@@ -486,8 +502,9 @@ def build_adaptive(sets: PolicyPortSets, ranking, ddr_curve, estimator: Estimato
     ranked = [p if isinstance(p, int) else p[0] for p in ranking][:n]
     # the follow-up leaves room for the largest probe it can follow in the slot: a light or full probe,
     # or a first probe with the paper's silent set
-    drop = max([n, len(sets.silent)] + [len(ps.ports | frozenset(ranked)) for ps in estimator.port_sets()])
-    return AdaptivePolicy(adaptive_sets(sets, ranking, n, drop=drop), estimator, params, cadence, exploited,
+    drop = max([n] + [len(ps.ports | frozenset(ranked)) for ps in estimator.port_sets()])
+    return AdaptivePolicy(adaptive_sets(sets, ranking, n, drop=drop, first_drop=len(sets.silent)), estimator,
+                          params, cadence, exploited,
                           predictor if predictor is not None else getattr(sets, "predictor", None))
 
 

@@ -368,3 +368,75 @@ def new_device_delays(world: World, std: PolicyRun, eff: PolicyRun) -> dict:
     for label, run in (("standard", std), ("efficient", eff)):
         out[label] = _seen_and_delay(s, sel, run, world.horizon)   # a run never detects at or past its horizon
     return out
+
+
+def miss_breakdown(world: World, std: PolicyRun, eff: PolicyRun, light_ports, honeypot_min_ports: int | None = HONEYPOT_MIN_PORTS) -> dict:
+    """Where the efficient scan's misses are: the (ip, port) cells the standard scan found and it did
+    not, by device class of the address, by whether the efficient scan found the address at all, and
+    by whether the port is in the light set; and, for addresses it did find, how many missed cells
+    belong to a device whose open light ports and banner-less light answer were the same as its
+    predecessor's on the address (a device the light set cannot tell from the one before it).
+    Addresses the standard scan saw with ``honeypot_min_ports`` or more ports are left out, as in the
+    judging."""
+    from scanflow.world.banners import NO_BANNER
+    from scanflow.world.dynamics import CLASS_NAMES
+
+    light = np.zeros(65536, dtype=bool)
+    light[np.fromiter(light_ports, dtype=np.int64)] = True
+    missed = np.setdiff1d(std.cells, eff.cells)
+    if honeypot_min_ports:
+        ips, counts = np.unique(std.cells >> 16, return_counts=True)
+        honey = ips[counts >= honeypot_min_ports]
+        missed = missed[~np.isin(missed >> 16, honey)]
+    ip, port = missed >> 16, missed & 0xFFFF
+    found = np.isin(ip, np.unique(eff.cells >> 16))
+    s, prof = world.segments, world.profiles
+    cls = np.full(world.n_ips, -1, dtype=np.int64)
+    cls[s.ip] = s.cls
+
+    def light_face(seg: int) -> tuple:
+        p = world.seg_profile[seg]
+        lo, hi = prof.ptr[p], prof.ptr[p + 1]
+        ports = prof.port[lo:hi]
+        on = light[ports]
+        return tuple(sorted(ports[on].tolist())), bool((prof.choice[lo:hi][on] != NO_BANNER).any())
+
+    # segments whose light face (open light ports, no banner on them) equals the previous segment's
+    # on the same address
+    same_face = np.zeros(len(s), dtype=bool)
+    for i in np.flatnonzero(np.r_[False, s.ip[1:] == s.ip[:-1]]):
+        ports_now, banner_now = light_face(i)
+        same_face[i] = not banner_now and (ports_now, banner_now) == light_face(i - 1)
+    # the segment of a missed cell: the address's segments whose device has that port
+    indistinct = 0
+    for a, q in zip(ip[found].tolist(), port[found].tolist()):
+        for g in np.flatnonzero(s.ip == a):
+            p = world.seg_profile[g]
+            if q in prof.port[prof.ptr[p]:prof.ptr[p + 1]] and same_face[g]:
+                indistinct += 1
+                break
+    out: dict = {"missed_cells": int(len(missed)), "by_class": {}}
+    for c, name in enumerate(CLASS_NAMES):
+        sel = cls[ip] == c
+        if not sel.any():
+            continue
+        out["by_class"][name] = {
+            "cells": int(sel.sum()),
+            "address_never_found": int((sel & ~found).sum()),
+            "address_never_found_no_light_port": int((sel & ~found & ~light[port]).sum()),
+            "address_found_port_in_light": int((sel & found & light[port]).sum()),
+            "address_found_port_outside_light": int((sel & found & ~light[port]).sum()),
+        }
+    out["found_address_device_same_light_face_as_predecessor"] = int(indistinct)
+    return out
+
+
+def twin_standard(world: World, schedule: Schedule, standard, *, loss: float | None = None) -> PolicyRun:
+    """A second standard scan at the efficient scan's own instants (what any policy probing at those
+    instants could at most find): judged against the standard scan it gives the ceiling of PDR and
+    DDR under ``desync`` and packet loss, where two scans meet different short-lived devices."""
+    from scanflow.policy import PolicyPortSets, StandardPolicy
+    from scanflow.simulate import SCANNER_EFFICIENT
+
+    sets = PolicyPortSets(standard, standard, standard)
+    return run_policy(world, schedule, StandardPolicy(sets), scanner=SCANNER_EFFICIENT, loss=loss)

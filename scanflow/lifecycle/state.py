@@ -16,7 +16,7 @@ record header that lets a restarted pipeline restore the exact state. Layout (ve
     u8 n + 8-byte scan-id hashes
 
 Version 2 (written only for states of the adaptive policy, whose extra fields are set) adds one byte
-after the presence bits (probe kind in bits 0-1, bit 2 a follow-up time, bit 3 a full-probe time) and
+after the presence bits (probe kind in bits 0-2, bit 3 a follow-up time, bit 4 a full-probe time) and
 those times after the others. Version 1 bytes still unpack.
 
 Times stay float64 so a restored state is bit-identical (replays compare decisions exactly).
@@ -168,7 +168,7 @@ def pack(t: Tracked, refs: RefTable) -> bytes:
         presence |= 1 << 7
     out.append(presence)
     if version == 2:   # the adaptive policy's fields: probe kind, follow-up and full-probe times
-        out.append(s.probe | (s.followup_at is not None) << 2 | (s.full_at is not None) << 3)
+        out.append(s.probe | (s.followup_at is not None) << 3 | (s.full_at is not None) << 4)
     _varint(out, s.step)
     _varint(out, s.silent_rounds)
     _varint(out, s.scans)
@@ -240,8 +240,8 @@ def _unpack(data: bytes, refs: RefTable) -> Tracked:
             pos += 8
         else:
             times[name] = None
-    adaptive: dict = {"probe": extra & 3, "followup_at": None, "full_at": None}
-    for bit, name in ((2, "followup_at"), (3, "full_at")):
+    adaptive: dict = {"probe": extra & 7, "followup_at": None, "full_at": None}
+    for bit, name in ((3, "followup_at"), (4, "full_at")):
         if extra & 1 << bit:
             (adaptive[name],) = _F64.unpack_from(data, pos)
             pos += 8

@@ -48,7 +48,8 @@ def test_a_light_probe_and_its_follow_up_never_exceed_the_standard_set():
     s = pol.port_sets
     assert s.light.ports == {80, 23, 554, 8000}
     assert s.light.ports <= s.followup.ports <= s.standard.ports
-    small = [ps for ps in pol.published() if ps.name not in ("standard", "followup", "unknown-light", "followup-rest")]
+    small = [ps for ps in pol.published()
+             if ps.name not in ("standard", "followup", "unknown-light", "followup-rest", "followup-first", "silent")]
     assert max(len(ps) for ps in small) + len(s.followup) <= len(s.standard)
     # a change seen with the unknown-device set is followed up on the rest of the standard set
     assert s.rest.ports.isdisjoint(s.unknown.ports) and len(s.unknown) + len(s.rest) <= len(s.standard)
@@ -183,6 +184,19 @@ def test_quiet_prefixes_are_swept_less_often_once_learned():
     assert off.decide(None, obs([], (), off.port_sets.light), T0, ip=7)[1].at == T0 + 12 * HOUR
 
 
+def test_a_silent_first_probe_larger_than_the_light_probes_gets_a_follow_up_of_its_own():
+    big_silent = PolicyPortSets(SETS.standard, PortSet.named("silent", 1, RANKING[:300]), SETS.unknown,
+                                SETS.ranking, SETS.ddr_curve)
+    pol = make_policy("adaptive", big_silent, ESTIMATOR, adaptive_params=AdaptiveParams(light_ports=4))
+    s = pol.port_sets
+    assert s.first is not None and len(s.deep) + len(s.first) == len(s.standard)
+    assert len(s.followup) > len(s.first)       # a light probe's follow-up keeps more of the standard set
+    state, plan = pol.decide(None, obs([80], {80: HIK}, big_silent.silent), T0)
+    assert plan.ports is s.first and plan.at == T0 + 300
+    state, plan = pol.decide(state, obs([80, 554, 8000], {80: HIK}, plan.ports), T0 + 300)
+    assert state.device == "hikvision-ipc" and state.probe == FULL
+
+
 def test_the_first_probe_is_the_papers_silent_set_by_default():
     pol = policy()
     assert pol.start(T0)[1].ports is SETS.silent
@@ -275,8 +289,11 @@ def test_a_change_seen_with_the_unknown_set_is_followed_up_on_the_rest_of_the_st
     t1 = plan.at
     state, plan = pol.decide(state, obs([80, 999], {}, s.unknown), t1)
     assert plan.reason is Reason.CHANGED and plan.ports is s.rest and plan.at == t1 + 300
-    state, plan = pol.decide(state, obs([1999], {}, s.rest), t1 + 300)
-    assert state.open_ports == {80, 999, 1999} and plan.at == t1 + 300 + 12 * HOUR and not plan.changed
+    after, plan = pol.decide(state, obs([1999], {}, s.rest), t1 + 300)
+    assert after.open_ports == {80, 999, 1999} and plan.at == t1 + 300 + 12 * HOUR and not plan.changed
+    # nothing more on the rest is not silence: the device keeps its ports and stays tracked
+    after, plan = pol.decide(state, obs([], {}, s.rest), t1 + 300)
+    assert after.responsive and after.open_ports == {80, 999} and plan.reason is Reason.BACKOFF
 
 
 def test_the_simulator_learns_the_sweep_table_on_the_worlds_real_prefixes(sporadic_world):
