@@ -313,6 +313,23 @@ def _validate_decision(r: Mapping[str, Any]) -> Mapping[str, Any]:
     return _with_ip(r)
 
 
+def _validate_knowledge_update(r: Mapping[str, Any]) -> Mapping[str, Any]:
+    _check_ids(r, "update_id")
+    seen = set()
+    for change in r.get("changes") or ():
+        model = change.get("model")
+        if not model:
+            raise InvalidRecord("changes: a model id is empty")
+        if model in seen:
+            raise InvalidRecord(f"changes: model {model!r} is listed twice; give each model once")
+        seen.add(model)
+        if not change.get("new_ports"):
+            raise InvalidRecord(f"changes: model {model!r} has no new ports")
+        for port in change["new_ports"]:
+            check_port(port, f"changes {model} port")
+    return r
+
+
 _VALIDATORS: dict[str, Callable[[Mapping[str, Any]], Mapping[str, Any]]] = {
     "ScanEvent": _validate_scan_event,
     "ScanDone": _validate_scan_done,
@@ -320,6 +337,7 @@ _VALIDATORS: dict[str, Callable[[Mapping[str, Any]], Mapping[str, Any]]] = {
     "IpState": _validate_ip_state,
     "Observation": _validate_observation,
     "Decision": _validate_decision,
+    "KnowledgeUpdate": _validate_knowledge_update,
 }
 
 
@@ -335,7 +353,8 @@ def validate_record(name: str, record: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def key_for(name: str, record: Mapping[str, Any]) -> bytes:
-    """The Kafka key of a record: its address (or the scan target, or the single command target).
+    """The Kafka key of a record: its address (or the scan target, or the single command target;
+    a ``KnowledgeUpdate``: its update_id).
 
     A command with several targets is keyed by its command_id. Keys are UTF-8 text so that the
     partition of an address is the same whichever record type carries it.
@@ -345,6 +364,8 @@ def key_for(name: str, record: Mapping[str, Any]) -> bytes:
     if name == "ScanCommand":
         targets = record["targets"]
         return (canonical_target(targets[0]) if len(targets) == 1 else record["command_id"]).encode()
+    if name == "KnowledgeUpdate":
+        return record["update_id"].encode()
     return canonical_ip(record["ip"]).encode()
 
 

@@ -59,6 +59,8 @@ def _record_key(decoded: Decoded) -> str:
     if decoded.schema == "ScanCommand":
         targets = record["targets"]
         return targets[0] if len(targets) == 1 else record["command_id"]
+    if decoded.schema == "KnowledgeUpdate":
+        return record["update_id"]
     return record["ip"]
 
 

@@ -70,6 +70,9 @@ OVERRIDES = {
     "ports_probed": st.integers(0, 65535),
     "addresses_probed": st.integers(0, 2**40), "packets_sent": st.integers(0, 2**40),
     "bytes_sent": st.integers(0, 2**50), "responses": st.integers(0, 2**30),
+    "update_id": ids,
+    "changes": st.lists(st.fixed_dictionaries({"model": ids, "new_ports": st.lists(ports, min_size=1, max_size=10)}),
+                        max_size=5, unique_by=lambda c: c["model"]),
 }
 
 

@@ -82,6 +82,14 @@ SAMPLES = {
         "backoff_step": 0, "reason": "CHANGED", "next_scan_at": T0 + 43_200_000_000,
         "port_set": INLINE, "command_id": "cmd-0002",
     },
+    ("KnowledgeUpdate", 1): {
+        "update_id": "kbu-3f9a2c7d1e4b5a60", "issued_at": T0, "kb_version_before": "a1b2c3d4e5f60718",
+        "kb_version_after": "0f1e2d3c4b5a6978",
+        "changes": [{"model": "vendor-x-router-y", "new_ports": [2323, 37215]},
+                    {"model": "vendor-z-camera", "new_ports": [37215]}],
+        "added_malware": ["botnet-q"], "sources": ["botnet-q.toml"],
+        "summary": "malware botnet-q: 2 models gain ports 2323, 37215",
+    },
 }
 
 VERSIONS = [(sv.name, sv.version) for name in default_registry().names()

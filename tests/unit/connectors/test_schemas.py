@@ -66,7 +66,8 @@ def test_namespace_docs_and_defaults_everywhere(sv):
 @pytest.mark.parametrize("sv", ALL_VERSIONS, ids=IDS)
 def test_enums_have_a_fallback_symbol(sv):
     enums = [s for defs in _named_types(sv.schema).values() for s in defs if s["type"] == "enum"]
-    assert enums
+    # A schema without enums (KnowledgeUpdate) has nothing to check; the finder must not miss one.
+    assert enums or '"enum"' not in json.dumps(sv.schema)
     for enum in enums:
         # An older reader maps a symbol it does not know (added later) to UNKNOWN instead of failing.
         assert enum["symbols"][0] == "UNKNOWN" and enum.get("default") == "UNKNOWN", enum["name"]
