@@ -18,7 +18,7 @@ from kafka.errors import TopicAlreadyExistsError
 
 from scanflow.config import ConfigError, KafkaNotReady, KafkaSettings, TopicsSettings, resolve_path
 
-LOGICAL_TOPICS = ("events", "commands", "ip_state", "dead_letter")
+LOGICAL_TOPICS = ("events", "commands", "ip_state", "dead_letter", "kb_updates")
 
 #: How long a command waits for the broker's first answer before saying it is not there.
 READY_TIMEOUT_S = 10.0

@@ -142,6 +142,7 @@ class TopicsSettings(Section):
     commands: TopicName = "scanflow.commands"
     ip_state: TopicName = "scanflow.ip-state"
     dead_letter: TopicName = "scanflow.dead-letter"
+    kb_updates: TopicName = "scanflow.kb-updates"
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The Kafka side of one ``scanflow run``: its own four topics (``<prefix>.run-<run id>.events`` ...,
+"""The Kafka side of one ``scanflow run``: its own five topics (``<prefix>.run-<run id>.events`` ...,
 created from the declarative topic list with the same partitions and configs, so a run never
 resumes another run's state; deleted at the end), its two consumer groups (the agents' group
 settling before the scheduler starts; the scheduler's group committing up to the events' end before
@@ -20,7 +20,8 @@ class RunTopics:
         prefix = settings.topics.events.rsplit(".", 1)[0] if "." in settings.topics.events else "scanflow"
         base = f"{prefix}.run-{run_id}"
         self.names = {"events": f"{base}.events", "commands": f"{base}.commands",
-                      "ip_state": f"{base}.ip-state", "dead_letter": f"{base}.dead-letter"}
+                      "ip_state": f"{base}.ip-state", "dead_letter": f"{base}.dead-letter",
+                      "kb_updates": f"{base}.kb-updates"}
         #: The scheduler's consumer group, and the agents'.
         self.scheduler_group = f"scanflow-run-{run_id}"
         self.agents_group = f"scanflow-run-{run_id}-agents"
@@ -31,7 +32,7 @@ class RunTopics:
         return [f"--set=topics.{k}={v}" for k, v in self.names.items()]
 
     def create(self) -> None:
-        """The run's four topics, with the partitions and configs of the declarative list."""
+        """The run's five topics, with the partitions and configs of the declarative list."""
         from connectors.kafka_admin import admin_client, apply_topics, load_topic_specs
 
         names = dataclasses.replace(self.settings.topics, **self.names)

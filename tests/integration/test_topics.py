@@ -20,7 +20,8 @@ from scanflow.config import TopicsSettings
 def _unique_topics() -> TopicsSettings:
     tag = uuid.uuid4().hex[:8]
     return TopicsSettings(events=f"t{tag}.events", commands=f"t{tag}.commands",
-                          ip_state=f"t{tag}.ip-state", dead_letter=f"t{tag}.dead-letter")
+                          ip_state=f"t{tag}.ip-state", dead_letter=f"t{tag}.dead-letter",
+                          kb_updates=f"t{tag}.kb-updates")
 
 
 def test_declared_topics_are_created_once_then_reconciled(kafka):
@@ -29,7 +30,7 @@ def test_declared_topics_are_created_once_then_reconciled(kafka):
     admin = admin_client(kafka)
     try:
         first = apply_topics(admin, specs)
-        assert set(first.values()) == {"created"} and len(first) == 4
+        assert set(first.values()) == {"created"} and len(first) == 5
         second = apply_topics(admin, specs)
         assert set(second.values()) == {"unchanged"}, "applying twice changes nothing"
 
@@ -43,7 +44,7 @@ def test_declared_topics_are_created_once_then_reconciled(kafka):
                  if s.logical == "events" else s for s in specs]
         third = apply_topics(admin, grown)
         assert third[topics.events] == "updated"
-        assert [v for k, v in third.items() if k != topics.events] == ["unchanged"] * 3
+        assert [v for k, v in third.items() if k != topics.events] == ["unchanged"] * 4
         (events,) = admin.describe_topics([topics.events])
         assert len(events["partitions"]) == specs[0].partitions + 2, "returns once the change is visible"
         assert apply_topics(admin, grown)[topics.events] == "unchanged"
@@ -70,18 +71,19 @@ def test_ip_state_topic_is_compacted(kafka):
 
 def test_topics_create_command_reports_each_topic(kafka):
     topics = _unique_topics()
-    args = [f"--set=topics.{k}={getattr(topics, k)}" for k in ("events", "commands", "ip_state", "dead_letter")]
+    names = ("events", "commands", "ip_state", "dead_letter", "kb_updates")
+    args = [f"--set=topics.{k}={getattr(topics, k)}" for k in names]
     runner = CliRunner()
     try:
         created = runner.invoke(main, [*args, f"--set=kafka.bootstrap_servers={kafka.bootstrap_servers}",
                                        "topics", "create"])
         assert created.exit_code == 0, created.output
-        assert created.output.count("topics: created") == 4
+        assert created.output.count("topics: created") == 5
         again = runner.invoke(main, [*args, "topics", "create"])
-        assert again.output.count("topics: unchanged") == 4
+        assert again.output.count("topics: unchanged") == 5
     finally:
         admin = admin_client(kafka)
-        admin.delete_topics([getattr(topics, k) for k in ("events", "commands", "ip_state", "dead_letter")])
+        admin.delete_topics([getattr(topics, k) for k in names])
         admin.close()
 
 
