@@ -196,11 +196,15 @@ def estimate(obj: CliContext, ports_text, banners, banner_files, min_confidence,
         click.echo("scan next   the unknown-device port set")
 
 
-@click.command("kb")
+@click.group("kb", invoke_without_command=True)
 @_kb_option
 @_no_builtin_option
-def kb_check(kb_files, no_builtin) -> None:
-    """Validate the knowledge base (built-in and --kb files) and print its counts."""
+@click.pass_context
+def kb_check(ctx: click.Context, kb_files, no_builtin) -> None:
+    """Validate the knowledge base (built-in and --kb files) and print its counts; `kb update`
+    publishes what new knowledge files change for the live scheduler."""
+    if ctx.invoked_subcommand is not None:
+        return
     kb = _load_kb(kb_files, no_builtin)
     counts = kb.counts()
     click.echo(f"knowledge base {kb.version}: {counts['devices']} device models, {counts['malware']} malware "
@@ -208,6 +212,59 @@ def kb_check(kb_files, no_builtin) -> None:
     click.echo("  " + ", ".join(f"{c} {n}" for c, n in counts.items() if c not in ("devices", "malware")))
     click.echo(f"  device ports {len(kb.device_ports())}, malware ports {len(kb.malware_ports())}, "
                f"together {len(kb.device_ports() | kb.malware_ports())}")
+
+
+@kb_check.command("update")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--force", is_flag=True, help="Publish the update even when no model gains a port.")
+@click.option("--dry-run", is_flag=True, help="Print what the update changes; publish nothing.")
+@pass_ctx
+def kb_update(obj: CliContext, files, force, dry_run) -> None:
+    """Publish a knowledge update: the models whose scan ports FILES add to the knowledge the scheduler
+    runs with (policy.kb_files) get every tracked address estimated as them rescanned at once on the
+    new ports (one KnowledgeUpdate record to topics.kb_updates). Add FILES to policy.kb_files too, so
+    the scheduler's next start probes the new ports on every full scan."""
+    import time
+    from pathlib import Path
+
+    from scanflow.knowledge import KnowledgeError, load_knowledge
+    from scanflow.knowledge_update import compare, update_record
+
+    policy = obj.settings.policy
+    configured = [Path(p) for p in policy.kb_paths()]
+    given = [Path(f) for f in files]
+    for path in given:
+        if not path.is_file():
+            raise click.BadParameter(f"{path}: no such file; give the knowledge TOML files to add",
+                                     param_hint="FILES")
+    # A file already in policy.kb_files counts as new: the knowledge before is without it.
+    same = {p.resolve() for p in given}
+    base = [p for p in configured if p.resolve() not in same]
+    try:
+        before = load_knowledge(base, builtin=policy.builtin_kb)
+        after = load_knowledge(base + given, builtin=policy.builtin_kb)
+    except KnowledgeError as exc:
+        raise click.BadParameter(str(exc), param_hint="FILES") from None
+    gain = compare(before, after)
+    record = update_record(gain, int(time.time() * 1_000_000), tuple(p.name for p in given))
+    click.echo(record["summary"])
+    for model, ports in gain.gained.items():
+        click.echo(f"  {model}: +{', '.join(map(str, sorted(ports)))}")
+    if dry_run:
+        click.echo("dry run: nothing published")
+        return
+    if not gain.gained and not force:
+        click.echo("nothing to rescan: no update published (--force publishes it anyway)")
+        return
+    from connectors.kafka_admin import require_topics
+    from connectors.kafka_io import AvroProducer
+
+    topic = obj.settings.topics.kb_updates
+    require_topics(obj.settings.kafka, {"topics.kb_updates": topic})
+    with AvroProducer(obj.settings.kafka) as producer:
+        producer.send(topic, "KnowledgeUpdate", record)
+        producer.flush()
+    click.echo(f"published {record['update_id']} to {topic}: {len(gain.gained)} models")
 
 
 COMMANDS = [budget, estimate, kb_check]
