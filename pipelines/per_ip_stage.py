@@ -22,6 +22,11 @@ Outputs (all records ready for their sinks):
 
 Restore: ``(ip, RestoreRecord)`` elements (the ``ip-state`` topic read at start) set the state
 directly; the newer state wins.
+
+Knowledge updates: ``(ip, KnowledgeUrgent)`` elements (:mod:`pipelines.kb_updates`) wait for the
+watermark like rounds (so a restored state is in place first, and they are applied in event-time
+order with the IP's rounds); the wake-up rescans the IP at once if its model is affected
+(:meth:`scanflow.lifecycle.step.Lifecycle.wake`), and the command goes out like any other.
 """
 
 from __future__ import annotations
@@ -43,12 +48,25 @@ from pipelines.decode import timer_time
 from scanflow.lifecycle.records import command_record, decision_record, ip_state_record, micros
 from scanflow.lifecycle.state import (STATE_HEADER, RefTable, Tracked, is_tombstone, pack, pack_header,
                                       unpack, unpack_header)
-from scanflow.lifecycle.step import Decided, Due, Lifecycle, Snapshot, from_ip_state_record, out_time
+from scanflow.lifecycle.step import (Decided, Due, KnowledgeUrgent, Lifecycle, Snapshot, from_ip_state_record,
+                                     out_time)
 
 COMMANDS = "commands"
 STATES = "states"
 log = logging.getLogger(__name__)
 _METRICS = "scanflow.changes"
+#: First field of a waiting knowledge update in the bag (a round's first field is its address).
+_KB_TAG = "kb-update"
+
+
+def _to_bag(item) -> tuple:
+    """A waiting round or knowledge update as the plain tuple kept in the bag."""
+    return (_KB_TAG, *item) if isinstance(item, KnowledgeUrgent) else tuple(item)
+
+
+def _from_bag(fields: tuple):
+    """The round or knowledge update a bag tuple holds."""
+    return KnowledgeUrgent(*fields[1:]) if fields[0] == _KB_TAG else Round(*fields)
 
 
 class RestoreRecord(NamedTuple):
@@ -143,8 +161,8 @@ class _TrackFn(beam.DoFn):
                 round_timer=beam.DoFn.TimerParam(ROUND), due_timer=beam.DoFn.TimerParam(DUE)):
         ip, item = element
         if not isinstance(item, RestoreRecord):
-            # A round waits for the watermark; nothing is read here.
-            store.add((ts.micros, tuple(item)))
+            # A round (or a knowledge update) waits for the watermark; nothing is read here.
+            store.add((ts.micros, _to_bag(item)))
             round_timer.set(timer_time(ts.micros))
             return
         raw, waiting = self._load(store)
@@ -225,7 +243,7 @@ class _TrackFn(beam.DoFn):
         commands and the new state, and set both timers again."""
         raw, waiting = self._load(store)
         current, floor = self._read(raw)
-        items = [(us, Round(*r)) for us, r in waiting]
+        items = [(us, _from_bag(r)) for us, r in waiting]
         new, out, rest = self._lifecycle.wake(key, current, items, fired.micros, late_until=floor,
                                             now=time.time() if self._catch_up else None)
         keep = raw
@@ -240,7 +258,7 @@ class _TrackFn(beam.DoFn):
         else:
             due_timer.clear()
         if keep is not raw or len(rest) != len(items):
-            self._save(store, keep, ((us, tuple(rnd)) for us, rnd in rest))
+            self._save(store, keep, ((us, _to_bag(item)) for us, item in rest))
         if rest:
             round_timer.set(timer_time(min(us for us, _ in rest)))
         else:

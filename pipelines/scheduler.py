@@ -6,7 +6,8 @@
     (Kafka, decode,  (per scan id:     (fingerprint +     (per IP: state, ├─► commands ──┐
      dead letters)    until ScanDone    device of each     dedupe, policy  └─► states ──► WriteIpStates
                       or timeout)       answer) ─► archive  core, timer)                 (ip-state, compacted)
-    ReadIpStates (restore at start) ──────────────────────────►┘              Sweeps ─►┴─► WriteCommands
+    ReadIpStates (restore at start) ──────────────────────────►┤              Sweeps ─►┴─► WriteCommands
+    ReadKnowledgeUpdates (kb-updates, fanned out over ip-state) ►┘  (urgent rescans of affected models)
 
 :class:`Scheduler` is the part shared by the live pipeline (:func:`build_live`, Prism by default) and
 the bounded replay (:func:`build_replay`, FnApiRunner): items in, decisions / commands / states /
@@ -49,7 +50,8 @@ class Scheduler(beam.PTransform):
     """Events -> decisions, per-IP commands, state changes and archived observations.
 
     Input: a PCollection of :class:`~scanflow.lifecycle.rounds.Event` / :class:`~scanflow.lifecycle.rounds.Done`, or a dict
-    ``{"items": ..., "restore": ...}`` with the ``(ip, RestoreRecord)`` of a restart. ``horizon``
+    ``{"items": ..., "restore": ..., "urgent": ...}`` with the ``(ip, RestoreRecord)`` of a restart
+    and the ``(ip, KnowledgeUrgent)`` of knowledge updates (both optional). ``horizon``
     (bounded replays) ends every timer before it; ``emit_states=False`` skips the ip-state records.
     """
 
@@ -64,15 +66,18 @@ class Scheduler(beam.PTransform):
         self._batch = batch
 
     def expand(self, inputs):
-        items, restore = (inputs["items"], inputs.get("restore")) if isinstance(inputs, dict) else (inputs, None)
+        items, restore, urgent = ((inputs["items"], inputs.get("restore"), inputs.get("urgent"))
+                                  if isinstance(inputs, dict) else (inputs, None, None))
         s = self._settings
         rounds = items | "AssembleRounds" >> AssembleRounds(s.round_timeout_s, s.dedupe_horizon_s, self._horizon,
                                                             sweep_gather_s=s.sweep_gather_s)
         rounds, observations = rounds | "EstimateDevices" >> EstimateDevices(self._policy.estimator, self._archive)
         keyed = rounds if restore is None else (rounds, restore) | "WithRestore" >> beam.Flatten()
+        if urgent is not None:
+            keyed = (keyed, urgent) | "WithKnowledgeUpdates" >> beam.Flatten()
         if self._batch:
-            if restore is not None:
-                raise ValueError("batch decisions start from no state: no restore")
+            if restore is not None or urgent is not None:
+                raise ValueError("batch decisions start from no state: no restore, no knowledge updates")
             decisions, commands, states = keyed | "DecideInBatch" >> DecideInBatch(
                 self._policy, recent_scans=s.recent_scans, command_ttl_s=s.command_ttl_s,
                 round_timeout_s=s.round_timeout_s, horizon=self._horizon, emit_states=self._emit_states,
@@ -94,10 +99,15 @@ def _archive(outputs: SchedulerOutputs, root: str, mode: str) -> None:
 
 
 def build_live(p: beam.Pipeline, settings, pipeline: PipelineSettings, policy, *, now: float | None = None,
-               restore: bool = True, rewind: bool = True) -> SchedulerOutputs:
+               restore: bool = True, rewind: bool = True, kb_updates: bool | None = None) -> SchedulerOutputs:
     """The live scheduler on ``p``: events from the consumer group, state restored from
-    ``scanflow.ip-state``, commands and state changes back to Kafka, sweeps from now on (each block
-    at its period under ``policy``: :func:`pipelines.sweeps.sweep_period_of`)."""
+    ``scanflow.ip-state``, knowledge updates from ``scanflow.kb-updates`` (urgent rescans:
+    :mod:`pipelines.kb_updates`), commands and state changes back to Kafka, sweeps from now on (each
+    block at its period under ``policy``: :func:`pipelines.sweeps.sweep_period_of`).
+
+    ``kb_updates``: True reads the topic, False does not, None (default) reads it when it exists
+    (``scanflow pipeline run`` requires it; a warning says when it is missing)."""
+    from pipelines.kb_updates import ReadKnowledgeUpdates, topic_exists
     from pipelines.sources import ReadEvents, ReadIpStates, rewound_start_offsets
 
     kafka, topics = settings.kafka, settings.topics
@@ -105,10 +115,18 @@ def build_live(p: beam.Pipeline, settings, pipeline: PipelineSettings, policy, *
                      if rewind else None)
     items = p | "ReadEvents" >> ReadEvents(kafka, topics.events, topics.dead_letter, group_id=pipeline.group_id,
                                            start_offsets=start_offsets, watermark_lag_s=pipeline.watermark_lag_s)
-    inputs: Any = items
+    inputs: dict[str, Any] = {"items": items}
     if restore:
-        inputs = {"items": items,
-                  "restore": p | "ReadIpStates" >> ReadIpStates(kafka, topics.ip_state, topics.dead_letter)}
+        inputs["restore"] = p | "ReadIpStates" >> ReadIpStates(kafka, topics.ip_state, topics.dead_letter)
+    if kb_updates is None:
+        kb_updates = topic_exists(kafka, topics.kb_updates)
+        if not kb_updates:
+            log.warning("knowledge updates are off: topic %s (topics.kb_updates) does not exist; create it "
+                        "with `scanflow topics create`", topics.kb_updates)
+    if kb_updates:
+        inputs["urgent"] = p | "ReadKnowledgeUpdates" >> ReadKnowledgeUpdates(
+            kafka, topics.kb_updates, topics.ip_state, topics.dead_letter, group_id=pipeline.group_id,
+            watermark_lag_s=pipeline.watermark_lag_s)
     out = inputs | "Schedule" >> Scheduler(policy, pipeline, archive=bool(pipeline.archive_dir),
                                            catch_up=pipeline.catch_up)
     commands = out.commands

@@ -77,7 +77,8 @@ def run(obj: CliContext, runner, job_endpoint, duration, pipeline_args) -> None:
     # Bad input first (exit 2); then one line naming `scanflow topics create` (exit 4) instead of a
     # reader failing after 30 s.
     require_topics(settings.kafka, {"topics.events": t.events, "topics.commands": t.commands,
-                                    "topics.ip_state": t.ip_state, "topics.dead_letter": t.dead_letter})
+                                    "topics.ip_state": t.ip_state, "topics.dead_letter": t.dead_letter,
+                                    "topics.kb_updates": t.kb_updates})
     click.echo(f"scheduler: {settings.topics.events} -> {settings.topics.commands} on {chosen}"
                f" (group {ps.group_id}; sweeps over {len(ps.sweep_ranges)} ranges)")
 

@@ -9,7 +9,9 @@ due times:
   at or before the IP's last decision (late); otherwise ``policy.decide(state, observation, round end)``;
 - the next scan time: the command is issued (:class:`Due`);
 - the watchdog (``command_ttl_s + round_timeout_s`` after an issued command with no round back): the
-  policy decides on an incomplete, silent observation, which keeps the state and retries.
+  policy decides on an incomplete, silent observation, which keeps the state and retries;
+- a knowledge update (:class:`KnowledgeUrgent`, at the update's time): an IP estimated as an affected
+  model is rescanned at once on its open ports and the model's new ports (:meth:`Lifecycle.urgent`).
 
 A responsive result keeps (or starts) the IP's state; a non-responsive one removes it (the IP is
 demoted to the sweeps: a tombstone if it was tracked), unless the policy still recalls the IP on its
@@ -29,6 +31,37 @@ from scanflow.policy import IpState, IpStatus, Observation, Reason, ScanPlan
 from scanflow.portsets import PortSet
 
 _INCONCLUSIVE = Observation(frozenset(), (), None, False)
+#: At most this many ports go inline in an urgent command (the contract's ``INLINE_PORTS_CAP``).
+URGENT_INLINE_CAP = 64
+
+
+class KnowledgeUrgent(NamedTuple):
+    """A knowledge update as it reaches one IP: the update's id, its time (the record's Kafka
+    timestamp in microseconds: the rescan is due then) and ``changes``, ``((model id, (new port,
+    ...)), ...)``. An IP whose state names one of the models is rescanned at once
+    (:meth:`Lifecycle.wake`)."""
+
+    update_id: str
+    at_us: int
+    changes: tuple[tuple[str, tuple[int, ...]], ...]
+
+
+def urgent_ports(open_ports, new_ports) -> PortSet | None:
+    """What an urgent rescan after a knowledge update probes: the IP's open ports and its model's new
+    ports, inline (label ``kb-update``); None (the policy's full set) when that is more than 64."""
+    ports = frozenset(open_ports) | frozenset(new_ports)
+    return PortSet.inline(ports, label="kb-update") if len(ports) <= URGENT_INLINE_CAP else None
+
+
+def _time_us(item) -> int:
+    return item.at_us if isinstance(item, KnowledgeUrgent) else item.ended_us
+
+
+def _order(item) -> tuple:
+    # At the same time a round is applied before an update (its decision is not newer than the update).
+    if isinstance(item, KnowledgeUrgent):
+        return item.at_us, 1, item.update_id
+    return item.ended_us, 0, item.scan_id
 
 
 class Decided(NamedTuple):
@@ -126,11 +159,11 @@ class Lifecycle:
         (``next_at + command_ttl_s < now``) is moved to ``now`` instead of issued: after an outage
         one command per IP, not one expired command per missed cycle (counted ``caught_up``).
 
-        ``pending`` holds ``(element time in micros, round)``. Returns the new state, the outputs
+        ``pending`` holds ``(element time in micros, round or KnowledgeUrgent)``. Returns the new state, the outputs
         (:class:`Decided`, :class:`Due`, then one :class:`Snapshot` if the state changed) and the
         rounds still waiting.
         """
-        ready = sorted((r for us, r in pending if us <= until_us), key=lambda r: (r.ended_us, r.scan_id))
+        ready = sorted((r for us, r in pending if us <= until_us), key=_order)
         rest = [(us, r) for us, r in pending if us > until_us]
         out: list[Any] = []
         start = t
@@ -143,8 +176,11 @@ class Lifecycle:
             nxt = ready[i] if i < len(ready) else None
             if nxt is None and due_us is None:
                 break
-            if nxt is not None and (due_us is None or nxt.ended_us <= due_us):
-                t = self._round(ip, t, nxt, out, late_until)
+            if nxt is not None and (due_us is None or _time_us(nxt) <= due_us):
+                if isinstance(nxt, KnowledgeUrgent):
+                    t = self._knowledge(ip, t, nxt, out)
+                else:
+                    t = self._round(ip, t, nxt, out, late_until)
                 i += 1
             elif not t.issued:
                 if now is not None and t.next_at + self.command_ttl_s < now:
@@ -214,6 +250,27 @@ class Lifecycle:
                 self.counts["late_round"] += 1
                 return t
         return self._decide(ip, t, rnd.scan_id, observation(rnd, self.published), rnd.at, out)
+
+    def _knowledge(self, ip: str, t: Tracked | None, update: KnowledgeUrgent, out: list) -> Tracked | None:
+        """A knowledge update at its time: an IP estimated as an affected model gets an urgent rescan
+        on :func:`urgent_ports`, once. Applied already (the update was read again after a restart or a
+        rewind) when the IP was decided after the update's time, or its urgent command for that time is
+        still out."""
+        if t is None:
+            self.counts["kb_update_untracked"] += 1
+            return t
+        new = dict(update.changes).get(t.state.device) if t.state.device is not None else None
+        if new is None:
+            self.counts["kb_update_other_model"] += 1
+            return t
+        at = update.at_us / US
+        if t.decided_at > at or (t.reason is Reason.URGENT and t.next_at >= at):
+            self.counts["kb_update_applied_before"] += 1
+            return t
+        t, outs = self.urgent(ip, t, at, urgent_ports(t.state.open_ports, new))
+        out.extend(o for o in outs if isinstance(o, Due))    # the wake reports the final state once
+        self.counts["kb_update_rescans"] += 1
+        return t
 
     def observe(self, ip: Any, t: Tracked | None, obs: Observation, now: float,
                 scan_id: str | None = None) -> tuple[Tracked | None, Decided]:
