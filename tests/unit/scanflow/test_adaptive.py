@@ -350,3 +350,25 @@ def test_a_knowledge_update_rescans_a_tracked_address_at_once_and_exploited_mode
     after, decided = lc.observe("198.18.0.9", urgent, obs([80, 554, 9527], {80: HIK}, new_ports), T0 + 3700)
     assert 9527 in after.state.open_ports and not decided.plan.changed
     assert decided.plan.at == T0 + 3700 + 12 * HOUR
+
+
+def test_the_twin_standard_scan_is_the_standard_scan_when_synchronised_and_misses_add_up(sporadic_world):
+    from scanflow.evaluation import _run_both, miss_breakdown, twin_standard, window_metrics
+    from scanflow.simulate import make_schedule
+
+    cfg, sets, kb = sporadic_world
+    world, schedule, std, eff, _ = _run_both(cfg, 3, 2, sets, kb, record=False, progress=None)
+    twin = twin_standard(world, schedule, sets.standard, loss=0.0)
+    assert set(twin.cells.tolist()) == set(std.cells.tolist())          # same instants, no loss
+    desync = make_schedule(world.n_ips, 3, world.horizon, slot=schedule.slot, silent_rounds=1, desync=True)
+    shifted = twin_standard(world, desync, sets.standard, loss=0.0)
+    m = window_metrics(world, std, shifted, schedule.slot, 2)
+    assert 0.5 < m.pdr < 1.0      # other instants meet other short-lived devices
+    light = make_policy("adaptive", sets, ESTIMATOR).port_sets.light.ports
+    b = miss_breakdown(world, std, eff, light)
+    assert b["missed_cells"] == sum(c["cells"] for c in b["by_class"].values()) > 0
+    for c in b["by_class"].values():
+        assert c["cells"] == (c["address_never_found"] + c["address_found_port_in_light"]
+                              + c["address_found_port_outside_light"])
+        assert c["address_never_found_no_light_port"] <= c["address_never_found"]
+
