@@ -510,6 +510,9 @@ def build_adaptive(sets: PolicyPortSets, ranking, ddr_curve, estimator: Estimato
 
 #: The efficient policies ``--policy`` can name: the paper's method and the adaptive one.
 POLICIES = ("adaptive", "paper")
+#: Not a policy to run, a reference for the evaluation (``scanflow evaluate --ceiling``): the standard
+#: scan itself at the efficient scan's own instants, what any policy probing there could at most find.
+TWIN = "standard-twin"
 
 
 def make_policy(name: str, sets: PolicyPortSets, estimator: Estimator, *, paper_params=None,
@@ -521,6 +524,10 @@ def make_policy(name: str, sets: PolicyPortSets, estimator: Estimator, *, paper_
 
     if name == "paper":
         return EfficientPolicy(sets, estimator, paper_params or PolicyParams())
+    if name == TWIN:
+        from scanflow.policy import StandardPolicy
+
+        return StandardPolicy(sets, paper_params or PolicyParams())
     if name == "adaptive":
         if not sets.ranking:
             raise ValueError("the adaptive policy needs the response ranking the port sets were cut from; "

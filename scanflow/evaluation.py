@@ -230,7 +230,7 @@ ABLATIONS = (
 
 
 def policy_variants(policy: str = "both", ablation: bool = False,
-                    base: "AdaptiveParams | None" = None) -> list[PolicyVariant]:
+                    base: "AdaptiveParams | None" = None, ceiling: bool = False) -> list[PolicyVariant]:
     """The variants ``--policy paper|adaptive|both`` and ``--ablation`` name, in table order: the
     paper's method, the adaptive policy (``base``: its parameters), then the adaptive policy with each
     mechanism off (:data:`ABLATIONS`; ``--ablation`` brings the adaptive policy in as the reference)."""
@@ -246,6 +246,11 @@ def policy_variants(policy: str = "both", ablation: bool = False,
         out.append(PolicyVariant("adaptive", "adaptive", base, "the adaptive policy, every mechanism on"))
     if ablation:
         out += [PolicyVariant(name, "adaptive", replace(base, **change), what) for name, change, what in ABLATIONS]
+    if ceiling:
+        from scanflow.adaptive import TWIN
+
+        out.append(PolicyVariant(TWIN, TWIN, None, "the standard scan again at the efficient scan's own instants "
+                                                   "and losses: the most any policy probing there finds"))
     return out
 
 

@@ -52,7 +52,7 @@ def _weeks_list(text: str) -> tuple[float, ...]:
               help="Addresses in the survey (default: the paper's ~12.2 M, of which 2.7 % answer).")
 @click.option("--initial-scan", type=click.Choice(["standard", "silent"]), default=None,
               help="Port set of each IP's first scan: standard (the paper's classification scan) or silent "
-                   "(start in the silent sweep). Default: policy.initial_scan of the configuration (standard).")
+                   "(start in the silent sweep). Default: policy.initial_scan of the configuration (auto: standard).")
 @click.option("--honeypot-min-ports", type=click.IntRange(min=0), default=HONEYPOT_MIN_PORTS, show_default=True,
               help="Leave IPs the standard scan found with this many open ports or more out of PDR and DDR "
                    "(honeypots; 0 = keep every IP). PDR*/DDR* always keep them.")
@@ -63,12 +63,16 @@ def _weeks_list(text: str) -> tuple[float, ...]:
 @click.option("--ablation", is_flag=True,
               help="Also run the adaptive policy with each mechanism switched off in turn (follow-up, learned "
                    "cadence, memory, the standard first probe), into the same comparison.")
+@click.option("--ceiling", is_flag=True,
+              help="Also run the standard scan again at the efficient scan's own instants (with --desync and "
+                   "--loss: what any policy probing there could at most find), into the same comparison.")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
 @click.option("--no-parquet", is_flag=True, help="Skip the Parquet observations (faster, smaller).")
 @pass_ctx
 def evaluate(obj: CliContext, ips: int, weeks: float, seeds: int, out_dir: str, windows: str, loss: float, desync: bool,
              scenario: str, world_items: tuple[str, ...], survey_seed: int, survey_ips: int | None,
-             initial_scan: str | None, honeypot_min_ports: int, policy: str, ablation: bool, no_plots: bool,
+             initial_scan: str | None, honeypot_min_ports: int, policy: str, ablation: bool, ceiling: bool,
+             no_plots: bool,
              no_parquet: bool) -> None:
     """Run the standard and the efficient policies on the same synthetic internet and timeline.
 
@@ -110,7 +114,7 @@ def evaluate(obj: CliContext, ips: int, weeks: float, seeds: int, out_dir: str, 
             configs.append(cfg)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    variants = policy_variants(policy, ablation)
+    variants = policy_variants(policy, ablation, ceiling=ceiling)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     kb = load_knowledge(policy_settings.kb_paths(), builtin=policy_settings.builtin_kb)

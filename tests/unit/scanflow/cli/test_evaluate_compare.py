@@ -116,3 +116,21 @@ def test_the_papers_method_in_a_comparison_is_the_papers_method_alone(tmp_path, 
     alone = json.loads((tmp_path / "metrics.json").read_text())
     compared = json.loads((run[0] / "paper" / "metrics.json").read_text())
     assert alone["windows"] == compared["windows"] and alone["new_devices"] == compared["new_devices"]
+
+
+def test_the_ceiling_is_the_standard_scan_again_at_the_efficient_instants(tmp_path):
+    out = tmp_path / "ceiling"
+    args = ["evaluate", "--policy", "adaptive", "--ceiling", "--ips", "3000", "--weeks", "1", "--seeds", "1",
+            "--windows", "1", "--survey-ips", "300000", "--no-parquet", "--no-plots", "--out", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    rows = {r["variant"]: r for r in json.loads((out / "compare.json").read_text())["rows"]}
+    assert set(rows) == {"adaptive", "standard-twin"}
+    twin = rows["standard-twin"]
+    # synchronised and without loss the twin is the standard scan itself
+    assert twin["traffic_ratio"] == pytest.approx(1.0) and twin["pdr"] == 1.0 and twin["ddr"] == 1.0
+    desync = tmp_path / "desync"
+    result = CliRunner().invoke(main, args[:-1] + [str(desync), "--desync", "--loss", "0.01"])
+    assert result.exit_code == 0, result.output
+    twin = {r["variant"]: r for r in json.loads((desync / "compare.json").read_text())["rows"]}["standard-twin"]
+    assert twin["pdr"] < 1.0      # other instants and losses: another sample of short-lived devices
