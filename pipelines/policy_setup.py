@@ -145,16 +145,14 @@ def _sweep_cadence(policy_settings, params):
 
 def _provisional_adaptive(params, sets: PolicyPortSets):
     """The adaptive policy on the provisional sets: their ranking has no detection curve, so the
-    light set is the paper's ten most answered ports (unless ``policy.light_ports``); the silent role
-    is that light cut too. (The provisional silent set is nearly the whole provisional standard set,
-    and the follow-up leaves out as many ports as the largest probe it may follow: it would keep a
-    dozen ports and classify nothing.)"""
+    light set is the paper's ten most answered ports (unless ``policy.light_ports``). The provisional
+    silent set (nearly the whole provisional standard set) stays the first probe; its answers get the
+    follow-up of a first probe, the few standard ports it leaves out."""
     from dataclasses import replace
 
     if not params.light_ports:
         params = replace(params, light_ports=min(len(PAPER_TOP_PORTS), len(sets.ranking)))
-    light = PortSet.named("provisional-light", 1, sets.ranking[:params.light_ports], sets.silent.provenance)
-    return params, replace(sets, silent=light)
+    return params, sets
 
 
 def build_policy(settings, pipeline: PipelineSettings, *, name: str | None = None):
