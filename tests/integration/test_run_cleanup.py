@@ -111,7 +111,7 @@ def test_sigterm_of_the_orchestrator_stops_the_run_within_seconds_and_keeps_its_
                 break
         assert any(line.startswith("[3/7]") for line in lines), "".join(lines)
         run_id = _run_id("".join(lines))
-        assert len(_topics_of(kafka, run_id)) == 4
+        assert len(_topics_of(kafka, run_id)) == 5    # commands, events, ip-state, dead-letter, kb-updates
         time.sleep(1.0)
         signalled = time.monotonic()
         proc.send_signal(signal.SIGTERM)
@@ -129,7 +129,7 @@ def test_sigterm_of_the_orchestrator_stops_the_run_within_seconds_and_keeps_its_
     assert took < 30, f"the interrupted run took {took:.1f} s to stop"
     assert "lake archive --lake" in text and f"topics.events=scanflow.run-{run_id}.events" in text, text
     kept = _topics_of(kafka, run_id)
-    assert len(kept) == 4, text
+    assert len(kept) == 5, text
     from connectors.kafka_admin import admin_client
 
     admin = admin_client(kafka)
