@@ -271,6 +271,16 @@ def run_policy(world: World, schedule: Schedule, policy, byte_model: ByteModel =
                                             "device", "reason", "changed", "next_at")}
     decisions = 0
     learn_rounds = _learn_rounds(policy, schedule.slot)
+
+    def found(k: int, ips: np.ndarray, segs: np.ndarray, times: np.ndarray, row: np.ndarray, entry: np.ndarray):
+        """Keep the cells probes of round ``k`` found and each segment's first detection."""
+        if len(row):
+            code_parts.append((ips[row] << 16) | prof.port[entry].astype(np.int64))
+            round_parts.append(np.full(len(row), k, dtype=np.int32))
+            hit_seg = segs[row]
+            fresh = detected[hit_seg] < 0
+            detected[hit_seg[fresh]] = times[row[fresh]]
+
     slot_max = 0
     for k in range(nr):
         if learn_rounds and k and k % learn_rounds == 0:
@@ -288,12 +298,7 @@ def run_policy(world: World, schedule: Schedule, policy, byte_model: ByteModel =
             probes[k] = int(tr.size_of[due].sum())
             slot_max = max(slot_max, int(tr.size_of[due].max()))
             sent[k] = probes[k] * byte_model.syn + int(cost[entry].sum())
-            if len(row):
-                code_parts.append((due[row] << 16) | prof.port[entry].astype(np.int64))
-                round_parts.append(np.full(len(row), k, dtype=np.int32))
-                hit_seg = seg_due[row]
-                fresh = detected[hit_seg] < 0
-                detected[hit_seg[fresh]] = times[row[fresh]]
+            found(k, due, seg_due, times, row, entry)
             answered = np.zeros(len(due), dtype=bool)
             answered[row] = True
             quiet = ~tr.tracked[due] & ~answered
@@ -327,12 +332,7 @@ def run_policy(world: World, schedule: Schedule, policy, byte_model: ByteModel =
             probes[k] += int(sizes.sum())
             sent[k] += int(sizes.sum()) * byte_model.syn + int(cost[entry].sum())
             slot_max = max(slot_max, int((before + sizes).max()))
-            if len(row):
-                code_parts.append((ips[row] << 16) | prof.port[entry].astype(np.int64))
-                round_parts.append(np.full(len(row), k, dtype=np.int32))
-                hit_seg = segs[row]
-                fresh = detected[hit_seg] < 0
-                detected[hit_seg[fresh]] = times[row[fresh]]
+            found(k, ips, segs, times, row, entry)
             starts = np.searchsorted(row, np.arange(len(ips) + 1))
             for r in range(len(ips)):
                 at = _decide_one(world, schedule, lifecycle, rule, masks, tr, int(ips[r]), int(segs[r]),

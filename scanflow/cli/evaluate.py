@@ -132,14 +132,8 @@ def evaluate(obj: CliContext, ips: int, weeks: float, seeds: int, out_dir: str, 
     # the cross-scenario table and bar plot of the first variant (the paper's method unless left out)
     table = report.scenario_table([runs[(c.scenario, variants[0].name)] for c in configs])
     click.echo(report.format_scenario_table(table))
-    written = [report.write_json(out / "scenarios.json", table)]
-    (out / "scenarios.md").write_text(report.scenario_markdown(table) + "\n")
-    written.append(out / "scenarios.md")
-    if not no_plots:
-        try:
-            written.append(report.plot_scenarios(out / "scenarios.png", table))
-        except report.PlotsUnavailable as exc:
-            click.echo(f"scanflow: warning: {exc}", err=True)
+    written = _write_table(out, "scenarios", table, report.scenario_markdown, report.plot_scenarios,
+                           "scenarios.png", no_plots=no_plots)
     if len(variants) > 1:
         written += _write_comparison(out, [runs[(c.scenario, v.name)] for c in configs for v in variants],
                                      no_plots=no_plots)
@@ -187,18 +181,11 @@ def _run_all(configs, variants, out: Path, kb, no_parquet: bool) -> dict[tuple[s
 def _write_comparison(out: Path, summaries: list[dict], *, no_plots: bool) -> list[Path]:
     """The variants side by side: printed, ``compare.json``, ``compare.md`` and ``pareto.png``."""
     from scanflow import compare_report as compare
-    from scanflow import evaluate_report as report
 
     table = compare.compare_table(summaries)
     click.echo("\n" + compare.format_compare_table(table))
-    written = [report.write_json(out / "compare.json", table)]
-    (out / "compare.md").write_text(compare.compare_markdown(table) + "\n")
-    written.append(out / "compare.md")
-    if not no_plots:
-        try:
-            written.append(compare.plot_pareto(out / "pareto.png", table))
-        except report.PlotsUnavailable as exc:
-            click.echo(f"scanflow: warning: {exc}", err=True)
+    written = _write_table(out, "compare", table, compare.compare_markdown, compare.plot_pareto, "pareto.png",
+                           no_plots=no_plots)
     click.echo(f"\nwrote the comparison to {out}/ (compare.json, compare.md"
                f"{'' if no_plots else ', pareto.png'}; each policy in its own directory)")
     return written
@@ -270,3 +257,19 @@ def _policy_params(params, initial_scan: str | None):
 
 
 COMMANDS = [evaluate]
+
+
+def _write_table(out: Path, stem: str, table, markdown, plot, plot_name: str, *, no_plots: bool) -> list[Path]:
+    """``<stem>.json`` and ``<stem>.md`` of a table, and its plot unless ``no_plots`` (a missing
+    plotting library is a warning, not an error). Returns the files written."""
+    from scanflow import evaluate_report as report
+
+    written = [report.write_json(out / f"{stem}.json", table)]
+    (out / f"{stem}.md").write_text(markdown(table) + "\n")
+    written.append(out / f"{stem}.md")
+    if not no_plots:
+        try:
+            written.append(plot(out / plot_name, table))
+        except report.PlotsUnavailable as exc:
+            click.echo(f"scanflow: warning: {exc}", err=True)
+    return written
