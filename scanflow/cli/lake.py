@@ -104,7 +104,11 @@ def report(obj: CliContext, out_dir: str, lake: str | None, start: str | None, e
 @click.command("replay")
 @click.option("--lake", default=None, help="Lake holding the recorded scan (default: the [lake] root setting).")
 @click.option("--out", "out_lake", default=None, help="Lake to write the replay's observations and decisions to.")
-@click.option("--policy", type=click.Choice(["efficient", "standard"]), default="efficient", show_default=True)
+@click.option("--policy", type=click.Choice(["efficient", "adaptive", "standard"]), default="efficient",
+              show_default=True,
+              help="efficient: the paper's method; adaptive: the adaptive policy (its light set is cut from the "
+                   "ranking: ranking.json beside --port-sets, or the sets derived from the recording); "
+                   "standard: the baseline.")
 @click.option("--counterfactual/--no-counterfactual", default=True, show_default=True,
               help="Let the policy see only the (IP, port, round) cells it would have probed.")
 @click.option("--source-policy", default="STANDARD", show_default=True, help="Policy of the recorded scan.")
@@ -138,11 +142,14 @@ def replay(obj: CliContext, lake, out_lake, policy, counterfactual, source_polic
     from pipelines.replay import ReplaySpec, run_replay
 
     try:
-        spec = ReplaySpec(policy=policy.upper(), counterfactual=counterfactual, source_policy=source_policy.upper(),
+        # the adaptive policy is an efficient scan on the wire (its rounds are the EFFICIENT policy's)
+        spec = ReplaySpec(policy="EFFICIENT" if policy == "adaptive" else policy.upper(),
+                          counterfactual=counterfactual, source_policy=source_policy.upper(),
                           start=start, end=end, topic=topic, start_offsets=_offsets(topic, from_offsets),
                           stop_offsets=_offsets(topic, to_offsets), tolerance_s=tolerance_s)
         port_sets = _port_sets(port_sets_dir, root, spec, topic)
-        result = run_replay(obj.settings, spec, port_sets=port_sets, lake=None if topic else str(root),
+        chosen = _adaptive(obj.settings, port_sets) if policy == "adaptive" else None
+        result = run_replay(obj.settings, spec, policy=chosen, port_sets=port_sets, lake=None if topic else str(root),
                             out_lake=out_lake, honeypot_min_ports=honeypot_min_ports)
     except ValueError as exc:
         _fail(str(exc), 2)
@@ -153,13 +160,33 @@ def replay(obj: CliContext, lake, out_lake, policy, counterfactual, source_polic
             click.echo(line)
 
 
+def _adaptive(settings, port_sets):
+    """The adaptive policy from the ``[policy]`` settings on ``port_sets`` (which carry the ranking)."""
+    from pipelines.policy_setup import adaptive_params_from_settings
+    from scanflow.adaptive import make_policy
+    from scanflow.estimate import Estimator
+    from scanflow.knowledge import load_knowledge
+
+    ps = settings.policy
+    kb = load_knowledge(ps.kb_paths(), builtin=ps.builtin_kb)
+    return make_policy("adaptive", port_sets, Estimator(kb, min_confidence=ps.min_confidence),
+                       adaptive_params=adaptive_params_from_settings(ps), exploited=kb.exploited_models())
+
+
 def _port_sets(directory: str | None, root: Path, spec, topic: str | None):
-    """The policy's port sets: published files, or derived from the recording in the lake."""
+    """The policy's port sets: published files (with ``ranking.json`` beside them when there is one),
+    or derived from the recording in the lake."""
     from scanflow.policy import PolicyPortSets
-    from scanflow.portsets import PortSet
+    from scanflow.portsets import PortSet, Ranking
 
     if directory:
-        return PolicyPortSets(*(PortSet.read(Path(directory) / f"{role}.json") for role in ("standard", "silent", "unknown")))
+        sets = [PortSet.read(Path(directory) / f"{role}.json") for role in ("standard", "silent", "unknown")]
+        ranking_file = Path(directory) / "ranking.json"
+        if ranking_file.is_file():
+            ranking = Ranking.read(ranking_file)
+            if ranking.standard_digest == sets[0].digest:
+                return PolicyPortSets(*sets, tuple(p for p, _ in ranking.ports), tuple(ranking.ddr_curve))
+        return PolicyPortSets(*sets)
     if topic:
         raise ValueError("a replay from --topic needs --port-sets DIR (standard.json, silent.json, unknown.json)")
     from connectors.duckdb_catalog import Catalog

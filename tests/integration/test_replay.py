@@ -168,6 +168,34 @@ def test_a_simulated_run_gives_a_lake_that_query_and_report_work_on(tmp_path):
                                         {"policy": "STANDARD", "n": 500 * 14}]
 
 
+def test_the_adaptive_policy_replays_a_recording_from_the_cli(tmp_path):
+    from click.testing import CliRunner
+
+    from scanflow.cli import main
+
+    runner = CliRunner()
+    recorded = str(tmp_path / "recorded")
+    made = runner.invoke(main, ["lake", "record-sim", "--lake", recorded, "--ips", "500", "--weeks", "1",
+                                "--survey-ips", "10000"])
+    assert made.exit_code == 0, made.output
+    assert (tmp_path / "recorded" / "_portsets" / "ranking.json").is_file()
+    results = {}
+    for policy in ("efficient", "adaptive"):
+        out = runner.invoke(main, ["replay", "--lake", recorded, "--port-sets", str(tmp_path / "recorded" / "_portsets"),
+                                   "--policy", policy, "--out", str(tmp_path / policy), "--json"])
+        assert out.exit_code == 0, out.output
+        results[policy] = json.loads(out.output[out.output.index("{"):])
+    paper, adaptive = results["efficient"], results["adaptive"]
+    assert paper["standard_attempts"] == adaptive["standard_attempts"] == 500 * 14
+    # the adaptive policy probes every address of a prefix where something answered every round
+    assert adaptive["replayed_attempts"] > paper["replayed_attempts"] > 0
+    query = runner.invoke(main, ["query", "SELECT DISTINCT port_set_name AS ps FROM scans_dedup "
+                                 "WHERE policy = 'EFFICIENT' ORDER BY ps", "--lake", str(tmp_path / "adaptive"),
+                                 "--format", "json"])
+    names = {r["ps"] for r in json.loads(query.output)}
+    assert "light" in names and names & {"followup", "followup-first"}, names
+
+
 def _honeypot_recording(root):
     """A lake recorded from a tiny world with a static host, a sporadic one and a 150-port honeypot."""
     from scanflow.world.dynamics import HONEYPOT_CLASS, INITIAL
