@@ -437,6 +437,11 @@ class AdaptivePolicy:
         """Nothing answered: a tracked device is remembered (probed every cadence) while ``memory_for``
         lasts since it was last seen; everything else is left to the sweeps of its prefix."""
         p = self.params
+        if state.responsive and obs.probed is not None and not (state.open_ports & obs.probed.ports):
+            # the probe could not see this device (none of its ports were probed): not a silence; its
+            # next probe is a full one, which holds its ports
+            new = _put(state, scans=state.scans + 1, last_scanned=now, probe=FULL)
+            return new, ScanPlan(now + p.cadence, self.ports_for(new), Reason.BACKOFF, False)
         remember = state.open_ports if state.responsive else state.recall
         last_seen = state.last_seen
         if (p.memory and remember and last_seen is not None and now + p.cadence - last_seen <= p.memory_for):

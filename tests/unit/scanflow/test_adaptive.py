@@ -372,3 +372,18 @@ def test_the_twin_standard_scan_is_the_standard_scan_when_synchronised_and_misse
                               + c["address_found_port_outside_light"])
         assert c["address_never_found_no_light_port"] <= c["address_never_found"]
 
+
+
+def test_a_probe_that_could_not_see_the_device_is_not_a_silence():
+    pol = policy(initial_scan="light")
+    s = pol.port_sets
+    gone = _device_without_light_ports(pol)        # tracked, its one port outside the light set
+    after, plan = pol.decide(gone, obs([], (), s.light), T0 + DAY)
+    assert after.responsive and after.probe == FULL and plan.ports is s.unknown and not plan.changed
+
+
+def _device_without_light_ports(pol):
+    from scanflow.policy import IpState
+
+    return IpState(IpStatus.RESPONSIVE_UNESTIMATED, 0, frozenset({1500}), (), None, 0.0, pol.port_sets.light.ref,
+                   0, 3, T0, T0, T0, T0, frozenset(), LIGHT, None, T0)
