@@ -143,15 +143,18 @@ def _sweep_cadence(policy_settings, params):
     return SweepCadence(params.cadence, params.quiet_interval, learned.quiet)
 
 
-def _provisional_adaptive(params, sets: PolicyPortSets):
+def _provisional_adaptive(params, sets: PolicyPortSets, first_scan: str = "auto"):
     """The adaptive policy on the provisional sets: their ranking has no detection curve, so the
     light set is the paper's ten most answered ports (unless ``policy.light_ports``). The provisional
-    silent set (nearly the whole provisional standard set) stays the first probe; its answers get the
-    follow-up of a first probe, the few standard ports it leaves out."""
+    sets are small (about a hundred ports), so unless ``policy.initial_scan`` says otherwise the first
+    pass is the whole provisional standard set: every device is classified at once, for a few ports
+    more than the provisional silent set."""
     from dataclasses import replace
 
     if not params.light_ports:
         params = replace(params, light_ports=min(len(PAPER_TOP_PORTS), len(sets.ranking)))
+    if first_scan == "auto":
+        params = replace(params, initial_scan="standard")
     return params, sets
 
 
@@ -177,7 +180,7 @@ def build_policy(settings, pipeline: PipelineSettings, *, name: str | None = Non
     policy_settings = policy_settings or PolicySettings()
     adaptive = adaptive_params_from_settings(policy_settings)
     if not pipeline.standard_set:
-        adaptive, sets = _provisional_adaptive(adaptive, sets)
+        adaptive, sets = _provisional_adaptive(adaptive, sets, first_scan=policy_settings.initial_scan)
     try:
         # models that actively exploited malware infects get the shorter back-off cap (as evaluated)
         exploited = kb.exploited_models() if hasattr(kb, "exploited_models") else ()

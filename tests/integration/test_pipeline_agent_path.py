@@ -62,7 +62,7 @@ def test_the_scheduler_publishes_its_port_sets_where_a_separate_agent_finds_them
     assert done, f"no ScanDone of the first pass\nagent:\n{agent_out[-2000:]}\nscheduler:\n{scheduler_out[-2000:]}"
     # The first pass ran (not refused for an unknown port set), with the scheduler's initial set.
     assert done[0]["status"] == "COMPLETE", done[0]
-    # (the default, adaptive, policy's first probe is the silent set; its answers are followed up)
-    assert done[0]["port_set"]["name"] == "provisional-silent" and done[0]["addresses_probed"] == 256
+    # (on the provisional sets the default, adaptive, policy's first pass is the whole standard set)
+    assert done[0]["port_set"]["name"] == "provisional-standard" and done[0]["addresses_probed"] == 256
     dead = read_records(kafka, topics["dead_letter"], lambda out: False, timeout_s=2)
     assert not dead, dead
