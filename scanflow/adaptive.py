@@ -274,6 +274,12 @@ class AdaptivePolicy:
         """Seconds between sweeps of a silent, untracked ``ip`` (its prefix's learned cadence)."""
         return self.cadence.interval(ip) if self.params.learned_cadence else self.params.cadence
 
+    def sweep_intervals(self, ips: np.ndarray) -> np.ndarray:
+        """:meth:`sweep_interval` of integer addresses, vectorised (the simulator's bulk sweeps)."""
+        if self.params.learned_cadence:
+            return self.cadence.intervals(ips)
+        return np.full(len(ips), self.params.cadence, dtype=np.float64)
+
     def interval(self, step: int) -> float:
         """The back-off interval of ladder step ``step`` (capped) between full probes."""
         return self._ladder[min(max(step, 0), self._last)]
@@ -304,15 +310,15 @@ class AdaptivePolicy:
     def decide(self, state: IpState | None, obs: Observation, now: float, ip=None) -> tuple[IpState, ScanPlan]:
         """The new state of the address and its next probe, after ``obs`` made at ``now``."""
         state = state or IpState()
+        digests = port_digests(obs.banners)
         if (state.probe == REST and obs.complete and obs.probed is not None and self.port_sets.rest is not None
                 and obs.probed.ref == self.port_sets.rest.ref):
             # the rest of the standard set: silence there says nothing about the device's other ports
-            return self._rest(state, obs, now, port_digests(obs.banners))
+            return self._rest(state, obs, now, digests)
         if not obs.open_ports:
             if not obs.complete:   # inconclusive: keep everything, try again
                 return state, ScanPlan(now + self.params.retry_interval, self.ports_for(state), Reason.BACKOFF)
             return self._silent(state, obs, now, ip)
-        digests = port_digests(obs.banners)
         if not state.responsive:
             if state.recall and self._same_device(state, obs, digests):
                 return self._back(state, obs, now)

@@ -57,11 +57,11 @@ def first_probe_rounds(rule: BulkRule) -> int:
 
 def sweep_rounds(policy, rule: BulkRule, ips, slot: float):
     """Rounds until the next sweep of each untracked address in ``ips`` (integer addresses): the
-    policy's per-prefix cadence where it has one (the adaptive policy's :meth:`sweep_interval`),
+    policy's per-prefix interval where it has one (the adaptive policy's :meth:`sweep_intervals`),
     ``rule.rounds`` for every address otherwise."""
     import numpy as np
 
-    cadence = getattr(policy, "cadence", None)
-    if cadence is None or not getattr(policy.params, "learned_cadence", False):
+    intervals = getattr(policy, "sweep_intervals", None)
+    if intervals is None:
         return np.full(len(ips), rule.rounds, dtype=np.int64)
-    return np.maximum(np.rint(cadence.intervals(ips) / slot), 1).astype(np.int64)
+    return np.maximum(np.rint(intervals(np.asarray(ips)) / slot), 1).astype(np.int64)
