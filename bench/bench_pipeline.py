@@ -271,11 +271,16 @@ def main(argv=None) -> None:
     ap.add_argument("--only", choices=("bounded", "live", "state"), action="append")
     ap.add_argument("--workers", type=int, default=1,
                     help="bounded: FnApiRunner worker processes (multi_processing mode); 1 = in-process")
+    ap.add_argument("--policy", choices=("adaptive", "paper"), default=None,
+                    help="the efficient policy the pipeline runs (default: the configured one, adaptive)")
     ap.add_argument("--state-cache", action="store_true",
                     help="live: keep the SDK worker's state cache on (default: off, as the CLI runs it)")
     args = ap.parse_args(argv)
     logging.disable(logging.WARNING)
     cfg = load_settings()
+    if args.policy:
+        cfg = dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, name=args.policy))
+    print(f"policy: {cfg.policy.name}", flush=True)
     for what in args.only or ("bounded", "live", "state"):
         if what == "bounded":
             bench_bounded(cfg, args.hosts, args.days, args.workers)

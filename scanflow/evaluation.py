@@ -190,6 +190,9 @@ class EvaluationConfig:
     adaptive: "AdaptiveParams | None" = None
     #: The name of this policy variant in a comparison (:func:`policy_variants`); empty: ``policy``.
     variant: str = ""
+    #: Processes one efficient run may use (ranges of /24s, :func:`scanflow.simulate.run_policy`);
+    #: the figures do not depend on it.
+    workers: int = 1
 
     @property
     def label(self) -> str:
@@ -321,7 +324,8 @@ def _run_both(cfg: EvaluationConfig, seed: int, weeks: float, port_sets, kb, *, 
     std = run_standard(world, schedule, port_sets.standard, record=record)
     clock["standard"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    eff = run_policy(world, schedule, policy, record=record, ladder_len=len(policy.params.ladder), progress=progress)
+    eff = run_policy(world, schedule, policy, record=record, ladder_len=len(policy.params.ladder), progress=progress,
+                     workers=cfg.workers)
     clock["efficient"] = time.perf_counter() - t0
     return world, schedule, std, eff, clock
 

@@ -240,11 +240,76 @@ class _Bookkeeping:
 def run_policy(world: World, schedule: Schedule, policy, byte_model: ByteModel = ByteModel(), *,
                loss: float | None = None, record: bool = False, ladder_len: int = 8,
                scanner: int = SCANNER_EFFICIENT, progress: Callable[[int], None] | None = None,
-               events: "Recorder | None" = None) -> PolicyRun:
+               events: "Recorder | None" = None, workers: int = 1) -> PolicyRun:
     """Run ``policy`` (its ``start``/``decide``) over the world: silent IPs in bulk, every answering
     or tracked IP through ``decide``. ``scanner`` salts the packet-loss draws (each scanner loses its
     own probes); ``progress(1)`` is called after each round; ``events`` (opt-in) records the
-    observations as event records and the decisions (:class:`EventRecorder`)."""
+    observations as event records and the decisions (:class:`EventRecorder`).
+
+    ``workers`` > 1 splits the addresses into that many ranges of whole /24s, each run by its own
+    process (forked: the world is shared, not copied): a policy's state is per address and per /24
+    (the learned sweep cadence), and packet loss is a pure function of (address, port, instant), so
+    the merged run is the one process's exactly (tested). Not with ``record`` or ``events``, whose
+    row order is the run's."""
+    ranges = _shard_ranges(world.n_ips, workers, getattr(getattr(policy, "cadence", None), "offset", 0))
+    if len(ranges) > 1 and not record and events is None:
+        return _run_sharded(world, schedule, policy, byte_model, ranges, loss=loss, ladder_len=ladder_len,
+                            scanner=scanner, progress=progress)
+    return _run_range(world, schedule, policy, byte_model, 0, world.n_ips, loss=loss, record=record,
+                      ladder_len=ladder_len, scanner=scanner, progress=progress, events=events)
+
+
+def _shard_ranges(n: int, workers: int, offset: int = 0) -> list[tuple[int, int]]:
+    """``workers`` contiguous address ranges covering ``0..n`` whose inner bounds fall on /24
+    boundaries of the address numbers (index + ``offset``); fewer when there are fewer /24s."""
+    if workers <= 1 or n <= 256:
+        return [(0, n)]
+    first = (-offset) % 256                       # the first index that starts a /24
+    blocks = max((n - first) // 256, 1)
+    cuts = sorted({first + 256 * round(blocks * i / workers) for i in range(1, workers)} - {0})
+    bounds = [0] + [c for c in cuts if 0 < c < n] + [n]
+    return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+
+
+def _run_sharded(world: World, schedule: Schedule, policy, byte_model: ByteModel, ranges, *, loss, ladder_len,
+                 scanner, progress) -> PolicyRun:
+    """:func:`run_policy` over address ranges, the first in this process (which reports progress),
+    the others in forked children; the partial runs merged."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    kw = dict(loss=loss, record=False, ladder_len=ladder_len, scanner=scanner)
+    global _SHARD_JOB
+    _SHARD_JOB = (world, schedule, policy, byte_model, kw)
+    try:
+        with ProcessPoolExecutor(len(ranges) - 1, mp_context=multiprocessing.get_context("fork")) as pool:
+            others = [pool.submit(_run_shard, lo, hi) for lo, hi in ranges[1:]]
+            lo, hi = ranges[0]
+            parts = [_run_range(world, schedule, policy, byte_model, lo, hi, progress=progress, **kw)]
+            parts += [f.result() for f in others]
+    finally:
+        _SHARD_JOB = None
+    cells = np.concatenate([p.cells for p in parts])
+    order = np.argsort(cells, kind="stable")
+    return PolicyRun(parts[0].name, cells[order], np.concatenate([p.cell_round for p in parts])[order],
+                     sum(p.attempts for p in parts), sum(p.probes for p in parts), sum(p.bytes for p in parts),
+                     np.maximum.reduce([p.detected for p in parts]), sum(p.states for p in parts), None,
+                     sum(p.decisions for p in parts), max(p.max_slot_probes for p in parts))
+
+
+_SHARD_JOB = None
+
+
+def _run_shard(lo: int, hi: int) -> PolicyRun:
+    world, schedule, policy, byte_model, kw = _SHARD_JOB
+    return _run_range(world, schedule, policy, byte_model, lo, hi, **kw)
+
+
+def _run_range(world: World, schedule: Schedule, policy, byte_model: ByteModel, lo: int, hi: int, *,
+               loss: float | None = None, record: bool = False, ladder_len: int = 8,
+               scanner: int = SCANNER_EFFICIENT, progress: Callable[[int], None] | None = None,
+               events: "Recorder | None" = None) -> PolicyRun:
+    """:func:`run_policy` for the addresses ``lo..hi`` only (all of them: ``0..n``)."""
     rule = bulk_silent_rule(policy, schedule.slot)
     lifecycle = Lifecycle(policy)
     masks = PortMasks()
@@ -285,7 +350,7 @@ def run_policy(world: World, schedule: Schedule, policy, byte_model: ByteModel =
     for k in range(nr):
         if learn_rounds and k and k % learn_rounds == 0:
             _learn_cadence(policy, n, code_parts)
-        due = np.flatnonzero(tr.next_round == k)
+        due = lo + np.flatnonzero(tr.next_round[lo:hi] == k)
         followups: list[tuple[int, int]] = []
         if len(due):
             segs_k = seg_all[bounds[k]:bounds[k + 1]]

@@ -174,3 +174,32 @@ def test_line_wise_normalisation_equals_the_whole_banner_at_once(lines, sep):
     banner = sep.join(lines)
     assert normalize_banner(banner) == _whole_buffer_normalize(banner)
     assert normalize_banner(banner) == normalize_banner(banner)   # memoised lines give the same
+
+
+def _every_pattern(line: bytes) -> bytes:
+    """The reference for one line: every pattern in order, the date pattern always run."""
+    from scanflow import fingerprint as F
+
+    line = F._VOLATILE_HEADERS.sub(rb"\1: *", line)
+    line = F._VOLATILE_VALUES.sub(rb"\1\2*", line)
+    line = F._DATES.sub(b"<date>", line)
+    line = F._UUID.sub(b"*", line)
+    line = F._HEX_RUN.sub(b"*", line)
+    line = F._LONG_NUMBER.sub(b"#", line)
+    line = F._TOKEN.sub(F._token_if_random, line)
+    line = F._DURATIONS.sub(rb"# \1", line)
+    line = F._COUNTERS.sub(rb"\1\2#", line)
+    return F._BLANKS.sub(b" ", line)
+
+
+_DATE_PIECES = st.sampled_from([b"Mon", b"TUE", b"sep", b"Sept.", b"DEC", b"nov", b"06", b"6", b"1994", b"94",
+                                b"08:49", b"08:49:37", b"08:49:37.123", b"GMT", b"+0900", b"z", b"T", b",",
+                                b" ", b"\t", b"-", b"/", b":", b".", b"x", b"Date:", b"Server: Boa/0.9"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_DATE_PIECES, max_size=12).map(b"".join) | st.binary(max_size=60).map(lambda b: b.replace(b"\n", b"")))
+def test_the_date_hint_never_skips_a_date(line):
+    from scanflow import fingerprint as F
+
+    assert F._normalize_line(line) == _every_pattern(line)
