@@ -173,7 +173,13 @@ def adaptive_sets(sets: PolicyPortSets, ranking: Iterable[tuple[int, int]] | Ite
     first = None
     if first_drop is not None and first_drop > len(dropped):
         first = PortSet.named("followup-first", v, sets.standard.ports - set(order[:first_drop]))
-    return AdaptivePortSets(sets.standard, light, followup, unknown, sets.silent, rest, first)
+    if not len(followup):
+        raise ValueError(f"the follow-up set is empty: the standard set ({len(sets.standard)} ports) is no larger "
+                         f"than the largest probe a follow-up may follow ({len(dropped)} ports); derive larger sets")
+    # an empty set is never planned: when the unknown-device set already holds the whole standard set
+    # (the provisional sets) nothing is left to follow up on, and no room is left for a first follow-up
+    return AdaptivePortSets(sets.standard, light, followup, unknown, sets.silent, rest if len(rest) else None,
+                            first if first is not None and len(first) else None)
 
 
 @dataclass(frozen=True)

@@ -409,3 +409,19 @@ def test_a_run_split_over_processes_by_prefix_is_the_one_process_run(sporadic_wo
         assert np.array_equal(getattr(one, field), getattr(three, field)), field
     assert (one.decisions, one.max_slot_probes) == (three.decisions, three.max_slot_probes)
     assert one.decisions > 0 and len(one.cells) > 0
+
+
+def test_no_empty_set_is_ever_planned_when_the_unknown_set_covers_the_standard_set():
+    """The provisional sets' unknown-device set is the whole standard set: nothing is left for a
+    follow-up on the rest, so there is none (an empty set would be refused by every agent)."""
+    standard = PortSet.named("standard", 1, range(1, 41))
+    sets = PolicyPortSets(standard, PortSet.named("silent", 1, range(1, 31)), PortSet.named("unknown", 1, range(1, 41)),
+                          ranking=tuple((p, 100 - p) for p in range(1, 41)), ddr_curve=(1.0,) * 40)
+    pol = make_policy("adaptive", sets, ESTIMATOR, adaptive_params=AdaptiveParams(light_ports=4))
+    assert pol.port_sets.rest is None
+    assert all(len(ps) for ps in pol.published())
+    state, plan = pol.decide(None, obs([1, 39], {}, pol.port_sets.light), T0)
+    for _ in range(6):
+        assert len(plan.ports) > 0
+        state, plan = pol.decide(state, obs([1, 39, 40], {}, plan.ports), plan.at)
+    assert len(plan.ports) > 0
