@@ -122,6 +122,27 @@ def archive_command(spec: LoopSpec, topics: RunTopics) -> str:
     return "scanflow " + " ".join(shlex.quote(a) for a in args)
 
 
+def start_dashboard(spec: LoopSpec, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
+    """``scanflow serve`` on the run's lake, as a process of its own session: it is not one of the
+    run's children, so it neither holds up the run's end nor stops with it; it keeps serving the
+    finished lake until it is killed. ``port`` 0 picks a free one. Returns its address and pid."""
+    import socket
+
+    if port == 0:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+    logs = spec.run_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    spec.lake_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "scanflow", *spec.cli_args, "serve", "--lake", str(spec.lake_dir),
+           "--host", host, "--port", str(port)]
+    with open(logs / "dashboard.log", "a") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=child_env(), start_new_session=True)
+    return f"http://{host}:{port}/", proc.pid
+
+
 def write_report(spec: LoopSpec, logs: Path, echo: Callable[[str], None]) -> str:
     """``scanflow report`` of the run's lake; returns its index page, or "" (said) when it failed."""
     cmd = [sys.executable, "-m", "scanflow", *spec.cli_args, "report", "--out", str(spec.report_dir),

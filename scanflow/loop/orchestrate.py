@@ -159,11 +159,15 @@ class Loop:
         """``<lake>/_run.json``: what made the lake, its compressed clock and the progress so far
         (read by the report, ``scanflow hosts`` and the dashboard)."""
         spec, p = self.spec, self.progress
+        health = self.topics.health() if status == "running" else {}
+        processes = {proc.name: "running" if proc.alive() else f"exited {proc.popen.returncode}"
+                     for proc in self.children.procs}
         meta = RunMeta(run_id=spec.run_id, backend=spec.backend, policy=self.settings.policy.name,
                        ips=spec.addresses(), days=spec.days, day_seconds=spec.day_seconds, start=start,
                        agents=spec.agents, networks=spec.scan_networks(), status=status,
                        progress={"virtual_days": round(p.virtual_days, 3), "events": p.events,
-                                 "commands": p.commands, "lake_rows": p.lake_rows},
+                                 "commands": p.commands, "lake_rows": p.lake_rows, **health,
+                                 "processes": processes},
                        dashboard=self.dashboard_url)
         try:
             write_run_meta(spec.lake_dir, meta)
@@ -193,6 +197,7 @@ class Loop:
         self.echo(f"[7/7] lake: archiving {progress.events:,} event records ...")
         archive_events(spec, self.topics, self.logs)
         progress.lake_rows = self.meter.lake_rows()
+        self.progress = progress
         summary = summarize(spec.lake_dir, spec.scale)
         self._write_meta(start, "done")
         report_index = ""
