@@ -272,7 +272,7 @@ def build_report(root: str | Path, out: str | Path, *, start: Any = None, end: A
 def _few_points(table: pa.Table, what: str) -> str:
     """Why a section shows a table instead of a plot."""
     n = _points(table)
-    if n >= 2:
+    if n >= 2 or not len(table):
         return ""
     return (f"<p class='empty'>No plot: the {html.escape(what)} cover {n} day{'' if n == 1 else 's'} "
             "(a plot needs two or more); the table below has the values.</p>")
@@ -290,7 +290,16 @@ def _meta_html(meta: Any, clock: Any) -> str:
 
 
 def _table4_html(traffic: dict[str, Any]) -> str:
-    """Table 4, or, when the lake holds no standard scan, what the efficient scan alone sent."""
+    """Table 4, or, when the lake holds no standard scan, what the efficient scan alone sent (and
+    the standard scan alone, when there is no efficient one)."""
+    if not traffic["standard_attempts"] and not traffic["efficient_attempts"]:
+        return "<p class='empty'>No scan in this lake.</p>"
+    if not traffic["efficient_attempts"]:
+        return ("<p><strong>No efficient scan in this lake</strong>, only a standard one: nothing to compare "
+                "it with (<code>scanflow replay</code> runs the efficient policy on it). What the standard scan "
+                "sent:</p>"
+                + _html_table([traffic], ["period_start", "period_end", "standard_bytes", "standard_attempts",
+                                          "standard_ips", "standard_cells"], formats={"standard_bytes": _bytes}))
     if not traffic["standard_attempts"]:
         return ("<p><strong>No standard baseline in this lake.</strong> A live run scans with the efficient "
                 "policy only; traffic ratio, PDR and DDR compare it with a standard (exhaustive) scan of the "
