@@ -159,7 +159,9 @@ class Loop:
         """``<lake>/_run.json``: what made the lake, its compressed clock and the progress so far
         (read by the report, ``scanflow hosts`` and the dashboard)."""
         spec, p = self.spec, self.progress
-        health = self.topics.health() if status == "running" else {}
+        health = self.topics.health()
+        if status != "running":
+            health.pop("scheduler_lag", None)   # the scheduler has stopped: its lag means nothing now
         processes = {proc.name: "running" if proc.alive() else f"exited {proc.popen.returncode}"
                      for proc in self.children.procs}
         meta = RunMeta(run_id=spec.run_id, backend=spec.backend, policy=self.settings.policy.name,
