@@ -45,7 +45,8 @@ class Exposure:
 
 @dataclass
 class ExposureReport:
-    """Every family's and model's exposure, and the exposures new in the last ``new_days`` days."""
+    """Every family's and model's exposure, and the devices newly exposed in the last ``new_days``
+    days (``new``: one entry per address: ``ip``, ``since``, ``since_day``, ``malware`` ids)."""
 
     malware: list[Exposure]
     models: list[Exposure]
@@ -107,8 +108,15 @@ def exposure(inv: Inventory, *, new_days: float = 7.0, prefix_bits: int = 24) ->
         models.append(e)
     malware.sort(key=lambda e: (-e.devices, e.id))
     models.sort(key=lambda e: (-e.devices, e.id))
-    new.sort(key=lambda x: (x["since"] or 0, x["ip"]))
-    return ExposureReport(malware, models, new, new_days)
+    per_ip: dict[str, dict[str, Any]] = {}
+    for x in new:
+        entry = per_ip.setdefault(x["ip"], {"ip": x["ip"], "since": x["since"], "since_day": x["since_day"],
+                                            "malware": []})
+        entry["malware"].append(x["malware"])
+        if x["since"] < entry["since"]:
+            entry["since"], entry["since_day"] = x["since"], x["since_day"]
+    grouped = sorted(per_ip.values(), key=lambda x: (x["since"] or 0, ipaddress.ip_address(x["ip"])))
+    return ExposureReport(malware, models, grouped, new_days)
 
 
 def _first_open(inv: Inventory) -> dict[tuple[str, int], float]:
