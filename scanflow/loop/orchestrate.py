@@ -164,6 +164,8 @@ class Loop:
             health.pop("scheduler_lag", None)   # the scheduler has stopped: its lag means nothing now
         processes = {proc.name: "running" if proc.alive() else f"exited {proc.popen.returncode}"
                      for proc in self.children.procs}
+        if status == "running":
+            health["scheduler_metrics"] = self._scheduler_metrics_url()
         meta = RunMeta(run_id=spec.run_id, backend=spec.backend, policy=self.settings.policy.name,
                        ips=spec.addresses(), days=spec.days, day_seconds=spec.day_seconds, start=start,
                        agents=spec.agents, networks=spec.scan_networks(), status=status,
@@ -175,6 +177,14 @@ class Loop:
             write_run_meta(spec.lake_dir, meta)
         except OSError as exc:  # a report's context, never a reason to stop the run
             self.echo(f"run: warning: could not write {spec.lake_dir / '_run.json'}: {exc}")
+
+    def _scheduler_metrics_url(self) -> str:
+        """The scheduler's Prometheus endpoint, as its ready file names it ("" if none)."""
+        try:
+            text = (self.spec.run_dir / "scheduler.ready").read_text()
+        except OSError:
+            return ""
+        return next((line.split(" ", 1)[1].strip() for line in text.splitlines() if line.startswith("metrics ")), "")
 
     def _announce_stop(self) -> None:
         self.echo("\n[6/7] stopping: agents ..." if self.tty else "[6/7] stopping: agents ...")
