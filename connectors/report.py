@@ -196,6 +196,9 @@ def build_report(root: str | Path, out: str | Path, *, start: Any = None, end: A
             [{"table": n, **c} for n, c in counts.items()], ["table", "files", "rows"])
             + f"<p>Responses are read from <code>{html.escape(cat.source)}</code>.{html.escape(note)}</p>")
 
+        if start is None and end is None:
+            sections.append(timed("found", lambda: _found_html(root, cat)))
+
         ranking = timed("port_ranking", lambda: cat.port_ranking(limit=None, start=start, end=end))
         _write_csv(out, "table1_port_ranking", ranking, result.files)
         sections.append("<h2>Table 1: port ranking by responding IPs</h2>"
@@ -267,6 +270,35 @@ def build_report(root: str | Path, out: str | Path, *, start: Any = None, end: A
     result.index.write_text(_page(title, f"Lake {Path(root).name}, generated {generated}", sections), encoding="utf-8")
     result.files.insert(0, result.index)
     return result
+
+
+def _found_html(root: Any, cat: Any) -> str:
+    """What the scans found (the inventory and exposure of ``scanflow hosts`` and the dashboard)."""
+    from connectors.exposure import exposure
+    from connectors.inventory import Inventory
+
+    if not cat.present["observations"]:
+        return ("<h2>What the scan found</h2><p class='empty'>This lake holds no scan rounds (observations), "
+                "only events: the inventory is built from the rounds a live run or a replay writes.</p>")
+    inv = Inventory(root, catalog=cat)
+    hosts = inv.all_hosts()
+    if not hosts:
+        return "<h2>What the scan found</h2><p class='empty'>No address answered in this lake's rounds.</p>"
+    up = [h for h in hosts if h.state == "up"]
+    rep = exposure(inv)
+    counts = [{"addresses that answered": len(hosts), "up": len(up), "gone": len(hosts) - len(up),
+               "with a device estimate": sum(1 for h in up if h.device),
+               "exposed to known malware": sum(1 for h in up if h.threats)}]
+    models = [{"model": e.name, "devices up": e.total, "exposing a malware port": e.devices} for e in rep.models]
+    families = [{"malware": e.name, "exposed devices": e.devices, "of devices it infects": e.total,
+                 "top /24s": ", ".join(f"{p} ({n})" for p, n in e.prefixes[:3])}
+                for e in rep.malware if e.devices][:15]
+    return ("<h2>What the scan found</h2>" + _html_table(counts)
+            + "<p>Per address: <code>scanflow hosts</code>, <code>scanflow host IP</code>, or the dashboard "
+              "(<code>scanflow serve</code>).</p>"
+            + (_html_table(models) if models else "<p class='empty'>No device estimated.</p>")
+            + (_html_table(families) if families else "<p class='empty'>No device exposes a port a known malware "
+                                                      "family uses.</p>"))
 
 
 def _few_points(table: pa.Table, what: str) -> str:

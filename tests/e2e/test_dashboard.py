@@ -165,8 +165,15 @@ def test_the_report_of_a_live_run_tells_the_truth(run_lake, tmp_path):
     assert re.search(r"\b0\.5\b", figure6), figure6[:800]
     # 3 virtual days: the daily figures have their days, so they are plotted
     assert (tmp_path / "report" / "figure7_attempts.png").exists()
-    lake_section = text[text.index("Lake"):text.index("Table 1")]
+    lake_section = text[text.index("Lake"):text.index("What the scan found")]
     assert re.search(r"ip_state\s+\d+\s+[1-9]", lake_section), lake_section
+    # what was found: the same inventory as scanflow hosts
+    hosts = _hosts_json(run_lake)
+    found = re.search(r"exposed to known malware\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)", text)
+    assert found, text[text.index("What the scan found"):][:600]
+    up = [h for h in hosts if h["state"] == "up"]
+    assert [int(x) for x in found.groups()] == [len(hosts), len(up), len(hosts) - len(up),
+                                                sum(1 for h in up if h["device"]), sum(1 for h in up if h["threats"])]
 
 
 # -- the CLI ------------------------------------------------------------------------------------
