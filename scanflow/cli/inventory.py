@@ -75,7 +75,8 @@ def hosts(obj: CliContext, lake, vendor, model, category, port, malware, prefix,
         table = pa.Table.from_pylist(rows) if rows else pa.table({n: pa.array([], pa.string()) for n in names})
         click.echo(format_table(table), nl=False)
         if inv.clock.compressed:
-            click.echo(f"(days: virtual days since the run started; {inv.clock.describe()})")
+            click.echo(f"(days are virtual days since the run started; one took {inv.clock.scale * 86_400:g} "
+                       "wall seconds)")
 
 
 @click.command("host")
