@@ -159,13 +159,14 @@ def _write_csv(out: Path, name: str, table: pa.Table, files: list[Path]) -> None
 def build_report(root: str | Path, out: str | Path, *, start: Any = None, end: Any = None,
                  threads: int | None = None, plots: bool = True, sample: int | None = None,
                  title: str = "scanflow lake report",
-                 honeypot_min_ports: int | None = HONEYPOT_MIN_PORTS) -> ReportResult:
+                 honeypot_min_ports: int | None = HONEYPOT_MIN_PORTS, kb: Any = None) -> ReportResult:
     """Run every canned query on the lake at ``root`` and write ``out/index.html`` with PNG plots
     and one CSV per table. Sections without data say so instead of failing. ``sample``: 1-in-n
     addresses for the per-round statistics (default: exact on lakes up to
     :data:`connectors.duckdb_intermediates.SAMPLE_ABOVE` response rows). ``honeypot_min_ports``: Table 4's
     PDR and DDR leave out IPs the standard run found with that many open ports or more
-    (:mod:`scanflow.metrics`; ``None`` or 0: none)."""
+    (:mod:`scanflow.metrics`; ``None`` or 0: none). ``kb``: the knowledge base that names the models and
+    threats of "What the scan found" (default: the built-in one)."""
     from connectors.duckdb_catalog import Catalog
     from connectors.duckdb_queries import Run
 
@@ -197,7 +198,7 @@ def build_report(root: str | Path, out: str | Path, *, start: Any = None, end: A
             + f"<p>Responses are read from <code>{html.escape(cat.source)}</code>.{html.escape(note)}</p>")
 
         if start is None and end is None:
-            sections.append(timed("found", lambda: _found_html(root, cat)))
+            sections.append(timed("found", lambda: _found_html(root, cat, kb)))
 
         ranking = timed("port_ranking", lambda: cat.port_ranking(limit=None, start=start, end=end))
         _write_csv(out, "table1_port_ranking", ranking, result.files)
@@ -272,7 +273,7 @@ def build_report(root: str | Path, out: str | Path, *, start: Any = None, end: A
     return result
 
 
-def _found_html(root: Any, cat: Any) -> str:
+def _found_html(root: Any, cat: Any, kb: Any = None) -> str:
     """What the scans found (the inventory and exposure of ``scanflow hosts`` and the dashboard)."""
     from connectors.exposure import exposure
     from connectors.inventory import Inventory
@@ -280,7 +281,7 @@ def _found_html(root: Any, cat: Any) -> str:
     if not cat.present["observations"]:
         return ("<h2>What the scan found</h2><p class='empty'>This lake holds no scan rounds (observations), "
                 "only events: the inventory is built from the rounds a live run or a replay writes.</p>")
-    inv = Inventory(root, catalog=cat)
+    inv = Inventory(root, kb, catalog=cat)
     hosts = inv.all_hosts()
     if not hosts:
         return "<h2>What the scan found</h2><p class='empty'>No address answered in this lake's rounds.</p>"

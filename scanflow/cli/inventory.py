@@ -17,6 +17,14 @@ from scanflow.cli import CliContext, pass_ctx
 _LAKE_HELP = "Lake root directory (default: the [lake] root setting)."
 
 
+def configured_kb(obj: CliContext):
+    """The knowledge base of the ``[policy]`` settings (built-in files plus ``kb_files``)."""
+    from scanflow.knowledge import load_knowledge
+
+    ps = obj.settings.policy
+    return load_knowledge(ps.kb_paths(), builtin=ps.builtin_kb)
+
+
 def _open(obj: CliContext, lake: str | None):
     from connectors.inventory import Inventory
     from scanflow.cli.lake import _root
@@ -25,7 +33,7 @@ def _open(obj: CliContext, lake: str | None):
     if not root.exists():
         click.echo(f"scanflow: error: no lake at {root}; pass --lake DIR (a run's lake is <run dir>/lake)", err=True)
         sys.exit(1)
-    return Inventory(root)
+    return Inventory(root, configured_kb(obj))
 
 
 def _day(value) -> str:

@@ -26,8 +26,11 @@ def serve(obj: CliContext, lake: str | None, host: str, port: int) -> None:
     if not root.exists():
         click.echo(f"scanflow: error: no lake at {root}; pass --lake DIR (a run's lake is <run dir>/lake)", err=True)
         sys.exit(1)
+    from scanflow.cli.inventory import configured_kb
+
+    kb = configured_kb(obj)
     click.echo(f"scanflow serve: dashboard of {root} on http://{host}:{port}/ (Ctrl-C stops it)")
-    run_server(root, host, port)
+    run_server(root, host, port, kb=kb)
 
 
 COMMANDS = [serve]

@@ -187,9 +187,11 @@ def create_app(lake: str | Path, kb: Any = None) -> Starlette:
     return Starlette(routes=routes)
 
 
-def serve(lake: str | Path, host: str = "127.0.0.1", port: int = 8600, *, log_level: str = "warning") -> None:
-    """Serve the dashboard until interrupted (uvicorn, one process)."""
+def serve(lake: str | Path, host: str = "127.0.0.1", port: int = 8600, *, kb: Any = None,
+          log_level: str = "warning") -> None:
+    """Serve the dashboard until interrupted (uvicorn, one process); ``kb``: the knowledge base that
+    names models and threats (default: the built-in one)."""
     import uvicorn
 
-    uvicorn.run(create_app(lake), host=host, port=port, log_level=log_level, access_log=False,
+    uvicorn.run(create_app(lake, kb), host=host, port=port, log_level=log_level, access_log=False,
                 server_header=False)
