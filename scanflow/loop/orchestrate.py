@@ -18,8 +18,8 @@ import time
 from typing import Callable
 
 from connectors.lake_meta import RunMeta, write_run_meta
-from scanflow.loop.launch import (archive_command, archive_events, start_agents, start_prism, start_scheduler,
-                                  write_report)
+from scanflow.loop.launch import (archive_command, archive_events, scrape_agent, start_agents, start_prism,
+                                  start_scheduler, write_report)
 from scanflow.loop.processes import Children, Proc, sigterm_interrupts
 from scanflow.loop.progress import Progress, ProgressMeter
 from scanflow.loop.spec import LoopError, LoopSpec
@@ -166,6 +166,12 @@ class Loop:
                      for proc in self.children.procs}
         if status == "running":
             health["scheduler_metrics"] = self._scheduler_metrics_url()
+            self._agents = {}
+            for name, url in spec.agent_metrics.items():
+                figures = scrape_agent(url)
+                self._agents[name] = {"metrics": url, "answering": int(figures is not None), **(figures or {})}
+        # the agents' last figures (they have stopped once the run is done)
+        health["agents"] = dict(getattr(self, "_agents", {}))
         meta = RunMeta(run_id=spec.run_id, backend=spec.backend, policy=self.settings.policy.name,
                        ips=spec.addresses(), days=spec.days, day_seconds=spec.day_seconds, start=start,
                        agents=spec.agents, networks=spec.scan_networks(), status=status,

@@ -142,6 +142,11 @@ def test_the_run_archives_ip_state_and_describes_its_clock(run_lake):
     meta = read_run_meta(run_lake)
     assert meta is not None and meta.status == "done" and meta.day_seconds == 10
     assert meta.progress["virtual_days"] == pytest.approx(3, abs=0.01)
+    # the run's health as the dashboard shows it: each agent's own Prometheus figures, dead letters
+    agents = meta.progress["agents"]
+    assert set(agents) == {"agent-0", "agent-1"}
+    assert all(a["answering"] == 1 and a["probes_total"] > 0 and a["exclusions_healthy"] == 1 for a in agents.values())
+    assert meta.progress["dead_letters"] >= 0
     with Catalog(run_lake) as cat:
         assert cat.clock.compressed
         tracked = cat.sql("SELECT count(DISTINCT ip) AS n FROM decisions WHERE status IN "
