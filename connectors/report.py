@@ -186,6 +186,7 @@ def build_report(root: str | Path, out: str | Path, *, start: Any = None, end: A
 
     meta = read_run_meta(root)
     with Catalog(root, threads=threads) as cat:
+        virtual = cat.clock.compressed
         sections.append("<h2>What made this lake</h2>" + _meta_html(meta, cat.clock))
         prepared = timed("prepare", lambda: cat.prepare(start=start, end=end, sample=sample))
         result.timings.update({f"  {name}": seconds for name, seconds in prepared["timings"].items()})
@@ -266,7 +267,7 @@ def build_report(root: str | Path, out: str | Path, *, start: Any = None, end: A
                                       formats={"banner": lambda b: cell_text(b, 160)}))
 
     if plots:
-        timed("plots", lambda: _plots(out, rates, changes, backoff, attempts, result.files))
+        timed("plots", lambda: _plots(out, rates, changes, backoff, attempts, result.files, virtual=virtual))
     generated = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     result.index.write_text(_page(title, f"Lake {Path(root).name}, generated {generated}", sections), encoding="utf-8")
     result.files.insert(0, result.index)
@@ -375,7 +376,7 @@ def _page(title: str, subtitle: str, sections: list[str]) -> str:
 
 
 def _plots(out: Path, rates: pa.Table, changes: pa.Table, backoff: pa.Table, attempts: pa.Table,
-           files: list[Path]) -> None:
+           files: list[Path], *, virtual: bool = False) -> None:
     try:
         import matplotlib
     except ImportError:
@@ -385,6 +386,10 @@ def _plots(out: Path, rates: pa.Table, changes: pa.Table, backoff: pa.Table, att
     import matplotlib.pyplot as plt
 
     def save(fig, name: str) -> None:
+        if virtual:   # a live run's compressed clock: the dates are virtual days from the run's start
+            for ax in fig.axes:
+                if not ax.get_xlabel():
+                    ax.set_xlabel("virtual day (compressed clock)")
         fig.tight_layout()
         fig.savefig(out / name, dpi=100)
         plt.close(fig)
@@ -413,7 +418,8 @@ def _plots(out: Path, rates: pa.Table, changes: pa.Table, backoff: pa.Table, att
         bottom = [0.0] * len(days)
         for interval in intervals:
             values = [share.get((d, interval), 0.0) for d in days]
-            ax.bar(days, values, bottom=bottom, label=f"{interval:g} d", width=0.8)
+            label = f"{interval:g} d" if interval else "< 0.05 d (a follow-up minutes later)"
+            ax.bar(days, values, bottom=bottom, label=label, width=0.8)
             bottom = [b + v for b, v in zip(bottom, values)]
         ax.set_ylabel("share of decisions")
         ax.set_title("back-off interval chosen, per day (efficient policy)")
@@ -423,17 +429,20 @@ def _plots(out: Path, rates: pa.Table, changes: pa.Table, backoff: pa.Table, att
     if _points(attempts) >= 2:
         rows = attempts.to_pylist()
         days = [r["day"] for r in rows]
+        baseline = any(r["standard"] for r in rows) and any(r["efficient"] for r in rows)
         fig, ax = plt.subplots(figsize=(11, 4))
-        ax.plot(days, [r["standard"] for r in rows], marker=".", label="standard")
-        ax.plot(days, [r["efficient"] for r in rows], marker=".", label="efficient")
+        for policy in ("standard", "efficient"):
+            if any(r[policy] for r in rows):
+                ax.plot(days, [r[policy] for r in rows], marker=".", label=policy)
         ax.set_ylabel("addresses probed")
-        ax2 = ax.twinx()
-        ax2.plot(days, [r["cumulative_ratio"] or 0 for r in rows], color="gray", linestyle="--",
-                 label="efficient / standard (cumulative)")
-        ax2.set_ylim(0, 1.05)
+        if baseline:   # a ratio only against a standard scan that is there
+            ax2 = ax.twinx()
+            ax2.plot(days, [r["cumulative_ratio"] or 0 for r in rows], color="gray", linestyle="--",
+                     label="efficient / standard (cumulative)")
+            ax2.set_ylim(0, 1.05)
+            ax2.legend(loc="upper right")
         ax.legend(loc="upper left")
-        ax2.legend(loc="upper right")
-        ax.set_title("scan attempts per day")
+        ax.set_title("scan attempts per day" + ("" if baseline else " (one policy only: no ratio)"))
         ax.tick_params(axis="x", rotation=45)
         save(fig, "figure7_attempts.png")
 
