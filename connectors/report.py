@@ -435,6 +435,7 @@ def _plots(out: Path, rates: pa.Table, changes: pa.Table, backoff: pa.Table, att
             if any(r[policy] for r in rows):
                 ax.plot(days, [r[policy] for r in rows], marker=".", label=policy)
         ax.set_ylabel("addresses probed")
+        ax.set_ylim(bottom=0)
         if baseline:   # a ratio only against a standard scan that is there
             ax2 = ax.twinx()
             ax2.plot(days, [r["cumulative_ratio"] or 0 for r in rows], color="gray", linestyle="--",
