@@ -166,6 +166,10 @@ class Dashboard:
                             "ORDER BY day, policy").to_pylist()
             clock = inv.clock
         baseline = bool(traffic["standard_attempts"])
+        if clock.compressed:   # the catalog's days are virtual days as dates; show their numbers
+            first = min((r["day"] for r in daily + attempts), default=None)
+            for r in daily + attempts:
+                r["day"] = f"day {(r['day'] - first).days}"
         return self.render("efficiency.html", attempts=attempts, latest=latest, traffic=traffic, daily=daily,
                            baseline=baseline, clock=clock)
 
