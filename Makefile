@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $@
 
 setup: $(STAMP)
-	@bash infra/system-deps.sh nmap masscan openssh-server vsftpd tcpdump lighttpd
+	@bash infra/system-deps.sh nmap masscan openssh-server vsftpd tcpdump lighttpd chromium
 	@$(BIN)/scanflow infra fetch
 	@$(BIN)/scanflow infra prism
 

@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 from connectors.duckdb_intermediates import Intermediates
 from connectors.duckdb_queries import CannedQueries, Run
 from connectors.duckdb_sql import sql_quote
+from connectors.lake_meta import LakeClock, lake_clock
 from connectors.parquet_lake import TABLES, spec, table_files
 
 DEDUP_VIEWS = {name: f"{name}_dedup" for name in TABLES}
@@ -41,11 +42,15 @@ DEDUP_VIEWS = {name: f"{name}_dedup" for name in TABLES}
 class Catalog(CannedQueries, Intermediates):
     """An in-memory DuckDB with the lake's views (see the module docstring).
 
-    ``threads`` and ``memory_limit`` (e.g. ``"4GB"``) bound DuckDB. Close it (:meth:`close`, or use
+    ``threads`` and ``memory_limit`` (e.g. ``"4GB"``) bound DuckDB. ``clock``: the lake's clock
+    (default: its ``_run.json``, :func:`connectors.lake_meta.lake_clock`); the macros ``_day(t)``
+    (the day of a time: virtual days of a compressed run) and ``_vdays(us)`` (a duration in
+    microseconds as days of that clock) follow it. Close it (:meth:`close`, or use
     it as a context manager) when done.
     """
 
-    def __init__(self, root: str | Path, *, threads: int | None = None, memory_limit: str | None = None):
+    def __init__(self, root: str | Path, *, threads: int | None = None, memory_limit: str | None = None,
+                 clock: LakeClock | None = None):
         import duckdb  # deferred: heavy, and only lake commands need it
 
         self.root = Path(root)
@@ -53,7 +58,18 @@ class Catalog(CannedQueries, Intermediates):
         self.con.execute("SET TimeZone = 'UTC'")
         # UTC day of a timestamp in integer arithmetic: ICU's time-zone-aware date_trunc is ~15x
         # slower on 10^7 rows, and the lake is UTC throughout.
-        self.con.execute("CREATE MACRO _day(t) AS DATE '1970-01-01' + CAST(epoch_us(t) // 86400000000 AS INTEGER)")
+        # A live run's lake is in compressed time (connectors.lake_meta): its "days" are virtual days
+        # counted from the run's start, and durations are divided by the compression.
+        self.clock = clock if clock is not None else lake_clock(self.root)
+        if self.clock.compressed and self.clock.start is not None:
+            start_us = int(self.clock.start * 1e6)
+            day_us = int(round(self.clock.scale * 86_400e6))
+            first = _dt.datetime.fromtimestamp(self.clock.start, _dt.timezone.utc).date().isoformat()
+            self.con.execute(f"CREATE MACRO _day(t) AS DATE '{first}' + "
+                             f"CAST(floor((epoch_us(t) - {start_us}) / {day_us}) AS INTEGER)")
+        else:
+            self.con.execute("CREATE MACRO _day(t) AS DATE '1970-01-01' + CAST(epoch_us(t) // 86400000000 AS INTEGER)")
+        self.con.execute(f"CREATE MACRO _vdays(us) AS us / {86_400e6 * self.clock.scale!r}")
         if threads:
             self.con.execute(f"SET threads = {int(threads)}")
         if memory_limit:

@@ -60,8 +60,8 @@ class Intermediates:
         if cache and window == (None, None):
             persist = _writable(self.root)
             tables = {
-                "_scans_daily": PartitionCache(self, "scans_daily", "scans", self._scans_daily_sql, persist=persist),
-                "_decisions_daily": PartitionCache(self, "decisions_daily", "decisions", self._decisions_daily_sql,
+                "_scans_daily": PartitionCache(self, f"scans_daily{self._clock_tag}", "scans", self._scans_daily_sql, persist=persist),
+                "_decisions_daily": PartitionCache(self, f"decisions_daily{self._clock_tag}", "decisions", self._decisions_daily_sql,
                                                    persist=persist),
                 "_sample": PartitionCache(self, f"sample-{n}", self.source,
                                           lambda rows, part: self._sample_rows_sql(rows, "true", n, part=part),
@@ -89,6 +89,12 @@ class Intermediates:
         self._prepared = {"window": window, "sample": n}
         return {"window": window, "sample": n, "timings": timings}
 
+    @property
+    def _clock_tag(self) -> str:
+        """Suffix of the caches whose days depend on the lake's clock (a compressed run's)."""
+        clock = self.clock
+        return f"-c{clock.scale:.6g}-{clock.start:.0f}" if clock.compressed and clock.start is not None else ""
+
     def _is_prepared(self, start: Any, end: Any) -> bool:
         return self._prepared is not None and self._prepared["window"] == (as_time(start), as_time(end))
 
@@ -112,7 +118,7 @@ class Intermediates:
         """Per (UTC day, policy, back-off interval in days, responsive or not): decisions, once each."""
         p = "_part, " if part else ""
         return f"""SELECT {p}_day(decided_at) AS day, policy,
-                          round((epoch_us(next_scan_at) - epoch_us(decided_at)) / 86400e6, 1) AS interval_days,
+                          round(_vdays(epoch_us(next_scan_at) - epoch_us(decided_at)), 1) AS interval_days,
                           status IN ('RESPONSIVE_ESTIMATED', 'RESPONSIVE_UNESTIMATED') AS responsive,
                           count(*) AS decisions
                    FROM (SELECT {p}decision_id, any_value(policy) AS policy, any_value(decided_at) AS decided_at,

@@ -134,7 +134,7 @@ class CannedQueries:
             WITH last AS (SELECT ip, policy, max(decided_at) AS decided_at,
                                  arg_max(next_scan_at, decided_at) AS next_scan_at, arg_max(status, decided_at) AS status
                           FROM decisions WHERE {where} GROUP BY ip, policy)
-            SELECT round((epoch_us(next_scan_at) - epoch_us(decided_at)) / 86400e6, 1) AS interval_days,
+            SELECT round(_vdays(epoch_us(next_scan_at) - epoch_us(decided_at)), 1) AS interval_days,
                    count(*) AS ips, count(*) / sum(count(*)) OVER () AS share
             FROM last WHERE next_scan_at IS NOT NULL
               AND status IN ('RESPONSIVE_ESTIMATED', 'RESPONSIVE_UNESTIMATED')

@@ -91,11 +91,25 @@ class Scheduler(beam.PTransform):
 
 
 def _archive(outputs: SchedulerOutputs, root: str, mode: str) -> None:
-    """Observations and decisions to the Parquet lake (``connectors.beam_lake``)."""
+    """Observations, decisions and the tracked IPs' states to the Parquet lake (``connectors.beam_lake``).
+
+    The states are the records the stage writes to ``scanflow.ip-state`` (tombstones dropped: a
+    demoted IP's last state stays in the lake's history, its later decision says it went silent).
+    A replay emits no states, so its ``ip_state`` table stays empty."""
     from connectors.beam_lake import WriteToLake
 
     _ = outputs.observations | "ArchiveObservations" >> WriteToLake(root, "observations", mode=mode)
     _ = outputs.decisions | "ArchiveDecisions" >> WriteToLake(root, "decisions", mode=mode)
+    _ = (outputs.states
+         | "StateRecords" >> beam.FlatMap(_state_record)
+         | "ArchiveIpStates" >> WriteToLake(root, "ip_state", mode=mode))
+
+
+def _state_record(element):
+    """``(ip, IpState record or None, headers)`` -> the record, nothing for a tombstone."""
+    record = element[1]
+    if record is not None:
+        yield record
 
 
 def build_live(p: beam.Pipeline, settings, pipeline: PipelineSettings, policy, *, now: float | None = None,

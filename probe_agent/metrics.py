@@ -1,8 +1,9 @@
 """Observability: counters and gauges, a Prometheus endpoint, a one-line progress display, JSON logs.
 
-The agent's own counters are plain integers updated on its event loop; the HTTP endpoint (a daemon
-thread) and the progress line only read them, so no lock is needed for their consistency beyond
-what a Prometheus scrape tolerates anyway.
+The agent's own counters are plain integers updated on its event loop; the Prometheus endpoint
+(``prometheus_client``: a collector that reads them at each scrape, served by its HTTP server on a
+daemon thread) and the progress line only read them, so no lock is needed for their consistency
+beyond what a Prometheus scrape tolerates anyway. The metric names are documented in docs/AGENT.md.
 """
 
 from __future__ import annotations
@@ -10,10 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import threading
 import time
 from collections import defaultdict
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, TextIO
 
 
@@ -52,46 +51,18 @@ class AgentMetrics:
         return (self.probes - p0) / (now - t0) if now > t0 else 0.0
 
     def prometheus(self) -> str:
-        """The text exposition format."""
-        labels = f'agent="{_esc(self.agent_id)}",backend="{_esc(self.backend)}"'
-        lines: list[str] = []
+        """The text exposition format (``prometheus_client``'s, of :meth:`registry`)."""
+        from prometheus_client import generate_latest
 
-        def metric(name: str, kind: str, help_: str, values: dict[str, float] | float, label: str = "") -> None:
-            lines.append(f"# HELP {name} {help_}")
-            lines.append(f"# TYPE {name} {kind}")
-            if isinstance(values, dict):
-                for key, value in sorted(values.items()):
-                    lines.append(f'{name}{{{labels},{label}="{_esc(key)}"}} {value}')
-            else:
-                lines.append(f"{name}{{{labels}}} {values}")
+        return generate_latest(self.registry()).decode()
 
-        metric("scanflow_agent_probes_total", "counter", "Probes sent (connection attempts, SYNs).", self.probes)
-        metric("scanflow_agent_packets_total", "counter", "Packets sent, all probes and requests.", self.packets)
-        metric("scanflow_agent_bytes_total", "counter", "Bytes sent at the IP layer.", self.bytes)
-        metric("scanflow_agent_responses_total", "counter", "Responses seen, by event kind.",
-               dict(self.responses), "kind")
-        metric("scanflow_agent_probe_status_total", "counter", "Probes by how they ended.",
-               dict(self.statuses), "status")
-        metric("scanflow_agent_errors_total", "counter", "Errors, by class.", dict(self.errors), "class")
-        metric("scanflow_agent_commands_total", "counter", "Commands handled, by outcome.",
-               dict(self.commands), "outcome")
-        metric("scanflow_agent_events_published_total", "counter", "ScanEvents sent to Kafka.",
-               self.events_published)
-        metric("scanflow_agent_scan_done_published_total", "counter", "ScanDones sent to Kafka.",
-               self.dones_published)
-        metric("scanflow_agent_dead_letters_total", "counter", "Records sent to the dead-letter topic.",
-               self.dead_letters)
-        metric("scanflow_agent_backlog", "gauge", "Commands waiting in the agent's partitions (lag).",
-               self.backlog)
-        metric("scanflow_agent_inflight_commands", "gauge", "Commands being executed.", self.inflight_commands)
-        metric("scanflow_agent_rate_cap_pps", "gauge", "The packets/s cap.", self.rate_cap)
-        metric("scanflow_agent_tracked_ips", "gauge", "IPs under per-IP tracking (skipped by sweeps).",
-               self.tracked_ips)
-        metric("scanflow_agent_exclusions_healthy", "gauge", "1 while the exclusion list is readable.",
-               self.exclusions_healthy)
-        metric("scanflow_agent_uptime_seconds", "gauge", "Seconds since the agent started.",
-               round(self.clock() - self.started, 3))
-        return "\n".join(lines) + "\n"
+    def registry(self):
+        """A ``prometheus_client`` registry whose one collector reads these figures at each scrape."""
+        from prometheus_client import CollectorRegistry
+
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_AgentCollector(self))
+        return registry
 
     def progress_line(self) -> str:
         """One line for a terminal."""
@@ -102,45 +73,77 @@ class AgentMetrics:
                 f"commands {self.inflight_commands} running, backlog {self.backlog:,}")
 
 
-def _esc(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+#: (name, kind, help, attribute, label of a per-key figure or "") of every figure, in exposition order.
+_FIGURES = (
+    ("scanflow_agent_probes_total", "counter", "Probes sent (connection attempts, SYNs).", "probes", ""),
+    ("scanflow_agent_packets_total", "counter", "Packets sent, all probes and requests.", "packets", ""),
+    ("scanflow_agent_bytes_total", "counter", "Bytes sent at the IP layer.", "bytes", ""),
+    ("scanflow_agent_responses_total", "counter", "Responses seen, by event kind.", "responses", "kind"),
+    ("scanflow_agent_probe_status_total", "counter", "Probes by how they ended.", "statuses", "status"),
+    ("scanflow_agent_errors_total", "counter", "Errors, by class.", "errors", "class"),
+    ("scanflow_agent_commands_total", "counter", "Commands handled, by outcome.", "commands", "outcome"),
+    ("scanflow_agent_events_published_total", "counter", "ScanEvents sent to Kafka.", "events_published", ""),
+    ("scanflow_agent_scan_done_published_total", "counter", "ScanDones sent to Kafka.", "dones_published", ""),
+    ("scanflow_agent_dead_letters_total", "counter", "Records sent to the dead-letter topic.", "dead_letters", ""),
+    ("scanflow_agent_backlog", "gauge", "Commands waiting in the agent's partitions (lag).", "backlog", ""),
+    ("scanflow_agent_inflight_commands", "gauge", "Commands being executed.", "inflight_commands", ""),
+    ("scanflow_agent_rate_cap_pps", "gauge", "The packets/s cap.", "rate_cap", ""),
+    ("scanflow_agent_tracked_ips", "gauge", "IPs under per-IP tracking (skipped by sweeps).", "tracked_ips", ""),
+    ("scanflow_agent_exclusions_healthy", "gauge", "1 while the exclusion list is readable.",
+     "exclusions_healthy", ""),
+)
+
+
+class _AgentCollector:
+    """A ``prometheus_client`` collector over :class:`AgentMetrics`: the agent's event loop keeps its
+    plain integers (no lock on the hot path); a scrape reads them."""
+
+    def __init__(self, metrics: AgentMetrics):
+        self.m = metrics
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        base = ["agent", "backend"]
+        ids = [self.m.agent_id, self.m.backend]
+        for name, kind, help_, attr, label in _FIGURES:
+            family = (CounterMetricFamily(name.removesuffix("_total"), help_, labels=base + ([label] if label else []))
+                      if kind == "counter" else GaugeMetricFamily(name, help_, labels=base + ([label] if label else [])))
+            value = getattr(self.m, attr)
+            if label:
+                for key, v in sorted(dict(value).items()):
+                    family.add_metric(ids + [str(key)], v)
+            else:
+                family.add_metric(ids, value)
+            yield family
+        uptime = GaugeMetricFamily("scanflow_agent_uptime_seconds", "Seconds since the agent started.", labels=base)
+        uptime.add_metric(ids, round(self.m.clock() - self.m.started, 3))
+        yield uptime
 
 
 class MetricsServer:
-    """``GET /metrics`` in Prometheus text format, served from a daemon thread."""
+    """``GET /metrics`` in Prometheus text format (``prometheus_client``'s HTTP server, a daemon
+    thread). ``port`` 0 picks a free port (:attr:`port`)."""
 
     def __init__(self, metrics: AgentMetrics, host: str = "127.0.0.1", port: int = 0):
-        outer = metrics
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 - http.server's naming
-                if self.path.split("?")[0] not in ("/metrics", "/"):
-                    self.send_error(404)
-                    return
-                body = outer.prometheus().encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):  # scrapes are not log lines
-                pass
-
-        self.server = ThreadingHTTPServer((host, port), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        self._thread = threading.Thread(target=self.server.serve_forever, name="metrics", daemon=True)
+        self.metrics, self.host, self._port = metrics, host, port
+        self.server = None
+        self._thread = None
+        self.port = port
 
     def start(self) -> "MetricsServer":
         """Serve in the background."""
-        self._thread.start()
+        from prometheus_client import start_http_server
+
+        self.server, self._thread = start_http_server(self._port, addr=self.host, registry=self.metrics.registry())
+        self.port = self.server.server_address[1]
         return self
 
     def stop(self) -> None:
         """Stop serving."""
-        self.server.shutdown()
-        self.server.server_close()
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
 
 
 class ProgressDisplay:

@@ -86,10 +86,10 @@ def show_config(obj: CliContext) -> None:
 
 
 def _register() -> None:
-    from scanflow.cli import agent, evaluate, lake, pipeline, policy, portsets, run, stack
+    from scanflow.cli import agent, evaluate, inventory, lake, pipeline, policy, portsets, run, serve, stack
 
     # ADD A COMMAND MODULE HERE: each module exposes COMMANDS, a list of click commands/groups.
-    modules = [stack, policy, portsets, evaluate, lake, agent, pipeline, run]
+    modules = [stack, policy, portsets, evaluate, lake, inventory, serve, agent, pipeline, run]
     for module in modules:
         for command in module.COMMANDS:
             main.add_command(command)

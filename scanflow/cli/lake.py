@@ -93,8 +93,10 @@ def report(obj: CliContext, out_dir: str, lake: str | None, start: str | None, e
             _fail(f"{flag}: {exc}", 2)
     root = _root(obj, lake)
     try:
+        from scanflow.cli.inventory import configured_kb
+
         result = build_report(root, out_dir, start=start, end=end, threads=threads, plots=not no_plots,
-                              honeypot_min_ports=honeypot_min_ports)
+                              honeypot_min_ports=honeypot_min_ports, kb=configured_kb(obj))
     except (RuntimeError, ValueError) as exc:
         _fail(str(exc))
     total = sum(result.timings.values())

@@ -54,8 +54,11 @@ def pipeline() -> None:
               help="Cancel the pipeline after this long (default: run until Ctrl-C).")
 @click.option("--pipeline-arg", "pipeline_args", multiple=True, metavar="ARG",
               help="Extra Beam pipeline argument, e.g. --pipeline-arg=--parallelism=2 (repeatable).")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Serve the job's counters for Prometheus on 127.0.0.1:PORT/metrics "
+                   "(scanflow_scheduler_*; 0 picks a free port). Default: off.")
 @pass_ctx
-def run(obj: CliContext, runner, job_endpoint, duration, pipeline_args) -> None:
+def run(obj: CliContext, runner, job_endpoint, duration, pipeline_args, metrics_port) -> None:
     """Consume scanflow.events, decide per IP with the efficient policy and send ScanCommands to
     scanflow.commands (sweeps included); state changes go to scanflow.ip-state. Resumes from the
     consumer group's offsets and the ip-state topic after a restart."""
@@ -84,6 +87,11 @@ def run(obj: CliContext, runner, job_endpoint, duration, pipeline_args) -> None:
 
     def started(result):
         click.echo(f"scheduler: running ({'for %g s' % duration if duration else 'Ctrl-C to stop'})")
+        if metrics_port is not None:
+            from pipelines.metrics_endpoint import start_metrics_server
+
+            server = start_metrics_server(result, "127.0.0.1", metrics_port)
+            click.echo(f"scheduler: metrics on http://127.0.0.1:{server.server_address[1]}/metrics")
 
     result = run_live(settings, ps, runner=runner, extra=extra, duration_s=duration, on_start=started)
     click.echo(f"scheduler: {result.state}")

@@ -53,9 +53,15 @@ def _fail(message: str, code: int = 2) -> None:
 @click.option("--keep-topics", is_flag=True, help="Keep the run's Kafka topics (default: deleted at the end; "
                                                   "the lake keeps the archive).")
 @click.option("--skip-kafka-up", is_flag=True, help="Do not start the local broker (an external cluster).")
+@click.option("--dashboard/--no-dashboard", default=None,
+              help="Start `scanflow serve` on the run's lake and print its address (default: on when the output "
+                   "is a terminal). It runs on its own: the run does not wait for it, and it keeps serving the "
+                   "finished lake after the run ends until it is killed (its pid is printed).")
+@click.option("--dashboard-port", type=click.IntRange(0, 65535), default=0, show_default=True,
+              help="Port of the dashboard on 127.0.0.1 (0: a free one).")
 @pass_ctx
 def run(obj: CliContext, ips, days, day_seconds, agents, backend, allow, policy_name, no_first_pass, contact, rate, seed,
-        run_dir, lake_dir, report_dir, no_report, keep_topics, skip_kafka_up) -> None:
+        run_dir, lake_dir, report_dir, no_report, keep_topics, skip_kafka_up, dashboard, dashboard_port) -> None:
     """The whole loop: Kafka up, the run's topics, the scheduler on Prism, sim agents scanning a
     synthetic internet in accelerated virtual time, the Parquet lake; a progress line while it runs;
     at the end of the virtual period a clean stop, a DuckDB summary and `scanflow report`.
@@ -153,6 +159,12 @@ def run(obj: CliContext, ips, days, day_seconds, agents, backend, allow, policy_
 
     require_topics(settings.kafka, {})   # the broker answers (one line and exit 4 if not); the run makes its topics
     loop = Loop(spec, settings, echo=click.echo)
+    if dashboard if dashboard is not None else sys.stdout.isatty():
+        from scanflow.loop.launch import start_dashboard
+
+        loop.dashboard_url, pid = start_dashboard(spec, port=dashboard_port)
+        click.echo(f"dashboard: {loop.dashboard_url}  (pid {pid}; it keeps serving the lake after the run; "
+                   f"stop it with: kill {pid})")
     try:
         result = loop.run()
     except (LoopError, ConfigError) as exc:
@@ -167,6 +179,8 @@ def run(obj: CliContext, ips, days, day_seconds, agents, backend, allow, policy_
                    "the agents' logs in the run dir")
     click.echo(f"scanflow run: {'interrupted' if result.interrupted else 'done'} in "
                f"{time.monotonic() - started:.0f} s")
+    if loop.dashboard_url:
+        click.echo(f"dashboard: {loop.dashboard_url} (still serving this run's lake)")
     if result.interrupted:
         sys.exit(130)
 

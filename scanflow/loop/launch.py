@@ -81,8 +81,12 @@ def start_agents(children: Children, spec: LoopSpec, topics: RunTopics, epoch_us
     """``spec.agents`` agents in the agents' group; a sim agent's world starts at ``epoch_us``."""
     # The scheduler publishes its named port sets here when it starts (after the agents).
     (spec.run_dir / "portsets").mkdir(parents=True, exist_ok=True)
+    spec.agent_metrics = {}
     for k in range(spec.agents):
-        args = ["agent", "--backend", spec.backend, "--group", topics.agents_group,
+        # Each agent's Prometheus endpoint on a free loopback port: the run's health on the dashboard.
+        port = _free_port()
+        spec.agent_metrics[f"agent-{k}"] = f"http://127.0.0.1:{port}/metrics"
+        args = ["agent", "--backend", spec.backend, "--group", topics.agents_group, "--metrics-port", str(port),
                 "--agent-id", f"{spec.backend}-agent-{k}", "--no-progress", "--seed", str(spec.seed + k),
                 "--set", f"portset_dir={spec.run_dir / 'portsets'}", "--set", "commit_interval_s=0.5"]
         for net in spec.scan_networks():
@@ -120,6 +124,57 @@ def archive_command(spec: LoopSpec, topics: RunTopics) -> str:
     args = [*spec.cli_args, f"--set=topics.events={topics.names['events']}", "lake", "archive",
             "--lake", str(spec.lake_dir)]
     return "scanflow " + " ".join(shlex.quote(a) for a in args)
+
+
+def _free_port(host: str = "127.0.0.1") -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def scrape_agent(url: str, timeout_s: float = 1.0) -> dict[str, float] | None:
+    """The figures of one agent's Prometheus endpoint the dashboard shows (summed over labels), or
+    None when it does not answer."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    out = {key: 0.0 for key in AGENT_FIGURES}     # a family without samples (no error yet) is a 0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            key = sample.name.removeprefix("scanflow_agent_")
+            if key in AGENT_FIGURES:
+                out[key] = out.get(key, 0.0) + sample.value
+    return out
+
+
+#: The agent figures ``_run.json`` carries for the dashboard.
+AGENT_FIGURES = ("probes_total", "responses_total", "errors_total", "events_published_total",
+                 "dead_letters_total", "backlog", "inflight_commands", "exclusions_healthy")
+
+
+def start_dashboard(spec: LoopSpec, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
+    """``scanflow serve`` on the run's lake, as a process of its own session: it is not one of the
+    run's children, so it neither holds up the run's end nor stops with it; it keeps serving the
+    finished lake until it is killed. ``port`` 0 picks a free one. Returns its address and pid."""
+    if port == 0:
+        port = _free_port(host)
+    logs = spec.run_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    spec.lake_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "scanflow", *spec.cli_args, "serve", "--lake", str(spec.lake_dir),
+           "--host", host, "--port", str(port)]
+    with open(logs / "dashboard.log", "a") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=child_env(), start_new_session=True)
+    return f"http://{host}:{port}/", proc.pid
 
 
 def write_report(spec: LoopSpec, logs: Path, echo: Callable[[str], None]) -> str:

@@ -17,8 +17,9 @@ import sys
 import time
 from typing import Callable
 
-from scanflow.loop.launch import (archive_command, archive_events, start_agents, start_prism, start_scheduler,
-                                  write_report)
+from connectors.lake_meta import RunMeta, write_run_meta
+from scanflow.loop.launch import (archive_command, archive_events, scrape_agent, start_agents, start_prism,
+                                  start_scheduler, write_report)
 from scanflow.loop.processes import Children, Proc, sigterm_interrupts
 from scanflow.loop.progress import Progress, ProgressMeter
 from scanflow.loop.spec import LoopError, LoopSpec
@@ -43,6 +44,8 @@ class Loop:
                                  drain_scheduler=self.topics.drain_scheduler)
         self.meter = ProgressMeter(spec, self.topics, echo, self.tty)
         self.progress = Progress()
+        #: The dashboard's address when ``scanflow run`` started one (written into ``_run.json``).
+        self.dashboard_url = ""
         #: True when an interrupted run left its topics for a later archive (see :func:`archive_command`).
         self.kept_for_archive = False
 
@@ -95,6 +98,7 @@ class Loop:
         loop_started = time.monotonic()
         try:
             start = self._start_children()
+            self._write_meta(start, "running")
             # The virtual clock runs from the moment the scheduler's sweeps start.
             loop_started = time.monotonic() - (time.time() - start)
             self._show_progress_until_the_end(start)
@@ -143,12 +147,50 @@ class Loop:
                 self.progress = self.meter.sample(start)
                 self.progress.virtual_days = min(self.progress.virtual_days, spec.days)
                 self.meter.show(self.progress)
+                self._write_meta(start, "running")
                 if self.on_sample is not None:
                     self.on_sample(self, self.progress)
                 next_show = now + self.progress_every_s
             if time.time() - start >= period:
                 break
             time.sleep(0.25)
+
+    def _write_meta(self, start: float, status: str) -> None:
+        """``<lake>/_run.json``: what made the lake, its compressed clock and the progress so far
+        (read by the report, ``scanflow hosts`` and the dashboard)."""
+        spec, p = self.spec, self.progress
+        health = self.topics.health()
+        if status != "running":
+            health.pop("scheduler_lag", None)   # the scheduler has stopped: its lag means nothing now
+        processes = {proc.name: "running" if proc.alive() else f"exited {proc.popen.returncode}"
+                     for proc in self.children.procs}
+        if status == "running":
+            health["scheduler_metrics"] = self._scheduler_metrics_url()
+            self._agents = {}
+            for name, url in spec.agent_metrics.items():
+                figures = scrape_agent(url)
+                self._agents[name] = {"metrics": url, "answering": int(figures is not None), **(figures or {})}
+        # the agents' last figures (they have stopped once the run is done)
+        health["agents"] = dict(getattr(self, "_agents", {}))
+        meta = RunMeta(run_id=spec.run_id, backend=spec.backend, policy=self.settings.policy.name,
+                       ips=spec.addresses(), days=spec.days, day_seconds=spec.day_seconds, start=start,
+                       agents=spec.agents, networks=spec.scan_networks(), status=status,
+                       progress={"virtual_days": round(p.virtual_days, 3), "events": p.events,
+                                 "commands": p.commands, "lake_rows": p.lake_rows, **health,
+                                 "processes": processes},
+                       dashboard=self.dashboard_url)
+        try:
+            write_run_meta(spec.lake_dir, meta)
+        except OSError as exc:  # a report's context, never a reason to stop the run
+            self.echo(f"run: warning: could not write {spec.lake_dir / '_run.json'}: {exc}")
+
+    def _scheduler_metrics_url(self) -> str:
+        """The scheduler's Prometheus endpoint, as its ready file names it ("" if none)."""
+        try:
+            text = (self.spec.run_dir / "scheduler.ready").read_text()
+        except OSError:
+            return ""
+        return next((line.split(" ", 1)[1].strip() for line in text.splitlines() if line.startswith("metrics ")), "")
 
     def _announce_stop(self) -> None:
         self.echo("\n[6/7] stopping: agents ..." if self.tty else "[6/7] stopping: agents ...")
@@ -173,7 +215,9 @@ class Loop:
         self.echo(f"[7/7] lake: archiving {progress.events:,} event records ...")
         archive_events(spec, self.topics, self.logs)
         progress.lake_rows = self.meter.lake_rows()
+        self.progress = progress
         summary = summarize(spec.lake_dir, spec.scale)
+        self._write_meta(start, "done")
         report_index = ""
         if spec.report:
             report_index = write_report(spec, self.logs, self.echo)

@@ -103,7 +103,15 @@ def main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     result = p.run()
-    Path(spec["ready_file"]).write_text("running\n")
+    ready = "running\n"
+    try:  # the job's counters for Prometheus (and the dashboard's overview), on a free loopback port
+        from pipelines.metrics_endpoint import start_metrics_server
+
+        server = start_metrics_server(result, "127.0.0.1", int(spec.get("metrics_port", 0)))
+        ready += f"metrics http://127.0.0.1:{server.server_address[1]}/metrics\n"
+    except Exception:  # noqa: BLE001 - observability is never a reason not to schedule
+        log.warning("no metrics endpoint", exc_info=True)
+    Path(spec["ready_file"]).write_text(ready)
     log.info("scheduler running: %s -> %s", settings.topics.events, settings.topics.commands)
     with ExpectedCancel() as quiet:
         try:

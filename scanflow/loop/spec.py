@@ -49,6 +49,8 @@ class LoopSpec:
     cli_args: tuple[str, ...] = ()
     config_file: str | None = None
     set_items: tuple[str, ...] = ()
+    #: Each agent's Prometheus endpoint (set when the agents start).
+    agent_metrics: dict[str, str] = field(default_factory=dict)
 
     @property
     def scale(self) -> float:

@@ -26,6 +26,7 @@ class RunTopics:
         self.scheduler_group = f"scanflow-run-{run_id}"
         self.agents_group = f"scanflow-run-{run_id}-agents"
         self._consumer = None
+        self._admin = None
 
     def set_args(self) -> list[str]:
         """``--set`` arguments that point a child ``scanflow`` at the run's topics."""
@@ -116,8 +117,35 @@ class RunTopics:
         tps = topic_partitions(self._consumer, [topic])
         return sum(self._consumer.end_offsets(tps).values())
 
+    def health(self) -> dict[str, int | None]:
+        """For the dashboard: dead letters so far, and the scheduler's consumer lag on the events
+        topic (records not yet committed; None when the broker does not say). Never raises."""
+        out: dict[str, int | None] = {"dead_letters": None, "scheduler_lag": None}
+        try:
+            out["dead_letters"] = self.records(self.names["dead_letter"])
+            from connectors.kafka_io import topic_partitions
+
+            if self._admin is None:
+                from connectors.kafka_admin import admin_client
+
+                self._admin = admin_client(self.settings.kafka)
+            tps = topic_partitions(self._consumer, [self.names["events"]])
+            ends = self._consumer.end_offsets(tps)
+            committed = self._admin.list_consumer_group_offsets(self.scheduler_group)
+            out["scheduler_lag"] = sum(max(0, end - (committed[tp].offset if committed.get(tp) else 0))
+                                       for tp, end in ends.items())
+        except Exception:  # noqa: BLE001 - health is a report, never a reason to stop the run
+            pass
+        return out
+
     def close(self) -> None:
         """Close the consumer of :meth:`records`; never raises."""
+        if self._admin is not None:
+            try:
+                self._admin.close()
+            except Exception:  # noqa: BLE001 - as below
+                pass
+            self._admin = None
         if self._consumer is not None:
             try:
                 self._consumer.close()

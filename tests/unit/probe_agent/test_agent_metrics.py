@@ -25,14 +25,25 @@ def sample() -> AgentMetrics:
 
 
 def test_prometheus_text_has_every_figure_with_labels():
+    from prometheus_client.parser import text_string_to_metric_families
+
     text = sample().prometheus()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    labels = (("agent", "agent-1"), ("backend", "connect"))
+    assert samples[("scanflow_agent_probes_total", labels)] == 5000
+    assert samples[("scanflow_agent_responses_total", tuple(sorted(labels + (("kind", "BANNER"),))))] == 7
+    assert samples[("scanflow_agent_errors_total", tuple(sorted(labels + (("class", "socket"),))))] == 1
+    assert samples[("scanflow_agent_backlog", labels)] == 12
+    assert samples[("scanflow_agent_uptime_seconds", labels)] == 5
     lines = set(text.splitlines())
-    labels = 'agent="agent-1",backend="connect"'
-    assert f"scanflow_agent_probes_total{{{labels}}} 5000" in lines
-    assert f'scanflow_agent_responses_total{{{labels},kind="BANNER"}} 7' in lines
-    assert f'scanflow_agent_errors_total{{{labels},class="socket"}} 1' in lines
-    assert f"scanflow_agent_backlog{{{labels}}} 12" in lines
     assert "# TYPE scanflow_agent_probes_total counter" in lines and "# TYPE scanflow_agent_backlog gauge" in lines
+    # every documented name (docs/AGENT.md) is there
+    for name in ("probes_total", "packets_total", "bytes_total", "responses_total", "probe_status_total",
+                 "errors_total", "commands_total", "events_published_total", "scan_done_published_total",
+                 "dead_letters_total", "backlog", "inflight_commands", "rate_cap_pps", "tracked_ips",
+                 "exclusions_healthy", "uptime_seconds"):
+        assert f"# TYPE scanflow_agent_{name} " in text, name
 
 
 def test_metrics_endpoint_serves_the_text_on_loopback():
