@@ -194,8 +194,9 @@ class ConnectGrabber:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.settings.interface.encode())
         return sock
 
-    async def grab(self, ip: str, port: int) -> ProbeResult:
-        """Probe ``ip:port``; never raises for network outcomes (they are statuses)."""
+    async def grab(self, ip: str, port: int, grabber: str | None = None) -> ProbeResult:
+        """Probe ``ip:port``; never raises for network outcomes (they are statuses). ``grabber``: a
+        registered grabber name instead of the port's own (tests and benchmarks on odd ports)."""
         s = self.settings
         v6 = ":" in ip
         syn_bytes, seg_bytes = (80, 72) if v6 else (60, 52)
@@ -239,7 +240,7 @@ class ConnectGrabber:
                 return ProbeResult(ip, port, ProbeStatus.ERROR, packets=syns, bytes=syns * syn_bytes,
                                    error=f"not connected: {why}", timestamp_us=_now_us())
             opened_us = _now_us()
-            outcome, banner, cut, eof, first_us = await self._read_banner(loop, sock, ip, port)
+            outcome, banner, cut, eof, first_us = await self._read_banner(loop, sock, ip, port, grabber)
             counters = _tcp_counters(sock)
         finally:
             sock.close()
@@ -264,11 +265,11 @@ class ConnectGrabber:
             result.kind = "SYN_ACK"
         return result
 
-    async def _read_banner(self, loop, sock: socket.socket, ip: str, port: int):
+    async def _read_banner(self, loop, sock: socket.socket, ip: str, port: int, name: str | None = None):
         """Run the port's grabber (:mod:`probe_agent.grabbers`) on the connection:
         (outcome, banner cut to the cap, cut?, eof, first byte time)."""
         s = self.settings
-        grabber = grabbers.for_port(port, s.ask_unknown)
+        grabber = grabbers.get(name) if name else grabbers.for_port(port, s.ask_unknown)
         conn = Conn(sock, ip, port, contact=s.contact, cap=s.banner_cap, read_timeout_s=s.read_timeout_s,
                     passive_wait_s=s.passive_wait_s, idle_gap_s=s.idle_gap_s, ask_unknown=s.ask_unknown)
         try:
