@@ -16,6 +16,7 @@ others in certificate order; the ``san:`` line is left out when there are none.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 from typing import Any
 
@@ -91,7 +92,14 @@ def key_facts(cert: x509.Certificate) -> tuple[str, int]:
 
 def cert_facts(der: bytes) -> dict[str, Any]:
     """The ``TlsCertificate`` record of a DER certificate. A certificate ``cryptography`` cannot
-    parse still gets its SHA-256 fingerprint, with ``parse_error`` saying why."""
+    parse still gets its SHA-256 fingerprint, with ``parse_error`` saying why. Devices of one model
+    often share one certificate: parsed ones are remembered (the last 4,096 distinct ones)."""
+    facts = _cert_facts(bytes(der))
+    return {**facts, "sans": list(facts["sans"])}
+
+
+@functools.lru_cache(maxsize=4096)
+def _cert_facts(der: bytes) -> dict[str, Any]:
     facts: dict[str, Any] = {
         "sha256": hashlib.sha256(der).hexdigest(), "subject": "", "issuer": "", "sans": [], "serial": "",
         "not_before": None, "not_after": None, "key_type": "", "key_bits": 0, "signature_algorithm": "",

@@ -147,7 +147,8 @@ class Conn:
             except ssl.SSLError as exc:
                 await self._flush_tls()          # an alert, if OpenSSL made one
                 raise TlsError(f"handshake failed: {exc.reason or exc}") from None
-        await self._flush_tls()
+        # The client's last flight (Finished) is not sent yet: it leaves with the request, in one
+        # segment, or before the first wait for the server (recv flushes first).
         self._tls = obj
         self.eof = False
         der = obj.getpeercert(binary_form=True)
