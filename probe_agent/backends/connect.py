@@ -215,7 +215,7 @@ class ConnectGrabber:
                 counters = _tcp_counters(sock)
                 syns = counters[0] if counters and counters[0] else 1
                 return ProbeResult(ip, port, ProbeStatus.CLOSED, packets=syns, bytes=syns * syn_bytes,
-                                   timestamp_us=_now_us())
+                                   timestamp_us=_now_us(), grab_status=Status.CONNECTION_REFUSED.value)
             except (TimeoutError, asyncio.TimeoutError):
                 syns = self._syns(sock, ip, 1 + s.syn_retries)
                 return ProbeResult(ip, port, ProbeStatus.TIMEOUT, packets=syns, bytes=syns * syn_bytes,
@@ -230,7 +230,7 @@ class ConnectGrabber:
                 # TCP "self-connect": on loopback the kernel may pick the closed target port as the
                 # source port and the socket answers itself. Nothing listens there.
                 return ProbeResult(ip, port, ProbeStatus.CLOSED, packets=1, bytes=syn_bytes,
-                                   timestamp_us=_now_us())
+                                   timestamp_us=_now_us(), grab_status=Status.CONNECTION_REFUSED.value)
             why = _not_connected(sock, ip, port)
             if why is not None:
                 # asyncio calls a connect successful when the socket turns writable with SO_ERROR 0;
@@ -278,6 +278,8 @@ class ConnectGrabber:
             outcome = Outcome(Status.TIMEOUT)
         except OSError as exc:
             outcome = Outcome(Status.IO_ERROR, detail=str(exc))
+        if outcome.status is Status.NO_BANNER and conn.reset:
+            outcome.status = Status.IO_ERROR          # reset before a word: not a silent service
         outcome.grabber = grabber.name
         banner = outcome.banner or b""
         cut = len(banner) > s.banner_cap or conn.cut

@@ -76,6 +76,8 @@ class Conn:
         self.negotiation_bytes = 0
         #: True once a read stopped at the cap (the service had more to say).
         self.cut = False
+        #: True when a read failed with a socket error (a reset) rather than a clean end.
+        self.reset = False
         self.telnet = TelnetRefuser()
         self._tls: ssl.SSLObject | None = None
         self._in: ssl.MemoryBIO | None = None
@@ -98,6 +100,7 @@ class Conn:
             return None
         except OSError:
             chunk = b""
+            self.reset = True
         if not chunk:
             self.eof = True
         return chunk

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import socket
 import ssl
+import struct
 import time
 
 import pytest
@@ -265,3 +267,23 @@ def test_the_cap_cuts_a_long_answer_over_tls(dahua_cert):
     assert len(result.banner) == 1024 and result.banner_truncated
     assert result.banner.startswith(b"TLS ") and b"\n\nHTTP/1.1 200 OK\r\n" in result.banner
 
+
+
+def test_a_reset_before_any_word_is_an_io_error_and_a_refused_port_says_so():
+    async def handler(reader, writer):
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))   # close = RST
+        writer.close()
+
+    async def main():
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            reset = await ConnectGrabber(settings()).grab("127.0.0.1", port, grabber="ssh")
+        refused = await ConnectGrabber(settings()).grab("127.0.0.1", port, grabber="ssh")   # server gone
+        return reset, refused
+
+    reset, refused = run(main())
+    assert reset.status is ProbeStatus.OPEN and reset.kind == "SYN_ACK"
+    assert (reset.grabber, reset.grab_status) == ("ssh", "IO_ERROR")
+    assert refused.status is ProbeStatus.CLOSED and refused.grab_status == "CONNECTION_REFUSED"
