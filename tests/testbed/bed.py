@@ -67,7 +67,7 @@ class Service:
 
 #: layout -> (number of /24 blocks, [(block index, host number, services)]).
 LAYOUTS: dict[str, tuple[int, list[tuple[int, int, list[Service]]]]] = {
-    # One /24, six live hosts of 254; a distinct mix of 2-3 ports each, common and uncommon ones.
+    # One /24, seven live hosts of 254; a distinct mix of 2-3 ports each, common and uncommon ones.
     "sparse24": (1, [
         (0, 10, [Service(22, "sshd"), Service(80, "lighttpd"), Service(2323, "telnet", BUSYBOX)]),
         (0, 23, [Service(80, "http-auth", CAMERA), Service(554, "rtsp", {"server": "Hipcam RealServer/V1.0"}),
@@ -78,6 +78,7 @@ LAYOUTS: dict[str, tuple[int, list[tuple[int, int, list[Service]]]]] = {
         (0, 130, [Service(8060, "http-auth", DVR_WEB), Service(8554, "rtsp"),
                   Service(2121, "ftp", {"banner": "DVR FTP server ready."})]),
         (0, 201, [Service(8080, "http-auth", ROUTER2), Service(22, "sshd")]),
+        (0, 108, [Service(443, "https", DAHUA_TLS), Service(23, "telnet", BUSYBOX_WAIT)]),
     ]),
     # Four /24s, six live hosts in all (one /24 entirely silent).
     "multi": (4, [
