@@ -171,6 +171,7 @@ class ConnectGrabber:
         self.neighbours = Neighbours()
         #: Connects asyncio called successful on a socket that was not connected (never reported open).
         self.not_connected = 0
+        grabbers.load_all()     # no import mid-scan (it would stall the event loop)
 
     def _syns(self, sock: socket.socket, ip: str, default: int) -> int:
         """SYNs a probe that got no connection put on the wire: what TCP sent (TCP_INFO), or none when

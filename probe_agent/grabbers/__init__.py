@@ -141,6 +141,18 @@ def get(name: str) -> Grabber:
     return grabber
 
 
+def load_all() -> None:
+    """Import and instantiate every registered grabber, and make the TLS client context, now: done
+    when a backend starts, so that no import or setup (``cryptography`` takes ~0.1 s of CPU) blocks
+    the event loop in the middle of a scan, where it would hold back other probes' connects past
+    their timeouts."""
+    for name in GRABBERS:
+        get(name)
+    from probe_agent.grabbers.conn import _context
+
+    _context()
+
+
 def for_port(port: int, ask_unknown: bool = True) -> Grabber:
     """The grabber for ``port``."""
     return get(name_for_port(port, ask_unknown))

@@ -122,3 +122,14 @@ def test_the_status_set_is_the_contracts():
 
     status = next(f for f in default_registry().latest("ScanEvent").schema["fields"] if f["name"] == "status")
     assert [s.value for s in Status] == status["type"]["symbols"][1:]
+
+
+def test_a_connect_grabber_loads_every_grabber_before_the_first_probe():
+    """Importing a grabber mid-scan (cryptography: ~0.1 s of CPU) would stall the event loop and let
+    other probes' connect timeouts expire: the backend loads them all when it is made."""
+    from probe_agent.backends.connect import ConnectGrabber
+    from probe_agent.settings import AgentSettings
+
+    grabbers._INSTANCES.clear()
+    ConnectGrabber(AgentSettings(backend="connect", allowlist=("127.0.0.1/32",)).validate())
+    assert set(grabbers._INSTANCES) == set(grabbers.GRABBERS)
