@@ -159,10 +159,12 @@ class Conn:
         unverified = getattr(obj, "get_unverified_chain", None)   # Python 3.13+
         if unverified is not None:
             try:
-                chain = [c if isinstance(c, bytes) else c.public_bytes(ssl.ENCODING_DER)  # type: ignore[attr-defined]
-                         for c in (unverified() or [])]
-            except Exception:  # noqa: BLE001 - the chain is a nicety; the leaf is what counts
+                # DER certificates as the server sent them, the leaf first: keep the others.
+                chain = [bytes(c) for c in (unverified() or []) if isinstance(c, (bytes, bytearray))]
+            except (ssl.SSLError, ValueError, TypeError):  # the chain is a nicety; the leaf is what counts
                 chain = []
+            if chain and chain[0] == der:
+                chain = chain[1:]
         version, cipher = obj.version() or "", (obj.cipher() or ("", "", 0))[0]
         return version, cipher, der, chain
 

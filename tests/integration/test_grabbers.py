@@ -287,3 +287,34 @@ def test_a_reset_before_any_word_is_an_io_error_and_a_refused_port_says_so():
     assert reset.status is ProbeStatus.OPEN and reset.kind == "SYN_ACK"
     assert (reset.grabber, reset.grab_status) == ("ssh", "IO_ERROR")
     assert refused.status is ProbeStatus.CLOSED and refused.grab_status == "CONNECTION_REFUSED"
+
+
+def test_an_unexpected_greeting_is_kept_as_a_protocol_error_and_a_mute_web_server_is_a_timeout():
+    got: list[bytes] = []
+
+    async def ftp(reader, writer):
+        writer.write(b"220 ProFTPD Server ready.\r\n")
+        await writer.drain()
+        got.append(await read_all(reader, 3))
+        writer.close()
+
+    async def mute(reader, writer):
+        got.append(await read_all(reader, 3))      # reads the GET, never answers
+        writer.close()
+
+    async def main():
+        s1 = await asyncio.start_server(ftp, "127.0.0.1", 0)
+        s2 = await asyncio.start_server(mute, "127.0.0.1", 0)
+        p1, p2 = s1.sockets[0].getsockname()[1], s2.sockets[0].getsockname()[1]
+        async with s1, s2:
+            grabber = ConnectGrabber(settings(read_timeout_s=1.0))
+            odd = await grabber.grab("127.0.0.1", p1, grabber="ssh")
+            silent = await grabber.grab("127.0.0.1", p2, grabber="http")
+            await asyncio.sleep(0.1)
+        return p2, odd, silent
+
+    p2, odd, silent = run(main())
+    assert (odd.kind, odd.grab_status, odd.banner, odd.protocol) == (
+        "BANNER", "PROTOCOL_ERROR", b"220 ProFTPD Server ready.\r\n", "ftp")
+    assert (silent.kind, silent.grab_status, silent.banner) == ("SYN_ACK", "TIMEOUT", None)
+    assert sorted(got) == sorted([b"", http_request("127.0.0.1", p2, CONTACT)])
