@@ -7,6 +7,7 @@ A grabber never touches the socket. It calls
   the connection's deadline; with ``telnet=True`` a Telnet option negotiation is answered with
   refusals only (:class:`probe_agent.banners.TelnetRefuser`);
 - :meth:`Conn.request` — send the one request; a second call raises :class:`OneRequestRule`;
+  nothing at all is sent once the service has shown a login or shell prompt;
 - :meth:`Conn.start_tls` — a TLS handshake over the socket (in memory BIOs, so the kernel's TCP
   counters keep measuring what was sent), certificates accepted unvalidated; afterwards reads and
   the request go through TLS.
@@ -18,12 +19,24 @@ handshake, request and answer. Nothing is sent on close (no TLS close_notify, no
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import ssl
 import time
 
 from probe_agent.banners import DONT, IAC, WONT, TelnetRefuser
 from probe_agent.grabbers import OneRequestRule
+from scanflow.fingerprint import strip_telnet
+
+
+#: The end of a login, password or shell prompt, after the Telnet commands are removed.
+_PROMPT = re.compile(rb"(?:(?:login|username|user name|user|password|passwd)\s*:|[#$>%])\s*$", re.IGNORECASE)
+
+
+def prompt_shown(data: bytes | bytearray) -> bool:
+    """True when what a service said so far ends with a prompt (``(none) login: ``, ``Password:``,
+    a shell's ``# ``): from then on nothing is sent to it."""
+    return _PROMPT.search(strip_telnet(bytes(data)).rstrip(b"\x00")) is not None
 
 
 class TlsError(Exception):
@@ -78,6 +91,8 @@ class Conn:
         self.cut = False
         #: True when a read failed with a socket error (a reset) rather than a clean end.
         self.reset = False
+        #: True once the service showed a login, password or shell prompt (then nothing is sent).
+        self.prompted = False
         self.telnet = TelnetRefuser()
         self._tls: ssl.SSLObject | None = None
         self._in: ssl.MemoryBIO | None = None
@@ -194,7 +209,10 @@ class Conn:
                 return b""
 
     async def request(self, data: bytes) -> bool:
-        """Send the one request of this connection (through TLS when on); True when it went out."""
+        """Send the one request of this connection (through TLS when on); True when it went out.
+        Refused (False) after a prompt: nothing answers a prompt."""
+        if self.prompted:
+            return False
         if self.requests:
             raise OneRequestRule(f"a second request to {self.ip}:{self.port} refused: one request "
                                  "per connection")
@@ -215,7 +233,9 @@ class Conn:
     async def read_banner(self, first_timeout: float, *, telnet: bool = False) -> bytes:
         """What the service says: the first chunk within ``first_timeout``, then more while it flows,
         at most cap + 1 bytes (the framework cuts to the cap and marks the cut). Raw bytes: Telnet
-        negotiation, if any, is still in them."""
+        negotiation, if any, is still in them. Once the service shows a prompt (:func:`prompt_shown`)
+        nothing more is sent, not even a refusal: a telnetd that sent its negotiation and its login
+        prompt at once gets no answer at all."""
         buf = bytearray()
         timeout = first_timeout
         while len(buf) <= self.cap and not self.eof:
@@ -227,7 +247,9 @@ class Conn:
             buf += chunk
             if telnet and self._tls is None:
                 refusals = self.telnet.feed(chunk)
-                if refusals:
+                if refusals and not self.prompted:
+                    self.prompted = prompt_shown(buf)
+                if refusals and not self.prompted:
                     await self._refuse(refusals)
             timeout = self.idle_gap_s
         if len(buf) > self.cap:

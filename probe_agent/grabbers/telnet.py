@@ -2,7 +2,8 @@
 
 The framework answers every ``DO`` with ``WONT`` and every ``WILL`` with ``DONT`` (each once,
 :class:`probe_agent.banners.TelnetRefuser`): a telnetd that waits for its answers then shows its
-banner and prompt. Those refusals are the only bytes ever sent; nothing answers the prompt. The
+banner and prompt. Those refusals are the only bytes ever sent, and only before a prompt shows (a telnetd that
+sends its negotiation and login prompt at once gets nothing at all); nothing answers the prompt. The
 stored banner is the text after negotiation (``BusyBox v1.19.4 ... (none) login: ``).
 """
 

@@ -318,3 +318,30 @@ def test_an_unexpected_greeting_is_kept_as_a_protocol_error_and_a_mute_web_serve
         "BANNER", "PROTOCOL_ERROR", b"220 ProFTPD Server ready.\r\n", "ftp")
     assert (silent.kind, silent.grab_status, silent.banner) == ("SYN_ACK", "TIMEOUT", None)
     assert sorted(got) == sorted([b"", http_request("127.0.0.1", p2, CONTACT)])
+
+
+def test_a_telnetd_that_shows_its_prompt_with_its_negotiation_gets_nothing_at_all():
+    """Negotiation and login prompt in one write (BusyBox telnetd does not wait): the prompt is
+    already there, so not even the refusals are sent; the banner is the text."""
+    greeting = bytes([255, 253, 24, 255, 253, 32, 255, 251, 1]) + b"\r\nDVR login: "
+    got: list[bytes] = []
+    done = asyncio.Event()
+
+    async def telnetd(reader, writer):
+        writer.write(greeting)
+        await writer.drain()
+        got.append(await read_all(reader))
+        writer.close()
+        done.set()
+
+    async def main():
+        server = await asyncio.start_server(telnetd, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            result = await ConnectGrabber(settings()).grab("127.0.0.1", port, grabber="telnet")
+            await asyncio.wait_for(done.wait(), 10)
+        return result
+
+    result = run(main())
+    assert got == [b""]
+    assert (result.banner, result.protocol, result.grab_status) == (b"\r\nDVR login: ", "telnet", "SUCCESS")

@@ -133,3 +133,38 @@ def test_a_connect_grabber_loads_every_grabber_before_the_first_probe():
     grabbers._INSTANCES.clear()
     ConnectGrabber(AgentSettings(backend="connect", allowlist=("127.0.0.1/32",)).validate())
     assert set(grabbers._INSTANCES) == set(grabbers.GRABBERS)
+
+
+def test_prompts_are_recognised_after_the_telnet_commands_are_removed():
+    from probe_agent.grabbers.conn import prompt_shown
+
+    assert prompt_shown(bytes([255, 251, 1]) + b"\r\nBusyBox v1.19.4\r\n\r\n(none) login: ")
+    assert prompt_shown(b"Password:") and prompt_shown(b"root@dvr:~# ") and prompt_shown(b"Username: ")
+    assert not prompt_shown(bytes([255, 253, 24, 255, 253, 31]))            # negotiation only
+    assert not prompt_shown(b"\r\nBusyBox v1.19.4 built-in shell (ash)\r\n")
+
+
+def test_nothing_is_sent_once_a_prompt_was_seen():
+    async def main():
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        b.setblocking(False)
+        try:
+            conn = Conn(a, "127.0.0.1", 23, contact="c", cap=256, read_timeout_s=1, passive_wait_s=0.2,
+                        idle_gap_s=0.05)
+            b.send(bytes([255, 253, 24]) + b"\r\n(none) login: " + bytes([255, 253, 31]))
+            raw = await conn.read_banner(0.2, telnet=True)
+            sent_request = await conn.request(b"GET / HTTP/1.0\r\n\r\n")
+            await asyncio.sleep(0.05)
+            try:
+                received = b.recv(100)
+            except BlockingIOError:
+                received = b""
+            return raw, conn.prompted, sent_request, received
+        finally:
+            a.close()
+            b.close()
+
+    raw, prompted, sent_request, received = asyncio.run(main())
+    assert raw.endswith(b"login: " + bytes([255, 253, 31])) and prompted
+    assert sent_request is False and received == b""
