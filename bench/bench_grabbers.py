@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import socket
 import statistics
 import sys
@@ -90,6 +91,7 @@ def main() -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
     med = {k: (statistics.median(r for r, _ in v), statistics.median(c for _, c in v)) for k, v in figures.items()}
     print(f"median http: {med['http'][0]:,.0f} probes/s, {med['http'][1]:.3f} ms CPU/probe")
     print(f"median tls : {med['tls'][0]:,.0f} probes/s, {med['tls'][1]:.3f} ms CPU/probe")
