@@ -1,6 +1,6 @@
 """How long the whole loop takes to find everything on the real-network testbed (root).
 
-For each backend (connect, masscan) and testbed layout (``sparse24``: one /24 with six live hosts;
+For each backend (connect, masscan) and testbed layout (``sparse24``: one /24 with seven live hosts;
 ``multi``: four /24s with six), runs ``scanflow run`` on the clock it works out for itself (plus the
 fast-probing settings a testbed allows: it is ours) and reads the lake afterwards:
 

@@ -179,13 +179,34 @@ def records_to_arrow(table: str, records: Iterable[Mapping[str, Any]]) -> pa.Tab
     return pa.Table.from_arrays(columns, schema=schema)
 
 
+def _int_times(t: pa.DataType) -> pa.DataType:
+    """``t`` with every timestamp (also inside structs and lists) as int64 microseconds."""
+    if pa.types.is_timestamp(t):
+        return pa.int64()
+    if pa.types.is_struct(t):
+        return pa.struct([pa.field(f.name, _int_times(f.type), f.nullable) for f in t])
+    if pa.types.is_list(t):
+        return pa.list_(_int_times(t.value_type))
+    return t
+
+
 def arrow_to_records(data: pa.Table) -> list[dict[str, Any]]:
-    """Lake rows back to flat dicts (timestamps as int microseconds), e.g. for a replay."""
+    """Lake rows back to flat dicts (timestamps as int microseconds, nested ones too), e.g. for a replay."""
     cast = []
     for field in data.schema:
         col = data.column(field.name)
-        cast.append(col.cast(pa.int64()) if pa.types.is_timestamp(field.type) else col)
+        want = _int_times(field.type)
+        cast.append(col.cast(want) if want != field.type else col)
     return pa.Table.from_arrays(cast, names=data.schema.names).to_pylist()
+
+
+def conform(data: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``data`` with ``schema``'s columns in its order: columns a file written before a schema version
+    added them (e.g. ScanEvent v1 files: no ``protocol``, ``status``, ``tls_*``) become nulls."""
+    missing = [f for f in schema if f.name not in data.column_names]
+    for f in missing:
+        data = data.append_column(f.name, pa.nulls(len(data), type=f.type))
+    return data.select(schema.names).cast(schema)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -459,7 +480,7 @@ def _compact_table(duckdb, root: Path, t: TableSpec, settings: LakeSettings, ded
             paths = ", ".join("'" + str(p).replace("'", "''") + "'" for p in small)
             keys = ", ".join(f'"{k}"' for k in t.key)
             order = ", ".join(f'"{c}"' for c, _ in t.sort_keys)
-            source = f"read_parquet([{paths}], hive_partitioning = false)"
+            source = f"read_parquet([{paths}], hive_partitioning = false, union_by_name = true)"
             rows_before += con.sql(f"SELECT count(*) FROM {source}").fetchall()[0][0]
             select = (f"SELECT DISTINCT ON ({keys}) * FROM {source} ORDER BY {order}" if dedupe
                       else f"SELECT * FROM {source} ORDER BY {order}")
@@ -493,7 +514,7 @@ def _write_rolling(root: Path, t: TableSpec, rel_dir: str, reader: pa.RecordBatc
         writer = None
 
     for batch in reader:
-        data = pa.Table.from_batches([batch]).select(schema.names).cast(schema)
+        data = conform(pa.Table.from_batches([batch]), schema)
         if writer is None:
             path, rows = staging_path(root), 0
             writer = pq.ParquetWriter(path, schema, compression=compression)

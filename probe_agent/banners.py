@@ -8,6 +8,8 @@ user name, a password or any other credential, and no second request.
 - HTTP ``GET /`` with the operator's contact string as User-Agent, on HTTP ports (and, after a
   silent passive wait, on unknown ports when ``ask_unknown`` is on: most IoT web UIs live there).
 - RTSP ``OPTIONS`` on RTSP ports (cameras answer it without authentication).
+- TLS on TLS ports (:mod:`probe_agent.grabbers.tls`): the handshake, then one ``GET /`` over it, or
+  only the greeting on implicit-TLS mail ports.
 - Telnet option negotiation is answered the way a client that wants nothing answers it: every
   ``DO`` with ``WONT`` and every ``WILL`` with ``DONT`` (:class:`TelnetRefuser`), so the server goes
   on to its banner and login prompt. These are the only bytes sent to a Telnet service: no
@@ -18,12 +20,15 @@ from __future__ import annotations
 
 import enum
 
+from probe_agent.grabbers import PORTS as GRABBER_PORTS
+from probe_agent.grabbers import name_for_port
 from scanflow.estimate import safe_text
 from scanflow.fingerprint import is_telnet, strip_telnet
 
 
 class Ask(enum.Enum):
-    """How to get a banner from a port."""
+    """How to get a banner from a port, in the terms of the simulated backend (``sim``), which does not
+    speak the protocols; the connect and masscan backends use the grabbers (:mod:`probe_agent.grabbers`)."""
 
     LISTEN = "listen"          # wait for the greeting, send nothing
     HTTP = "http"              # send GET / at once
@@ -31,35 +36,40 @@ class Ask(enum.Enum):
     LISTEN_THEN_HTTP = "listen-then-http"  # wait; if silent, send GET /
 
 
-#: Ports where the service speaks only when asked, and what to ask.
-HTTP_PORTS = frozenset({80, 81, 82, 88, 591, 2082, 5000, 5001, 7547, 8000, 8008, 8010, 8080, 8081,
-                        8082, 8088, 8181, 8443, 8888, 9000, 9090, 49152})
-RTSP_PORTS = frozenset({554, 8554, 10554})
-#: Ports whose services greet first (never sent anything).
-GREETING_PORTS = frozenset({21, 22, 23, 25, 110, 143, 465, 587, 993, 995, 2222, 2323})
-#: TLS ports: the grabber does not speak TLS, so it only listens (and records the SYN-ACK).
-TLS_PORTS = frozenset({443, 465, 636, 993, 995, 8443})
+def _ports_of(*names: str) -> frozenset[int]:
+    return frozenset(p for p, n in GRABBER_PORTS.items() if n in names)
+
+
+#: Ports where the service speaks only when asked, and what to ask (from the grabber table).
+HTTP_PORTS = _ports_of("http")
+RTSP_PORTS = _ports_of("rtsp")
+#: Ports whose services greet first (never sent anything but Telnet refusals).
+GREETING_PORTS = _ports_of("telnet", "ssh", "ftp", "smtp", "pop3", "imap")
+#: TLS ports: a handshake, then one GET / (``tls``) or the greeting (implicit-TLS mail ports).
+TLS_PORTS = _ports_of("tls", "tls-greeting", "smtps", "imaps", "pop3s")
 
 
 def ask_for(port: int, ask_unknown: bool = True) -> Ask:
-    """The approach for ``port``: greeting ports and TLS ports listen, HTTP and RTSP ports ask."""
-    if port in RTSP_PORTS:
+    """The approach for ``port`` as the ``sim`` backend models it (TLS ports: the greeting)."""
+    name = name_for_port(port, ask_unknown)
+    if name == "rtsp":
         return Ask.RTSP
-    if port in TLS_PORTS or port in GREETING_PORTS:
-        return Ask.LISTEN
-    if port in HTTP_PORTS:
+    if name == "http":
         return Ask.HTTP
-    return Ask.LISTEN_THEN_HTTP if ask_unknown else Ask.LISTEN
+    if name == "unknown":
+        return Ask.LISTEN_THEN_HTTP
+    return Ask.LISTEN
 
 
-def _host_header(ip: str, port: int) -> str:
+def _host_header(ip: str, port: int, default_port: int = 80) -> str:
     host = f"[{ip}]" if ":" in ip else ip
-    return host if port == 80 else f"{host}:{port}"
+    return host if port == default_port else f"{host}:{port}"
 
 
-def http_request(ip: str, port: int, contact: str) -> bytes:
-    """``GET /`` naming the operator in User-Agent; ``Connection: close`` so the server ends it."""
-    return (f"GET / HTTP/1.1\r\nHost: {_host_header(ip, port)}\r\nUser-Agent: {contact}\r\n"
+def http_request(ip: str, port: int, contact: str, default_port: int = 80) -> bytes:
+    """``GET /`` naming the operator in User-Agent; ``Connection: close`` so the server ends it.
+    ``default_port``: the scheme's port, left out of ``Host`` (80, or 443 over TLS)."""
+    return (f"GET / HTTP/1.1\r\nHost: {_host_header(ip, port, default_port)}\r\nUser-Agent: {contact}\r\n"
             "Accept: */*\r\nConnection: close\r\n\r\n").encode("ascii")
 
 

@@ -54,6 +54,7 @@ class EventPublisher:
             "banner": result.banner if result.kind == "BANNER" else None,
             "banner_truncated": bool(result.banner_truncated and result.kind == "BANNER"),
             "banner_protocol": result.protocol, "ttl": result.ttl, "window": result.window,
+            "protocol": result.grabber, "status": result.grab_status or "UNKNOWN", "tls": result.tls,
         }
         self.producer.send(self.topics.events, "ScanEvent", record)
         self.events += 1

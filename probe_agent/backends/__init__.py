@@ -76,6 +76,10 @@ class ProbeResult:
     banner: bytes | None = None
     banner_truncated: bool = False
     protocol: str | None = None
+    #: The grabber that ran (v2 ``protocol``), how it ended (v2 ``status``), its TLS facts (v2 ``tls``).
+    grabber: str | None = None
+    grab_status: str | None = None
+    tls: dict | None = None
     ttl: int | None = None
     window: int | None = None
     packets: int = 1

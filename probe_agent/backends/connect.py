@@ -29,7 +29,10 @@ import struct
 import time
 
 from probe_agent.backends import Backend, BackendError, Job, Probe, ProbeResult, ProbeStatus
-from probe_agent.banners import Ask, TelnetRefuser, ask_for, identify, request_for
+from probe_agent import grabbers
+from probe_agent.banners import identify
+from probe_agent.grabbers import Outcome, Status
+from probe_agent.grabbers.conn import Conn
 from probe_agent.settings import AgentSettings
 
 # struct tcp_info offsets (linux/tcp.h): tcpi_segs_out (u32) and tcpi_bytes_sent (u64, Linux 4.19+).
@@ -168,6 +171,7 @@ class ConnectGrabber:
         self.neighbours = Neighbours()
         #: Connects asyncio called successful on a socket that was not connected (never reported open).
         self.not_connected = 0
+        grabbers.load_all()     # no import mid-scan (it would stall the event loop)
 
     def _syns(self, sock: socket.socket, ip: str, default: int) -> int:
         """SYNs a probe that got no connection put on the wire: what TCP sent (TCP_INFO), or none when
@@ -191,8 +195,9 @@ class ConnectGrabber:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.settings.interface.encode())
         return sock
 
-    async def grab(self, ip: str, port: int) -> ProbeResult:
-        """Probe ``ip:port``; never raises for network outcomes (they are statuses)."""
+    async def grab(self, ip: str, port: int, grabber: str | None = None) -> ProbeResult:
+        """Probe ``ip:port``; never raises for network outcomes (they are statuses). ``grabber``: a
+        registered grabber name instead of the port's own (tests and benchmarks on odd ports)."""
         s = self.settings
         v6 = ":" in ip
         syn_bytes, seg_bytes = (80, 72) if v6 else (60, 52)
@@ -211,7 +216,7 @@ class ConnectGrabber:
                 counters = _tcp_counters(sock)
                 syns = counters[0] if counters and counters[0] else 1
                 return ProbeResult(ip, port, ProbeStatus.CLOSED, packets=syns, bytes=syns * syn_bytes,
-                                   timestamp_us=_now_us())
+                                   timestamp_us=_now_us(), grab_status=Status.CONNECTION_REFUSED.value)
             except (TimeoutError, asyncio.TimeoutError):
                 syns = self._syns(sock, ip, 1 + s.syn_retries)
                 return ProbeResult(ip, port, ProbeStatus.TIMEOUT, packets=syns, bytes=syns * syn_bytes,
@@ -226,7 +231,7 @@ class ConnectGrabber:
                 # TCP "self-connect": on loopback the kernel may pick the closed target port as the
                 # source port and the socket answers itself. Nothing listens there.
                 return ProbeResult(ip, port, ProbeStatus.CLOSED, packets=1, bytes=syn_bytes,
-                                   timestamp_us=_now_us())
+                                   timestamp_us=_now_us(), grab_status=Status.CONNECTION_REFUSED.value)
             why = _not_connected(sock, ip, port)
             if why is not None:
                 # asyncio calls a connect successful when the socket turns writable with SO_ERROR 0;
@@ -236,7 +241,7 @@ class ConnectGrabber:
                 return ProbeResult(ip, port, ProbeStatus.ERROR, packets=syns, bytes=syns * syn_bytes,
                                    error=f"not connected: {why}", timestamp_us=_now_us())
             opened_us = _now_us()
-            banner, eof, protocol, first_us = await self._read_banner(loop, sock, ip, port)
+            outcome, banner, cut, eof, first_us = await self._read_banner(loop, sock, ip, port, grabber)
             counters = _tcp_counters(sock)
         finally:
             sock.close()
@@ -249,84 +254,37 @@ class ConnectGrabber:
             segs, payload = 2, 0
         packets = segs + close_packets
         nbytes = syn_bytes + (packets - 1) * seg_bytes + payload
-        cap = s.banner_cap
         result = ProbeResult(ip, port, ProbeStatus.OPEN, packets=packets, bytes=nbytes,
                              timestamp_us=first_us or opened_us)
+        result.grabber, result.grab_status, result.tls = outcome.grabber, outcome.status.value, outcome.tls
         if banner:
             result.kind = "BANNER"
-            result.banner = bytes(banner[:cap])
-            result.banner_truncated = len(banner) > cap
-            result.protocol = protocol or identify(result.banner)
+            result.banner = banner
+            result.banner_truncated = cut
+            result.protocol = outcome.banner_protocol or identify(banner)
         else:
             result.kind = "SYN_ACK"
         return result
 
-    async def _read_banner(self, loop, sock: socket.socket, ip: str, port: int):
-        """Read the greeting or the answer to one request: (bytes, eof, protocol, first byte time)."""
+    async def _read_banner(self, loop, sock: socket.socket, ip: str, port: int, name: str | None = None):
+        """Run the port's grabber (:mod:`probe_agent.grabbers`) on the connection:
+        (outcome, banner cut to the cap, cut?, eof, first byte time)."""
         s = self.settings
-        deadline = loop.time() + s.read_timeout_s
-        ask = ask_for(port, s.ask_unknown)
-        buf = bytearray()
-        protocol: str | None = None
-        first_us = 0
-        eof = False
-        telnet = TelnetRefuser()   # a Telnet negotiation is answered with refusals only (banners.py)
-
-        async def read(timeout: float) -> bool:
-            """One read; False on timeout or EOF."""
-            nonlocal eof, first_us
-            timeout = min(timeout, deadline - loop.time())
-            if timeout <= 0:
-                return False
-            try:
-                async with asyncio.timeout(timeout):
-                    chunk = await loop.sock_recv(sock, s.banner_cap + 1 - len(buf))
-            except (TimeoutError, asyncio.TimeoutError):
-                return False
-            except OSError:
-                eof = True
-                return False
-            if not chunk:
-                eof = True
-                return False
-            if not first_us:
-                first_us = _now_us()
-            buf.extend(chunk)
-            refusals = telnet.feed(chunk)
-            if refusals:
-                # A telnetd that waits for its options' answers before it shows its banner and login
-                # prompt gets them: WONT / DONT, nothing else (never a terminal type or a credential).
-                try:
-                    async with asyncio.timeout(max(0.01, deadline - loop.time())):
-                        await loop.sock_sendall(sock, refusals)
-                except (OSError, TimeoutError, asyncio.TimeoutError):
-                    pass
-            return True
-
-        async def send(kind: Ask) -> None:
-            nonlocal protocol
-            request = request_for(kind, ip, port, s.contact)
-            if request is None:
-                return
-            try:
-                async with asyncio.timeout(max(0.01, deadline - loop.time())):
-                    await loop.sock_sendall(sock, request[0])
-                protocol = request[1]
-            except (OSError, TimeoutError, asyncio.TimeoutError):
-                pass
-
-        if ask in (Ask.HTTP, Ask.RTSP):
-            await send(ask)
-            got = await read(s.read_timeout_s)
-        else:
-            got = await read(s.passive_wait_s)
-            if not got and not eof and ask is Ask.LISTEN_THEN_HTTP:
-                await send(ask)
-                got = await read(s.read_timeout_s)
-        # Keep reading while data flows (multi-line greetings, HTTP bodies), up to the cap.
-        while got and len(buf) <= s.banner_cap:
-            got = await read(s.idle_gap_s)
-        return buf, eof, protocol, first_us
+        grabber = grabbers.get(name) if name else grabbers.for_port(port, s.ask_unknown)
+        conn = Conn(sock, ip, port, contact=s.contact, cap=s.banner_cap, read_timeout_s=s.read_timeout_s,
+                    passive_wait_s=s.passive_wait_s, idle_gap_s=s.idle_gap_s, ask_unknown=s.ask_unknown)
+        try:
+            outcome = await grabber.grab(conn)
+        except (TimeoutError, asyncio.TimeoutError):
+            outcome = Outcome(Status.TIMEOUT)
+        except OSError as exc:
+            outcome = Outcome(Status.IO_ERROR, detail=str(exc))
+        if outcome.status is Status.NO_BANNER and conn.reset:
+            outcome.status = Status.IO_ERROR          # reset before a word: not a silent service
+        outcome.grabber = grabber.name
+        banner = outcome.banner or b""
+        cut = len(banner) > s.banner_cap or conn.cut
+        return outcome, banner[:s.banner_cap], cut, conn.eof, conn.first_us
 
 
 class ConnectBackend(Backend):

@@ -70,6 +70,9 @@ def _check(tb: Testbed, cap, lake, backend: str) -> None:
         opened = {(r["ip"], r["port"]) for r in cat.sql("SELECT DISTINCT ip, port FROM events").to_pylist()}
         banners = {(r["ip"], r["port"]) for r in cat.sql(
             "SELECT DISTINCT ip, port FROM events WHERE kind = 'BANNER'").to_pylist()}
+        grabbed = {(r["ip"], r["port"]): r for r in cat.sql(
+            "SELECT ip, port, banner, protocol, tls_leaf.subject AS subject FROM events "
+            "WHERE kind = 'BANNER' ORDER BY timestamp").to_pylist()}
         scans = cat.sql("SELECT target, port_set_name AS ps, started_at, ended_at, status FROM scans_dedup "
                         "ORDER BY target, started_at").to_pylist()
         decisions = cat.sql("SELECT ip, count(*) AS n, count(*) FILTER (WHERE scan_id IS NOT NULL) AS rounds "
@@ -92,6 +95,17 @@ def _check(tb: Testbed, cap, lake, backend: str) -> None:
     talkers = {(ip, port) for ip, ports in tb.services.items() for port, svc in ports.items()
                if (ip, port) in expected and svc.kind != "dvr"}
     assert talkers <= banners, f"no banner from {sorted(talkers - banners)}"
+    # TLS devices: the certificate facts (ScanEvent v2's tls record, and the banner's first lines);
+    # Telnet: the text after the negotiation, never the IAC bytes.
+    for (ip, port), row in grabbed.items():
+        svc = tb.services[ip][port]
+        if svc.kind == "https":
+            assert row["protocol"] == "tls" and row["banner"].startswith(b"TLS TLSv1."), row
+            subject = f"CN={svc.params['cn']}, O={svc.params['org']}"
+            assert row["subject"] == subject and f"\nsubject: {subject}\n".encode() in row["banner"], row
+        elif svc.kind == "telnet":
+            assert row["protocol"] in ("telnet", "unknown") and b"\xff" not in row["banner"], row
+            assert row["banner"].rstrip().endswith(b"login:"), row
     # The run began with the first pass over every block, with the initial set.
     first = {}
     for s in scans:

@@ -42,13 +42,19 @@ from tests.testbed.services import (DAEMON_KINDS, start_devices, start_lighttpd,
 
 #: What a service kind is, as a protocol name in :attr:`Testbed.truth`.
 PROTOCOL = {"sshd": "ssh", "vsftpd": "ftp", "lighttpd": "http", "http-auth": "http", "telnet": "telnet",
-            "rtsp": "rtsp", "ftp": "ftp", "smtp": "smtp", "dvr": "dvr"}
+            "rtsp": "rtsp", "ftp": "ftp", "smtp": "smtp", "dvr": "dvr", "https": "tls"}
 
 CAMERA = {"server": "GoAhead-Webs", "realm": "GoAhead"}
 DVR_WEB = {"server": "uc-httpd 1.0.0", "realm": "NETSURVEILLANCE WEB"}
 ROUTER = {"server": "mini_httpd/1.19 19dec2003", "realm": "TP-LINK Wireless N Router WR840N"}
 ROUTER2 = {"server": "Router Webserver", "realm": "Broadband Router"}
 BUSYBOX = {"host": "(none)"}
+#: A Dahua camera's web interface over TLS: a self-signed certificate naming its model (TLS 1.2).
+DAHUA_TLS = {"cn": "IPC-HFW1320S", "org": "Dahua", "san_dns": ["ipc.local"], "san_ip": ["192.168.1.108"],
+             "server": "Dahua Rpc Server", "tls12_cipher": "ECDHE-RSA-AES128-GCM-SHA256"}
+#: A router's expired self-signed certificate (TLS 1.3, no SAN).
+ROUTER_TLS = {"cn": "TL-WR940N", "org": "TP-LINK", "expired": True, "server": "Router Webserver"}
+BUSYBOX_WAIT = {"host": "(none)", "wait": True}
 BUSYBOX_DVR = {"host": "dvrdvs", "banner": "BusyBox v1.16.1 (2013-09-04 15:46:13 CST) built-in shell (ash)"}
 
 
@@ -61,7 +67,7 @@ class Service:
 
 #: layout -> (number of /24 blocks, [(block index, host number, services)]).
 LAYOUTS: dict[str, tuple[int, list[tuple[int, int, list[Service]]]]] = {
-    # One /24, six live hosts of 254; a distinct mix of 2-3 ports each, common and uncommon ones.
+    # One /24, seven live hosts of 254; a distinct mix of 2-3 ports each, common and uncommon ones.
     "sparse24": (1, [
         (0, 10, [Service(22, "sshd"), Service(80, "lighttpd"), Service(2323, "telnet", BUSYBOX)]),
         (0, 23, [Service(80, "http-auth", CAMERA), Service(554, "rtsp", {"server": "Hipcam RealServer/V1.0"}),
@@ -72,6 +78,7 @@ LAYOUTS: dict[str, tuple[int, list[tuple[int, int, list[Service]]]]] = {
         (0, 130, [Service(8060, "http-auth", DVR_WEB), Service(8554, "rtsp"),
                   Service(2121, "ftp", {"banner": "DVR FTP server ready."})]),
         (0, 201, [Service(8080, "http-auth", ROUTER2), Service(22, "sshd")]),
+        (0, 108, [Service(443, "https", DAHUA_TLS), Service(23, "telnet", BUSYBOX_WAIT)]),
     ]),
     # Four /24s, six live hosts in all (one /24 entirely silent).
     "multi": (4, [
@@ -82,6 +89,11 @@ LAYOUTS: dict[str, tuple[int, list[tuple[int, int, list[Service]]]]] = {
         (3, 99, [Service(2323, "telnet", BUSYBOX_DVR), Service(5000, "lighttpd"),
                  Service(8060, "http-auth", ROUTER)]),
         (3, 250, [Service(2222, "sshd"), Service(8554, "rtsp", {"server": "Hipcam RealServer/V1.0"})]),
+    ]),
+    # TLS devices and a telnetd that negotiates before its prompt (the grabbers' testbed).
+    "tls": (1, [
+        (0, 108, [Service(443, "https", DAHUA_TLS), Service(23, "telnet", BUSYBOX_WAIT)]),
+        (0, 60, [Service(8443, "https", ROUTER_TLS), Service(80, "lighttpd")]),
     ]),
     # The scanner on the same link as the scanned /25 (see the module docstring).
     "samelink": (1, [
@@ -281,12 +293,24 @@ class Testbed:
                     daemons.append(start_vsftpd(self.target, self.tmp, ip, s.port))
                 elif s.kind == "lighttpd":
                     daemons.append(start_lighttpd(self.target, self.tmp, ip, s.port))
+                elif s.kind == "https":
+                    devices.append({"ip": ip, "port": s.port, "kind": s.kind, **s.params,
+                                    **self._certificate(ip, s.port, s.params)})
                 else:
                     devices.append({"ip": ip, "port": s.port, "kind": s.kind, **s.params})
         if devices:
             start_devices(self.target, devices, self.tmp, self.devices_log)
         wanted = {(ip, port) for ip, ports in self.services.items() for port in ports}
         wait_listening(self.target, wanted, daemons)
+
+    def _certificate(self, ip: str, port: int, params: dict) -> dict:
+        """A self-signed certificate for an ``https`` device, made now (``cryptography``)."""
+        from tests.support.certs import self_signed
+
+        cert, key = self_signed(self.tmp / f"cert-{ip}-{port}", params["cn"], params["org"],
+                                dns=tuple(params.get("san_dns", ())), ips=tuple(params.get("san_ip", ())),
+                                expired=bool(params.get("expired")))
+        return {"cert": str(cert), "key": str(key)}
 
     def _check_routes(self) -> None:
         """Every block goes out through the scanner's interface (to the router), before any probe."""

@@ -14,7 +14,14 @@ tests.testbed.serve --spec FILE --log FILE``), one asyncio process for every
 ``ftp``         an FTP ``220`` greeting
 ``smtp``        an SMTP ``220 ... ESMTP`` greeting
 ``dvr``         silent until spoken to, then a short binary reply and close (a DVR's private protocol)
+``https``       TLS with the device's self-signed certificate (``cert``/``key``: PEM files, made at test time
+                by :class:`~tests.testbed.bed.Testbed` from ``cn``/``org``/``san_dns``/``san_ip``/``expired``),
+                then any request: ``200 OK`` with a ``Server`` header (a camera's web interface)
 ==============  =========================================================================================
+
+``telnet`` with ``"wait": true`` is a telnetd that waits (up to 2 s) for the answers to its four
+options before it shows the banner and prompt, like the ones that negotiate first; it logs what came
+before the prompt and, on a second line of kind ``telnet-after-prompt``, what came after it.
 
 Every server only answers; what clients sent is appended to the log (``kind, address, port, hex``),
 so a test can check that the scanner never sent a user name or password.
@@ -25,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -36,7 +44,7 @@ from tests.testbed.base import run
 REPO = Path(__file__).resolve().parents[2]
 
 #: Kinds served by :func:`serve`; the others are Debian daemons.
-DEVICE_KINDS = ("http-auth", "telnet", "rtsp", "ftp", "smtp", "dvr")
+DEVICE_KINDS = ("http-auth", "telnet", "rtsp", "ftp", "smtp", "dvr", "https")
 DAEMON_KINDS = ("sshd", "vsftpd", "lighttpd")
 
 TELNET_NEGOTIATION = bytes([255, 251, 1, 255, 251, 3, 255, 253, 24, 255, 253, 31])  # WILL ECHO, SGA; DO TTYPE, NAWS
@@ -54,6 +62,13 @@ def _reply_for(entry: dict) -> tuple[str, bytes]:
     kind = entry["kind"]
     if kind == "http-auth":
         return "answer", http_401(entry.get("server", "GoAhead-Webs"), entry.get("realm", "GoAhead"))
+    if kind == "telnet" and entry.get("wait"):
+        shell = entry.get("banner", "BusyBox v1.19.4 (2014-03-12 14:22:59 CST) built-in shell (ash)")
+        return "negotiate", f"\r\n{shell}\r\n\r\n{entry.get('host', '(none)')} login: ".encode()
+    if kind == "https":
+        body = f"<html><head><title>{entry.get('title', 'WEB SERVICE')}</title></head></html>\n".encode()
+        return "answer", (f"HTTP/1.1 200 OK\r\nServer: {entry.get('server', 'Webs')}\r\nContent-Type: text/html\r\n"
+                          f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
     if kind == "telnet":
         shell = entry.get("banner", "BusyBox v1.19.4 (2014-03-12 14:22:59 CST) built-in shell (ash)")
         host = entry.get("host", "(none)")
@@ -93,6 +108,29 @@ async def serve(spec: list[dict], log_path: str) -> None:
                             data += chunk
                     except asyncio.TimeoutError:
                         pass
+                elif mode == "negotiate":
+                    writer.write(TELNET_NEGOTIATION)
+                    await writer.drain()
+                    try:                          # the answers: 4 options x 3 bytes
+                        while len(data) < 12:
+                            chunk = await asyncio.wait_for(reader.read(64), 2)
+                            if not chunk:
+                                break
+                            data += chunk
+                    except asyncio.TimeoutError:
+                        pass
+                    writer.write(reply)           # banner and login prompt
+                    await writer.drain()
+                    after = b""
+                    try:
+                        while len(after) < 65536:
+                            chunk = await asyncio.wait_for(reader.read(4096), 10)
+                            if not chunk:
+                                break
+                            after += chunk
+                    except asyncio.TimeoutError:
+                        pass
+                    log.write(f"telnet-after-prompt\t{ip}\t{port}\t{after.hex()}\n")
                 elif mode == "binary":
                     data = await asyncio.wait_for(reader.read(4096), 30)
                     if data:
@@ -107,15 +145,31 @@ async def serve(spec: list[dict], log_path: str) -> None:
                     else:
                         writer.write(reply)
                     await writer.drain()
+                    if kind == "https":           # anything more, until the client closes
+                        while len(data) < 65536:
+                            chunk = await asyncio.wait_for(reader.read(4096), 10)
+                            if not chunk:
+                                break
+                            data += chunk
             except (asyncio.IncompleteReadError, asyncio.TimeoutError, asyncio.LimitOverrunError,
-                    ConnectionError):
+                    ConnectionError, ssl.SSLError):
                 pass
             finally:
                 log.write(f"{kind}\t{ip}\t{port}\t{data.hex()}\n")
                 writer.close()
         return handle
 
-    servers = [await asyncio.start_server(handler(e), e["ip"], e["port"]) for e in spec]
+    def tls(entry: dict) -> ssl.SSLContext | None:
+        if entry["kind"] != "https":
+            return None
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(entry["cert"], entry["key"])
+        if entry.get("tls12_cipher"):
+            ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+            ctx.set_ciphers(entry["tls12_cipher"])
+        return ctx
+
+    servers = [await asyncio.start_server(handler(e), e["ip"], e["port"], ssl=tls(e)) for e in spec]
     print("ready", flush=True)
     await asyncio.gather(*(s.serve_forever() for s in servers))
 

@@ -36,6 +36,27 @@ SAMPLES = {
         "banner": b"HTTP/1.1 200 OK\r\nServer: lighttpd/1.4.35\r\n\r\n", "banner_truncated": False,
         "banner_protocol": "http", "ttl": 57, "window": 29200,
     },
+    ("ScanEvent", 2): {
+        "event_id": "0c9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f", "scan_id": "scan-0002", "agent_id": "agent-7",
+        "ip": "198.18.0.23", "port": 443, "transport": "TCP", "kind": "BANNER", "timestamp": T0,
+        "banner": (b"TLS TLSv1.2 ECDHE-RSA-AES128-GCM-SHA256\nsubject: CN=IPC-HFW1320S, O=Dahua\n"
+                   b"issuer: CN=IPC-HFW1320S, O=Dahua\nsan: DNS:ipc.local, IP:192.168.1.108\n\n"
+                   b"HTTP/1.1 200 OK\r\nServer: lighttpd/1.4.35\r\n\r\n"),
+        "banner_truncated": False, "banner_protocol": "tls", "ttl": None, "window": None,
+        "protocol": "tls", "status": "SUCCESS",
+        "tls": {
+            "version": "TLSv1.2", "cipher": "ECDHE-RSA-AES128-GCM-SHA256",
+            "leaf": {
+                "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+                "subject": "CN=IPC-HFW1320S, O=Dahua", "issuer": "CN=IPC-HFW1320S, O=Dahua",
+                "sans": ["DNS:ipc.local", "IP:192.168.1.108"], "serial": "3e8",
+                "not_before": T0 - 31_536_000_000_000, "not_after": T0 - 86_400_000_000,
+                "key_type": "rsa", "key_bits": 2048, "signature_algorithm": "sha256WithRSAEncryption",
+                "self_issued": True, "parse_error": None,
+            },
+            "chain": [],
+        },
+    },
     ("ScanDone", 1): {
         "scan_id": "scan-0001", "agent_id": "agent-7", "command_id": "cmd-0001", "target": "192.0.2.0/28",
         "policy": "EFFICIENT", "started_at": T0, "ended_at": T0 + 2_500_000, "port_set": INLINE,

@@ -41,7 +41,15 @@ def event(i: int, ts: int | None = None, **kw) -> dict:
 FULL_RECORDS = {
     "events": make_record("ScanEvent", scan_id="s", agent_id="a", ip="2001:db8::1", port=8080, transport="TCP",
                           kind="BANNER", timestamp=T0, banner=b"\x00\xffHTTP", banner_truncated=True,
-                          banner_protocol="http", ttl=57, window=64240),
+                          banner_protocol="http", ttl=57, window=64240, protocol="tls", status="SUCCESS",
+                          tls={"version": "TLSv1.2", "cipher": "ECDHE-RSA-AES128-GCM-SHA256",
+                               "leaf": {"sha256": "ab" * 32, "subject": "CN=IPC-HFW1320S, O=Dahua",
+                                        "issuer": "CN=IPC-HFW1320S, O=Dahua", "sans": ["DNS:ipc.local"],
+                                        "serial": "3e8", "not_before": T0 - 1, "not_after": T0 + 1,
+                                        "key_type": "rsa", "key_bits": 2048,
+                                        "signature_algorithm": "sha256WithRSAEncryption", "self_issued": True,
+                                        "parse_error": None},
+                               "chain": []}),
     "scans": make_record("ScanDone", scan_id="s", agent_id="a", command_id="c", target="10.0.0.0/24",
                          policy="STANDARD", started_at=T0, ended_at=T0 + 5, port_set={"name": "standard", "version": 3,
                                                                                       "ports": []},
@@ -69,11 +77,14 @@ FULL_RECORDS = {
 }
 
 
-def _flatten(record: dict) -> dict:
+def _flatten(record: dict, table: str = "events") -> dict:
+    names = TABLES[table].schema.names
     out = {}
     for k, v in record.items():
-        if isinstance(v, dict):  # a nested record (PortSet): one column per field
+        if isinstance(v, dict):  # a nested record (PortSet, TlsInfo): one column per field
             out.update({f"{k}_{sub}": value for sub, value in v.items()})
+        elif v is None and k not in names:  # a null nested record: null in each of its columns
+            out.update({n: None for n in names if n.startswith(f"{k}_")})
         else:
             out[k] = v
     return out
@@ -85,7 +96,7 @@ def test_every_field_of_every_record_round_trips_through_a_lake_file(table, tmp_
     files = write_table(tmp_path, table, [record])
     assert len(files) == 1 and files[0].rows == 1
     back = arrow_to_records(pq.read_table(tmp_path / files[0].path))
-    assert back == [_flatten(record)]
+    assert back == [_flatten(record, table)]
 
 
 def test_columns_follow_the_avro_record_flattened():
@@ -102,7 +113,7 @@ def test_columns_follow_the_avro_record_flattened():
 @given(st.lists(st.tuples(st.integers(0, 10**6), st.binary(max_size=40) | st.none()), min_size=1, max_size=60))
 def test_records_to_arrow_and_back_is_the_identity_for_events(rows):
     records = [event(i, banner=b, kind="BANNER" if b is not None else "SYN_ACK") for i, b in rows]
-    assert arrow_to_records(records_to_arrow("events", records)) == records
+    assert arrow_to_records(records_to_arrow("events", records)) == [_flatten(r) for r in records]
 
 
 def test_rows_land_in_the_utc_hour_of_their_event_time(tmp_path):
@@ -238,3 +249,21 @@ def test_compaction_deletes_staged_files_of_crashed_writers(tmp_path):
 def test_bad_lake_settings_name_the_key(change, message):
     with pytest.raises(ConfigError, match=message):
         LakeSettings(**change).validate()
+
+
+def test_files_written_before_scan_event_v2_compact_with_new_ones(tmp_path):
+    """A partition holding a file of the v1 columns (no protocol, status, tls_*) and a v2 file:
+    compaction keeps every row, the old ones with nulls in the new columns."""
+    cfg = LakeSettings(target_file_mb=1)
+    [new] = write_table(tmp_path, "events", [event(1, ts=T0 + 1, protocol="http", status="SUCCESS")], cfg)
+    [old] = write_table(tmp_path, "events", [event(2, ts=T0 + 2)], cfg)
+    v1_columns = [n for n in TABLES["events"].schema.names
+                  if n not in ("protocol", "status") and not n.startswith("tls_")]
+    path = tmp_path / old.path
+    pq.write_table(pq.read_table(path).select(v1_columns), path)
+    [result] = compact(tmp_path, ["events"], cfg)
+    assert (result.files_before, result.files_after, result.rows_after) == (2, 1, 2)
+    rows = arrow_to_records(pq.read_table(tmp_path / table_files(tmp_path, "events")[0]))
+    by_port = {r["port"]: r for r in rows}
+    assert (by_port[2]["protocol"], by_port[2]["status"]) == ("http", "SUCCESS")              # event(1): v2
+    assert (by_port[3]["protocol"], by_port[3]["status"], by_port[3]["tls_leaf"]) == (None, None, None)  # v1

@@ -170,4 +170,6 @@ def test_a_telnetd_that_waits_for_answers_gets_refusals_only_and_its_banner_is_r
     assert received[0] == bytes([255, 252, 1, 255, 252, 3, 255, 254, 24, 255, 254, 31])
     assert received[1] == b""
     assert result.status is ProbeStatus.OPEN and result.kind == "BANNER"
-    assert result.banner == negotiation + banner
+    # Stored: the text after negotiation (the banner and prompt), not the negotiation bytes.
+    assert result.banner == banner and result.protocol == "telnet"
+    assert (result.grab_status, result.grabber) == ("SUCCESS", "greeting")
