@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
+from scanflow.banner_fields import banner_fields
 from scanflow.fingerprint import strip_telnet
 from scanflow.knowledge import KnowledgeBase, keyword_words
 from scanflow.portsets import PortSet
@@ -37,6 +38,7 @@ _LETTERS = bytes(c | 0x20 if 65 <= c <= 90 or 97 <= c <= 122 else 32 for c in ra
 _DIGITS = bytes(c if 48 <= c <= 57 else 32 for c in range(256))
 
 KEYWORD = "keyword"
+RULE = "rule"
 SIGNATURE_PORT = "signature-port"
 COVERAGE = "port-coverage"
 
@@ -65,6 +67,12 @@ class Estimate:
     ports: PortSet | None
     candidate: str | None = None
     runner_up: str | None = None
+    #: The estimated device's vendor and product family (the knowledge entry's name), and the model
+    #: the device states in its banners when a rule captured one (extra detail: the port set is the
+    #: product family's, keyed by ``model``, the entry id).
+    vendor: str | None = None
+    family: str | None = None
+    stated_model: str | None = None
 
     @property
     def estimated(self) -> bool:
@@ -124,6 +132,26 @@ class Estimator:
                 sig.setdefault(port, []).append(mi)
         self._sig = {p: (tuple(ms), 0.4 / len(ms)) for p, ms in sig.items()}
         self._sig_ports = frozenset(self._sig)
+        # Banner rules, grouped by the field they look at; "text" rules look at every field.
+        self._rules: dict[str, list[tuple[re.Pattern[str], int, float, str, str]]] = {}
+        for mi, device in enumerate(self._models):
+            for rule in device.rules:
+                self._rules.setdefault(rule.on, []).append(
+                    (re.compile(rule.match, re.IGNORECASE), mi, rule.weight, rule.match, rule.model))
+        self._any_rules = self._rules.pop("text", [])
+        # One combined pattern per field finds out with a single search whether any rule of the field
+        # can match (most banners match none); only then are the field's rules tried one by one.
+        self._field_any = {fld: re.compile("|".join(f"(?:{p.replace('(?P<model>', '(?:')})"
+                                                    for _, _, _, p, _ in (*rules, *self._any_rules)),
+                                           re.IGNORECASE)
+                           for fld, rules in self._rules.items()}
+        self._text_any = (re.compile("|".join(f"(?:{p.replace('(?P<model>', '(?:')})"
+                                              for _, _, _, p, _ in self._any_rules), re.IGNORECASE)
+                          if self._any_rules else None)
+        self._value_memo: dict[tuple[str, str], tuple[tuple[int, float, str, str, str], ...]] = {}
+        self._generic = [d.generic for d in self._models]
+        self._vendor = [d.vendor.lower() for d in self._models]
+        self._rule_memo: dict[bytes, tuple[tuple[int, float, str, str, str], ...]] = {}
         self._model_ports = [d.ports for d in self._models]
         self._port_sets = [PortSet.inline(kb.scan_ports(d.id), label=f"device:{d.id}") for d in self._models]
         self._by_id = {d.id: i for i, d in enumerate(self._models)}
@@ -173,6 +201,43 @@ class Estimator:
         self._memo[key] = result
         return result
 
+    def rules_in(self, data: bytes) -> tuple[tuple[int, float, str, str, str], ...]:
+        """Rule hits in one banner: ``(model index, weight, field, rule pattern, stated model)``."""
+        hit = self._rule_memo.get(data)
+        if hit is not None:
+            return hit
+        found: list[tuple[int, float, str, str, str]] = []
+        if self._rules or self._any_rules:
+            for fld, value in banner_fields(data, self.max_banner_bytes):
+                if value:
+                    found.extend(self._rules_on(fld, value))
+        result = tuple(found)
+        if len(self._rule_memo) >= self.cache_size:
+            self._rule_memo.clear()
+        self._rule_memo[data] = result
+        return result
+
+    def _rules_on(self, fld: str, value: str) -> tuple[tuple[int, float, str, str, str], ...]:
+        key = (fld, value)
+        hit = self._value_memo.get(key)
+        if hit is not None:
+            return hit
+        found: list[tuple[int, float, str, str, str]] = []
+        gate = self._field_any.get(fld, self._text_any)
+        if gate is not None and gate.search(value) is not None:
+            for regex, mi, weight, pattern, fixed in (*self._rules.get(fld, ()), *self._any_rules):
+                m = regex.search(value)
+                if m is not None:
+                    stated = fixed
+                    if "model" in regex.groupindex and m.group("model"):
+                        stated = m.group("model").strip()[:64]
+                    found.append((mi, weight, fld, pattern, stated))
+        result = tuple(found)
+        if len(self._value_memo) >= self.cache_size:
+            self._value_memo.clear()
+        self._value_memo[key] = result
+        return result
+
     # -- estimation -----------------------------------------------------------------------------
 
     def estimate(self, open_ports: Iterable[int],
@@ -188,6 +253,8 @@ class Estimator:
         items = banners.items() if hasattr(banners, "items") else banners
         limit, max_banners, match = self.max_banner_bytes, self.max_banners, self._match
         found: list[tuple[int, int]] = []
+        rule_hits: list[tuple[int, int, float, str, str, str]] = []
+        rules_in = self.rules_in
         n = 0
         for port, data in items:
             if n >= max_banners:
@@ -196,15 +263,25 @@ class Estimator:
             if data:
                 if type(data) is not bytes:
                     data = _as_bytes(data)
-                for ki in match(data[:limit]):
+                data = data[:limit]
+                for ki in match(data):
                     found.append((ki, port))
+                for hit in rules_in(data):
+                    rule_hits.append((hit[0], port, *hit[1:]))
         sig_open = self._sig_ports.intersection(open_set)
-        if not found and not sig_open:
+        if not found and not sig_open and not rule_hits:
             return NO_ESTIMATE
-        return self._score(open_set, found, sig_open)
+        return self._score(open_set, found, sig_open, rule_hits)
 
-    def _score(self, open_set: frozenset[int], found: list[tuple[int, int]], sig_open) -> Estimate:
+    def _score(self, open_set: frozenset[int], found: list[tuple[int, int]], sig_open,
+               rule_hits: list[tuple[int, int, float, str, str, str]] = ()) -> Estimate:
         scores: dict[int, float] = {}
+        rhits: dict[int, list[tuple[int, float, str, str, str]]] = {}
+        for mi, port, weight, fld, pattern, stated in rule_hits:
+            hits = rhits.setdefault(mi, [])
+            if all(p != pattern for _, _, _, p, _ in hits):  # a rule counts once per host
+                hits.append((port, weight, fld, pattern, stated))
+                scores[mi] = scores.get(mi, 0.0) + weight
         kw_hits: dict[int, list[tuple[int, int]]] = {}
         for ki, port in found:
             weight = self._kw_weight[ki]
@@ -228,23 +305,47 @@ class Estimator:
                 scores[mi] += 0.25 * covered / n_open
         # Highest score wins; ties go to the model explaining more open ports, then the
         # smaller port set (more specific), then the id, so the result never depends on dict order.
-        ranked = sorted(scores, key=lambda mi: (-scores[mi], -coverage[mi], len(self._model_ports[mi]),
-                                                self._models[mi].id))
-        best = ranked[0]
-        top = scores[best]
-        second = scores[ranked[1]] if len(ranked) > 1 else 0.0
-        confidence = top / (top + 0.5) * (1.0 - 0.5 * second / top)
-        evidence = [Evidence(KEYWORD, self._kw_text[ki], port, self._kw_weight[ki])
-                    for ki, port in kw_hits.get(best, ())]
+        # A vendor's product wins over a generic platform (BusyBox, Boa...): generic entries are
+        # ranked only when no vendor's product reaches the threshold. The runner-up that lowers the
+        # confidence is the best entry of another vendor: two product families of one vendor sharing
+        # a keyword still say which vendor it is.
+        def rank(candidates):
+            return sorted(candidates, key=lambda mi: (-scores[mi], -coverage[mi], len(self._model_ports[mi]),
+                                                      self._models[mi].id))
+
+        def judge(ranked):
+            best = ranked[0]
+            top = scores[best]
+            vendor = self._vendor[best]
+            others = [mi for mi in ranked[1:] if self._vendor[mi] != vendor or vendor == "various"]
+            second = scores[others[0]] if others else 0.0
+            return best, top / (top + 0.5) * (1.0 - 0.5 * second / top), (others[0] if others else None)
+
+        specific = rank([mi for mi in scores if not self._generic[mi]])
+        generic = rank([mi for mi in scores if self._generic[mi]])
+        best, confidence, runner = judge(specific) if specific else judge(generic)
+        if specific and confidence < self.min_confidence and generic:
+            g_best, g_conf, g_runner = judge(generic)
+            if g_conf >= self.min_confidence:
+                best, confidence, runner = g_best, g_conf, g_runner
+        stated = None
+        evidence = [Evidence(RULE, f"{fld} ~ /{pattern}/" + (f" -> {st}" if st else ""), port, weight)
+                    for port, weight, fld, pattern, st in sorted(rhits.get(best, ()), key=lambda h: -h[1])]
+        for _, _, _, _, st in sorted(rhits.get(best, ()), key=lambda h: -h[1]):
+            if st:
+                stated = st
+                break
+        evidence += [Evidence(KEYWORD, self._kw_text[ki], port, self._kw_weight[ki])
+                     for ki, port in kw_hits.get(best, ())]
         evidence += [Evidence(SIGNATURE_PORT, str(p), p, self._sig[p][1]) for p in sorted(sig_hits.get(best, ()))]
         if n_open:
             evidence.append(Evidence(COVERAGE, f"{coverage[best]}/{n_open}", None, 0.25 * coverage[best] / n_open))
         device = self._models[best]
-        runner_up = self._models[ranked[1]].id if len(ranked) > 1 else None
+        runner_up = self._models[runner].id if runner is not None else None
         if confidence < self.min_confidence:
             return Estimate(None, None, round(confidence, 4), tuple(evidence), None, device.id, runner_up)
         return Estimate(device.id, device.category, round(confidence, 4), tuple(evidence),
-                        self._port_sets[best], device.id, runner_up)
+                        self._port_sets[best], device.id, runner_up, device.vendor, device.name, stated)
 
     def port_set(self, device_id: str) -> PortSet:
         """The ports to scan on a host estimated as ``device_id`` (model ports and malware ports)."""

@@ -51,8 +51,7 @@ GENERIC_SOFTWARE: dict[int, tuple[str, ...]] = {
     HTTP: ("Apache/2.4.6 (CentOS)", "Apache/2.2.15 (Red Hat)", "nginx/1.14.0", "nginx", "Microsoft-IIS/8.5",
            "Microsoft-IIS/10.0", "lighttpd/1.4.45", "Apache-Coyote/1.1", "openresty/1.13.6.2",
            "Jetty(9.4.12.v20180830)", "gunicorn/19.9.0", "Caddy", "Apache"),
-    TLS: ("TLSv1.2 cert CN=www.{host}.jp", "TLSv1.3 cert CN=*.{host}.ne.jp", "TLSv1.2 cert CN=localhost",
-          "TLSv1.0 cert CN=mail.{host}.co.jp"),
+    TLS: ("CN=www.{host}.jp", "CN=*.{host}.ne.jp", "CN=localhost", "CN=mail.{host}.co.jp"),
     FTP: ("ProFTPD 1.3.5 Server", "(vsFTPd 3.0.2)", "Pure-FTPd [privsep]", "FileZilla Server 0.9.60 beta",
           "Microsoft FTP Service"),
     SSH: ("OpenSSH_7.4", "OpenSSH_8.0", "OpenSSH_6.6.1p1 Ubuntu-2ubuntu2.13", "dropbear_2017.75",
@@ -136,16 +135,23 @@ def render(proto: int, choice: int, *, keyword: str | None, token: int, seed: in
     date = time.strftime("%a, %d %b %Y %H:%M:%S GMT", when)
     if proto == HTTP:
         if port == 7547 or (token >> 8) & 3 == 0:  # CPE management ports and some web UIs ask for auth
+            # a device of the knowledge base names itself in its realm too (many state their model there)
+            realm = keyword if choice == KEYWORD and keyword else host
             return (f"HTTP/1.1 401 Unauthorized\r\nServer: {sw}\r\nDate: {date}\r\n"
-                    f"WWW-Authenticate: Digest realm=\"{host}\", nonce=\"{h:016x}\", qop=\"auth\"\r\n"
+                    f"WWW-Authenticate: Digest realm=\"{realm}\", nonce=\"{h:016x}\", qop=\"auth\"\r\n"
                     "Content-Length: 0\r\n\r\n").encode()
         return (f"HTTP/1.1 200 OK\r\nServer: {sw}\r\nDate: {date}\r\nContent-Type: text/html\r\n"
                 f"Set-Cookie: SESSIONID={h:016x}; path=/\r\n\r\n<html><head><title>{sw}</title></head>"
                 ).encode()
     if proto == TLS:
+        # the TLS grabber's text: protocol and cipher, the certificate's names, then what the port
+        # answered through TLS (nothing here: the grabber sent no request)
         if choice == KEYWORD:
-            return f"TLSv1.2 cert CN={host}.local O={sw} serial={h:016x}".encode()
-        return f"{sw} serial={h:016x}".encode()
+            cn = (keyword or "").removeprefix("CN=").split(",")[0] or f"{host}.local"
+            return (f"TLS TLSv1.2 ECDHE-RSA-AES128-GCM-SHA256\nsubject: CN={cn}, O={sw}\n"
+                    f"issuer: CN={cn}, O={sw}\nsan: DNS:{host}.local\nserial: {h:016x}\n").encode()
+        return (f"TLS TLSv1.2 ECDHE-RSA-AES256-GCM-SHA384\nsubject: {sw}\nissuer: {sw}\n"
+                f"serial: {h:016x}\n").encode()
     if proto == FTP:
         return f"220 {host} {sw} FTP server ready.\r\n".encode()
     if proto == SSH:

@@ -77,7 +77,7 @@ class HostProfiles:
         m = int(self.model[i])
         if m < 0:
             return None
-        return B.keyword_for(self.models[m].keywords, int(self.keyword[i]))
+        return B.keyword_for(self.models[m].world_keywords, int(self.keyword[i]))
 
     def banner(self, entry: int, *, profile: int, seed: int, ip: int, t: int, token: int | None = None,
                firmware: int | None = None) -> bytes | None:
@@ -289,7 +289,11 @@ def make_profiles(rng: np.random.Generator, kinds: np.ndarray, config: WorldConf
     model = np.full(n, -1, dtype=np.int16)
     known = np.flatnonzero(kinds == KNOWN)
     if len(known):
-        model[known] = rng.integers(0, len(models), len(known))
+        # entries the estimator can never name from a device's own banners (weak generic evidence
+        # such as a lighttpd Server header) are not devices of their own in the simulation; model
+        # numbers stay indices into ``models``
+        drawable = np.array([i for i, m in enumerate(models) if m.world_keywords] or [0], dtype=np.int64)
+        model[known] = drawable[rng.integers(0, len(drawable), len(known))]
         mports = [np.array(sorted(m.ports), dtype=np.int32) for m in models]
         sizes = np.array([len(mp) for mp in mports])
         flat = np.concatenate(mports)

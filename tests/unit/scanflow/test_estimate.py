@@ -54,15 +54,19 @@ def test_evidence_explains_the_score(est):
     assert (KEYWORD, "dvrdvs webs", 80) in kinds
     assert (SIGNATURE_PORT, "8000", 8000) in kinds
     assert (COVERAGE, "3/3", None) in kinds
-    assert e.runner_up == "hikvision-ipc"  # shares the signature port: shown, and lowers confidence
+    # hikvision-ipc shares the keyword and the signature port, but it is the same vendor: the
+    # runner-up that lowers the confidence is the best entry of another vendor
+    assert e.model == "hikvision-nvr" and e.vendor == "Hikvision"
+    assert e.runner_up is None or not e.runner_up.startswith("hikvision")
 
 
 def _tiny_kb(*devices: DeviceModel, malware=()):
     return build_knowledge(list(devices), list(malware))
 
 
-def _dev(id, ports, keywords, sig=(), category="camera"):
-    return DeviceModel(id, "v", id, category, frozenset(ports), tuple(keywords), frozenset(sig))
+def _dev(id, ports, keywords, sig=(), category="camera", vendor=None):
+    return DeviceModel(id, vendor or f"vendor of {id}", id, category, frozenset(ports), tuple(keywords),
+                       frozenset(sig))
 
 
 def test_confidence_formula_for_a_unique_keyword_and_full_coverage():
@@ -79,6 +83,14 @@ def test_a_tie_is_not_an_estimate_but_keeps_the_candidate():
     assert tie.model is None and tie.candidate in ("a-cam", "b-cam")
     assert tie.confidence == pytest.approx(0.3, abs=1e-4)
     assert est.estimate([80], {80: b"shared word bravo"}).model == "b-cam"
+
+
+def test_a_tie_between_two_families_of_one_vendor_still_names_the_vendor():
+    est = Estimator(_tiny_kb(_dev("a-cam", [80], ["shared word"], vendor="Acme"),
+                             _dev("a-nvr", [80], ["shared word"], vendor="Acme", category="dvr")))
+    e = est.estimate([80], {80: b"shared word"})
+    assert e.model in ("a-cam", "a-nvr") and e.vendor == "Acme"
+    assert e.confidence == pytest.approx(0.75 / 1.25, abs=1e-4)
 
 
 def test_malware_ports_join_the_scan_ports():
@@ -196,7 +208,7 @@ def test_kb_command_validates_and_counts():
 
 def test_estimate_command_rejects_bad_input_with_one_line(tmp_path):
     bad_kb = tmp_path / "bad.toml"
-    bad_kb.write_text("[kb]\nschema = 2\n")
+    bad_kb.write_text("[kb]\nschema = 99\n")
     for args, hint in ((["--ports", "80,abc"], "--ports"), (["--ports", "0"], "--ports"),
                        (["--banner", "http=x"], "--banner"), (["--banner-file", "80=/nonexistent/x"], "--banner-file"),
                        (["--ports", "80", "--kb", str(bad_kb)], "--kb"), ([], "nothing to estimate")):

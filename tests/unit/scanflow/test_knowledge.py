@@ -31,7 +31,7 @@ def test_builtin_knowledge_meets_the_counts(kb):
 def test_every_entry_has_ports_and_specific_keywords(kb):
     assert len({d.id for d in kb.devices}) == len(kb.devices)
     for d in kb.devices:
-        assert d.ports and d.keywords and d.category in CATEGORIES
+        assert d.ports and (d.keywords or d.rules) and d.category in CATEGORIES
         assert d.signature_ports <= d.ports
         for kw in d.keywords:
             assert sum(len(w) for w in keyword_words(kw)) >= 4, (d.id, kw)
@@ -40,20 +40,30 @@ def test_every_entry_has_ports_and_specific_keywords(kb):
 def test_well_known_facts_are_present(kb):
     malware = {m.id: m for m in kb.malware}
     assert {37215, 52869} <= malware["satori"].target_ports
-    assert malware["adb-miner"].target_ports == {5555} and "media" in malware["adb-miner"].infects
+    assert malware["adb-miner"].target_ports == {5555}
+    assert malware["adb-miner"].reason(kb.device("android-adb-box"))
     assert {23, 2323} <= malware["mirai"].target_ports
     assert 7547 in kb.device("tr069-cpe").ports
     assert 8291 in kb.device("mikrotik-routeros").ports
     assert "dvrdvs-webs" in kb.device("hikvision-nvr").keywords
 
 
-def test_scan_ports_are_model_ports_and_infecting_malware_ports_but_never_c2(kb):
+def test_scan_ports_are_model_ports_and_the_ports_malware_attacks_them_on_but_never_c2(kb):
     cam = kb.device("hikvision-ipc")
     expected = set(cam.ports)
     for m in kb.malware:
-        if "camera" in m.infects or cam.id in m.targets:
-            expected |= m.target_ports | m.listen_ports
+        hit = m.attack_on(cam)
+        if hit is not None:
+            expected |= hit[0]
     assert kb.scan_ports(cam.id) == expected
+    # Mirai brute-forces telnet on Hikvision's kind; Moobot uses the Hikvision web injection; 2323
+    # is probed only where devices are known to run telnet there
+    assert 23 in kb.scan_ports(cam.id) and 2323 not in kb.scan_ports(cam.id)
+    assert {23, 2323} <= kb.scan_ports("huawei-echolife-ont")
+    assert {m.id for m in kb.malware_for(cam)} >= {"mirai", "moobot"}
+    # only the attacks that name the device count: Satori's 37215 is for the Huawei HG532
+    assert 37215 not in kb.scan_ports(cam.id) and 37215 in kb.scan_ports("huawei-hg532")
+    assert 52869 in kb.scan_ports("realtek-sdk-router")
     assert 48101 not in kb.scan_ports(cam.id)  # Mirai's report port lives on its servers
     printer = kb.device("hp-printer")
     assert kb.scan_ports(printer.id) == printer.ports  # no malware in the base infects printers
@@ -168,3 +178,82 @@ def test_unreadable_or_missing_files_are_refused(tmp_path):
 def test_builtin_files_are_packaged_toml():
     files = builtin_files()
     assert len(files) >= 5 and all(f.suffix == ".toml" for f in files)
+
+
+def test_schema_2_rules_must_match_their_example_and_name_known_fields(tmp_path):
+    base = """
+        [kb]
+        schema = 2
+
+        [[device]]
+        id = "acme-cam"
+        vendor = "Acme"
+        name = "Acme camera"
+        category = "camera"
+        ports = [80]
+        rules = [{ on = "http.realm", match = '^(?P<model>AC-\\d{3})', example = "AC-100" }]
+    """
+    kb = load_knowledge([_write(tmp_path, base)], builtin=False)
+    assert kb.device("acme-cam").rules[0].example == "AC-100"
+    with pytest.raises(KnowledgeError, match="does not match its own example"):
+        load_knowledge([_write(tmp_path, base.replace('"AC-100"', '"XY-100"'))], builtin=False)
+    with pytest.raises(KnowledgeError, match="is not a banner field"):
+        load_knowledge([_write(tmp_path, base.replace('"http.realm"', '"http.cookie"'))], builtin=False)
+    with pytest.raises(KnowledgeError, match="not a valid regular expression"):
+        load_knowledge([_write(tmp_path, base.replace("'^(?P<model>AC-\\d{3})'", "'(AC'"))], builtin=False)
+    with pytest.raises(KnowledgeError, match="only named group"):
+        load_knowledge([_write(tmp_path, base.replace("?P<model>", "?P<x>"))], builtin=False)
+
+
+def test_schema_2_malware_attacks_name_what_and_where(tmp_path):
+    text = """
+        [kb]
+        schema = 2
+
+        [[device]]
+        id = "acme-router"
+        vendor = "Acme"
+        name = "Acme router"
+        category = "router"
+        ports = [80]
+        traits = ["busybox"]
+        keywords = ["acmerouter"]
+
+        [[device]]
+        id = "acme-printer"
+        vendor = "Acme"
+        name = "Acme printer"
+        category = "printer"
+        ports = [9100]
+        keywords = ["acmeprinter"]
+
+        [[malware]]
+        id = "testbot"
+        name = "Testbot"
+        target_ports = [23, 2323]
+        attacks = [{ trait = "busybox", ports = [23], why = "telnet" }]
+    """
+    kb = load_knowledge([_write(tmp_path, text)], builtin=False)
+    assert kb.scan_ports("acme-router") == {80, 23}
+    assert kb.scan_ports("acme-printer") == {9100}
+    assert "busybox" in kb.malware[0].reason(kb.device("acme-router"))
+    with pytest.raises(KnowledgeError, match="exactly one of trait, vendor or device"):
+        load_knowledge([_write(tmp_path, text.replace('trait = "busybox"', 'trait = "busybox", vendor = "Acme"'))],
+                       builtin=False)
+    with pytest.raises(KnowledgeError, match="unknown device ids"):
+        load_knowledge([_write(tmp_path, text.replace('trait = "busybox"', 'device = "nope"'))], builtin=False)
+
+
+def test_an_attack_uses_only_ports_the_malware_lists(tmp_path):
+    text = """
+        [kb]
+        schema = 2
+
+        [[malware]]
+        id = "testbot"
+        name = "Testbot"
+        target_ports = [23]
+        attacks = [{ trait = "busybox", ports = [23, 80] }]
+    """
+    with pytest.raises(KnowledgeError, match=r"ports \[80\] are not in target_ports"):
+        load_knowledge([_write(tmp_path, text)], builtin=False)

@@ -108,8 +108,8 @@ def test_kb_update_without_gain_publishes_nothing(tmp_path):
 
 def test_kb_update_bad_input_is_one_line_naming_the_fix(tmp_path):
     bad = tmp_path / "bad.toml"
-    bad.write_text("[kb]\nschema = 2\n")
-    for args, fix in (([str(tmp_path / "missing.toml")], "no such file"), ([str(bad)], "schema = 1"), ([], "FILES")):
+    bad.write_text("[kb]\nschema = 99\n")
+    for args, fix in (([str(tmp_path / "missing.toml")], "no such file"), ([str(bad)], "schema = 2"), ([], "FILES")):
         r = CliRunner().invoke(main, ["kb", "update", *args])
         errors = [line for line in r.output.splitlines() if line.startswith("Error:")]
         assert r.exit_code == 2 and len(errors) == 1 and fix in errors[0], r.output

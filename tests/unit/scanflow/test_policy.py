@@ -15,6 +15,8 @@ from scanflow.portsets import PortSet
 T0 = 1_700_000_000.0
 HIK = b"HTTP/1.1 200 OK\r\nDate: Mon, 01 Jan 2024 12:34:56 GMT\r\nServer: Hikvision-Webs\r\n\r\n"
 HIK_LATER = b"HTTP/1.1 200 OK\r\nDate: Thu, 04 Jan 2024 01:02:03 GMT\r\nServer: Hikvision-Webs\r\n\r\n"
+HG = b'HTTP/1.1 401 Unauthorized\r\nDate: Mon, 01 Jan 2024 12:34:56 GMT\r\nWWW-Authenticate: Basic realm="HG532e"\r\n\r\n'
+HG_LATER = b'HTTP/1.1 401 Unauthorized\r\nDate: Thu, 04 Jan 2024 01:02:03 GMT\r\nWWW-Authenticate: Basic realm="HG532e"\r\n\r\n'
 NGINX = b"HTTP/1.1 200 OK\r\nDate: Mon, 01 Jan 2024 12:34:56 GMT\r\nServer: nginx/1.24.0\r\n\r\n"
 
 
@@ -77,20 +79,21 @@ def test_the_device_is_estimated_from_the_standard_first_scan(policy, sets, esti
 
 def test_narrowing_from_the_standard_set_to_the_model_ports_is_not_a_change(policy, sets):
     state, plan = policy.start(T0)
-    # the first round (standard set, ports 1-11000) sees the camera also on 4444 and 10001, outside
-    # its model's ports; the model's 37215 and 52869 lie outside the standard set (not probed then)
-    state, plan = policy.decide(state, Observation.of([80, 554, 4444, 10001], {80: HIK}, probed=plan.ports), T0)
+    # the first round (standard set, ports 1-11000) sees the router also on 4444 and 10001, outside
+    # its model's ports; the model's 37215 (its UPnP service) lies outside the standard set
+    state, plan = policy.decide(state, Observation.of([80, 7547, 4444, 10001], {80: HG}, probed=plan.ports), T0)
     model = plan.ports
-    assert not {4444, 10001} & model.ports and {37215, 52869} <= model.ports
-    assert not {37215, 52869} & sets.standard.ports
+    assert state.device == "huawei-hg532"
+    assert not {4444, 10001} & model.ports and 37215 in model.ports
+    assert 37215 not in sets.standard.ports
     # the next round probes only the model's ports: 4444 and 10001 unseen, 37215 newly seen open
-    state, plan2 = policy.decide(state, Observation.of([80, 554, 37215], {80: HIK_LATER}, probed=model), plan.at)
+    state, plan2 = policy.decide(state, Observation.of([80, 7547, 37215], {80: HG_LATER}, probed=model), plan.at)
     assert plan2.reason is Reason.BACKOFF and not plan2.changed and state.step == 1
     assert plan2.at == plan.at + DAY and plan2.ports == model
-    assert state.open_ports == {80, 554, 4444, 10001, 37215}  # unprobed ports keep their last state
+    assert state.open_ports == {80, 7547, 4444, 10001, 37215}  # unprobed ports keep their last state
     assert state.probed == model.ref and state.last_changed == T0
     # from now on the comparison is model set against model set: 37215 closing is a change
-    state, plan3 = policy.decide(state, Observation.of([80, 554], {80: HIK_LATER}, probed=model), plan2.at)
+    state, plan3 = policy.decide(state, Observation.of([80, 7547], {80: HG_LATER}, probed=model), plan2.at)
     assert plan3.reason is Reason.CHANGED and plan3.changed and state.step == 0
 
 
