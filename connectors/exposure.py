@@ -2,7 +2,7 @@
 expose the ports it uses, where (prefixes), since when, the trend per day, and what is new.
 
 A device is **exposed** to a malware family when the knowledge base says the family infects its
-estimated model (by category or by naming the model: ``KnowledgeBase.malware_for``) and the device's
+estimated model (its vendor, a trait of its family or the model itself: ``Malware.attack_on``) and the device's
 latest answer has one of the family's ports open (``Malware.scan_ports``: ports it attacks or opens).
 Only devices that are up count (their latest round answered and the scheduler has not demoted
 them). The same definition, written as one DuckDB query, is in the tests.
@@ -86,12 +86,21 @@ def exposure(inv: Inventory, *, new_days: float = 7.0, prefix_bits: int = 24) ->
                         inv.clock.day(since), sorted(per_day.items()), len(fresh), sorted(ips, key=ipaddress.ip_address),
                         total)
 
+    # the ports a family uses on each model it attacks (its attack on that model, not every port it
+    # uses anywhere: Satori's 37215 is a Huawei HG532 port, not a camera's)
+    attack_ports: dict[tuple[str, str], frozenset[int]] = {}
+    for d in inv.kb.devices:
+        for m in inv.kb.malware:
+            hit = m.attack_on(d)
+            if hit is not None:
+                attack_ports[(m.id, d.id)] = hit[0]
     malware = []
     for m in inv.kb.malware:
-        infected = {d.id for d in inv.kb.devices if m in inv.kb.malware_for(d)}
-        exposed = [h for h in hosts if h.device in infected and set(h.open_ports) & m.scan_ports]
+        infected = {d_id for (m_id, d_id) in attack_ports if m_id == m.id}
+        exposed = [h for h in hosts if h.device in infected and set(h.open_ports) & attack_ports[(m.id, h.device)]]
         total = sum(1 for h in hosts if h.device in infected)
-        malware.append(build("malware", m.id, m.name, set(m.scan_ports), exposed, total, m.active,
+        used = set().union(*(attack_ports[(m.id, d_id)] for d_id in infected)) if infected else set(m.scan_ports)
+        malware.append(build("malware", m.id, m.name, used, exposed, total, m.active,
                              sorted({h.device for h in exposed if h.device})))
     models = []
     for device_id in sorted({h.device for h in hosts if h.device}):
@@ -100,7 +109,7 @@ def exposure(inv: Inventory, *, new_days: float = 7.0, prefix_bits: int = 24) ->
         except KeyError:
             continue
         families = inv.kb.malware_for(d)
-        ports = set().union(*(m.scan_ports for m in families)) if families else set()
+        ports = set().union(*(attack_ports[(m.id, d.id)] for m in families)) if families else set()
         of_model = [h for h in hosts if h.device == device_id]
         exposed = [h for h in of_model if set(h.open_ports) & ports]
         e = build("model", d.id, d.name, ports, exposed, len(of_model), any(m.active for m in families),

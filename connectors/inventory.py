@@ -225,7 +225,7 @@ class Inventory:
         if model is None:
             return []
         open_ports = set(host.open_ports)
-        return [m for m in self.kb.malware_for(model) if open_ports & m.scan_ports]
+        return [m for m in self.kb.malware_for(model) if open_ports & m.attack_on(model)[0]]
 
     def evidence(self, host: Host) -> list[dict[str, Any]]:
         """Why the estimator says what it says about this host (its latest answer, this knowledge)."""

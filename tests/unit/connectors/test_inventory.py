@@ -43,9 +43,9 @@ def kb():
 def lake(tmp_path_factory, kb):
     camera = next(d for d in kb.devices if d.id == "hikvision-ipc")
     mirai = next(m for m in kb.malware if m.id == "mirai")
-    assert camera.category in mirai.infects
+    assert mirai.attack_on(camera) is not None
     root = tmp_path_factory.mktemp("inv") / "lake"
-    telnet = sorted(mirai.target_ports)[0]
+    telnet = sorted(mirai.attack_on(camera)[0])[0]
     rounds = [
         # a camera that answers three times; a light round (one port, no estimate) is not a change
         _round("10.0.0.1", T0, {80: b"HTTP/1.1 200 OK\r\nServer: Hikvision-Webs", telnet: None}, "hikvision-ipc", "fa"),
@@ -75,7 +75,8 @@ def test_the_picture_of_each_address(lake, kb):
     assert list(hosts) == ["10.0.0.1", "10.0.0.2", "10.0.1.5", "10.0.2.9"]
     cam = hosts["10.0.0.1"]
     assert cam.state == "up" and cam.device == "hikvision-ipc" and cam.category == "camera"
-    assert cam.open_ports == sorted({80, 443} | {min(next(m for m in kb.malware if m.id == "mirai").target_ports)})
+    camera = kb.device("hikvision-ipc")
+    assert cam.open_ports == sorted({80, 443} | {min(next(m for m in kb.malware if m.id == "mirai").attack_on(camera)[0])})
     assert cam.certificates == {443: b"CN=cam.example serial=01"}
     assert cam.first_seen == pytest.approx(T0) and cam.last_seen == pytest.approx(T0 + 24 * H)
     assert cam.last_change == pytest.approx(T0)              # the light round changed nothing
@@ -116,8 +117,8 @@ def test_exposure_counts_up_devices_of_infected_models_with_a_port_open(lake, kb
     model = next(e for e in rep.models if e.id == "hikvision-ipc")
     families = kb.malware_for(kb.device("hikvision-ipc"))
     assert model.models == sorted(m.id for m in families)
-    ports = set().union(*(m.scan_ports for m in families))
-    # 10.0.0.1 has mirai's port open; 10.0.2.9 only 80, exposed if a family of cameras uses 80
+    ports = set().union(*(m.attack_on(kb.device("hikvision-ipc"))[0] for m in families))
+    # 10.0.0.1 has mirai's port open; 10.0.2.9 only 80, exposed if a family attacks this camera on 80
     assert (model.total, model.devices) == (2, 1 + (80 in ports))
 
 
