@@ -306,13 +306,25 @@ cluster_status() {
 }
 
 cluster_down() {
+  # Every node at once: stopped one by one, the last ones would wait for a quorum that is gone.
   load_layout
-  local i
+  local i pids=() pid
   for i in $(seq 1 "$brokers"); do
     select_node "$i"
-    say "node $i:"
-    down
+    if pid=$(running_pid); then say "node $i: stopping pid $pid"; kill -TERM "$pid" 2>/dev/null || true; pids+=("$pid"); fi
   done
+  (( ${#pids[@]} )) || { say "not running"; return 0; }
+  for _ in $(seq 1 60); do
+    local alive=0
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    (( alive )) || break
+    sleep 0.5
+  done
+  for pid in "${pids[@]}"; do
+    if kill -0 "$pid" 2>/dev/null; then say "pid $pid still alive after 30 s, sending KILL"; kill -KILL "$pid" || true; fi
+  done
+  for i in $(seq 1 "$brokers"); do select_node "$i"; rm -f "$pidfile"; done
+  say "stopped"
 }
 
 cluster_reset() {
