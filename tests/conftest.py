@@ -132,7 +132,9 @@ class LocalCluster:
         self.env = dict(os.environ, SCANFLOW_INFRA_KAFKA_PORT=str(base),
                         SCANFLOW_INFRA_KAFKA_CONTROLLER_PORT=str(base + 1),
                         SCANFLOW_INFRA_KAFKA_BROKERS=str(brokers), SCANFLOW_INFRA_STATE_DIR=str(state_root),
-                        SCANFLOW_INFRA_KAFKA_HEAP="512m", SCANFLOW_PYTHON=sys.executable)
+                        SCANFLOW_INFRA_KAFKA_HEAP="512m", SCANFLOW_PYTHON=sys.executable,
+                        # three JVMs starting on a loaded 2-core machine: give them time to register
+                        SCANFLOW_INFRA_STATUS_TIMEOUT_S="180")
         self.env.pop("SCANFLOW_KAFKA_BOOTSTRAP_SERVERS", None)
         self.state = state_root / "kafka-cluster"
         self.bootstrap = ",".join(f"127.0.0.1:{self.node_port(i)}" for i in range(1, brokers + 1))

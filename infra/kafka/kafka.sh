@@ -299,7 +299,7 @@ cluster_status() {
   # What the cluster says: registered brokers, controller, partitions below their replica count.
   "$python" "$here/cluster_status.py" "$(cluster_bootstrap)" "$live" "$timeout" \
     || { say "the cluster did not answer as expected; last log lines of each node:"
-         for i in $(seq 1 "$brokers"); do select_node "$i"; tail -n 5 "$logfile" >&2 2>/dev/null || true; done
+         for i in $(seq 1 "$brokers"); do select_node "$i"; say "node $i:"; tail -n 5 "$logfile" 2>/dev/null || true; done
          return 4; }
   say "clients: kafka.bootstrap_servers=$(cluster_bootstrap)"
   (( live == brokers )) || return 5

@@ -247,14 +247,21 @@ def _reconcile(kafka, loop: Loop, topics: Topics, tmp_path, bootstrap: str, arch
     twice = {k: v for k, v in contents.items() if len(v) > 1}
     assert not twice, f"{len(twice)} decisions took effect with different contents, e.g. {list(twice.items())[:2]}"
     assert all(len(v) == 1 for v in ids_per_round.values()), {k: v for k, v in ids_per_round.items() if len(v) > 1}
+    # A transition is named by the time it was made (updated_at) and its kind: issuing a command
+    # (the record's next_scan_at is its updated_at: the lifecycle issues at next_at) or a decision.
+    # The two share a time when a round ends at the instant its command was issued: an agent refuses
+    # a command at once (e.g. "the port set is empty") and its REFUSED ScanDone, ended at the
+    # command's not_before, is decided (inconclusive, a retry) at that same microsecond. Keyed by
+    # time alone, that issue and that decision looked like one transition with two values.
     transitions: dict[tuple, set] = defaultdict(set)
     for _, d in states.decoded:
         r = d.record
-        transitions[(r["ip"], r["updated_at"])].add((r["status"], r["backoff_step"], r["last_scanned_at"],
-                                                       r["next_scan_at"]))
+        issue = r["next_scan_at"] == r["updated_at"]
+        transitions[(r["ip"], r["updated_at"], issue)].add((r["status"], r["backoff_step"], r["last_scanned_at"],
+                                                              r["next_scan_at"]))
     split = {k: v for k, v in transitions.items() if len(v) > 1}
     if split:
-        ips = {ip for ip, _ in list(split)[:2]}
+        ips = {key[0] for key in list(split)[:2]}
         history = [(r["ip"], r["status"], r["backoff_step"], r["last_scanned_at"], r["next_scan_at"], r["updated_at"])
                    for _, d in states.decoded if (r := d.record)["ip"] in ips]
         decided = [row for row in rows if row[1] in ips]
