@@ -4,6 +4,8 @@
   commands from the sweeps) -> ``scanflow.commands``, keyed by the single target.
 - :class:`WriteIpStates`: ``(ip, IpState record or None, headers)`` -> ``scanflow.ip-state``
   (compacted); None is written as a tombstone. Headers carry the scheduler's exact state.
+- :class:`WriteCommandsThenStates`: both, in one step that writes a bundle's states only once every
+  command of that bundle is acknowledged (what the live scheduler uses; see its docstring).
 
 Both write with the connector's ``acks=all`` producer and flush before a bundle completes. A record
 that breaks the contract goes to the dead-letter topic instead of failing the pipeline. Every
@@ -17,7 +19,7 @@ import apache_beam as beam
 
 from connectors.avro_codec import CodecError, default_codec
 from connectors.beam_kafka_common import DeadLetter
-from connectors.beam_kafka_sink import EncodeRecords, WriteToKafka
+from connectors.beam_kafka_sink import EncodeRecords, WriteToKafka, _WriteFn
 from connectors.kafka_io import dead_letter_headers
 from scanflow.config import KafkaSettings
 
@@ -64,3 +66,75 @@ class WriteIpStates(beam.PTransform):
                                                                               main="encoded")
         _ = out[_EncodeStateFn.DEAD_LETTER] | "WriteDeadLetters" >> WriteToKafka(self._kafka, self._dead_letter)
         return out.encoded | "Write" >> WriteToKafka(self._kafka, self._topic)
+
+
+_COMMAND, _STATE = "command", "state"
+
+
+class _CommandsThenStatesFn(beam.DoFn):
+    """Sends a bundle's commands as they come; holds its states until every command of the bundle
+    is acknowledged (``acks=all``), then sends and flushes them. Both writes keep the connector's
+    outage handling (:class:`connectors.beam_kafka_sink._WriteFn`)."""
+
+    def __init__(self, kafka: KafkaSettings, commands_topic: str, ip_state_topic: str):
+        self._commands = _WriteFn(kafka, commands_topic, {})
+        self._states = _WriteFn(kafka, ip_state_topic, {})
+
+    def setup(self):
+        self._commands.setup()
+        self._states.setup()
+
+    def start_bundle(self):
+        self._commands.start_bundle()
+        self._states.start_bundle()
+        self._held: list[tuple] = []
+
+    def process(self, element):
+        tag, *record = element
+        if tag == _COMMAND:
+            self._commands.process(tuple(record))
+        else:
+            self._held.append(tuple(record))
+
+    def finish_bundle(self):
+        self._commands.finish_bundle()          # raises (fails the bundle) if not acknowledged
+        for record in self._held:
+            self._states.process(record)
+        self._held = []
+        self._states.finish_bundle()
+
+    def teardown(self):
+        self._commands.teardown()
+        self._states.teardown()
+
+
+class WriteCommandsThenStates(beam.PTransform):
+    """``(commands, states)`` -> the commands topic and the ip-state topic, commands first.
+
+    An ip-state record says what the scheduler did for an IP, including "its command is out"
+    (``issued``); a restarted scheduler restores that state and does not issue the command again
+    (the watchdog retries it later, under another command id). Written by two independent sinks, a
+    kill -9 between the state's write and the command's left an IP whose restored state said issued
+    while no command was ever sent. Here a bundle's states are sent only after all of its commands
+    are acknowledged, so a kill at any point leaves either the command without its state (the
+    restarted scheduler issues it again with the same id, from the same next scan time: agents
+    skip a command id they have done) or both. The per-IP stage emits an IP's command and the state
+    that records it in the same bundle, so the order holds per IP. Contract violations go to the
+    dead-letter topic as with :class:`WriteCommands` and :class:`WriteIpStates`.
+    """
+
+    def __init__(self, kafka: KafkaSettings, commands_topic: str, ip_state_topic: str, dead_letter_topic: str):
+        super().__init__()
+        self._kafka, self._commands, self._states = kafka, commands_topic, ip_state_topic
+        self._dead_letter = dead_letter_topic
+
+    def expand(self, pcolls):
+        commands, states = pcolls
+        encoded, dead = commands | "EncodeCommands" >> EncodeRecords("ScanCommand")
+        _ = dead | "WriteCommandDeadLetters" >> WriteToKafka(self._kafka, self._dead_letter)
+        out = states | "EncodeStates" >> beam.ParDo(_EncodeStateFn()).with_outputs(_EncodeStateFn.DEAD_LETTER,
+                                                                                    main="encoded")
+        _ = out[_EncodeStateFn.DEAD_LETTER] | "WriteStateDeadLetters" >> WriteToKafka(self._kafka, self._dead_letter)
+        tagged = ((encoded | "TagCommands" >> beam.Map(lambda r: (_COMMAND, *r))),
+                  (out.encoded | "TagStates" >> beam.Map(lambda r: (_STATE, *r)))) | "Both" >> beam.Flatten()
+        return tagged | "Write" >> beam.ParDo(_CommandsThenStatesFn(self._kafka, self._commands, self._states))

@@ -26,7 +26,7 @@ from typing import Any
 import apache_beam as beam
 
 from pipelines.per_ip_stage import DetectChanges
-from pipelines.commands import WriteCommands, WriteIpStates
+from pipelines.commands import WriteCommandsThenStates
 from pipelines.decide_batch import DecideInBatch
 from pipelines.devices import EstimateDevices
 from pipelines.rounds import AssembleRounds
@@ -140,8 +140,10 @@ def build_live(p: beam.Pipeline, settings, pipeline: PipelineSettings, policy, *
                                         first_pass_window_s=pipeline.first_pass_window_s,
                                         period_of=sweep_period_of(policy))
         commands = (commands, sweeps) | "AllCommands" >> beam.Flatten()
-    _ = commands | "WriteCommands" >> WriteCommands(kafka, topics.commands, topics.dead_letter)
-    _ = out.states | "WriteIpStates" >> WriteIpStates(kafka, topics.ip_state, topics.dead_letter)
+    # One step, commands before states: a state saying "issued" is never on the topic without its
+    # command (a kill -9 between two separate sinks left such IPs; docs/RELIABILITY.md).
+    _ = (commands, out.states) | "WriteCommandsThenStates" >> WriteCommandsThenStates(
+        kafka, topics.commands, topics.ip_state, topics.dead_letter)
     if pipeline.archive_dir:
         _archive(out, pipeline.archive_dir, mode="bundle")
     return out
