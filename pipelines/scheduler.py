@@ -9,6 +9,9 @@
     ReadIpStates (restore at start) ──────────────────────────►┤              Sweeps ─►┴─► WriteCommands
     ReadKnowledgeUpdates (kb-updates, fanned out over ip-state) ►┘  (urgent rescans of affected models)
 
+WriteIpStates and WriteCommands are one step in the live pipeline, ``WriteCommandsThenStates``: a
+bundle's ip-state records are sent only once its commands are acknowledged.
+
 :class:`Scheduler` is the part shared by the live pipeline (:func:`build_live`, Prism by default) and
 the bounded replay (:func:`build_replay`, FnApiRunner): items in, decisions / commands / states /
 observations out. ``run_live`` and ``run_replay`` are what ``scanflow pipeline run`` calls.
