@@ -44,7 +44,7 @@ def _kafka_action(action: str, doc: str) -> click.Command:
 
 @click.group("infra")
 def infra() -> None:
-    """Fetch, start, stop and inspect the local Kafka broker (KRaft, 127.0.0.1)."""
+    """Fetch, start, stop and inspect the local Kafka broker, or a three-node cluster (KRaft, 127.0.0.1)."""
 
 
 for _action, _doc in (
