@@ -4,8 +4,9 @@
   commands from the sweeps) -> ``scanflow.commands``, keyed by the single target.
 - :class:`WriteIpStates`: ``(ip, IpState record or None, headers)`` -> ``scanflow.ip-state``
   (compacted); None is written as a tombstone. Headers carry the scheduler's exact state.
-- :class:`WriteCommandsThenStates`: both, in one step that writes a bundle's states only once every
-  command of that bundle is acknowledged (what the live scheduler uses; see its docstring).
+- :class:`WriteCommandsThenStates`: both, from the per-IP stage's one ``writes`` output, in one step
+  that sends a bundle's states only once every command of that bundle is acknowledged (what the
+  live scheduler uses for the per-IP commands; the sweeps' commands go through WriteCommands).
 
 Both write with the connector's ``acks=all`` producer and flush before a bundle completes. A record
 that breaks the contract goes to the dead-letter topic instead of failing the pipeline. Every
@@ -68,7 +69,32 @@ class WriteIpStates(beam.PTransform):
         return out.encoded | "Write" >> WriteToKafka(self._kafka, self._topic)
 
 
-_COMMAND, _STATE = "command", "state"
+#: The tags of ``(tag, *element)`` on the per-IP stage's ``writes`` output (pipelines.per_ip_stage).
+_COMMAND, _STATE = "commands", "states"
+
+
+class _EncodeWritesFn(beam.DoFn):
+    """``("commands", ip, ScanCommand)`` / ``("states", ip, IpState or None, headers)`` -> the same
+    tags with Kafka key and value bytes; records that break the contract -> dead letters."""
+
+    DEAD_LETTER = "dead_letter"
+
+    def setup(self):
+        self._codec = default_codec()
+
+    def process(self, element):
+        tag, ip, record, *headers = element
+        try:
+            if tag == _COMMAND:
+                value = self._codec.encode("ScanCommand", record)
+            else:
+                value = self._codec.encode("IpState", record) if record is not None else None
+        except (CodecError, KeyError, TypeError) as exc:
+            error_class = getattr(exc, "error_class", "InvalidRecord")
+            yield beam.pvalue.TaggedOutput(self.DEAD_LETTER, DeadLetter(
+                ip.encode(), repr(record).encode(), dead_letter_headers(error_class, str(exc))))
+            return
+        yield (tag, ip.encode(), value, *(tuple(h) for h in headers))
 
 
 class _CommandsThenStatesFn(beam.DoFn):
@@ -109,18 +135,20 @@ class _CommandsThenStatesFn(beam.DoFn):
 
 
 class WriteCommandsThenStates(beam.PTransform):
-    """``(commands, states)`` -> the commands topic and the ip-state topic, commands first.
+    """The per-IP stage's ``writes`` output (``("commands", ip, ScanCommand)`` and ``("states", ip,
+    IpState or None, headers)``) -> the commands topic and the ip-state topic, commands first.
 
-    An ip-state record says what the scheduler did for an IP, including "its command is out"
-    (``issued``); a restarted scheduler restores that state and does not issue the command again
-    (the watchdog retries it later, under another command id). Written by two independent sinks, a
-    kill -9 between the state's write and the command's left an IP whose restored state said issued
-    while no command was ever sent. Here a bundle's states are sent only after all of its commands
-    are acknowledged, so a kill at any point leaves either the command without its state (the
-    restarted scheduler issues it again with the same id, from the same next scan time: agents
-    skip a command id they have done) or both. The per-IP stage emits an IP's command and the state
-    that records it in the same bundle, so the order holds per IP. Contract violations go to the
-    dead-letter topic as with :class:`WriteCommands` and :class:`WriteIpStates`.
+    An ip-state record can say "the command is out" (``issued``); a restarted scheduler restores that
+    state and does not issue the command again (the watchdog retries it later, under another command
+    id). The live scheduler used to write the two with separate sinks, the commands behind a
+    ``Flatten`` with the sweeps, which on Prism is a fusion break: the states were written when the
+    per-IP stage's bundle finished, the commands by a later bundle of another stage, and a kill -9
+    in between left IPs whose restored state said issued while no command was ever sent. Here the
+    write is a chain of ParDos on one output of the per-IP stage (fused with it) and a bundle's
+    states are sent only after all of its commands are acknowledged, so a kill at any point leaves
+    either the command without its state (the restarted scheduler issues it again from the same next
+    scan time, with the same id: agents skip a command id they have done) or both. Contract
+    violations go to the dead-letter topic.
     """
 
     def __init__(self, kafka: KafkaSettings, commands_topic: str, ip_state_topic: str, dead_letter_topic: str):
@@ -128,13 +156,8 @@ class WriteCommandsThenStates(beam.PTransform):
         self._kafka, self._commands, self._states = kafka, commands_topic, ip_state_topic
         self._dead_letter = dead_letter_topic
 
-    def expand(self, pcolls):
-        commands, states = pcolls
-        encoded, dead = commands | "EncodeCommands" >> EncodeRecords("ScanCommand")
-        _ = dead | "WriteCommandDeadLetters" >> WriteToKafka(self._kafka, self._dead_letter)
-        out = states | "EncodeStates" >> beam.ParDo(_EncodeStateFn()).with_outputs(_EncodeStateFn.DEAD_LETTER,
-                                                                                    main="encoded")
-        _ = out[_EncodeStateFn.DEAD_LETTER] | "WriteStateDeadLetters" >> WriteToKafka(self._kafka, self._dead_letter)
-        tagged = ((encoded | "TagCommands" >> beam.Map(lambda r: (_COMMAND, *r))),
-                  (out.encoded | "TagStates" >> beam.Map(lambda r: (_STATE, *r)))) | "Both" >> beam.Flatten()
-        return tagged | "Write" >> beam.ParDo(_CommandsThenStatesFn(self._kafka, self._commands, self._states))
+    def expand(self, writes):
+        out = writes | "Encode" >> beam.ParDo(_EncodeWritesFn()).with_outputs(_EncodeWritesFn.DEAD_LETTER,
+                                                                               main="encoded")
+        _ = out[_EncodeWritesFn.DEAD_LETTER] | "WriteDeadLetters" >> WriteToKafka(self._kafka, self._dead_letter)
+        return out.encoded | "Write" >> beam.ParDo(_CommandsThenStatesFn(self._kafka, self._commands, self._states))

@@ -22,6 +22,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from connectors.kafka_io import make_consumer, topic_partitions
 from pipelines.commands import WriteCommandsThenStates
+from pipelines.per_ip_stage import COMMANDS, STATES
 from scanflow.lifecycle.records import command_record
 from scanflow.portsets import PortSet
 
@@ -29,21 +30,21 @@ N = 20
 
 
 class _Decide(beam.DoFn):
-    """Like the per-IP stage: each IP's command and the state that records it, from one bundle."""
+    """Like the per-IP stage with ``writes=True``: each IP's command and the state that records it,
+    tagged on one output, from one bundle."""
 
     def process(self, i):
         ip = f"198.18.7.{i}"
-        yield beam.pvalue.TaggedOutput("commands", (ip, command_record(
+        yield COMMANDS, ip, command_record(
             policy="EFFICIENT", target=ip, not_before=1_700_000_000.0 + i, ttl_s=3600,
-            ports=PortSet.inline([22, 80]), reason="NEW_RESPONDER")))
-        yield beam.pvalue.TaggedOutput("states", (ip, None, ()))       # a tombstone: any state will do
+            ports=PortSet.inline([22, 80]), reason="NEW_RESPONDER")
+        yield STATES, ip, None, ()              # a tombstone: any state will do
 
 
 def _run(kafka, commands_topic: str, states_topic: str, dead: str) -> None:
     with beam.Pipeline(runner=FnApiRunner()) as p:
-        out = (p | beam.Create(list(range(N)), reshuffle=False)
-               | beam.ParDo(_Decide()).with_outputs("commands", "states"))
-        _ = (out.commands, out.states) | WriteCommandsThenStates(kafka, commands_topic, states_topic, dead)
+        _ = (p | beam.Create(list(range(N)), reshuffle=False) | beam.ParDo(_Decide())
+             | WriteCommandsThenStates(kafka, commands_topic, states_topic, dead))
 
 
 def _read(kafka, topic: str, want: int, timeout_s: float = 30.0) -> list:
