@@ -76,7 +76,8 @@ fetch() {
 }
 
 running_pid() {
-  # Prints the broker pid if the pid file names a live java process of ours; cleans a stale file.
+  # Prints the broker pid if the pid file names a live broker of ours (this properties file);
+  # cleans a stale file.
   [[ -f "$pidfile" ]] || return 1
   local pid cmd; pid=$(cat "$pidfile" 2>/dev/null || true)
   if [[ "$pid" =~ ^[0-9]+$ ]]; then
@@ -85,7 +86,10 @@ running_pid() {
     for _ in $(seq 1 20); do
       kill -0 "$pid" 2>/dev/null || break
       cmd=$(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null || true)
-      if [[ "$cmd" == *kafka.Kafka* ]]; then echo "$pid"; return 0; fi
+      # Ours: a broker started with this very properties file. A pid file left behind by a broker
+      # that died can name another broker's process once pids wrap (32768 on some machines), and
+      # `down` must not stop that one.
+      if [[ "$cmd" == *kafka.Kafka* && "$cmd" == *"$props"* ]]; then echo "$pid"; return 0; fi
       [[ -z "$cmd" ]] || break
       sleep 0.1
     done
