@@ -286,7 +286,7 @@ def test_pipeline_kill9_mid_run_no_decision_twice(kafka, loop_topics, tmp_path):
 
 
 @pytest.mark.faults
-@pytest.mark.xfail(strict=False, reason="intermittent on one broker: 2 of 3 runs passed after the rejoin diagnostics were added; in the third "
+@pytest.mark.xfail(strict=False, reason="intermittent on one broker: 3 of 4 runs passed after the rejoin diagnostics were added; in the third "
                    "the agent, assigned all 3 partitions, completed nothing for 240 s after the broker came back "
                    "and did not stop within 9 s of SIGTERM (a kafka-python call on its consumer thread did not "
                    "return); earlier runs idled with an empty assignment in an Empty group (docs/RELIABILITY.md). "
