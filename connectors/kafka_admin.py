@@ -24,6 +24,10 @@ LOGICAL_TOPICS = ("events", "commands", "ip_state", "dead_letter", "kb_updates")
 READY_TIMEOUT_S = 10.0
 
 
+#: ``replication_factor`` that asks the brokers for their ``default.replication.factor`` (KIP-464).
+CLUSTER_DEFAULT = -1
+
+
 @dataclass(frozen=True)
 class TopicSpec:
     """One declared topic."""
@@ -31,7 +35,9 @@ class TopicSpec:
     logical: str
     name: str
     partitions: int
-    replication_factor: int = 1
+    #: -1 (the default when the file names none): the cluster's ``default.replication.factor``, 1 on
+    #: the single local broker, 3 on the local cluster (``scanflow infra up --brokers 3``).
+    replication_factor: int = CLUSTER_DEFAULT
     config: dict[str, str] = field(default_factory=dict)
 
 
@@ -56,9 +62,10 @@ def load_topic_specs(topics: TopicsSettings, path: str | Path | None = None) -> 
         partitions = table.get("partitions")
         if not isinstance(partitions, int) or partitions < 1:
             raise ConfigError(f"{path}: [{logical}] partitions must be a whole number >= 1")
-        rf = table.get("replication_factor", 1)
-        if not isinstance(rf, int) or rf < 1:
-            raise ConfigError(f"{path}: [{logical}] replication_factor must be a whole number >= 1")
+        rf = table.get("replication_factor", CLUSTER_DEFAULT)
+        if not isinstance(rf, int) or (rf < 1 and rf != CLUSTER_DEFAULT):
+            raise ConfigError(f"{path}: [{logical}] replication_factor must be a whole number >= 1 "
+                              "(or left out: the cluster's default.replication.factor)")
         config = {str(k): str(v) for k, v in table.get("config", {}).items()}
         specs.append(TopicSpec(logical, getattr(topics, logical), partitions, rf, config))
     return specs
@@ -125,7 +132,9 @@ def apply_topics(admin: KafkaAdminClient, specs: Iterable[TopicSpec],
             pass
         for s in missing:
             outcome[s.name] = "created"
-            report(f"created {s.name} ({s.partitions} partitions)")
+            report(f"created {s.name} ({s.partitions} partitions, replication "
+                   + (f"{s.replication_factor})" if s.replication_factor != CLUSTER_DEFAULT else
+                      f"{_replicas(admin, s.name)}: the cluster's default)"))
     present = [s for s in specs if s.name in existing]
     if present:
         described = {t["name"]: t for t in admin.describe_topics([s.name for s in present])}
@@ -144,6 +153,11 @@ def apply_topics(admin: KafkaAdminClient, specs: Iterable[TopicSpec],
             outcome[s.name] = "updated" if changes else "unchanged"
             report(f"{outcome[s.name]} {s.name}" + (f" ({'; '.join(changes)})" if changes else ""))
     return outcome
+
+
+def _replicas(admin: KafkaAdminClient, topic: str) -> int:
+    (described,) = admin.describe_topics([topic])
+    return max((len(p["replica_nodes"]) for p in described["partitions"]), default=0)
 
 
 def _wait_converged(admin: KafkaAdminClient, spec: TopicSpec, timeout_s: float = 30.0) -> None:

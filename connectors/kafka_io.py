@@ -14,6 +14,7 @@ Used directly by the probe agents and tools, and inside the Beam connectors
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from typing import Any, Iterable, Mapping
@@ -26,6 +27,8 @@ from kafka.structs import OffsetAndMetadata
 
 from connectors.avro_codec import AvroCodec, default_codec, key_for
 from scanflow.config import KafkaSettings
+
+log = logging.getLogger(__name__)
 
 #: Producer settings unless overridden: durable, ordered per partition, batched.
 PRODUCER_DEFAULTS: dict[str, Any] = {
@@ -207,12 +210,25 @@ class AvroProducer:
 
 def topic_partitions(consumer: KafkaConsumer, topics: Iterable[str],
                      timeout_s: float = 30.0) -> list[TopicPartition]:
-    """Every partition of ``topics``, waiting for metadata; ``ValueError`` if a topic does not exist."""
+    """Every partition of ``topics``, waiting for metadata; ``ValueError`` if a topic does not exist.
+
+    A node of the cluster that is down does not fail the call: kafka-python 3.0 raises the
+    connection error of a metadata request sent to a dead node (seen with one broker of three
+    killed, on the restart of the scheduler); the request is made again, and the client's backoff
+    for that node sends it to another one."""
+    from kafka.errors import KafkaConnectionError, KafkaTimeoutError, NodeNotReadyError
+
     deadline = time.monotonic() + timeout_s
     result: list[TopicPartition] = []
     for topic in topics:
         while True:
-            partitions = consumer.partitions_for_topic(topic)
+            try:
+                partitions = consumer.partitions_for_topic(topic)
+            except (KafkaConnectionError, NodeNotReadyError, KafkaTimeoutError) as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.info("metadata of %s: %s; asking again", topic, exc)
+                partitions = None
             if partitions:
                 result.extend(TopicPartition(topic, p) for p in sorted(partitions))
                 break

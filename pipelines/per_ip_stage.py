@@ -53,6 +53,10 @@ from scanflow.lifecycle.step import (Decided, Due, KnowledgeUrgent, Lifecycle, S
 
 COMMANDS = "commands"
 STATES = "states"
+#: Optional output: every ``commands`` and ``states`` element again, as ``(tag, *element)`` on one
+#: PCollection, for a write step that must order them (``pipelines.commands.WriteCommandsThenStates``)
+#: without a Flatten (on Prism a Flatten is a fusion break: its consumer runs in another stage).
+WRITES = "writes"
 log = logging.getLogger(__name__)
 _METRICS = "scanflow.changes"
 #: First field of a waiting knowledge update in the bag (a round's first field is its address).
@@ -117,9 +121,10 @@ class _TrackFn(beam.DoFn):
 
     def __init__(self, policy, *, recent_scans: int, command_ttl_s: float, round_timeout_s: float,
                  horizon: float | None, emit_states: bool = True, forget_s: float = 24 * 3600.0,
-                 catch_up: bool = False):
+                 catch_up: bool = False, writes: bool = False):
         self._policy = policy
         self._emit_states = emit_states
+        self._writes = writes
         self._catch_up = catch_up
         self._horizon = horizon
         self._forget_s = forget_s
@@ -267,7 +272,10 @@ class _TrackFn(beam.DoFn):
             yield from self._emit(o)
 
     def _emit(self, o):
-        yield from emit(o, self._name, self._ttl, self._refs, self._emit_states)
+        for out in emit(o, self._name, self._ttl, self._refs, self._emit_states):
+            yield out
+            if self._writes and isinstance(out, beam.pvalue.TaggedOutput):
+                yield beam.pvalue.TaggedOutput(WRITES, (out.tag, *out.value))
 
 
 def emit(o, policy_name: str, ttl_s: float, refs: RefTable, emit_states: bool = True):
@@ -295,19 +303,24 @@ class DetectChanges(beam.PTransform):
     ``emit_states=False`` leaves the ``states`` output empty (a replay writes no ip-state).
     ``catch_up`` (live only): next scans whose command would be expired by the wall clock move to
     now (``pipeline.catch_up``; see :meth:`scanflow.lifecycle.step.Lifecycle.wake`).
+    ``writes=True`` adds a fourth output, :data:`WRITES` (the commands and states again, tagged, on
+    one PCollection, in the order the stage emitted them).
     """
 
     def __init__(self, policy, *, recent_scans: int = 4, command_ttl_s: float, round_timeout_s: float,
                  horizon: float | None = None, emit_states: bool = True, forget_s: float = 24 * 3600.0,
-                 catch_up: bool = False):
+                 catch_up: bool = False, writes: bool = False):
         super().__init__()
+        self._writes = writes
         self._fn = _TrackFn(policy, recent_scans=recent_scans, command_ttl_s=command_ttl_s,
                             round_timeout_s=round_timeout_s, horizon=horizon, emit_states=emit_states,
-                            forget_s=forget_s, catch_up=catch_up)
+                            forget_s=forget_s, catch_up=catch_up, writes=writes)
 
     def expand(self, keyed):
         out = (keyed
                # A declared key type gives the runner a deterministic key coder to group state by.
                | "KeyByIp" >> beam.Map(lambda kv: kv).with_output_types(beam.typehints.KV[str, Any])
-               | "Track" >> beam.ParDo(self._fn).with_outputs(COMMANDS, STATES, main="decisions"))
+               | "Track" >> beam.ParDo(self._fn).with_outputs(COMMANDS, STATES, WRITES, main="decisions"))
+        if self._writes:
+            return out.decisions, out[COMMANDS], out[STATES], out[WRITES]
         return out.decisions, out[COMMANDS], out[STATES]

@@ -9,6 +9,9 @@
     ReadIpStates (restore at start) ──────────────────────────►┤              Sweeps ─►┴─► WriteCommands
     ReadKnowledgeUpdates (kb-updates, fanned out over ip-state) ►┘  (urgent rescans of affected models)
 
+WriteIpStates and WriteCommands are one step in the live pipeline, ``WriteCommandsThenStates``: a
+bundle's ip-state records are sent only once its commands are acknowledged.
+
 :class:`Scheduler` is the part shared by the live pipeline (:func:`build_live`, Prism by default) and
 the bounded replay (:func:`build_replay`, FnApiRunner): items in, decisions / commands / states /
 observations out. ``run_live`` and ``run_replay`` are what ``scanflow pipeline run`` calls.
@@ -26,7 +29,7 @@ from typing import Any
 import apache_beam as beam
 
 from pipelines.per_ip_stage import DetectChanges
-from pipelines.commands import WriteCommands, WriteIpStates
+from pipelines.commands import WriteCommands, WriteCommandsThenStates
 from pipelines.decide_batch import DecideInBatch
 from pipelines.devices import EstimateDevices
 from pipelines.rounds import AssembleRounds
@@ -44,6 +47,7 @@ class SchedulerOutputs:
     commands: Any       # (ip, ScanCommand record) from the per-IP timers
     states: Any         # (ip, IpState record or None, headers)
     observations: Any   # Observation records (empty unless archived)
+    writes: Any = None  # the commands and states again, tagged, on one PCollection (``writes=True``)
 
 
 class Scheduler(beam.PTransform):
@@ -56,9 +60,10 @@ class Scheduler(beam.PTransform):
     """
 
     def __init__(self, policy, settings: PipelineSettings, *, horizon: float | None = None, archive: bool = False,
-                 emit_states: bool = True, batch: bool = False, catch_up: bool = False):
+                 emit_states: bool = True, batch: bool = False, catch_up: bool = False, writes: bool = False):
         super().__init__()
         self._catch_up = catch_up
+        self._writes = writes
         self._policy, self._settings, self._horizon, self._archive = policy, settings, horizon, archive
         self._emit_states = emit_states
         if batch and horizon is None:
@@ -83,11 +88,11 @@ class Scheduler(beam.PTransform):
                 round_timeout_s=s.round_timeout_s, horizon=self._horizon, emit_states=self._emit_states,
                 forget_s=s.dedupe_horizon_s)
             return SchedulerOutputs(decisions, commands, states, observations)
-        decisions, commands, states = keyed | "DetectChanges" >> DetectChanges(
+        decisions, commands, states, *writes = keyed | "DetectChanges" >> DetectChanges(
             self._policy, recent_scans=s.recent_scans, command_ttl_s=s.command_ttl_s,
             round_timeout_s=s.round_timeout_s, horizon=self._horizon, emit_states=self._emit_states,
-            forget_s=s.dedupe_horizon_s, catch_up=self._catch_up)
-        return SchedulerOutputs(decisions, commands, states, observations)
+            forget_s=s.dedupe_horizon_s, catch_up=self._catch_up, writes=self._writes)
+        return SchedulerOutputs(decisions, commands, states, observations, writes[0] if writes else None)
 
 
 def _archive(outputs: SchedulerOutputs, root: str, mode: str) -> None:
@@ -142,8 +147,12 @@ def build_live(p: beam.Pipeline, settings, pipeline: PipelineSettings, policy, *
             kafka, topics.kb_updates, topics.ip_state, topics.dead_letter, group_id=pipeline.group_id,
             watermark_lag_s=pipeline.watermark_lag_s)
     out = inputs | "Schedule" >> Scheduler(policy, pipeline, archive=bool(pipeline.archive_dir),
-                                           catch_up=pipeline.catch_up)
-    commands = out.commands
+                                           catch_up=pipeline.catch_up, writes=True)
+    # The per-IP commands and states in one step, commands first, fused with the per-IP stage (no
+    # Flatten between them): a state saying "issued" is never on the topic without its command (a
+    # kill -9 between two separate sinks left such IPs; docs/RELIABILITY.md).
+    _ = out.writes | "WriteCommandsThenStates" >> WriteCommandsThenStates(
+        kafka, topics.commands, topics.ip_state, topics.dead_letter)
     if pipeline.sweep_ranges:
         sweeps = p | "Sweeps" >> Sweeps(pipeline.sweep_networks(), prefix=pipeline.sweep_prefix,
                                         period_s=policy.params.silent_interval, silent=policy.port_sets.silent,
@@ -153,9 +162,7 @@ def build_live(p: beam.Pipeline, settings, pipeline: PipelineSettings, policy, *
                                         if pipeline.first_pass else None,
                                         first_pass_window_s=pipeline.first_pass_window_s,
                                         period_of=sweep_period_of(policy))
-        commands = (commands, sweeps) | "AllCommands" >> beam.Flatten()
-    _ = commands | "WriteCommands" >> WriteCommands(kafka, topics.commands, topics.dead_letter)
-    _ = out.states | "WriteIpStates" >> WriteIpStates(kafka, topics.ip_state, topics.dead_letter)
+        _ = sweeps | "WriteSweepCommands" >> WriteCommands(kafka, topics.commands, topics.dead_letter)
     if pipeline.archive_dir:
         _archive(out, pipeline.archive_dir, mode="bundle")
     return out

@@ -185,11 +185,29 @@ def _stale_empty_assignment(kafka: KafkaSettings, group: str, topic: str, consum
     members = info.get("members") or []
     state = info.get("group_state") or info.get("state")
     log.info("no partition assigned: group %s is %s with %d member(s), %s has %d partition(s), this "
-             "consumer's metadata lists %s", group, state, len(members), topic, len(partitions),
-             sorted(consumer.partitions_for_topic(topic) or ()))
+             "consumer's metadata lists %s; its coordinator: %s", group, state, len(members), topic,
+             len(partitions), sorted(consumer.partitions_for_topic(topic) or ()), _coordinator_view(consumer))
     # Empty (no member at all, this consumer included, though it believes it joined: what the
     # stuck agents showed), or stable with no more members than partitions (each gets one).
     return state in ("Empty", "Dead") or (state == "Stable" and len(members) <= len(partitions))
+
+
+def _coordinator_view(consumer) -> str:
+    """(consumer thread) What kafka-python's group coordinator believes: member state, generation,
+    whether its heartbeat loop runs. For the log of a stale empty assignment: a member that believes
+    it is stable while the broker lists the group empty has stopped heartbeating, and these say
+    whether the loop ended (kafka-python 3.0 restarts a failed heartbeat loop only on a rejoin) or is
+    disabled. Private attributes of kafka-python 3.0.x (pinned), read defensively."""
+    c = getattr(consumer, "_coordinator", None)
+    if c is None:
+        return "unknown"
+    fut = getattr(c, "_heartbeat_loop_future", None)
+    loop = "none" if fut is None else ("ended" if getattr(fut, "is_done", False) else "running")
+    gen = getattr(c, "_generation", None)
+    return (f"state={getattr(getattr(c, 'state', None), 'name', None)} "
+            f"generation={getattr(gen, 'generation_id', None)} member={getattr(gen, 'member_id', None)!r} "
+            f"heartbeat_loop={loop} heartbeat_enabled={getattr(c, '_heartbeat_enabled', None)} "
+            f"coordinator={getattr(c, 'coordinator_id', None)}")
 
 
 def _set_paused(consumer, pause: bool) -> None:

@@ -98,3 +98,72 @@ def second_broker(tmp_path):
     run.bootstrap = f"127.0.0.1:{run.port}"
     yield run
     run("down")
+
+
+def free_port_block(n: int, tries: int = 50) -> int:
+    """A port ``p`` such that ``p .. p + n - 1`` on 127.0.0.1 are all free right now."""
+    for _ in range(tries):
+        base = free_port()
+        if base + n > 65535:
+            continue
+        socks = []
+        try:
+            for p in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no block of {n} free ports found")
+
+
+class LocalCluster:
+    """A three-node KRaft cluster of a test's own, started by infra/kafka/kafka.sh (free ports, its
+    own state dir); never the session broker. Node i listens on ``port + 2(i-1)``."""
+
+    def __init__(self, state_root, brokers: int = 3):
+        base = free_port_block(2 * brokers)
+        self.brokers = brokers
+        self.port = base
+        self.env = dict(os.environ, SCANFLOW_INFRA_KAFKA_PORT=str(base),
+                        SCANFLOW_INFRA_KAFKA_CONTROLLER_PORT=str(base + 1),
+                        SCANFLOW_INFRA_KAFKA_BROKERS=str(brokers), SCANFLOW_INFRA_STATE_DIR=str(state_root),
+                        SCANFLOW_INFRA_KAFKA_HEAP="512m", SCANFLOW_PYTHON=sys.executable,
+                        # three JVMs starting on a loaded 2-core machine: give them time to register
+                        SCANFLOW_INFRA_STATUS_TIMEOUT_S="180")
+        self.env.pop("SCANFLOW_KAFKA_BOOTSTRAP_SERVERS", None)
+        self.state = state_root / "kafka-cluster"
+        self.bootstrap = ",".join(f"127.0.0.1:{self.node_port(i)}" for i in range(1, brokers + 1))
+
+    def node_port(self, node: int) -> int:
+        return self.port + 2 * (node - 1)
+
+    def run(self, action: str, timeout: float = 240) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(KAFKA_SCRIPT), action], env=self.env, capture_output=True,
+                              text=True, timeout=timeout)
+
+    def pid(self, node: int) -> int:
+        return int((self.state / f"node-{node}" / "kafka.pid").read_text())
+
+    def kafka(self):
+        """Client settings for this cluster (the whole bootstrap list)."""
+        import dataclasses
+
+        from scanflow.config import KafkaSettings
+        return dataclasses.replace(KafkaSettings(), bootstrap_servers=self.bootstrap)
+
+
+@pytest.fixture
+def kafka_cluster(tmp_path):
+    """A three-node cluster of the test's own (``LocalCluster``), up; stopped at the end."""
+    cluster = LocalCluster(tmp_path / "cluster")
+    up = cluster.run("up")
+    if up.returncode != 0:
+        cluster.run("down")
+        pytest.fail(f"could not start the cluster via infra/kafka/kafka.sh:\n{up.stdout}\n{up.stderr}")
+    yield cluster
+    cluster.run("down")

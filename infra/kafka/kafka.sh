@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fetch, start, stop and inspect one local Apache Kafka broker (KRaft, broker+controller in one JVM).
+# Fetch, start, stop and inspect the local Apache Kafka: one broker (KRaft, broker+controller in one
+# JVM), or a replicated cluster of N such nodes with an N-voter controller quorum.
 #
 #   infra/kafka/kafka.sh fetch|up|down|status|reset|logs
 #
@@ -10,6 +11,13 @@
 #   SCANFLOW_INFRA_KAFKA_HEAP             JVM heap                              (default 1g)
 #   SCANFLOW_INFRA_STATUS_TIMEOUT_S       seconds `status`/`up` wait for an answer (default 60)
 #   SCANFLOW_PYTHON                       python with kafka-python for the metadata probe (default: .venv)
+#   SCANFLOW_INFRA_KAFKA_BROKERS          1 = one broker (default); N >= 3 = a cluster of N nodes, node i
+#                                         on client port PORT+2(i-1) and controller port
+#                                         CONTROLLER_PORT+2(i-1), data in <state dir>/kafka-cluster/node-i;
+#                                         replication factor 3 (at most N), min.insync.replicas 2.
+#                                         `down`, `status` and `reset` act on a cluster that exists in
+#                                         the state dir whatever this says; `up` with a cluster running
+#                                         starts only its missing nodes (a node that was killed rejoins).
 # Clients reach this broker at 127.0.0.1:$SCANFLOW_INFRA_KAFKA_PORT: scanflow derives
 # kafka.bootstrap_servers from the same setting unless it is set; `up` and `status` say so when an
 # explicit SCANFLOW_KAFKA_BOOTSTRAP_SERVERS names this machine but another port.
@@ -19,7 +27,11 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 port=${SCANFLOW_INFRA_KAFKA_PORT:-9092}
 ctrl_port=${SCANFLOW_INFRA_KAFKA_CONTROLLER_PORT:-9093}
-state=${SCANFLOW_INFRA_STATE_DIR:-$repo/.scanflow}/kafka
+state_root=${SCANFLOW_INFRA_STATE_DIR:-$repo/.scanflow}
+state=$state_root/kafka
+cluster=$state_root/kafka-cluster
+brokers=${SCANFLOW_INFRA_KAFKA_BROKERS:-1}
+[[ "$brokers" =~ ^[0-9]+$ ]] && (( brokers >= 1 )) || { printf 'kafka: error: SCANFLOW_INFRA_KAFKA_BROKERS=%s is not a whole number >= 1\n' "$brokers" >&2; exit 2; }
 libs=$repo/infra/.cache/kafka/libs
 heap=${SCANFLOW_INFRA_KAFKA_HEAP:-1g}
 timeout=${SCANFLOW_INFRA_STATUS_TIMEOUT_S:-60}
@@ -64,7 +76,8 @@ fetch() {
 }
 
 running_pid() {
-  # Prints the broker pid if the pid file names a live java process of ours; cleans a stale file.
+  # Prints the broker pid if the pid file names a live broker of ours (this properties file);
+  # cleans a stale file.
   [[ -f "$pidfile" ]] || return 1
   local pid cmd; pid=$(cat "$pidfile" 2>/dev/null || true)
   if [[ "$pid" =~ ^[0-9]+$ ]]; then
@@ -73,7 +86,10 @@ running_pid() {
     for _ in $(seq 1 20); do
       kill -0 "$pid" 2>/dev/null || break
       cmd=$(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null || true)
-      if [[ "$cmd" == *kafka.Kafka* ]]; then echo "$pid"; return 0; fi
+      # Ours: a broker started with this very properties file. A pid file left behind by a broker
+      # that died can name another broker's process once pids wrap (32768 on some machines), and
+      # `down` must not stop that one.
+      if [[ "$cmd" == *kafka.Kafka* && "$cmd" == *"$props"* ]]; then echo "$pid"; return 0; fi
       [[ -z "$cmd" ]] || break
       sleep 0.1
     done
@@ -164,13 +180,172 @@ reset() {
   rm -rf "$datadir"
 }
 
+
+# --- a cluster of N combined broker+controller nodes ---------------------------------------------
+# Node i: client port PORT+2(i-1), controller port CONTROLLER_PORT+2(i-1), everything else in
+# $cluster/node-i. The layout (node count, base ports, cluster id) is written once at the first `up`;
+# later commands read it, so `down` and `status` need no flags and a cluster's ports cannot drift.
+
+cluster_exists() { [[ -f "$cluster/layout" ]]; }
+
+load_layout() {
+  # shellcheck disable=SC1091
+  source "$cluster/layout"
+  brokers=$layout_brokers; port=$layout_port; ctrl_port=$layout_ctrl_port
+}
+
+node_port() { echo $(( port + 2 * ($1 - 1) )); }
+node_ctrl_port() { echo $(( ctrl_port + 2 * ($1 - 1) )); }
+
+cluster_bootstrap() {
+  local i list=()
+  for i in $(seq 1 "$brokers"); do list+=("127.0.0.1:$(node_port "$i")"); done
+  (IFS=,; echo "${list[*]}")
+}
+
+select_node() {
+  # Points the single-broker variables (pid file, data, properties) at node $1 of the cluster.
+  node=$1
+  state=$cluster/node-$node
+  pidfile=$state/kafka.pid
+  logfile=$state/logs/kafka.out
+  datadir=$state/data
+  props=$state/server.properties
+}
+
+write_node_props() {
+  local i voters=() rf=$(( brokers < 3 ? brokers : 3 ))
+  local isr=$(( rf > 1 ? 2 : 1 ))
+  for i in $(seq 1 "$brokers"); do voters+=("$i@127.0.0.1:$(node_ctrl_port "$i")"); done
+  mkdir -p "$datadir" "$state/logs"
+  cat > "$props" <<PROPS
+# written by infra/kafka/kafka.sh on every start; edit the script, not this file
+process.roles=broker,controller
+node.id=${node}
+controller.quorum.voters=$(IFS=,; echo "${voters[*]}")
+listeners=PLAINTEXT://127.0.0.1:$(node_port "$node"),CONTROLLER://127.0.0.1:$(node_ctrl_port "$node")
+advertised.listeners=PLAINTEXT://127.0.0.1:$(node_port "$node")
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+log.dirs=${datadir}
+num.partitions=4
+default.replication.factor=${rf}
+min.insync.replicas=${isr}
+unclean.leader.election.enable=false
+offsets.topic.replication.factor=${rf}
+offsets.topic.num.partitions=8
+transaction.state.log.replication.factor=${rf}
+transaction.state.log.min.isr=${isr}
+share.coordinator.state.topic.replication.factor=${rf}
+share.coordinator.state.topic.min.isr=${isr}
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=false
+delete.topic.enable=true
+log.retention.hours=-1
+message.max.bytes=4194304
+PROPS
+}
+
+cluster_up() {
+  fetch
+  command -v java >/dev/null || die "java not found: install a JDK >= 17"
+  if cluster_exists; then
+    local want=$brokers; load_layout
+    (( want == 1 || want == brokers )) || die "a cluster of $brokers nodes exists in $cluster; \`reset\` it to change its size"
+  else
+    (( brokers >= 3 )) || die "a cluster needs at least 3 nodes (SCANFLOW_INFRA_KAFKA_BROKERS=$brokers); use 1 for one broker"
+    if running_pid >/dev/null; then die "the single broker of $state is running: stop it first (\`down\`)"; fi
+    local i all=()
+    for i in $(seq 1 "$brokers"); do all+=("$(node_port "$i")" "$(node_ctrl_port "$i")"); done
+    [[ $(printf '%s\n' "${all[@]}" | sort -u | wc -l) == $(( 2 * brokers )) ]] \
+      || die "node ports overlap: client ports $port+2k and controller ports $ctrl_port+2k must all differ"
+    mkdir -p "$cluster"
+    local cid; cid=$(java_run kafka.tools.StorageTool random-uuid | tail -n 1)
+    printf 'layout_brokers=%s\nlayout_port=%s\nlayout_ctrl_port=%s\nlayout_cluster_id=%s\n' \
+      "$brokers" "$port" "$ctrl_port" "$cid" > "$cluster/layout"
+    load_layout
+  fi
+  local i started=0
+  for i in $(seq 1 "$brokers"); do
+    select_node "$i"
+    if pid=$(running_pid); then continue; fi
+    write_node_props
+    if [[ ! -f "$datadir/meta.properties" ]]; then
+      java_run kafka.tools.StorageTool format -t "$layout_cluster_id" -c "$props" --ignore-formatted >/dev/null
+    fi
+    if (exec 3<>"/dev/tcp/127.0.0.1/$(node_port "$i")") 2>/dev/null; then
+      die "port $(node_port "$i") of node $i is taken by another process"
+    fi
+    say "starting node $i on 127.0.0.1:$(node_port "$i") (controller :$(node_ctrl_port "$i"), log: $logfile)"
+    setsid "$here/kafka.sh" __exec kafka.Kafka "$props" >>"$logfile" 2>&1 < /dev/null &
+    echo $! > "$pidfile"
+    started=$(( started + 1 ))
+  done
+  (( started )) || say "all $brokers nodes already running"
+  cluster_status
+}
+
+cluster_status() {
+  cluster_exists || { say "not running"; return 3; }
+  load_layout
+  local i pid live=0
+  for i in $(seq 1 "$brokers"); do
+    select_node "$i"
+    if pid=$(running_pid); then
+      live=$(( live + 1 ))
+      say "node $i: running (pid $pid) on 127.0.0.1:$(node_port "$i"), data in $datadir"
+    else
+      say "node $i: not running (127.0.0.1:$(node_port "$i"))"
+    fi
+  done
+  (( live )) || { say "cluster: not running"; return 3; }
+  # What the cluster says: registered brokers, controller, partitions below their replica count.
+  "$python" "$here/cluster_status.py" "$(cluster_bootstrap)" "$live" "$timeout" \
+    || { say "the cluster did not answer as expected; last log lines of each node:"
+         for i in $(seq 1 "$brokers"); do select_node "$i"; say "node $i:"; tail -n 5 "$logfile" 2>/dev/null || true; done
+         return 4; }
+  say "clients: kafka.bootstrap_servers=$(cluster_bootstrap)"
+  (( live == brokers )) || return 5
+}
+
+cluster_down() {
+  # Every node at once: stopped one by one, the last ones would wait for a quorum that is gone.
+  load_layout
+  local i pids=() pid
+  for i in $(seq 1 "$brokers"); do
+    select_node "$i"
+    if pid=$(running_pid); then say "node $i: stopping pid $pid"; kill -TERM "$pid" 2>/dev/null || true; pids+=("$pid"); fi
+  done
+  (( ${#pids[@]} )) || { say "not running"; return 0; }
+  for _ in $(seq 1 60); do
+    local alive=0
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    (( alive )) || break
+    sleep 0.5
+  done
+  for pid in "${pids[@]}"; do
+    if kill -0 "$pid" 2>/dev/null; then say "pid $pid still alive after 30 s, sending KILL"; kill -KILL "$pid" || true; fi
+  done
+  for i in $(seq 1 "$brokers"); do select_node "$i"; rm -f "$pidfile"; done
+  say "stopped"
+}
+
+cluster_reset() {
+  cluster_down
+  say "wiping $cluster"
+  rm -rf "$cluster"
+}
+
 case "${1:-}" in
   fetch) fetch; say "broker jars in $libs" ;;
-  up) check_bootstrap; up ;;
-  down|stop) down ;;
-  status) check_bootstrap; status ;;
-  reset) reset ;;
+  up) if (( brokers > 1 )) || cluster_exists; then cluster_up; else check_bootstrap; up; fi ;;
+  down|stop) if cluster_exists; then cluster_down; else down; fi ;;
+  status) if cluster_exists; then cluster_status; else check_bootstrap; status; fi ;;
+  reset) if cluster_exists; then cluster_reset; else reset; fi ;;
   __exec) shift; exec_java "$@" ;;  # internal: replaces itself with the broker JVM
-  logs) tail -n "${2:-50}" "$logfile" ;;
+  logs) if cluster_exists; then
+          load_layout; for i in $(seq 1 "$brokers"); do select_node "$i"; say "node $i:"; tail -n "${2:-50}" "$logfile"; done
+        else tail -n "${2:-50}" "$logfile"; fi ;;
   *) die "usage: kafka.sh fetch|up|down|status|reset|logs [N]" ;;
 esac

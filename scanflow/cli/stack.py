@@ -44,17 +44,44 @@ def _kafka_action(action: str, doc: str) -> click.Command:
 
 @click.group("infra")
 def infra() -> None:
-    """Fetch, start, stop and inspect the local Kafka broker (KRaft, 127.0.0.1)."""
+    """Fetch, start, stop and inspect the local Kafka broker, or a three-node cluster (KRaft, 127.0.0.1)."""
 
 
 for _action, _doc in (
     ("fetch", "Resolve the broker jars from Maven Central into infra/.cache (once)."),
-    ("up", "Start the broker (idempotent) and wait until it answers a metadata request."),
-    ("down", "Stop the broker (TERM, then KILL after 30 s); data is kept."),
-    ("status", "Exit 0 once the broker answers a metadata request; 3 if it is not running."),
-    ("reset", "Stop the broker and wipe its data dir."),
+    ("down", "Stop the broker, or every node of the cluster (TERM, then KILL after 30 s); data is kept."),
+    ("status", "Exit 0 once the broker (every node of the cluster) answers; 3 if it is not running."),
+    ("reset", "Stop the broker (or the cluster) and wipe its data dir."),
 ):
     infra.add_command(_kafka_action(_action, _doc))
+
+
+@infra.command("up")
+@click.option("--brokers", type=click.IntRange(1, 9), default=None,
+              help="1 = one broker; 3 = a replicated cluster (replication 3, min.insync.replicas 2) on "
+                   "infra.kafka_port, +2, +4 (default: infra.kafka_brokers).")
+@pass_ctx
+def infra_up(obj: CliContext, brokers: int | None) -> None:
+    """Start the broker or cluster (idempotent: a node that is down is started) and wait until it answers."""
+    if brokers is not None and brokers != obj.settings.infra.kafka_brokers:
+        import dataclasses
+
+        from scanflow.config import ConfigError
+
+        infra_settings = dataclasses.replace(obj.settings.infra, kafka_brokers=brokers)
+        try:
+            infra_settings.validate()
+        except ConfigError as exc:
+            raise click.UsageError(str(exc)) from None
+        kafka = obj.settings.kafka
+        if obj.settings.bootstrap_derived:
+            kafka = dataclasses.replace(kafka, bootstrap_servers=infra_settings.local_bootstrap())
+        obj.settings = dataclasses.replace(obj.settings, infra=infra_settings, kafka=kafka)
+        if brokers > 1:
+            click.echo(f"infra: clients reach this cluster with infra.kafka_brokers={brokers} "
+                       f"(env SCANFLOW_INFRA_KAFKA_BROKERS={brokers}) or kafka.bootstrap_servers="
+                       f"{infra_settings.local_bootstrap()}")
+    sys.exit(run_kafka_script(obj, "up"))
 
 
 @infra.command("prism")

@@ -94,12 +94,15 @@ class KafkaSettings(Section):
 
 @dataclass(frozen=True)
 class InfraSettings(Section):
-    """The local stack started by ``scanflow infra``: one Kafka broker, cached builds, state."""
+    """The local stack started by ``scanflow infra``: one Kafka broker (or a replicated cluster of
+    ``kafka_brokers`` nodes), cached builds, state."""
 
     section_name = "infra"
 
     kafka_port: Port = DEFAULT_KAFKA_PORT
     kafka_controller_port: Port = 9093
+    #: 1 = one broker; 3 or more = a cluster, node i on ``kafka_port + 2(i-1)`` (infra/kafka/kafka.sh).
+    kafka_brokers: Annotated[Int, between(1, 9)] = 1
     kafka_heap: str = "1g"
     state_dir: str = ".scanflow"
     status_timeout_s: Positive = 60.0
@@ -107,19 +110,31 @@ class InfraSettings(Section):
     def check(self) -> None:
         if self.kafka_port == self.kafka_controller_port:
             raise ConfigError("infra.kafka_controller_port: must differ from infra.kafka_port")
+        if self.kafka_brokers == 2:
+            raise ConfigError("infra.kafka_brokers: 2 nodes cannot lose one (a 2-voter quorum needs both); "
+                              "use 1, or 3 or more")
+        if self.kafka_brokers > 1:
+            clients = {self.kafka_port + 2 * i for i in range(self.kafka_brokers)}
+            controllers = {self.kafka_controller_port + 2 * i for i in range(self.kafka_brokers)}
+            if clients & controllers:
+                raise ConfigError("infra.kafka_controller_port: the cluster's node ports overlap (node i uses "
+                                  "kafka_port + 2(i-1) and kafka_controller_port + 2(i-1)); make the two "
+                                  "differ by an odd number")
 
     def state_path(self) -> Path:
         return resolve_path(self.state_dir)
 
     def local_bootstrap(self) -> str:
-        """Where clients reach the local broker: ``127.0.0.1:<kafka_port>``."""
-        return f"{LOCAL_KAFKA_HOST}:{self.kafka_port}"
+        """Where clients reach the local broker: ``127.0.0.1:<kafka_port>``; for a cluster, every
+        node's client port, comma-separated."""
+        return ",".join(f"{LOCAL_KAFKA_HOST}:{self.kafka_port + 2 * i}" for i in range(self.kafka_brokers))
 
     def script_env(self) -> dict[str, str]:
         """Environment for infra/kafka/kafka.sh: the same names as this section's env overrides."""
         return {
             "SCANFLOW_INFRA_KAFKA_PORT": str(self.kafka_port),
             "SCANFLOW_INFRA_KAFKA_CONTROLLER_PORT": str(self.kafka_controller_port),
+            "SCANFLOW_INFRA_KAFKA_BROKERS": str(self.kafka_brokers),
             "SCANFLOW_INFRA_KAFKA_HEAP": self.kafka_heap,
             "SCANFLOW_INFRA_STATE_DIR": str(self.state_path()),
             "SCANFLOW_INFRA_STATUS_TIMEOUT_S": str(self.status_timeout_s),
