@@ -235,11 +235,14 @@ def test_agent_scheduler_and_broker_kill9_in_one_run_counts_reconcile(second_bro
     # A transition is named by the time it was made (updated_at): an inconclusive round (a scan
     # that timed out, or ran twice after a rebalance) keeps last_scanned_at and moves next_scan_at
     # to a retry, a second transition with the same last_scanned_at. Only the same transition with
-    # two values (a restart deciding it again differently) is a fault.
+    # two values (a restart deciding it again differently) is a fault. Issuing a command (the
+    # record's next_scan_at is its updated_at: the lifecycle issues at next_at) and a decision are
+    # two kinds of transition that can share an instant (a round that ends when its command was
+    # issued: an agent refusing an expired command), so the kind is part of the name.
     transitions: dict[tuple, set] = defaultdict(set)
     for key, d in states.decoded:
         r = d.record
-        transitions[(r["ip"], r["updated_at"])].add(
+        transitions[(r["ip"], r["updated_at"], r["next_scan_at"] == r["updated_at"])].add(
             (r["status"], r["backoff_step"], r["last_scanned_at"], r["next_scan_at"]))
     split = {k: v for k, v in transitions.items() if len(v) > 1}
     assert not split, f"{len(split)} ip-state transitions with two values, e.g. {list(split.items())[:2]}"

@@ -130,6 +130,40 @@ def _check(tb: Testbed, cap, lake, backend: str) -> None:
     assert live <= rescanned, f"never rescanned: {sorted(live - rescanned)}"
 
 
+#: What a person would call the sparse24 hosts that say who they are (host number -> knowledge base
+#: entry, and the model where the device states it): a TP-Link WR840N by its realm, a Xiongmai
+#: recorder by its uc-httpd server and NETSURVEILLANCE realm, a Dahua IPC-HFW1320S camera by its
+#: certificate, a BusyBox device by its Telnet banner. The others (a GoAhead camera with an OEM RTSP
+#: server, a mail server, a "Broadband Router") name no vendor.
+NAMED = {57: ("tplink-router", "WR840N"), 130: ("xiongmai-dvr", None), 108: ("dahua-ipc", "IPC-HFW1320S"),
+         10: ("busybox-telnet", None)}
+
+
+def _check_names(tb: Testbed, lake) -> None:
+    """The loop estimates each testbed device as a person would (its last decision), on a next scan of
+    at most a handful of ports beyond the light set."""
+    from scanflow.estimate import Estimator
+    from scanflow.knowledge import load_knowledge
+
+    with Catalog(lake) as cat:
+        last = {r["ip"]: r["device"] for r in cat.sql(
+            "SELECT ip, arg_max(device, decided_at) AS device FROM decisions_dedup "
+            "WHERE status = 'RESPONSIVE_ESTIMATED' GROUP BY ip").to_pylist()}
+        grabbed = cat.sql("SELECT ip, port, arg_max(banner, timestamp) AS banner FROM events WHERE kind = 'BANNER' "
+                          "GROUP BY ip, port").to_pylist()
+    by_host = {int(ip.rsplit(".", 1)[1]): ip for ip in tb.services}
+    named = {by_host[h]: want for h, want in NAMED.items() if h in by_host}
+    assert {ip: last.get(ip) for ip in named} == {ip: want[0] for ip, want in named.items()}
+    est = Estimator(load_knowledge())
+    sizes = []
+    for ip, (device, model) in named.items():
+        banners = tuple((r["port"], r["banner"]) for r in grabbed if r["ip"] == ip)
+        e = est.estimate(frozenset(tb.services[ip]), banners)
+        assert e.model == device and (model is None or e.stated_model == model), (ip, e)
+        sizes.append(len(e.ports))
+    assert sum(sizes) / len(sizes) <= 5, sizes
+
+
 def test_connect_loop_finds_exactly_what_is_on_the_testbed(kafka, prism_binary, tmp_path):
     reason = testbed_skip_reason()
     if reason:
@@ -137,6 +171,7 @@ def test_connect_loop_finds_exactly_what_is_on_the_testbed(kafka, prism_binary, 
     with Testbed(tmp_path / "bed", layout="sparse24", seed=13) as tb:
         out, cap, lake = _run(kafka, tb, tmp_path, "connect", days=2.5, extra=[])
         _check(tb, cap, lake, "connect")
+        _check_names(tb, lake)
         ports = sorted(_policy_ports())
         nmap = tb.nmap(ports)
         if nmap is not None:
