@@ -380,12 +380,15 @@ class AdaptivePolicy:
         (after a probe with the unknown-device set: estimate from it and follow up on the rest)."""
         first = state.first_seen if state.first_seen is not None else now
         kind = self._may_follow_up(state, obs, now)
+        estimate = self.estimator.estimate(obs.open_ports, obs.banners)
         if kind in (FOLLOWUP, FIRST):
-            new = IpState(IpStatus.RESPONSIVE_UNESTIMATED, 0, obs.open_ports, digests, None, 0.0,
+            # what answered may already name the device (a port the follow-up leaves out, e.g. a Telnet
+            # banner when the sets are small): kept unless the follow-up names another
+            status = IpStatus.RESPONSIVE_ESTIMATED if estimate.model is not None else IpStatus.RESPONSIVE_UNESTIMATED
+            new = IpState(status, 0, obs.open_ports, digests, estimate.model, estimate.confidence,
                           obs.probed.ref if obs.probed is not None else None, 0, state.scans + 1, first, now, now,
                           now, frozenset(), kind, now, state.full_at)
             return new, ScanPlan(now + self.params.followup_delay, self.ports_for(new), reason, True)
-        estimate = self.estimator.estimate(obs.open_ports, obs.banners)
         device = estimate.model
         status = IpStatus.RESPONSIVE_ESTIMATED if device is not None else IpStatus.RESPONSIVE_UNESTIMATED
         new = IpState(status, 0, obs.open_ports, digests, device, estimate.confidence,
@@ -413,9 +416,12 @@ class AdaptivePolicy:
 
     def _classified(self, state: IpState, obs: Observation, now: float,
                     digests: tuple[tuple[int, str], ...]) -> tuple[IpState, ScanPlan]:
-        """The follow-up answered: estimate the device from it (it probed nearly the standard set)."""
+        """The follow-up answered: estimate the device from it (it probed nearly the standard set); when
+        it names none, the estimate from the answer it followed up stands (that answer's ports are kept)."""
         estimate = self.estimator.estimate(obs.open_ports, obs.banners)
         device = estimate.model
+        if device is None and state.device is not None:
+            device, estimate = state.device, replace(estimate, confidence=state.confidence)
         status = IpStatus.RESPONSIVE_ESTIMATED if device is not None else IpStatus.RESPONSIVE_UNESTIMATED
         ports = obs.open_ports | (state.open_ports - obs.probed.ports)
         merged = dict(state.digests)

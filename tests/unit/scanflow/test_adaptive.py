@@ -425,3 +425,22 @@ def test_no_empty_set_is_ever_planned_when_the_unknown_set_covers_the_standard_s
         assert len(plan.ports) > 0
         state, plan = pol.decide(state, obs([1, 39, 40], {}, plan.ports), plan.at)
     assert len(plan.ports) > 0
+
+
+def test_a_device_named_by_a_port_the_follow_up_leaves_out_keeps_its_name():
+    """The first answer names the device on a port the follow-up set drops (small sets: the live
+    provisional ones); the follow-up's own answer names nothing; the estimate stands."""
+    pol = policy()
+    s = pol.port_sets
+    dropped = sorted(s.standard.ports - s.followup.ports)
+    port = dropped[-1]
+    first = PortSet.inline([80, port], label="a small first probe")
+    busybox = b"\r\nBusyBox v1.19.4 (2014-03-12 14:22:59 CST) built-in shell (ash)\r\n\r\n(none) login: "
+    state, plan = pol.decide(None, obs([80, port], {port: busybox}, first), T0)
+    assert plan.ports is s.followup and state.device == "busybox-telnet"
+    state, plan = pol.decide(state, obs([80], {80: NGINX}, plan.ports), plan.at)
+    assert state.device == "busybox-telnet" and state.open_ports == {80, port}
+    # and a follow-up that names another device wins
+    state, plan = pol.decide(None, obs([80, port], {port: busybox}, first), T0)
+    state, plan = pol.decide(state, obs([80, 8000], {80: HIK}, plan.ports), plan.at)
+    assert state.device is not None and state.device.startswith("hikvision")
