@@ -445,6 +445,13 @@ class AdaptivePolicy:
             merged.update(digests)
             digests = tuple(sorted((p, d) for p, d in merged.items() if p in ports))
         step = min(state.step + 1, self._last) if was_full else state.step
+        if state.device is None and digests != state.digests:
+            # an unnamed device said something it had not said before (a banner that came too late
+            # for its first round, on a port its follow-up left out): name it from this answer if it can
+            estimate = self.estimator.estimate(obs.open_ports, obs.banners)
+            if estimate.model is not None:
+                state = _put(state, status=IpStatus.RESPONSIVE_ESTIMATED, device=estimate.model,
+                             confidence=estimate.confidence)
         new = _put(state, step=step, open_ports=ports, digests=digests,
                       probed=obs.probed.ref if obs.probed is not None else state.probed, silent_rounds=0,
                       scans=state.scans + 1, last_seen=now, last_scanned=now,

@@ -104,8 +104,10 @@ def dashboard(run_lake, kafka):
         log.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    # module scope: Playwright's sync API runs an event loop on this thread while it is open, and the
+    # tests after this module call asyncio.run()
     if CHROMIUM is None:
         pytest.skip("Debian's chromium is not installed (infra/system-deps.sh chromium, or apt-get install chromium)")
     sync_api = pytest.importorskip("playwright.sync_api")

@@ -444,3 +444,18 @@ def test_a_device_named_by_a_port_the_follow_up_leaves_out_keeps_its_name():
     state, plan = pol.decide(None, obs([80, port], {port: busybox}, first), T0)
     state, plan = pol.decide(state, obs([80, 8000], {80: HIK}, plan.ports), plan.at)
     assert state.device is not None and state.device.startswith("hikvision")
+
+
+def test_an_unnamed_device_is_named_when_a_later_answer_says_who_it_is():
+    """Its first answer came without the banner that names it (too late for the round); the next
+    answer with that banner names it, without a follow-up."""
+    pol = policy()
+    s = pol.port_sets
+    busybox = b"\r\nBusyBox v1.19.4 (2014-03-12 14:22:59 CST) built-in shell (ash)\r\n\r\n(none) login: "
+    state, plan = pol.decide(None, obs([80, 2323], {80: NGINX}, s.standard), T0)
+    assert state.device is None
+    state, plan = pol.decide(state, obs([80, 2323], {80: NGINX, 2323: busybox}, plan.ports), plan.at)
+    assert state.device == "busybox-telnet" and not plan.changed
+    # the same answer again names nothing new and changes nothing
+    again, plan2 = pol.decide(state, obs([80, 2323], {80: NGINX, 2323: busybox}, plan.ports), plan.at)
+    assert again.device == "busybox-telnet" and not plan2.changed
