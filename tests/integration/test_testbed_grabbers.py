@@ -80,3 +80,27 @@ def test_tls_devices_give_certificate_facts_and_the_telnetd_its_prompt(kafka, ma
     [after] = [data for kind, ip, port, data in log if kind == "telnet-after-prompt"]
     assert before == bytes([255, 254, 1, 255, 254, 3, 255, 252, 24, 255, 252, 31])   # DONT x2, WONT x2
     assert after == b""
+
+
+def test_tls_cost_layout_every_host_answers_tls_on_443_and_http_on_80(kafka, make_topic, tmp_path):
+    """The testbed of ``bench/bench_tls_testbed.py``: the same device over TLS on 443 and in clear on
+    80 on each live host; one scan of each port (plus a closed one) finds every host, each grab a
+    success of its grabber, so the bench compares like with like."""
+    from tests.testbed.bed import tls_cost_layout
+
+    reason = testbed_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    with pytest.raises(ValueError, match="1-254"):
+        tls_cost_layout(255)
+    topics = TopicsSettings(events=make_topic("tb-tlscost-events", 3), dead_letter=make_topic("tb-tlscost-dl", 1))
+    with Testbed(tmp_path / "bed", layout="tls-cost-6", spec=tls_cost_layout(6)) as tb:
+        assert len(tb.truth) == 6 and all(ports == {443: "tls", 80: "http"} for ports in tb.truth.values())
+        tls, plain = run_scans(tb, kafka, topics, [{"backend": "connect", "ports": [443, 4000], "seed": 1},
+                                                   {"backend": "connect", "ports": [80, 4000], "seed": 2}],
+                               tmp_path)
+    assert tls.open == {(ip, 443) for ip in tb.truth} and plain.open == {(ip, 80) for ip in tb.truth}
+    assert {(e["protocol"], e["status"]) for e in tls.events} == {("tls", "SUCCESS")}
+    assert {(e["protocol"], e["status"]) for e in plain.events} == {("http", "SUCCESS")}
+    assert all(b"subject: CN=IPC-HFW1320S, O=Dahua" in e["banner"] for e in tls.events)
+    assert all(b'realm="IPC-HFW1320S"' in e["banner"] for e in plain.events)

@@ -106,6 +106,19 @@ LAYOUTS: dict[str, tuple[int, list[tuple[int, int, list[Service]]]]] = {
 }
 
 
+def tls_cost_layout(live: int) -> tuple[int, list]:
+    """One /24 with ``live`` hosts (1-254), each serving the same device on two ports: its web
+    interface over TLS on 443 (the Dahua camera's self-signed certificate, TLS 1.2) and in clear on 80
+    (a 401 with its realm). A scan of 443 and one of 80 find the same number of open ports, so their
+    difference is what TLS costs a scan (``bench/bench_tls_testbed.py``)."""
+    if not 1 <= live <= 254:
+        raise ValueError(f"live hosts must be 1-254 in one /24, not {live}")
+    web = {"server": DAHUA_TLS["server"], "realm": DAHUA_TLS["cn"]}
+    step = 254 / live
+    return 1, [(0, 1 + int(i * step), [Service(443, "https", DAHUA_TLS), Service(80, "http-auth", web)])
+               for i in range(live)]
+
+
 def testbed_skip_reason() -> str | None:
     """Why the testbed cannot be built here (None when it can)."""
     reason = root_skip_reason()
@@ -162,15 +175,18 @@ class Testbed:
     """Namespaces, links, routes and services of one testbed (see the module docstring).
 
     ``tmp`` holds the configuration files, logs and captures; ``layout`` is a key of
-    :data:`LAYOUTS`. Use it as a context manager: everything is removed on exit (and on interpreter
+    :data:`LAYOUTS`, or a label when ``spec`` (a layout's ``(blocks, hosts)`` of the same shape,
+    e.g. from :func:`tls_cost_layout`) is given. Use it as a context manager: everything is removed on exit (and on interpreter
     exit; a test process that died is cleaned up by the next testbed's :func:`sweep_stale`).
     """
 
     __test__ = False
 
-    def __init__(self, tmp: str | Path, layout: str = "sparse24", seed: int | None = None):
-        if layout not in LAYOUTS:
+    def __init__(self, tmp: str | Path, layout: str = "sparse24", seed: int | None = None,
+                 spec: tuple[int, list] | None = None):
+        if spec is None and layout not in LAYOUTS:
             raise ValueError(f"unknown testbed layout {layout!r}; known: {', '.join(LAYOUTS)}")
+        self.spec = spec if spec is not None else LAYOUTS[layout]
         self.tmp = Path(tmp)
         self.layout = layout
         self.same_link = layout == "samelink"
@@ -197,7 +213,7 @@ class Testbed:
         sweep_stale()
         atexit.register(self.close)
         try:
-            n_blocks, hosts = LAYOUTS[self.layout]
+            n_blocks, hosts = self.spec
             with network_lock():
                 nets = free_slash24s(n_blocks + (0 if self.same_link else 1), self.rng)
                 if self.same_link:
