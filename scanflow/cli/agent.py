@@ -13,6 +13,7 @@ more); a second signal abandons the running scans at once.
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import signal
 import sys
@@ -138,6 +139,8 @@ def agent(obj: CliContext, scan_targets: tuple[str, ...], ports: str | None, unt
     if len(port_list) > 64:
         raise ConfigError(f"--ports: {len(port_list)} ports; at most 64 go inline in a command "
                           "(publish a port set and use agent commands for more)")
+    # `kill -USR1 PID` writes every thread's stack to stderr (a stuck client call shows where it waits).
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     # Until the agent runs, a signal simply ends the command (nothing was taken yet).
     previous = {sig: signal.signal(sig, _stop_early) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -168,8 +171,10 @@ def _arm_stop_deadline(seconds: float) -> None:
     """End the process ``seconds`` from now unless it ended by itself (the first signal's promise)."""
     def expire() -> None:
         sys.stderr.write(f"scanflow: error: the agent did not stop within {seconds:.0f} s of the signal; "
-                         "exiting now without committing more (unfinished commands will run again)\n")
+                         "exiting now without committing more (unfinished commands will run again); "
+                         "where each thread was:\n")
         sys.stderr.flush()
+        faulthandler.dump_traceback(all_threads=True)
         os._exit(1)
 
     timer = threading.Timer(seconds, expire)

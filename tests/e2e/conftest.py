@@ -87,6 +87,15 @@ def kill9(proc: subprocess.Popen) -> None:
     proc.wait(30)
 
 
+def stacks(proc: subprocess.Popen, log: Path, tail: int = 12000) -> str:
+    """Ask a running scanflow agent for every thread's stack (``kill -USR1``: it writes them to its
+    stderr, here ``log``) and return the end of its log: what a stalled agent was waiting on."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(1.5)
+    return log.read_text(errors="replace")[-tail:]
+
+
 def stop(proc: subprocess.Popen, timeout_s: float = 60) -> int:
     """SIGTERM, then SIGKILL if it does not exit in time; returns the exit code. Whatever it left
     running in its session (e.g. a Prism runner its SIGTERM did not take down) is killed after."""

@@ -38,7 +38,7 @@ import pytest
 
 from tests.conftest import free_port
 from tests.e2e.conftest import (Follow, Topics, committed_total, create_loop_topics, kill9, new_group, scanflow_cmd,
-                                start, stop, wait_for)
+                                stacks, start, stop, wait_for)
 
 US = 1_000_000
 DAY_S = 10.0                         # wall seconds per virtual day
@@ -121,8 +121,10 @@ class Loop:
         try:
             return wait_for(moved, timeout_s=timeout_s, step_s=0.5)
         except AssertionError as exc:
+            agents = "".join(f"\n--- {name}: threads and log ---\n{stacks(proc, self.tmp / f'{name}.log', 6000)}"
+                             for name, proc in self.agents.items())
             raise AssertionError(f"no progress {what} ({self.acknowledged(kafka)} acknowledged, {since} before); "
-                                 f"scheduler log:\n{(self.tmp / 'scheduler.log').read_text()[-3000:]}") from exc
+                                 f"scheduler log:\n{(self.tmp / 'scheduler.log').read_text()[-3000:]}{agents}") from exc
 
 
 def _listening(port: int) -> bool:

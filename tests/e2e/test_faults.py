@@ -34,7 +34,7 @@ import pytest
 from connectors.avro_codec import make_record
 from connectors.kafka_io import AvroProducer
 from scanflow.config import REPO_ROOT
-from tests.e2e.conftest import (SIM_WORLD, Follow, committed_total, kill9, new_group, scanflow_cmd,
+from tests.e2e.conftest import (SIM_WORLD, Follow, committed_total, kill9, new_group, scanflow_cmd, stacks,
                                 start, stop, wait_for)
 
 US = 1_000_000
@@ -332,9 +332,13 @@ def test_broker_kill9_mid_run_agent_carries_on_and_counts_reconcile(second_broke
         broker_up_s = time.monotonic() - t_up
         assert restarted.returncode == 0, restarted.stdout + restarted.stderr
         assert at_kill < len(commands), "the broker died mid-run"
-        wait_for(lambda: agent.poll() is None and committed_total(kafka, group, topics.commands) == len(commands)
-                 or (agent.poll() is not None and AssertionError(log.read_text()[-3000:])),
-                 timeout_s=240, step_s=0.2)
+        try:
+            wait_for(lambda: agent.poll() is None and committed_total(kafka, group, topics.commands) == len(commands)
+                     or (agent.poll() is not None and AssertionError(log.read_text()[-3000:])),
+                     timeout_s=240, step_s=0.2)
+        except AssertionError as exc:
+            raise AssertionError(f"{committed_total(kafka, group, topics.commands)} of {len(commands)} commands "
+                                 f"acknowledged; the agent's threads and log:\n{stacks(agent, log)}") from exc
         recovered_s = time.monotonic() - t_kill
         assert agent.poll() is None, log.read_text()[-3000:]
     finally:
