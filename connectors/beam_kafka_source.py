@@ -349,6 +349,7 @@ class _ReadPartition(beam.DoFn):
         last_claimed = None
         max_ts = None
         count = 0
+        end_asked = False
         try:
             while True:
                 try:
@@ -386,6 +387,13 @@ class _ReadPartition(beam.DoFn):
                         tracker.try_claim(rng.stop)
                         return
                     highwater = consumer.highwater(tp)
+                    if live and highwater is None and not end_asked:
+                        # The client knows a partition's end only from a fetch response, and an
+                        # empty partition's fetch waits out the broker's fetch_max_wait: a bundle can
+                        # end before one came back (every bundle, on a loaded machine, after a seek),
+                        # and an idle partition's watermark then never moved. Ask the broker once.
+                        end_asked = True
+                        highwater = _end_offset(consumer, tp)
                     if live and highwater is not None and position >= highwater:
                         # Idle and caught up: nothing older than "now - lag" can still arrive from
                         # producers stamping CreateTime, so the watermark moves with the wall clock.
@@ -414,6 +422,15 @@ class _ReadPartition(beam.DoFn):
 
 #: A live read that cannot reach the broker tries again after this long.
 _OUTAGE_RESUME_S = 2.0
+
+
+def _end_offset(consumer, tp: TopicPartition, timeout_ms: int = 5_000) -> int | None:
+    """The partition's end offset from the broker; None when it does not answer in time."""
+    try:
+        return consumer.end_offsets([tp], timeout_ms=timeout_ms).get(tp)
+    except (KafkaError, RuntimeError) as exc:   # RuntimeError: the client closed (the DoFn torn down)
+        log.info("end offset of %s unknown (%r): its watermark waits", tp, exc)
+        return None
 
 
 def _advance(watermark, candidate: Timestamp) -> None:

@@ -229,17 +229,20 @@ class Agent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, handler)
 
-    async def run(self, *, until_idle_s: float | None = None, on_tick: Callable[[], None] | None = None) -> int:
+    async def run(self, *, until_idle_s: float | None = None, on_tick: Callable[[], None] | None = None,
+                  on_wedged: Callable[[str], None] | None = None) -> int:
         """Consume commands until stopped; returns the exit code (0, or 1 after a fatal error).
 
         ``until_idle_s``: also stop once nothing has run and nothing was waiting for that long.
+        ``on_wedged(reason)``: called when the group's client is stuck in a state it does not leave
+        (:class:`~probe_agent.group.EmptyAssignmentRejoin`); the CLI starts the agent again.
         """
         await self.open()
         consumer = CommandsConsumer(self.kafka, self.topics.commands, self.settings.resolved_group_id(),
                                     f"scanflow-agent-{self.agent_id}")
         reader = self._follow_ip_state()
         await self._join_group(consumer, reader)
-        rejoin = EmptyAssignmentRejoin(consumer, self.metrics)
+        rejoin = EmptyAssignmentRejoin(consumer, self.metrics, on_wedged)
         self._last_commit = self._last_lag = self.clock()
         self._idle_since = self.clock()
         try:

@@ -126,25 +126,37 @@ def rebalance_listener(consumer, finished_offsets: Callable[[set], dict],
 class EmptyAssignmentRejoin:
     """No partition for :data:`EMPTY_REJOIN_S` while the broker shows the group empty (seen on a
     just-started broker: the agent believed it had joined, got an empty assignment and idled for
-    good) or able to give one: join again."""
+    good) or able to give one: join again. When the next look finds the same after that rejoin, the
+    client itself is in a state it does not leave: ``on_wedged(reason)`` (the CLI starts the agent
+    again, a new client and a new member)."""
 
-    def __init__(self, consumer: CommandsConsumer, metrics) -> None:
-        self.consumer, self.metrics = consumer, metrics
+    def __init__(self, consumer: CommandsConsumer, metrics,
+                 on_wedged: Callable[[str], None] | None = None) -> None:
+        self.consumer, self.metrics, self.on_wedged = consumer, metrics, on_wedged
         self._empty_since: float | None = None
+        self._rejoined = False
 
     async def check(self, now: float, watching: bool) -> None:
         """One look (``watching``: assigned once and not stopping; else the clock is reset)."""
         if not watching or await self.consumer.assignment():
             self._empty_since = None
+            self._rejoined = False
         elif self._empty_since is None:
             self._empty_since = now
         elif now - self._empty_since >= EMPTY_REJOIN_S:
             self._empty_since = now
             c = self.consumer
-            if await c.call(_stale_empty_assignment, c.kafka, c.group_id, c.topic, c.consumer):
+            if not await c.call(_stale_empty_assignment, c.kafka, c.group_id, c.topic, c.consumer):
+                self._rejoined = False
+            elif self._rejoined and self.on_wedged is not None:
+                self.metrics.errors["empty-assignment-restart"] += 1
+                self.on_wedged(f"still no partition of {c.topic} {EMPTY_REJOIN_S:.0f} s after joining the "
+                               "group again, although the group could give one")
+            else:
                 log.warning("assigned no partition of %s although the group could give one: "
                             "joining the group again", c.topic)
                 self.metrics.errors["empty-assignment-rejoin"] += 1
+                self._rejoined = True
                 await c.rejoin()
 
 

@@ -182,6 +182,28 @@ def _arm_stop_deadline(seconds: float) -> None:
     timer.start()
 
 
+def _restart_stuck(seconds: float) -> None:
+    """(watchdog thread) The command loop has not turned for ``seconds``: start the agent again."""
+    _restart_wedged(f"the agent's command loop has not turned for {seconds:.0f} s (a Kafka client call "
+                    "that does not return)")
+
+
+def _restart_wedged(reason: str) -> None:
+    """Write where every thread is, then replace this process with a fresh agent (same arguments,
+    same PID): new Kafka clients, a new group member. Nothing uncommitted is lost: its commands run
+    again."""
+    sys.stderr.write(f"scanflow: error: {reason}; starting the agent again. Where each thread was:\n")
+    sys.stderr.flush()
+    faulthandler.dump_traceback(all_threads=True)
+    sys.stderr.flush()
+    try:
+        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+    except OSError as exc:
+        sys.stderr.write(f"scanflow: error: could not start the agent again ({exc}); exiting\n")
+        sys.stderr.flush()
+        os._exit(1)
+
+
 async def _main(obj: CliContext, settings, scan_targets, port_list, until_idle) -> int:
     import asyncio
     import time
@@ -193,6 +215,7 @@ async def _main(obj: CliContext, settings, scan_targets, port_list, until_idle) 
     from probe_agent.banners import banner_line
     from probe_agent.core import Agent
     from probe_agent.metrics import MetricsServer, ProgressDisplay, setup_logging
+    from probe_agent.watchdog import LoopWatchdog
 
     setup_logging(settings.log_format)
     try:
@@ -218,7 +241,18 @@ async def _main(obj: CliContext, settings, scan_targets, port_list, until_idle) 
 
     try:
         if not scan_targets:
-            return await agent_.run(until_idle_s=until_idle, on_tick=tick)
+            watchdog = LoopWatchdog(settings.stuck_restart_s, _restart_stuck).start() \
+                if settings.stuck_restart_s > 0 else None
+
+            def turn() -> None:
+                tick()
+                if watchdog is not None:
+                    watchdog.turn()
+            try:
+                return await agent_.run(until_idle_s=until_idle, on_tick=turn, on_wedged=_restart_wedged)
+            finally:
+                if watchdog is not None:
+                    watchdog.stop()
         agent_.tracked.caught_up.set()  # a one-off scan is not a sweep; tracked IPs do not apply
 
         def show_record(schema: str, record: dict) -> None:

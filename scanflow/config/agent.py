@@ -102,6 +102,10 @@ class AgentSettings(Section):
     max_inflight_commands: Annotated[Int, between(1, 100_000)] = 32
     commit_interval_s: Positive = 1.0
     stop_grace_s: NonNegative = 5.0
+    #: The agent starts its own process again (same arguments) when its command loop has not turned
+    #: for this long: a Kafka client call that never returns (probe_agent/watchdog.py). Above every
+    #: bounded wait of the loop (a flush waits up to the producer's 120 s delivery timeout); 0 = off.
+    stuck_restart_s: NonNegative = 300.0
 
     metrics_port: Annotated[Int, between(0, 65535)] = 0
     metrics_host: str = "127.0.0.1"

@@ -92,7 +92,9 @@ class Loop:
                             "--set", f"portset_dir={self.portsets}", "--set", "commit_interval_s=0.5",
                             "--set", f"sim_n_ips={N_IPS}", "--set", "sim_seed=1",
                             "--set", f"sim_epoch_us={int(self.start_s * US)}",
-                            "--set", f"sim_time_scale={1 / SCALE!r}", "--set", "sim_horizon_days=30")
+                            "--set", f"sim_time_scale={1 / SCALE!r}", "--set", "sim_horizon_days=30",
+                            # a loop stuck longer than this (above every bounded wait) restarts the agent
+                            "--set", "stuck_restart_s=150")
         self.agents[name] = start(argv, self.tmp / f"{name}.log", env=_env())
 
     def kill_scheduler(self) -> None:

@@ -311,7 +311,9 @@ def test_broker_kill9_mid_run_agent_carries_on_and_counts_reconcile(second_broke
     log = tmp_path / "agent.log"
     # A 10 s request timeout (default 30 s) bounds how long a request sent to the dead broker's
     # stale connection blocks the agent after the restart; it changes when, not whether, it recovers.
+    # A loop stuck longer than 150 s (above every bounded wait with these timeouts) restarts the agent.
     agent = start(_agent_argv(topics, group, "agent-c", epoch_us, "--set", "max_inflight_commands=1",
+                              "--set", "stuck_restart_s=150",
                               bootstrap=second_broker.bootstrap, kafka_sets=("request_timeout_ms=10000",)), log)
     try:
         def progressed():
@@ -355,3 +357,71 @@ def test_broker_kill9_mid_run_agent_carries_on_and_counts_reconcile(second_broke
     assert lake["scans_distinct"] == len(commands)
     figures.update(committed_at_kill=at_kill, broker_up_s=round(broker_up_s, 1), recovery_s=round(recovered_s, 1), lake=lake)
     print("FIGURES broker-kill9", json.dumps(figures))
+
+
+@pytest.mark.faults
+def test_agent_whose_loop_is_stuck_starts_again_and_loses_nothing(second_broker, tmp_path):
+    """A broker frozen with SIGSTOP (a peer that takes connections and never answers) holds every
+    Kafka call of the agent's loop for the request timeout; with ``stuck_restart_s`` below that, the
+    agent's watchdog finds its loop stuck, writes its threads' stacks and starts the agent again in
+    the same process (same PID). After SIGCONT every command is executed, each once per scan id, and
+    the agent is still the one process."""
+    import dataclasses
+    import signal as sig
+
+    from scanflow.config import KafkaSettings
+    from tests.e2e.conftest import create_loop_topics
+
+    up = second_broker("up")
+    assert up.returncode == 0, up.stdout + up.stderr
+    kafka = dataclasses.replace(KafkaSettings(), bootstrap_servers=second_broker.bootstrap)
+    topics = create_loop_topics(kafka)
+    epoch_us = int(time.time()) * US
+    commands = _commands(300, epoch_us, "stuck")
+    _produce(kafka, topics.commands, "ScanCommand", commands)
+    group = new_group("e2e-agents")
+    log = tmp_path / "agent.log"
+    agent = start(_agent_argv(topics, group, "agent-s", epoch_us, "--set", "max_inflight_commands=1",
+                              "--set", "stuck_restart_s=6", bootstrap=second_broker.bootstrap,
+                              kafka_sets=("request_timeout_ms=30000",)), log)
+    pid = int((second_broker.state / "kafka.pid").read_text())
+    frozen = False
+    try:
+        def progressed():
+            assert agent.poll() is None, log.read_text()[-2000:]
+            n = committed_total(kafka, group, topics.commands)
+            return n >= 20 and n
+        wait_for(progressed, timeout_s=300, step_s=0.05)
+        os.kill(pid, sig.SIGSTOP)
+        frozen = True
+        t_freeze = time.monotonic()
+        wait_for(lambda: "starting the agent again" in log.read_text(errors="replace"), timeout_s=90, step_s=0.5)
+        restarted_after_s = time.monotonic() - t_freeze
+        time.sleep(3)
+        assert agent.poll() is None, log.read_text()[-3000:]
+        os.kill(pid, sig.SIGCONT)
+        frozen = False
+        try:
+            wait_for(lambda: committed_total(kafka, group, topics.commands) == len(commands)
+                     or (agent.poll() is not None and AssertionError(log.read_text()[-3000:])),
+                     timeout_s=240, step_s=0.2)
+        except AssertionError as exc:
+            raise AssertionError(f"{committed_total(kafka, group, topics.commands)} of {len(commands)} commands "
+                                 f"acknowledged; the agent's threads and log:\n{stacks(agent, log)}") from exc
+        recovered_s = time.monotonic() - t_freeze
+    finally:
+        if frozen:
+            os.kill(pid, sig.SIGCONT)
+        code = stop(agent)
+    text = log.read_text(errors="replace")
+    assert code == 0, text[-3000:]
+    # The watchdog wrote where the loop waited before it started the agent again.
+    assert "Thread 0x" in text and "Current thread" in text, text[-3000:]
+    follow = Follow(kafka, topics.events)
+    try:
+        figures = _reconcile(follow, commands)
+    finally:
+        follow.close()
+    figures.update(restarts=text.count("starting the agent again"), restarted_after_s=round(restarted_after_s, 1),
+                   recovered_s=round(recovered_s, 1))
+    print("FIGURES agent-stuck-restart", json.dumps(figures))

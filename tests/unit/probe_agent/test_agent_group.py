@@ -1,0 +1,73 @@
+"""The agent's empty-assignment check (probe_agent/group.py): join again once, then, if the group
+still gives nothing although it could, hand over to ``on_wedged`` (the CLI starts the agent again).
+The consumer is a stand-in (this is the decision logic; the real client is in the e2e fault tests)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from types import SimpleNamespace
+
+from probe_agent.group import EMPTY_REJOIN_S, EmptyAssignmentRejoin
+
+
+class FakeConsumer:
+    def __init__(self, stale: bool):
+        self.kafka, self.group_id, self.topic, self.consumer = None, "g", "commands", object()
+        self.stale, self.assigned, self.rejoins = stale, set(), 0
+
+    async def assignment(self):
+        return self.assigned
+
+    async def call(self, fn, *args):
+        return self.stale
+
+    async def rejoin(self):
+        self.rejoins += 1
+
+
+def _looks(rejoin: EmptyAssignmentRejoin, times) -> None:
+    async def go():
+        for t in times:
+            await rejoin.check(t, watching=True)
+    asyncio.run(go())
+
+
+def _metrics():
+    return SimpleNamespace(errors=defaultdict(int))
+
+
+def test_stale_empty_assignment_rejoins_then_restarts():
+    consumer, wedged, metrics = FakeConsumer(stale=True), [], _metrics()
+    rejoin = EmptyAssignmentRejoin(consumer, metrics, wedged.append)
+    step = EMPTY_REJOIN_S
+    _looks(rejoin, [0.0, step])                           # empty for EMPTY_REJOIN_S: join again
+    assert consumer.rejoins == 1 and not wedged
+    _looks(rejoin, [2 * step])                            # still empty after the rejoin: start again
+    assert consumer.rejoins == 1 and len(wedged) == 1 and "joining the group again" in wedged[0]
+    assert metrics.errors == {"empty-assignment-rejoin": 1, "empty-assignment-restart": 1}
+
+
+def test_an_assignment_after_the_rejoin_resets_the_escalation():
+    consumer, wedged = FakeConsumer(stale=True), []
+    rejoin = EmptyAssignmentRejoin(consumer, _metrics(), wedged.append)
+    _looks(rejoin, [0.0, EMPTY_REJOIN_S])
+    consumer.assigned = {("commands", 0)}
+    _looks(rejoin, [EMPTY_REJOIN_S + 1])                  # the rejoin worked
+    consumer.assigned = set()
+    _looks(rejoin, [100.0, 100.0 + EMPTY_REJOIN_S])       # a later empty spell starts over: a rejoin
+    assert consumer.rejoins == 2 and not wedged
+
+
+def test_an_empty_assignment_the_group_cannot_fill_is_left_alone():
+    consumer, wedged = FakeConsumer(stale=False), []      # e.g. more members than partitions
+    rejoin = EmptyAssignmentRejoin(consumer, _metrics(), wedged.append)
+    _looks(rejoin, [0.0, EMPTY_REJOIN_S, 2 * EMPTY_REJOIN_S, 3 * EMPTY_REJOIN_S])
+    assert consumer.rejoins == 0 and not wedged
+
+
+def test_without_on_wedged_it_keeps_rejoining():
+    consumer = FakeConsumer(stale=True)
+    rejoin = EmptyAssignmentRejoin(consumer, _metrics())
+    _looks(rejoin, [0.0, EMPTY_REJOIN_S, 2 * EMPTY_REJOIN_S, 3 * EMPTY_REJOIN_S])
+    assert consumer.rejoins == 3
