@@ -253,9 +253,6 @@ class _WindowCount(beam.DoFn):
         yield None, f"{int(win.start.micros // 1000)}|{count}".encode()
 
 
-@pytest.mark.xfail(strict=False, reason="intermittent, cause not found: on 2 of 4 runs of this round (one clean-clone CI "
-                   "run, one alone on an idle machine) the window never fired within 120 s, on the others it fired in "
-                   "~5 s; the Kafka source did not change this round (docs/RELIABILITY.md, open faults)")
 def test_idle_partitions_do_not_hold_back_the_watermark(kafka, make_topic, prism_options):
     """Only one of four partitions ever gets data; a window can only fire if the others' watermark moves."""
     topic, out = make_topic("idle", partitions=4), make_topic("idle-out", partitions=1)
