@@ -345,8 +345,10 @@ class Agent:
         """Every 2 s (at every turn until the backlog was read once after an assignment): the backlog
         and tracked-IP gauges, and whether the assigned partitions are read to their end."""
         if now - self._last_lag >= 2.0 or (self._assigned and not self._caught_up):
-            self.metrics.backlog = await consumer.lag()
-            self._caught_up = self._assigned and self.metrics.backlog == 0
+            backlog = await consumer.lag()
+            if backlog is not None:               # None: the broker did not say in time (try again)
+                self.metrics.backlog = backlog
+            self._caught_up = self._assigned and backlog == 0
             self.metrics.tracked_ips = len(self.tracked)
             self._last_lag = now
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
@@ -230,13 +231,31 @@ def _set_paused(consumer, pause: bool) -> None:
         consumer.resume(*consumer.paused())
 
 
-def _lag(consumer) -> int:
-    """(consumer thread) Records in the assigned partitions not yet read."""
+#: Bound of each broker look-up of the backlog gauge (it runs on the consumer's thread, in the loop).
+LAG_TIMEOUT_MS = 2_000
+
+
+def _lag(consumer, timeout_ms: int = LAG_TIMEOUT_MS) -> int | None:
+    """(consumer thread) Records in the assigned partitions not yet read; None when the broker did
+    not say in time. Every call is bounded: kafka-python's ``position()`` without a timeout waits for
+    the group's committed offsets for as long as it takes, and after the only broker was killed and
+    started again it waited for good (the coordinator answered NotCoordinator again and again), which
+    held the agent's loop and then its stop (its stacks, from a fault test run, named this call)."""
     assigned = list(consumer.assignment())
     if not assigned:
         return 0
+    deadline = time.monotonic() + timeout_ms / 1000     # one bound for all the look-ups together
+
+    def left_ms() -> int:
+        return max(1, int((deadline - time.monotonic()) * 1000))
     try:
-        ends = consumer.end_offsets(assigned)
-        return int(sum(max(0, ends[tp] - consumer.position(tp)) for tp in assigned))
-    except Exception:  # noqa: BLE001 - a gauge, best effort
-        return 0
+        ends = consumer.end_offsets(assigned, timeout_ms=left_ms())
+        lag = 0
+        for tp in assigned:
+            position = consumer.position(tp, timeout_ms=left_ms())
+            if position is None or ends.get(tp) is None:
+                return None
+            lag += max(0, ends[tp] - position)
+        return lag
+    except Exception:  # noqa: BLE001 - a gauge, best effort: unknown this time
+        return None

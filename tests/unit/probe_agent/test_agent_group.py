@@ -71,3 +71,37 @@ def test_without_on_wedged_it_keeps_rejoining():
     rejoin = EmptyAssignmentRejoin(consumer, _metrics())
     _looks(rejoin, [0.0, EMPTY_REJOIN_S, 2 * EMPTY_REJOIN_S, 3 * EMPTY_REJOIN_S])
     assert consumer.rejoins == 3
+
+
+class LagConsumer:
+    """Answers the backlog gauge's look-ups; records the bound each was given."""
+
+    def __init__(self, positions, ends):
+        self.positions, self.ends, self.bounds = positions, ends, []
+
+    def assignment(self):
+        return set(self.positions)
+
+    def end_offsets(self, tps, timeout_ms=None):
+        self.bounds.append(timeout_ms)
+        return {tp: self.ends[tp] for tp in tps}
+
+    def position(self, tp, timeout_ms=None):
+        self.bounds.append(timeout_ms)
+        return self.positions[tp]
+
+
+def test_the_backlog_gauge_bounds_every_broker_look_up():
+    from probe_agent.group import LAG_TIMEOUT_MS, _lag
+
+    consumer = LagConsumer({"p0": 5, "p1": 7}, {"p0": 9, "p1": 7})
+    assert _lag(consumer) == 4
+    # kafka-python waits for good without a bound (position() after the only broker came back)
+    assert len(consumer.bounds) == 3 and all(0 < b <= LAG_TIMEOUT_MS for b in consumer.bounds)
+
+
+def test_a_position_the_broker_did_not_give_in_time_makes_the_backlog_unknown_not_zero():
+    from probe_agent.group import _lag
+
+    assert _lag(LagConsumer({"p0": None}, {"p0": 9})) is None
+    assert _lag(LagConsumer({}, {})) == 0
