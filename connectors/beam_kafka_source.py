@@ -334,7 +334,7 @@ class _ReadPartition(beam.DoFn):
         try:
             consumer = self._consumer_at(tp, rng.start)
         except KafkaError as exc:
-            if not live:
+            if not live and not r.wait_for_broker:
                 raise
             # The broker is away (restarting): try again later rather than fail the bundle, and with
             # it the job; the watermark waits where it is.
@@ -491,7 +491,8 @@ class ReadFromKafka(beam.PTransform):
                  stop_offsets: Mapping[tuple[str, int], int] | None = None, stop_time_ms: int | None = None,
                  reset: str = "earliest", commit_offsets: bool | None = None, max_bundle_s: float = 1.0,
                  poll_timeout_ms: int = 100, idle_resume_s: float = 0.2, watermark_lag_s: float = 5.0,
-                 max_poll_records: int = 5000, consumer_overrides: Mapping[str, Any] | None = None):
+                 max_poll_records: int = 5000, consumer_overrides: Mapping[str, Any] | None = None,
+                 wait_for_broker: bool = False):
         super().__init__()
         bounded = stop is not None or stop_offsets is not None or stop_time_ms is not None
         self.config = _ReadConfig(
@@ -502,7 +503,8 @@ class ReadFromKafka(beam.PTransform):
             commit_offsets=(group_id is not None and not bounded) if commit_offsets is None else commit_offsets,
             max_bundle_s=max_bundle_s, poll_timeout_ms=poll_timeout_ms, idle_resume_s=idle_resume_s,
             watermark_lag_s=watermark_lag_s, max_poll_records=max_poll_records,
-            consumer_overrides=dict(consumer_overrides or {}), run_id=uuid.uuid4().hex)
+            consumer_overrides=dict(consumer_overrides or {}), run_id=uuid.uuid4().hex,
+            wait_for_broker=wait_for_broker)
         self.config.validate()
 
     @property
@@ -542,6 +544,9 @@ class _ReadConfig:
     consumer_overrides: dict[str, Any] = field(default_factory=dict)
     #: Tells one pipeline's committer from another's in the same worker process.
     run_id: str = ""
+    #: A bounded read that cannot reach the broker waits for it (as a live read always does) instead
+    #: of failing the job: a bounded read inside a live job (the scheduler's restore of ip-state).
+    wait_for_broker: bool = False
 
     def validate(self) -> None:
         if not self.topics or not all(isinstance(t, str) and t for t in self.topics):

@@ -197,8 +197,9 @@ class ReadIpStates(beam.PTransform):
     def __init__(self, kafka: KafkaSettings, topic: str, dead_letter_topic: str):
         super().__init__()
         self._kafka, self._dead_letter = kafka, dead_letter_topic
+        # Part of the live scheduler: a broker lost during the restore is waited for, not a failed job.
         self._read = ReadFromKafka(kafka, topic, start="earliest", stop="end",
-                                   watermark_lag_s=_HOLD_WATERMARK_S)
+                                   watermark_lag_s=_HOLD_WATERMARK_S, wait_for_broker=True)
 
     def expand(self, pbegin):
         out = (pbegin

@@ -74,3 +74,29 @@ def test_a_broker_that_does_not_answer_leaves_the_watermark_where_it_is():
     consumer = IdleConsumer(end=0, fail=True)
     out, wm, delay = _read(consumer)
     assert out == [] and consumer.asked == 1 and wm == MIN_TIMESTAMP and delay <= Duration(0)
+
+
+def _bounded_read_without_broker(wait_for_broker: bool):
+    from kafka.errors import KafkaConnectionError
+
+    read = ReadFromKafka(KafkaSettings(), "t", start="earliest", stop="end", wait_for_broker=wait_for_broker)
+    dofn = _ReadLive(read.config)
+    dofn.setup()
+
+    def no_broker(tp, offset):
+        raise KafkaConnectionError("Connection reset by peer")
+    dofn._consumer_at = no_broker
+    threadsafe = ThreadsafeRestrictionTracker(_RESTRICTIONS.create_tracker(OffsetRange(0, 10)))
+    out = list(dofn._read_range(KafkaPartition("t", 0, 0, 10), RestrictionTrackerView(threadsafe),
+                                ManualWatermarkEstimator(MIN_TIMESTAMP), None, live=False))
+    return out, threadsafe.deferred_status()
+
+
+def test_a_bounded_read_fails_on_a_lost_broker_unless_it_waits_for_it():
+    import pytest
+    from kafka.errors import KafkaConnectionError
+
+    with pytest.raises(KafkaConnectionError):               # a replay says the broker is gone
+        _bounded_read_without_broker(wait_for_broker=False)
+    out, (residual, delay) = _bounded_read_without_broker(wait_for_broker=True)   # the restore waits
+    assert out == [] and residual.stop == 10 and delay > Duration(seconds=1)
