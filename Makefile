@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $@
 
 setup: $(STAMP)
-	@bash infra/system-deps.sh nmap masscan openssh-server vsftpd tcpdump lighttpd chromium
+	@bash infra/system-deps.sh nmap masscan openssh-server vsftpd tcpdump lighttpd chromium iptables
 	@$(BIN)/scanflow infra fetch
 	@$(BIN)/scanflow infra prism
 

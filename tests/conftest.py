@@ -7,6 +7,7 @@ if it started it. Every test gets unique topic names from ``make_topic``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -100,8 +101,8 @@ def second_broker(tmp_path):
     run("down")
 
 
-def free_port_block(n: int, tries: int = 50) -> int:
-    """A port ``p`` such that ``p .. p + n - 1`` on 127.0.0.1 are all free right now."""
+def free_port_block(n: int, tries: int = 50, host: str = "127.0.0.1") -> int:
+    """A port ``p`` such that ``p .. p + n - 1`` on 127.0.0.1 (and on ``host``) are all free right now."""
     for _ in range(tries):
         base = free_port()
         if base + n > 65535:
@@ -109,9 +110,10 @@ def free_port_block(n: int, tries: int = 50) -> int:
         socks = []
         try:
             for p in range(base, base + n):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
+                for addr in {"127.0.0.1", host}:
+                    s = socket.socket()
+                    socks.append(s)
+                    s.bind((addr, p))
             return base
         except OSError:
             continue
@@ -123,13 +125,15 @@ def free_port_block(n: int, tries: int = 50) -> int:
 
 class LocalCluster:
     """A three-node KRaft cluster of a test's own, started by infra/kafka/kafka.sh (free ports, its
-    own state dir); never the session broker. Node i listens on ``port + 2(i-1)``."""
+    own state dir); never the session broker. Node i listens on ``host:port + 2(i-1)`` (``host``:
+    127.0.0.1, or another address of this machine, e.g. the host end of a test's veth pair)."""
 
-    def __init__(self, state_root, brokers: int = 3):
-        base = free_port_block(2 * brokers)
+    def __init__(self, state_root, brokers: int = 3, host: str = "127.0.0.1"):
+        base = free_port_block(2 * brokers, host=host)
         self.brokers = brokers
         self.port = base
-        self.env = dict(os.environ, SCANFLOW_INFRA_KAFKA_PORT=str(base),
+        self.host = host
+        self.env = dict(os.environ, SCANFLOW_INFRA_KAFKA_PORT=str(base), SCANFLOW_INFRA_KAFKA_HOST=host,
                         SCANFLOW_INFRA_KAFKA_CONTROLLER_PORT=str(base + 1),
                         SCANFLOW_INFRA_KAFKA_BROKERS=str(brokers), SCANFLOW_INFRA_STATE_DIR=str(state_root),
                         SCANFLOW_INFRA_KAFKA_HEAP="512m", SCANFLOW_PYTHON=sys.executable,
@@ -137,7 +141,7 @@ class LocalCluster:
                         SCANFLOW_INFRA_STATUS_TIMEOUT_S="180")
         self.env.pop("SCANFLOW_KAFKA_BOOTSTRAP_SERVERS", None)
         self.state = state_root / "kafka-cluster"
-        self.bootstrap = ",".join(f"127.0.0.1:{self.node_port(i)}" for i in range(1, brokers + 1))
+        self.bootstrap = ",".join(f"{host}:{self.node_port(i)}" for i in range(1, brokers + 1))
 
     def node_port(self, node: int) -> int:
         return self.port + 2 * (node - 1)
@@ -157,13 +161,21 @@ class LocalCluster:
         return dataclasses.replace(KafkaSettings(), bootstrap_servers=self.bootstrap)
 
 
+@contextlib.contextmanager
+def running_cluster(state_root, host: str = "127.0.0.1"):
+    """A three-node ``LocalCluster`` on ``host``, up; stopped on exit (the test fails if it cannot start)."""
+    cluster = LocalCluster(state_root, host=host)
+    up = cluster.run("up")
+    try:
+        if up.returncode != 0:
+            pytest.fail(f"could not start the cluster via infra/kafka/kafka.sh:\n{up.stdout}\n{up.stderr}")
+        yield cluster
+    finally:
+        cluster.run("down")
+
+
 @pytest.fixture
 def kafka_cluster(tmp_path):
     """A three-node cluster of the test's own (``LocalCluster``), up; stopped at the end."""
-    cluster = LocalCluster(tmp_path / "cluster")
-    up = cluster.run("up")
-    if up.returncode != 0:
-        cluster.run("down")
-        pytest.fail(f"could not start the cluster via infra/kafka/kafka.sh:\n{up.stdout}\n{up.stderr}")
-    yield cluster
-    cluster.run("down")
+    with running_cluster(tmp_path / "cluster") as cluster:
+        yield cluster

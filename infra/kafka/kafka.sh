@@ -5,7 +5,13 @@
 #   infra/kafka/kafka.sh fetch|up|down|status|reset|logs
 #
 # Settings come from the environment (the scanflow CLI sets them from its configuration):
-#   SCANFLOW_INFRA_KAFKA_PORT             client listener on 127.0.0.1          (default 9092)
+#   SCANFLOW_INFRA_KAFKA_PORT             client listener's port                (default 9092)
+#   SCANFLOW_INFRA_KAFKA_HOST             IPv4 address of this machine the client listener binds and
+#                                         advertises, on one broker and on every node of a cluster
+#                                         (default 127.0.0.1); e.g. a veth or LAN address, so that
+#                                         agents in another network namespace or on another host can
+#                                         reach the brokers. Controller listeners stay on 127.0.0.1.
+#                                         A cluster keeps the address it was first started with.
 #   SCANFLOW_INFRA_KAFKA_CONTROLLER_PORT  controller listener on 127.0.0.1      (default 9093)
 #   SCANFLOW_INFRA_STATE_DIR              where data, logs and the pid file go  (default <repo>/.scanflow)
 #   SCANFLOW_INFRA_KAFKA_HEAP             JVM heap                              (default 1g)
@@ -18,7 +24,7 @@
 #                                         `down`, `status` and `reset` act on a cluster that exists in
 #                                         the state dir whatever this says; `up` with a cluster running
 #                                         starts only its missing nodes (a node that was killed rejoins).
-# Clients reach this broker at 127.0.0.1:$SCANFLOW_INFRA_KAFKA_PORT: scanflow derives
+# Clients reach this broker at $SCANFLOW_INFRA_KAFKA_HOST:$SCANFLOW_INFRA_KAFKA_PORT: scanflow derives
 # kafka.bootstrap_servers from the same setting unless it is set; `up` and `status` say so when an
 # explicit SCANFLOW_KAFKA_BOOTSTRAP_SERVERS names this machine but another port.
 set -euo pipefail
@@ -32,6 +38,15 @@ state=$state_root/kafka
 cluster=$state_root/kafka-cluster
 brokers=${SCANFLOW_INFRA_KAFKA_BROKERS:-1}
 [[ "$brokers" =~ ^[0-9]+$ ]] && (( brokers >= 1 )) || { printf 'kafka: error: SCANFLOW_INFRA_KAFKA_BROKERS=%s is not a whole number >= 1\n' "$brokers" >&2; exit 2; }
+host=${SCANFLOW_INFRA_KAFKA_HOST:-127.0.0.1}
+valid_ipv4() {
+  local IFS=. part parts
+  [[ "$1" =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ ]] || return 1
+  read -ra parts <<< "$1"
+  for part in "${parts[@]}"; do (( 10#$part <= 255 )) || return 1; done
+}
+valid_ipv4 "$host" && [[ "$host" != 0.* ]] \
+  || { printf 'kafka: error: SCANFLOW_INFRA_KAFKA_HOST=%s is not an IPv4 address (e.g. 127.0.0.1, or an address of this machine other clients reach)\n' "$host" >&2; exit 2; }
 libs=$repo/infra/.cache/kafka/libs
 heap=${SCANFLOW_INFRA_KAFKA_HEAP:-1g}
 timeout=${SCANFLOW_INFRA_STATUS_TIMEOUT_S:-60}
@@ -47,16 +62,31 @@ props=$state/server.properties
 say() { printf 'kafka: %s\n' "$*"; }
 die() { printf 'kafka: error: %s\n' "$*" >&2; exit 1; }
 
+check_host_local() {
+  # The broker can only bind an address this machine has: say so now, not after a status timeout.
+  [[ "$host" == 127.* ]] && return 0
+  command -v ip >/dev/null || return 0
+  ip -o -4 addr show | grep -q " inet $host/" \
+    || die "SCANFLOW_INFRA_KAFKA_HOST=$host is not an address of this machine (ip -4 addr); use 127.0.0.1 or one it has"
+}
+
+props_host() {
+  # The address the broker of $props advertises (it may have been started with another setting).
+  local h=""
+  [[ -f "$props" ]] && h=$(sed -n 's|^advertised.listeners=PLAINTEXT://\(.*\):[0-9]*$|\1|p' "$props")
+  echo "${h:-$host}"
+}
+
 check_bootstrap() {
   # An explicit client address on this machine that is not this broker's port: clients would talk
   # to another broker (or none). Warn, do not fail: the operator may mean it.
-  local list=${SCANFLOW_KAFKA_BOOTSTRAP_SERVERS:-} entry host local_seen=0
+  local list=${SCANFLOW_KAFKA_BOOTSTRAP_SERVERS:-} entry host listen_host=$host local_seen=0
   [[ -n "$list" ]] || return 0
   IFS=',' read -ra entries <<< "$list"
   for entry in "${entries[@]}"; do
     entry=${entry// /}
     host=${entry%:*}; host=${host#[}; host=${host%]}
-    if [[ "$host" == 127.* || "$host" == localhost || "$host" == ::1 ]]; then
+    if [[ "$host" == 127.* || "$host" == localhost || "$host" == ::1 || "$host" == "$listen_host" ]]; then
       local_seen=1
       [[ "${entry##*:}" == "$port" ]] && return 0
     fi
@@ -105,8 +135,8 @@ write_props() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:${ctrl_port}
-listeners=PLAINTEXT://127.0.0.1:${port},CONTROLLER://127.0.0.1:${ctrl_port}
-advertised.listeners=PLAINTEXT://127.0.0.1:${port}
+listeners=PLAINTEXT://${host}:${port},CONTROLLER://127.0.0.1:${ctrl_port}
+advertised.listeners=PLAINTEXT://${host}:${port}
 controller.listener.names=CONTROLLER
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 inter.broker.listener.name=PLAINTEXT
@@ -137,18 +167,19 @@ exec_java() {
 
 up() {
   fetch
-  if pid=$(running_pid); then say "already running (pid $pid) on 127.0.0.1:$port"; status; return; fi
+  if pid=$(running_pid); then say "already running (pid $pid) on $(props_host):$port"; status; return; fi
   command -v java >/dev/null || die "java not found: install a JDK >= 17"
+  check_host_local
   write_props
   if [[ ! -f "$datadir/meta.properties" ]]; then
     local cid; cid=$(java_run kafka.tools.StorageTool random-uuid | tail -n 1)
     say "formatting KRaft storage in $datadir (cluster $cid)"
     java_run kafka.tools.StorageTool format -t "$cid" -c "$props" --ignore-formatted >/dev/null
   fi
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+  if (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; then
     die "port $port is taken by another process: stop it or set [infra] kafka_port (env SCANFLOW_INFRA_KAFKA_PORT)"
   fi
-  say "starting broker on 127.0.0.1:$port (log: $logfile)"
+  say "starting broker on $host:$port (log: $logfile)"
   # setsid: the broker outlives the shell that started it and gets no terminal signals.
   setsid "$here/kafka.sh" __exec kafka.Kafka "$props" >>"$logfile" 2>&1 < /dev/null &
   echo $! > "$pidfile"
@@ -158,9 +189,10 @@ up() {
 status() {
   local pid
   if ! pid=$(running_pid); then say "not running"; return 3; fi
-  "$python" "$here/wait_metadata.py" "127.0.0.1:$port" "$timeout" \
+  local at; at=$(props_host)
+  "$python" "$here/wait_metadata.py" "$at:$port" "$timeout" \
     || { say "process $pid is up but the broker did not answer; last log lines:"; tail -n 20 "$logfile" >&2; return 4; }
-  say "running (pid $pid) on 127.0.0.1:$port, data in $datadir"
+  say "running (pid $pid) on $at:$port, data in $datadir"
 }
 
 down() {
@@ -191,7 +223,7 @@ cluster_exists() { [[ -f "$cluster/layout" ]]; }
 load_layout() {
   # shellcheck disable=SC1091
   source "$cluster/layout"
-  brokers=$layout_brokers; port=$layout_port; ctrl_port=$layout_ctrl_port
+  brokers=$layout_brokers; port=$layout_port; ctrl_port=$layout_ctrl_port; host=${layout_host:-127.0.0.1}
 }
 
 node_port() { echo $(( port + 2 * ($1 - 1) )); }
@@ -199,7 +231,7 @@ node_ctrl_port() { echo $(( ctrl_port + 2 * ($1 - 1) )); }
 
 cluster_bootstrap() {
   local i list=()
-  for i in $(seq 1 "$brokers"); do list+=("127.0.0.1:$(node_port "$i")"); done
+  for i in $(seq 1 "$brokers"); do list+=("$host:$(node_port "$i")"); done
   (IFS=,; echo "${list[*]}")
 }
 
@@ -223,8 +255,8 @@ write_node_props() {
 process.roles=broker,controller
 node.id=${node}
 controller.quorum.voters=$(IFS=,; echo "${voters[*]}")
-listeners=PLAINTEXT://127.0.0.1:$(node_port "$node"),CONTROLLER://127.0.0.1:$(node_ctrl_port "$node")
-advertised.listeners=PLAINTEXT://127.0.0.1:$(node_port "$node")
+listeners=PLAINTEXT://${host}:$(node_port "$node"),CONTROLLER://127.0.0.1:$(node_ctrl_port "$node")
+advertised.listeners=PLAINTEXT://${host}:$(node_port "$node")
 controller.listener.names=CONTROLLER
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 inter.broker.listener.name=PLAINTEXT
@@ -251,8 +283,10 @@ cluster_up() {
   fetch
   command -v java >/dev/null || die "java not found: install a JDK >= 17"
   if cluster_exists; then
-    local want=$brokers; load_layout
+    local want=$brokers want_host=${SCANFLOW_INFRA_KAFKA_HOST:-}; load_layout
     (( want == 1 || want == brokers )) || die "a cluster of $brokers nodes exists in $cluster; \`reset\` it to change its size"
+    [[ -z "$want_host" || "$want_host" == "$host" ]] \
+      || die "a cluster on $host exists in $cluster; \`reset\` it to move it to SCANFLOW_INFRA_KAFKA_HOST=$want_host"
   else
     (( brokers >= 3 )) || die "a cluster needs at least 3 nodes (SCANFLOW_INFRA_KAFKA_BROKERS=$brokers); use 1 for one broker"
     if running_pid >/dev/null; then die "the single broker of $state is running: stop it first (\`down\`)"; fi
@@ -260,10 +294,11 @@ cluster_up() {
     for i in $(seq 1 "$brokers"); do all+=("$(node_port "$i")" "$(node_ctrl_port "$i")"); done
     [[ $(printf '%s\n' "${all[@]}" | sort -u | wc -l) == $(( 2 * brokers )) ]] \
       || die "node ports overlap: client ports $port+2k and controller ports $ctrl_port+2k must all differ"
+    check_host_local
     mkdir -p "$cluster"
     local cid; cid=$(java_run kafka.tools.StorageTool random-uuid | tail -n 1)
-    printf 'layout_brokers=%s\nlayout_port=%s\nlayout_ctrl_port=%s\nlayout_cluster_id=%s\n' \
-      "$brokers" "$port" "$ctrl_port" "$cid" > "$cluster/layout"
+    printf 'layout_brokers=%s\nlayout_port=%s\nlayout_ctrl_port=%s\nlayout_cluster_id=%s\nlayout_host=%s\n' \
+      "$brokers" "$port" "$ctrl_port" "$cid" "$host" > "$cluster/layout"
     load_layout
   fi
   local i started=0
@@ -274,10 +309,10 @@ cluster_up() {
     if [[ ! -f "$datadir/meta.properties" ]]; then
       java_run kafka.tools.StorageTool format -t "$layout_cluster_id" -c "$props" --ignore-formatted >/dev/null
     fi
-    if (exec 3<>"/dev/tcp/127.0.0.1/$(node_port "$i")") 2>/dev/null; then
+    if (exec 3<>"/dev/tcp/$host/$(node_port "$i")") 2>/dev/null; then
       die "port $(node_port "$i") of node $i is taken by another process"
     fi
-    say "starting node $i on 127.0.0.1:$(node_port "$i") (controller :$(node_ctrl_port "$i"), log: $logfile)"
+    say "starting node $i on $host:$(node_port "$i") (controller :$(node_ctrl_port "$i"), log: $logfile)"
     setsid "$here/kafka.sh" __exec kafka.Kafka "$props" >>"$logfile" 2>&1 < /dev/null &
     echo $! > "$pidfile"
     started=$(( started + 1 ))
@@ -294,9 +329,9 @@ cluster_status() {
     select_node "$i"
     if pid=$(running_pid); then
       live=$(( live + 1 ))
-      say "node $i: running (pid $pid) on 127.0.0.1:$(node_port "$i"), data in $datadir"
+      say "node $i: running (pid $pid) on $host:$(node_port "$i"), data in $datadir"
     else
-      say "node $i: not running (127.0.0.1:$(node_port "$i"))"
+      say "node $i: not running ($host:$(node_port "$i"))"
     fi
   done
   (( live )) || { say "cluster: not running"; return 3; }

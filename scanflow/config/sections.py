@@ -92,6 +92,16 @@ class KafkaSettings(Section):
         return opts
 
 
+def _listen_host(text: str) -> None:
+    try:
+        ip = ipaddress.IPv4Address(text)
+    except ValueError:
+        raise ConfigError(f"{text!r} is not an IPv4 address; write e.g. 127.0.0.1 (or an address of this "
+                          "machine that other clients reach)") from None
+    if ip.is_unspecified:
+        raise ConfigError("0.0.0.0 cannot be advertised to clients; name one address of this machine")
+
+
 @dataclass(frozen=True)
 class InfraSettings(Section):
     """The local stack started by ``scanflow infra``: one Kafka broker (or a replicated cluster of
@@ -100,6 +110,9 @@ class InfraSettings(Section):
     section_name = "infra"
 
     kafka_port: Port = DEFAULT_KAFKA_PORT
+    #: The address of this machine the client listener(s) bind and advertise (controllers stay on
+    #: 127.0.0.1); clients derive their bootstrap list from it.
+    kafka_host: Annotated[str, checked(_listen_host)] = LOCAL_KAFKA_HOST
     kafka_controller_port: Port = 9093
     #: 1 = one broker; 3 or more = a cluster, node i on ``kafka_port + 2(i-1)`` (infra/kafka/kafka.sh).
     kafka_brokers: Annotated[Int, between(1, 9)] = 1
@@ -125,14 +138,15 @@ class InfraSettings(Section):
         return resolve_path(self.state_dir)
 
     def local_bootstrap(self) -> str:
-        """Where clients reach the local broker: ``127.0.0.1:<kafka_port>``; for a cluster, every
-        node's client port, comma-separated."""
-        return ",".join(f"{LOCAL_KAFKA_HOST}:{self.kafka_port + 2 * i}" for i in range(self.kafka_brokers))
+        """Where clients reach the local broker: ``<kafka_host>:<kafka_port>`` (127.0.0.1 by default);
+        for a cluster, every node's client port, comma-separated."""
+        return ",".join(f"{self.kafka_host}:{self.kafka_port + 2 * i}" for i in range(self.kafka_brokers))
 
     def script_env(self) -> dict[str, str]:
         """Environment for infra/kafka/kafka.sh: the same names as this section's env overrides."""
         return {
             "SCANFLOW_INFRA_KAFKA_PORT": str(self.kafka_port),
+            "SCANFLOW_INFRA_KAFKA_HOST": self.kafka_host,
             "SCANFLOW_INFRA_KAFKA_CONTROLLER_PORT": str(self.kafka_controller_port),
             "SCANFLOW_INFRA_KAFKA_BROKERS": str(self.kafka_brokers),
             "SCANFLOW_INFRA_KAFKA_HEAP": self.kafka_heap,

@@ -214,8 +214,10 @@ def test_one_broker_of_three_kill9_loop_keeps_moving_and_counts_reconcile(kafka_
           json.dumps(figures))
 
 
-def _reconcile(kafka, loop: Loop, topics: Topics, tmp_path, bootstrap: str, archive) -> dict:
-    """The three-fault loop's reconciliation (tests/e2e/test_fault_loop.py); returns the figures."""
+def _reconcile(kafka, loop: Loop, topics: Topics, tmp_path, bootstrap: str, archive,
+               acked_ids: set | None = None) -> dict:
+    """The three-fault loop's reconciliation (tests/e2e/test_fault_loop.py); returns the figures
+    (and adds the acknowledged command ids to ``acked_ids`` when given)."""
     from kafka.structs import TopicPartition
 
     from connectors.avro_codec import decode
@@ -239,6 +241,8 @@ def _reconcile(kafka, loop: Loop, topics: Topics, tmp_path, bootstrap: str, arch
     done_commands = {d["command_id"] for d in dones}
     missing = [c["command_id"] for c in acked if c["command_id"] not in done_commands]
     assert acked and not missing, f"{len(missing)} acknowledged commands without a ScanDone, e.g. {missing[:3]}"
+    if acked_ids is not None:
+        acked_ids.update(c["command_id"] for c in acked)
 
     # Every event and scan in the lake once after dedupe.
     scan_events = events.records("ScanEvent")

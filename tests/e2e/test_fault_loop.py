@@ -84,7 +84,8 @@ class Loop:
         self.restarts += 1
         wait_for(lambda: ready.exists() or self._dead(self.scheduler, "scheduler.log"), timeout_s=240)
 
-    def start_agent(self, name: str) -> None:
+    def start_agent(self, name: str, prefix: tuple[str, ...] = ()) -> None:
+        """Start agent ``name``; ``prefix`` goes before its argv (e.g. ``ip netns exec NS``)."""
         argv = scanflow_cmd("--set", f"kafka.bootstrap_servers={self.bootstrap}",
                             "--set", "kafka.request_timeout_ms=10000", *self.topics.cli_args(),
                             "agent", "--backend", "sim", "--allow", WORLD, "--group", f"{self.group}-agents",
@@ -95,7 +96,7 @@ class Loop:
                             "--set", f"sim_time_scale={1 / SCALE!r}", "--set", "sim_horizon_days=30",
                             # a loop stuck longer than this (above every bounded wait) restarts the agent
                             "--set", "stuck_restart_s=150")
-        self.agents[name] = start(argv, self.tmp / f"{name}.log", env=_env())
+        self.agents[name] = start([*prefix, *argv], self.tmp / f"{name}.log", env=_env())
 
     def kill_scheduler(self) -> None:
         kill9(self.scheduler)

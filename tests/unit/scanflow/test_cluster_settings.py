@@ -39,3 +39,16 @@ def test_an_explicit_bootstrap_list_wins():
 def test_clusters_that_cannot_work_are_refused(env, message):
     with pytest.raises(ConfigError, match=message):
         _settings(**env).validate()
+
+
+def test_the_listener_host_gives_every_client_its_address():
+    s = _settings(infra_kafka_brokers="3", infra_kafka_host="198.18.250.1")
+    assert s.kafka.servers() == ["198.18.250.1:9092", "198.18.250.1:9094", "198.18.250.1:9096"]
+    assert s.infra.script_env()["SCANFLOW_INFRA_KAFKA_HOST"] == "198.18.250.1"
+    assert _settings().infra.script_env()["SCANFLOW_INFRA_KAFKA_HOST"] == "127.0.0.1"
+
+
+@pytest.mark.parametrize("host, message", [("broker.local", "not an IPv4 address"), ("0.0.0.0", "cannot be advertised")])
+def test_a_listener_host_that_cannot_be_advertised_is_refused(host, message):
+    with pytest.raises(ConfigError, match=message):
+        _settings(infra_kafka_host=host).validate()
