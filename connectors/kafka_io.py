@@ -89,7 +89,16 @@ def dead_letter_headers(error_class: str, message: str, topic: str | None = None
 
 
 class DeliveryError(KafkaError):
-    """One or more records were not acknowledged by the brokers (after the producer's retries)."""
+    """One or more records were not acknowledged by the brokers (after the producer's retries).
+
+    ``retriable``: every failure was of a kind that can pass (a timeout, a lost connection, a leader
+    election), so sending the same records again may succeed; False when one cannot (a record too
+    large, a missing authorisation)."""
+
+    def __init__(self, message: str, failures: list[BaseException] | None = None):
+        super().__init__(message)
+        self.failures = list(failures or [])
+        self.retriable = bool(self.failures) and all(getattr(f, "retriable", False) for f in self.failures)
 
 
 def partition_for(key: bytes, num_partitions: int) -> int:
@@ -192,7 +201,7 @@ class AvroProducer:
         if self._failures:
             failures, self._failures = self._failures, []
             raise DeliveryError(f"{len(failures)} record(s) were not delivered; first error: "
-                                f"{type(failures[0]).__name__}: {failures[0]}")
+                                f"{type(failures[0]).__name__}: {failures[0]}", failures)
 
     def close(self, timeout_s: float | None = None) -> None:
         """Flush, then close the underlying producer."""

@@ -367,6 +367,11 @@ class Agent:
             self._fatal = self._fatal or exc
         await self.backend.close()
 
+    @property
+    def fatal(self) -> BaseException | None:
+        """The error that stopped :meth:`run`, if one did."""
+        return self._fatal
+
     def _exit_code(self) -> int:
         if self._fatal is not None:
             log.error("agent stopped on a fatal error; uncommitted commands will be re-executed: %s",

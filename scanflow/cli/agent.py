@@ -182,6 +182,24 @@ def _arm_stop_deadline(seconds: float) -> None:
     timer.start()
 
 
+#: Seconds an agent stopped by events it could not deliver waits before it starts again.
+RESTART_PAUSE_S = 5.0
+
+
+def restart_reason(code: int, fatal: BaseException | None, stuck_restart_s: float) -> str | None:
+    """Why an agent whose loop ended with ``code`` and ``fatal`` starts itself again (None: it
+    exits). Only events that could not be delivered for a reason that can pass (the brokers away for
+    longer than the producer's delivery timeout, e.g. an agent cut off from them) restart it:
+    nothing was committed after them, so their commands run again. A failure that cannot pass (a
+    record too large) ends the agent with the error, as before. Restarts are on when
+    ``stuck_restart_s`` is (above 0)."""
+    from connectors.kafka_io import DeliveryError
+
+    if code == 0 or stuck_restart_s <= 0 or not isinstance(fatal, DeliveryError) or not fatal.retriable:
+        return None
+    return f"events were not delivered ({fatal}); their commands will run again"
+
+
 def _restart_stuck(seconds: float) -> None:
     """(watchdog thread) The command loop has not turned for ``seconds``: start the agent again."""
     _restart_wedged(f"the agent's command loop has not turned for {seconds:.0f} s (a Kafka client call "
@@ -249,10 +267,15 @@ async def _main(obj: CliContext, settings, scan_targets, port_list, until_idle) 
                 if watchdog is not None:
                     watchdog.turn()
             try:
-                return await agent_.run(until_idle_s=until_idle, on_tick=turn, on_wedged=_restart_wedged)
+                code = await agent_.run(until_idle_s=until_idle, on_tick=turn, on_wedged=_restart_wedged)
             finally:
                 if watchdog is not None:
                     watchdog.stop()
+            reason = restart_reason(code, agent_.fatal, settings.stuck_restart_s)
+            if reason is not None:
+                await asyncio.sleep(RESTART_PAUSE_S)       # no tight loop while the brokers are away
+                _restart_wedged(reason)
+            return code
         agent_.tracked.caught_up.set()  # a one-off scan is not a sweep; tracked IPs do not apply
 
         def show_record(schema: str, record: dict) -> None:
