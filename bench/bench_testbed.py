@@ -17,7 +17,6 @@ import random
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,26 +33,16 @@ def main() -> int:
     p.add_argument("--masscan-rates", default="20000,50000", help="masscan: agent.rate_pps values")
     args = p.parse_args()
 
-    from kafka import KafkaAdminClient
-
     from scanflow.config import TopicsSettings, load_settings
     from tests.testbed import Testbed, testbed_skip_reason
-    from tests.testbed.scan import run_scans
+    from tests.testbed.scan import ScratchTopics, run_scans
 
     reason = testbed_skip_reason()
     if reason:
         print(f"bench_testbed: cannot build the testbed: {reason}", file=sys.stderr)
         return 2
     kafka = load_settings().kafka
-    admin = KafkaAdminClient(**kafka.client_options())
-    topics_made: list[str] = []
-
-    def topic(prefix: str, partitions: int) -> str:
-        name = f"{prefix}.{uuid.uuid4().hex[:12]}"
-        admin.create_topics({name: {"num_partitions": partitions, "replication_factor": 1, "configs": {}}},
-                            timeout_ms=30_000, wait_for_metadata=True)
-        topics_made.append(name)
-        return name
+    topic = ScratchTopics(kafka)
 
     rows = []
     try:
@@ -87,12 +76,7 @@ def main() -> int:
                       f"{wire_bytes} bytes (+{row[6]} ARP), reported {result.packets} packets {result.bytes} bytes "
                       f"({time.monotonic() - started:.1f} s with the broker round trip)", flush=True)
     finally:
-        if topics_made:
-            try:
-                admin.delete_topics(topics_made)
-            except Exception:  # noqa: BLE001 - clean-up only
-                pass
-        admin.close()
+        topic.close()
     print()
     print("| scan | probes | seconds | probes/s | packets on the wire | packets reported | ARP |")
     print("|---|---|---|---|---|---|---|")

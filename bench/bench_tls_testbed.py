@@ -28,7 +28,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,27 +58,17 @@ def main() -> int:
         print("bench_tls_testbed: --live must be 1-254, --ports and --rounds at least 1", file=sys.stderr)
         return 2
 
-    from kafka import KafkaAdminClient
-
     from scanflow.config import TopicsSettings, load_settings
     from tests.testbed import Testbed, testbed_skip_reason
     from tests.testbed.bed import tls_cost_layout
-    from tests.testbed.scan import run_scans
+    from tests.testbed.scan import ScratchTopics, run_scans
 
     reason = testbed_skip_reason()
     if reason:
         print(f"bench_tls_testbed: cannot build the testbed: {reason}", file=sys.stderr)
         return 2
     kafka = load_settings().kafka
-    admin = KafkaAdminClient(**kafka.client_options())
-    topics_made: list[str] = []
-
-    def topic(prefix: str, partitions: int) -> str:
-        name = f"{prefix}.{uuid.uuid4().hex[:12]}"
-        admin.create_topics({name: {"num_partitions": partitions, "replication_factor": 1, "configs": {}}},
-                            timeout_ms=30_000, wait_for_metadata=True)
-        topics_made.append(name)
-        return name
+    topic = ScratchTopics(kafka)
 
     # (live, ports, kind) -> [(probes/s, scanner CPU ms per probe, probes)]
     runs: dict[tuple[int, int, str], list[tuple[float, float, int]]] = {}
@@ -128,12 +117,7 @@ def main() -> int:
                                       f"{result.probes} probes in {result.seconds:.2f} s = {rate:,.0f} probes/s, "
                                       f"{grabbed} grabs SUCCESS", flush=True)
     finally:
-        if topics_made:
-            try:
-                admin.delete_topics(topics_made)
-            except Exception:  # noqa: BLE001 - clean-up only
-                pass
-        admin.close()
+        topic.close()
 
     print()
     print("| live hosts of 254 | ports per address | open ports that are TLS grabs | probes/s plain | "

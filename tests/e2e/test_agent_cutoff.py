@@ -29,7 +29,7 @@ import time
 import pytest
 
 from tests.conftest import running_cluster
-from tests.e2e.conftest import Follow, stop, wait_for
+from tests.e2e.conftest import Follow, wait_for
 from tests.e2e.test_cluster_faults import Progress, _reconcile, create_replicated_topics
 from tests.e2e.test_fault_loop import DAY_S, PROGRESS, Loop
 
@@ -177,12 +177,7 @@ def test_agent_cut_off_for_two_minutes_rejoins_and_counts_reconcile(veth_net, ve
         loop.check_alive()
     finally:
         progress.stop()
-        codes = {name: stop(proc) for name, proc in loop.agents.items()}
-        time.sleep(5)                        # the scheduler reads the agents' last events
-        if loop.scheduler is not None:
-            codes["scheduler"] = stop(loop.scheduler)
-        if loop.prism_proc is not None:
-            stop(loop.prism_proc)
+        codes = loop.stop_all()
     figures["wall_s"] = round(time.monotonic() - t0, 1)
     figures["virtual_days"] = round(figures["wall_s"] / DAY_S, 1)
     assert all(code == 0 for code in codes.values()), codes

@@ -29,7 +29,7 @@ from collections import Counter, defaultdict
 import duckdb
 import pytest
 
-from tests.e2e.conftest import Follow, Topics, stop, wait_for
+from tests.e2e.conftest import Follow, Topics, wait_for
 from tests.e2e.test_fault_loop import DAY_S, PROGRESS, Loop
 
 STALL_BOUND_S = 30.0                 # issue 19: the loop keeps moving, no stall longer than this
@@ -197,12 +197,7 @@ def test_one_broker_of_three_kill9_loop_keeps_moving_and_counts_reconcile(kafka_
         loop.check_alive()
     finally:
         progress.stop()
-        codes = {name: stop(proc) for name, proc in loop.agents.items()}
-        time.sleep(5)                        # the scheduler reads the agents' last events
-        if loop.scheduler is not None:
-            codes["scheduler"] = stop(loop.scheduler)
-        if loop.prism_proc is not None:
-            stop(loop.prism_proc)
+        codes = loop.stop_all()
     figures["wall_s"] = round(time.monotonic() - t0, 1)
     figures["virtual_days"] = round(figures["wall_s"] / DAY_S, 1)
     assert all(code == 0 for code in codes.values()), codes

@@ -98,6 +98,17 @@ class Loop:
                             "--set", "stuck_restart_s=150")
         self.agents[name] = start([*prefix, *argv], self.tmp / f"{name}.log", env=_env())
 
+    def stop_all(self) -> dict[str, int]:
+        """SIGTERM the agents, give the scheduler 5 s to read their last events, stop it and its
+        Prism; the exit codes by name (``scheduler`` included)."""
+        codes = {name: stop(proc) for name, proc in self.agents.items()}
+        time.sleep(5)
+        if self.scheduler is not None:
+            codes["scheduler"] = stop(self.scheduler)
+        if self.prism_proc is not None:
+            stop(self.prism_proc)
+        return codes
+
     def kill_scheduler(self) -> None:
         kill9(self.scheduler)
         kill9(self.prism_proc)
@@ -187,12 +198,7 @@ def test_agent_scheduler_and_broker_kill9_in_one_run_counts_reconcile(second_bro
         figures["progress_after_broker_kill_s"] = round(time.monotonic() - t_kill, 1)
         loop.check_alive()
     finally:
-        codes = {name: stop(proc) for name, proc in loop.agents.items()}
-        time.sleep(5)                        # the scheduler reads the agents' last events
-        if loop.scheduler is not None:
-            codes["scheduler"] = stop(loop.scheduler)
-        if loop.prism_proc is not None:
-            stop(loop.prism_proc)
+        codes = loop.stop_all()
     figures["wall_s"] = round(time.monotonic() - t0, 1)
     figures["virtual_days"] = round(figures["wall_s"] / DAY_S, 1)
     assert all(code == 0 for code in codes.values()), codes

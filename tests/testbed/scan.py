@@ -113,3 +113,37 @@ def run_scans(tb: Testbed, kafka, topics, specs: list[dict], workdir: Path) -> l
         if cid in by_id:
             (by_id[cid].dones if d.schema == "ScanDone" else by_id[cid].events).append(rec)
     return results
+
+
+class ScratchTopics:
+    """Uniquely named topics for a benchmark's scans (``topics("prefix", partitions) -> name``) on
+    the broker of ``kafka``; all deleted on exit (use as ``with``)."""
+
+    def __init__(self, kafka):
+        from kafka import KafkaAdminClient
+
+        self.admin = KafkaAdminClient(**kafka.client_options())
+        self.made: list[str] = []
+
+    def __call__(self, prefix: str, partitions: int) -> str:
+        name = f"{prefix}.{uuid.uuid4().hex[:12]}"
+        self.admin.create_topics({name: {"num_partitions": partitions, "replication_factor": 1, "configs": {}}},
+                                 timeout_ms=30_000, wait_for_metadata=True)
+        self.made.append(name)
+        return name
+
+    def __enter__(self) -> "ScratchTopics":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Delete the topics made, close the admin client."""
+        try:
+            if self.made:
+                self.admin.delete_topics(self.made)
+        except Exception:  # noqa: BLE001 - clean-up only
+            pass
+        finally:
+            self.admin.close()
