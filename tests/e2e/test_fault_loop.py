@@ -34,7 +34,6 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import duckdb
-import pytest
 
 from tests.conftest import free_port
 from tests.e2e.conftest import (Follow, Topics, committed_total, create_loop_topics, kill9, new_group, scanflow_cmd,
@@ -154,10 +153,6 @@ def _env() -> dict:
     return {k: v for k, v in os.environ.items() if not k.startswith("SCANFLOW_KAFKA_")}
 
 
-@pytest.mark.xfail(strict=False, reason="intermittent on one broker, the same open cause as test_faults.py's broker-only "
-                   "test: after the single broker's kill -9 an agent sometimes completes nothing (no progress after the "
-                   "restart in 1 of this round's 2 clean-clone CI runs); on three brokers the same loop survives the kill "
-                   "(test_cluster_faults.py). docs/RELIABILITY.md, open faults")
 def test_agent_scheduler_and_broker_kill9_in_one_run_counts_reconcile(second_broker, prism_binary, tmp_path):
     from scanflow.config import KafkaSettings
     from tests.e2e.test_faults import _archive_and_count

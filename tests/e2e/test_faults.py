@@ -286,12 +286,6 @@ def test_pipeline_kill9_mid_run_no_decision_twice(kafka, loop_topics, tmp_path):
 
 
 @pytest.mark.faults
-@pytest.mark.xfail(strict=False, reason="intermittent on one broker: 3 of 4 runs passed after the rejoin diagnostics were added; in the third "
-                   "the agent, assigned all 3 partitions, completed nothing for 240 s after the broker came back "
-                   "and did not stop within 9 s of SIGTERM (a kafka-python call on its consumer thread did not "
-                   "return); earlier runs idled with an empty assignment in an Empty group (docs/RELIABILITY.md). "
-                   "The broker kill -9 on three brokers, where no client loses the whole bus, is "
-                   "tests/e2e/test_cluster_faults.py; on one broker, test_fault_loop.py")
 def test_broker_kill9_mid_run_agent_carries_on_and_counts_reconcile(second_broker, tmp_path):
     """SIGKILL a broker of the test's own while a sim agent works on it; start it again."""
     import dataclasses
