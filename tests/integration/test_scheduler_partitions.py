@@ -177,3 +177,26 @@ def test_two_jobs_split_the_addresses_and_restore_only_their_own(kafka, make_top
 def _same_ips(lists, own):
     (ips,) = lists
     assert set(ips) == own and own
+
+
+@pytest.mark.parametrize("runner", ["flink", "dataflow"])
+def test_a_jobs_share_builds_the_portable_graph_for_flink_and_dataflow(kafka, make_topic, settings, tmp_path, runner):
+    """The same live graph, with a share, is built and serialized under the other runners' options
+    (neither runs here: docs/RUNNERS.md); there the share is optional, the runner spreads the keys."""
+    from pipelines.runners import pipeline_options
+
+    jar = tmp_path / "job-server.jar"
+    jar.write_bytes(b"")
+    topics = dataclasses.replace(settings.topics, events=make_topic("split-events", partitions=4),
+                                 ip_state=make_topic("split-state", partitions=2))
+    cfg = dataclasses.replace(settings, topics=topics,
+                              beam=dataclasses.replace(settings.beam, flink_job_server_jar=str(jar)))
+    extra = ["--project=p", "--region=r", "--temp_location=gs://b/tmp"] if runner == "dataflow" else []
+    options = pipeline_options(cfg, streaming=True, runner=runner, extra=extra)
+    assert options.get_all_options()["runner"] == {"flink": "FlinkRunner", "dataflow": "DataflowRunner"}[runner]
+    job = PipelineSettings(partitions="1/2", sweep_ranges=("203.0.113.0/24",), sweep_prefix=28)
+    p = beam.Pipeline(runner="DirectRunner", options=options)   # built, never run
+    build_live(p, cfg, job, build_policy(cfg, job), kb_updates=False)
+    proto = p.to_runner_api()
+    names = {t.unique_name for t in proto.components.transforms.values()}
+    assert {"ReadEvents", "ReadIpStates", "Sweeps", "Schedule", "WriteCommandsThenStates"} <= names
