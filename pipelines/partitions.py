@@ -106,13 +106,24 @@ def parse_share(text: str, count: int) -> PartitionShare:
         listed.extend(range(low, high + 1))
     twice = sorted({p for p in listed if listed.count(p) > 1})
     if twice:
-        raise ConfigError(f"pipeline.partitions: {text!r} lists partition(s) {twice} more than once "
+        raise ConfigError(f"pipeline.partitions: {text!r} lists partition(s) {_spans(twice)} more than once "
                           "(overlapping); list each partition once")
-    outside = [p for p in listed if p >= count]
+    outside = sorted(p for p in listed if p >= count)
     if outside:
-        raise ConfigError(f"pipeline.partitions: partition(s) {outside} out of range: the events topic has "
+        raise ConfigError(f"pipeline.partitions: partition(s) {_spans(outside)} out of range: the events topic has "
                           f"{count} partitions (0-{count - 1}); {_FIX}")
     return PartitionShare(tuple(sorted(listed)), count)
+
+
+def _spans(numbers: list[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"[0-2, 5]"`` (sorted input)."""
+    spans: list[list[int]] = []
+    for n in numbers:
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return "[" + ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans) + "]"
 
 
 def check_shares(texts: Sequence[str], count: int) -> list[PartitionShare]:
@@ -129,7 +140,7 @@ def check_shares(texts: Sequence[str], count: int) -> list[PartitionShare]:
             owner[p] = j
     missing = [p for p in range(count) if p not in owner]
     if missing:
-        raise ConfigError(f"pipeline.partitions: partition(s) {missing} of {count} are owned by no job, so "
+        raise ConfigError(f"pipeline.partitions: partition(s) {_spans(missing)} of {count} are owned by no job, so "
                           "their addresses would never be decided; give each job i/n with the same n")
     return shares
 

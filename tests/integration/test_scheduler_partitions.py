@@ -89,7 +89,7 @@ def test_two_jobs_split_the_addresses_and_restore_only_their_own(kafka, make_top
 
     try:
         # A share that does not fit the topic stops the job before it is submitted.
-        with pytest.raises(ConfigError, match=r"partition\(s\) \[4, 5\] out of range: the events topic has 4"):
+        with pytest.raises(ConfigError, match=r"partition\(s\) \[4-5\] out of range: the events topic has 4"):
             build_live(beam.Pipeline(), cfg, dataclasses.replace(base, partitions="2-5"), policy)
 
         # Run 1: both jobs at once over the first round of every address.

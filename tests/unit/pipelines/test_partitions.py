@@ -71,7 +71,8 @@ def test_shares_in_the_forms_of_pipeline_partitions():
 
 @pytest.mark.parametrize("text, count, says", [
     ("4", 4, "out of range: the events topic has 4 partitions (0-3)"),
-    ("0-5", 4, "[4, 5] out of range"),
+    ("0-5", 4, "[4-5] out of range"),
+    ("0,7,9-30", 4, "[7, 9-30] out of range"),
     ("0,1,1", 4, "more than once (overlapping)"),
     ("0-2,2", 4, "more than once (overlapping)"),
     ("2/2", 4, "0 <= i < n"),
