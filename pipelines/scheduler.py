@@ -131,8 +131,8 @@ def build_live(p: beam.Pipeline, settings, pipeline: PipelineSettings, policy, *
     reads only its events partitions, restores and rescans only its addresses and sweeps only its
     blocks; checked against the events topic here (a one-line :class:`scanflow.config.ConfigError`)."""
     from pipelines.kb_updates import ReadKnowledgeUpdates, topic_exists
-    from pipelines.partitions import partition_count, share_of
-    from pipelines.sources import ReadEvents, ReadIpStates, rewound_start_offsets
+    from pipelines.partitions import share_of
+    from pipelines.sources import ReadEvents, rewound_start_offsets
 
     kafka, topics = settings.kafka, settings.topics
     share = share_of(kafka, topics.events, pipeline.partitions) if pipeline.partitions.strip() else None
@@ -148,11 +148,7 @@ def build_live(p: beam.Pipeline, settings, pipeline: PipelineSettings, policy, *
                                            partitions=parts)
     inputs: dict[str, Any] = {"items": items}
     if restore:
-        # The same partition count: an address is on the same partition number of both topics, so
-        # only the job's own ip-state partitions need reading (the key filter applies either way).
-        same = share is not None and partition_count(kafka, topics.ip_state) == share.count
-        inputs["restore"] = p | "ReadIpStates" >> ReadIpStates(kafka, topics.ip_state, topics.dead_letter,
-                                                               share=share, partitions=parts if same else None)
+        inputs["restore"] = p | "ReadIpStates" >> restore_read(kafka, topics, share)
     if kb_updates is None:
         kb_updates = topic_exists(kafka, topics.kb_updates)
         if not kb_updates:
@@ -183,6 +179,21 @@ def build_live(p: beam.Pipeline, settings, pipeline: PipelineSettings, policy, *
     if pipeline.archive_dir:
         _archive(out, pipeline.archive_dir, mode="bundle")
     return out
+
+
+def restore_read(kafka, topics, share=None):
+    """The restore read of a live job: all of ``scanflow.ip-state``, or with ``share`` (one of
+    several jobs, :mod:`pipelines.partitions`) the states of the job's own addresses only."""
+    from pipelines.partitions import partition_count
+    from pipelines.sources import ReadIpStates
+
+    if share is None or share.whole:
+        return ReadIpStates(kafka, topics.ip_state, topics.dead_letter)
+    # The same partition count: an address is on the same partition number of both topics, so only
+    # the job's own ip-state partitions need reading (the key filter applies either way).
+    same = partition_count(kafka, topics.ip_state) == share.count
+    return ReadIpStates(kafka, topics.ip_state, topics.dead_letter, share=share,
+                        partitions=share.partitions if same else None)
 
 
 def build_replay(p: beam.Pipeline, items, pipeline: PipelineSettings, policy, *, start: float, horizon: float,

@@ -18,10 +18,11 @@ import pytest
 from apache_beam.testing.util import assert_that
 
 from connectors.avro_codec import default_codec
+from connectors.kafka_io import make_consumer, topic_partitions
 from connectors.parquet_lake import table_files
 from pipelines.partitions import check_shares, worker_shares
 from pipelines.policy_setup import build_policy
-from pipelines.scheduler import NO_STATE_CACHE, build_live, replay_runner
+from pipelines.scheduler import NO_STATE_CACHE, build_live, counters, replay_runner, restore_read
 from pipelines.settings import PipelineSettings
 from pipelines.sources import ReadIpStates
 from scanflow.config import ConfigError
@@ -36,6 +37,17 @@ def _lake_ips(root) -> list[str]:
     """The addresses of every decision a job archived (one entry per decision)."""
     return [ip for f in table_files(root, "decisions") for ip in pq.read_table(f, columns=["ip"]).column("ip")
             .to_pylist()]
+
+
+def _records_in(kafka, topic, partitions) -> int:
+    """Records now in ``partitions`` of ``topic`` (end minus beginning offsets)."""
+    consumer = make_consumer(kafka)
+    try:
+        tps = [tp for tp in topic_partitions(consumer, [topic]) if tp.partition in partitions]
+        end, begin = consumer.end_offsets(tps), consumer.beginning_offsets(tps)
+        return sum(end[tp] - begin[tp] for tp in tps)
+    finally:
+        consumer.close()
 
 
 def _wait(cond, timeout_s: float = 120.0) -> None:
@@ -134,6 +146,7 @@ def test_two_jobs_split_the_addresses_and_restore_only_their_own(kafka, make_top
         before = len(expected)
         decide(mine)
         again = dataclasses.replace(jobs[0], archive_dir=str(tmp_path / "lake-0-again"))
+        own_records = _records_in(kafka, topics.ip_state, shares[0].partitions)
         options_again = prism_options(NO_STATE_CACHE)
         restarted = _start(options_again, cfg, again)
         try:
@@ -144,6 +157,10 @@ def test_two_jobs_split_the_addresses_and_restore_only_their_own(kafka, make_top
         finally:
             restarted.cancel()
         _check_prism(restarted, prism_server, options_again)
+        # It read the ip-state records of its own partitions, all of them, and no other record.
+        restored = counters(restarted)
+        assert restored["scanflow.restore/records"] == own_records > 0
+        assert "scanflow.restore/other_jobs_records" not in restored
         assert len(expected) > before
         # It went on from its own restored states (a camera's second answer is a back-off step, not a
         # new responder) and decided none of the other job's addresses.
@@ -157,17 +174,16 @@ def test_two_jobs_split_the_addresses_and_restore_only_their_own(kafka, make_top
         cameras = [ip for ip in mine if int(ip.rsplit(".", 1)[1]) % 10 == 4]  # _ip(i) ends in i % 200 + 1
         assert cameras and all(reasons[ip] == ["NEW_RESPONDER", "BACKOFF"] for ip in cameras)
 
-        # What a job restores: exactly the last states of its own addresses, whichever way it reads.
-        last = {}
-        for r in states.records:
-            last[r.key.decode()] = r.value is not None
+        # What a job restores (the live job's own restore read, and the key filter alone reading every
+        # ip-state partition): exactly the states of its own addresses.
+        keys = {r.key.decode() for r in states.records}
         for share in shares:
-            own = {ip for ip, alive in last.items() if share.owns_ip(ip)}
-            for parts in (share.partitions, None):  # its own ip-state partitions, or all of them
+            own = {ip for ip in keys if share.owns_ip(ip)}
+            assert own and own != keys
+            for read in (restore_read(kafka, topics, share),
+                         ReadIpStates(kafka, topics.ip_state, topics.dead_letter, share=share)):
                 with beam.Pipeline(runner=replay_runner()) as p:
-                    got = (p | ReadIpStates(kafka, topics.ip_state, topics.dead_letter, share=share,
-                                            partitions=parts)
-                           | beam.Map(lambda kv: kv[0]) | beam.combiners.ToList())
+                    got = p | read | beam.Map(lambda kv: kv[0]) | beam.combiners.ToList()
                     assert_that(got, lambda lists, own=own: _same_ips(lists, own))
     finally:
         commands.close()
