@@ -216,3 +216,60 @@ def test_a_jobs_share_builds_the_portable_graph_for_flink_and_dataflow(kafka, ma
     proto = p.to_runner_api()
     names = {t.unique_name for t in proto.components.transforms.values()}
     assert {"ReadEvents", "ReadIpStates", "Sweeps", "Schedule", "WriteCommandsThenStates"} <= names
+
+
+def test_a_knowledge_update_is_applied_once_across_two_jobs(kafka, make_topic, settings, prism_options, tmp_path):
+    """Both jobs read the update; each affected address is rescanned once, by the job that owns it."""
+    from click.testing import CliRunner
+
+    from connectors.kafka_io import AvroProducer, partition_for
+    from scanflow.cli import main
+    from scanflow.loop.scheduler import scaled_policy
+    from tests.integration.test_scheduler_followup import SCALE, _Follow
+    from tests.integration.test_scheduler_kb_update import AFFECTED, NEW_MALWARE, TRACKED, _state
+
+    topics = dataclasses.replace(
+        settings.topics, events=make_topic("split-kb-events", partitions=4),
+        commands=make_topic("split-kb-commands", partitions=3),
+        ip_state=make_topic("split-kb-state", partitions=4, **{"cleanup.policy": "compact"}),
+        dead_letter=make_topic("split-kb-dead", partitions=1), kb_updates=make_topic("split-kb-updates", partitions=1))
+    cfg = dataclasses.replace(settings, topics=topics,
+                              policy=scaled_policy(dataclasses.replace(settings.policy, name="adaptive"), SCALE))
+    base = PipelineSettings(round_timeout_s=60, rewind_s=120, command_ttl_s=600, watermark_lag_s=1.0,
+                            group_id=f"split-kb-{uuid.uuid4().hex[:8]}", sweep_gather_s=2.0)
+    kb_file = tmp_path / "kbtest-worm.toml"
+    kb_file.write_text(NEW_MALWARE)
+    shares = check_shares(worker_shares(2), 4)
+    owners = {ip: [j for j, s in enumerate(shares) if s.owns_ip(ip)] for ip in TRACKED}
+    assert all(len(o) == 1 for o in owners.values()) and {o[0] for o in owners.values()} == {0, 1}
+    assert all(partition_for(ip.encode(), 4) in shares[owners[ip][0]].partitions for ip in AFFECTED)
+    now = time.time()
+    with AvroProducer(kafka) as producer:
+        for ip, (device, ports) in TRACKED.items():
+            producer.send(topics.ip_state, "IpState", _state(ip, device, ports, now))
+    codec = default_codec()
+    commands = _Follow(kafka, topics.commands)
+    results = []
+    try:
+        for text in worker_shares(2):
+            job = dataclasses.replace(base, partitions=text)
+            p = beam.Pipeline(options=prism_options(NO_STATE_CACHE))
+            build_live(p, cfg, job, build_policy(cfg, job), rewind=False, kb_updates=True)
+            results.append(p.run())
+        time.sleep(5)                     # the readers are assigned their partitions, the states restored
+        r = CliRunner().invoke(main, ["--set", f"topics.kb_updates={topics.kb_updates}", "kb", "update",
+                                      str(kb_file)], catch_exceptions=False)
+        assert r.exit_code == 0 and "published kbu-" in r.output, r.output
+
+        def urgent(records):
+            return Counter(codec.decode(rec.value).record["targets"][0] for _, rec in records
+                           if codec.decode(rec.value).record["reason"] == "URGENT")
+
+        commands.until(lambda rs: AFFECTED <= set(urgent(rs)), timeout_s=120)
+        time.sleep(5)                     # a second rescan, from the other job, would have come by now
+        commands.until(lambda rs: False, timeout_s=1)
+        assert urgent(commands.records) == Counter({ip: 1 for ip in AFFECTED})
+    finally:
+        for result in results:
+            result.cancel()
+        commands.close()
