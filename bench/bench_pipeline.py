@@ -10,6 +10,9 @@ Three measurements (pick with ``--only``):
 ``live``     events/s through the live pipeline on Prism: the history (shifted to end now) is
              produced to a fresh events topic first, then the pipeline is started and timed until the
              ``scanflow.ip-state`` topic shows every IP's last decision (with and without job start).
+             ``--jobs 1,2``: instead, the live scheduler as N jobs in N processes of their own (one
+             Prism job server), job i owning the events partitions ``i/N`` (``pipeline.partitions``),
+             against the same backlog; ``--runs`` rounds of every N, alternating.
 ``state``    bytes of scheduler state per tracked IP, over ``--tracked`` IPs (1 M by default) whose
              states come from the policy core (1-4 rounds each: new responder, unchanged, changed):
              the packed value plus the key, as the runner stores them.
@@ -222,6 +225,129 @@ def bench_live(cfg, hosts: int, days: float, state_cache: bool = False) -> None:
         admin.close()
 
 
+def _live_job(cfg, ps, extra: list[str], ready, stop) -> None:
+    """One scheduler job, in a process of its own (its LOOPBACK SDK worker too): run until ``stop``."""
+    logging.disable(logging.WARNING)
+    from pipelines.runners import pipeline_options
+
+    policy = build_policy(cfg, ps)
+    p = beam.Pipeline(options=pipeline_options(cfg, streaming=True, runner="prism", extra=extra))
+    build_live(p, cfg, ps, policy)
+    result = p.run()
+    ready.set()
+    stop.wait()
+    try:
+        result.cancel()
+    finally:
+        os._exit(0)  # Beam's worker threads would keep a cancelled job's process waiting
+
+
+def bench_live_jobs(cfg, hosts: int, days: float, job_counts: list[int], runs: int,
+                    state_cache: bool = False) -> None:
+    """The live scheduler as 1..N jobs (processes) splitting the events partitions, same backlog."""
+    import multiprocessing
+
+    from connectors.avro_codec import default_codec
+    from connectors.kafka_admin import admin_client
+    from connectors.kafka_io import AvroProducer, make_consumer, topic_partitions
+    from kafka.admin import NewTopic
+    from pipelines.partitions import check_shares, worker_shares
+    from pipelines.runners import PrismServer, prism_binary
+
+    now = time.time()
+    start = now - days * DAY - 3600
+    base = PipelineSettings(watermark_lag_s=1.0, catch_up=False)  # catch_up off: see bench_live
+    policy = build_policy(cfg, base)
+    history = _history(policy, base, hosts, days, start)
+    last = {}
+    for d in history.decisions:
+        if d["next_scan_at"] is not None:
+            last[d["ip"]] = max(last.get(d["ip"], 0), d["decided_at"])
+        else:
+            last.pop(d["ip"], None)
+    admin = admin_client(cfg.kafka)
+    events = f"bench.events.{uuid.uuid4().hex[:8]}"
+    admin.create_topics([NewTopic(events, 6, 1)])
+    made = [events]
+    codec = default_codec()
+    ctx = multiprocessing.get_context("spawn")
+    figures: dict[int, list[tuple[float, float, float]]] = {n: [] for n in job_counts}
+    try:
+        with AvroProducer(cfg.kafka, event_time_timestamps=True) as producer:
+            for name, record in history.records:
+                producer.send(events, name, record)
+        n_events = len(history.records)
+        with PrismServer(prism_binary(cfg), Path(f"/tmp/bench-prism-{uuid.uuid4().hex[:6]}.log")) as server:
+            for run in range(runs):
+                for jobs in job_counts:
+                    names = {k: f"bench.{k}.{uuid.uuid4().hex[:8]}" for k in ("commands", "state", "dead")}
+                    admin.create_topics([NewTopic(names["commands"], 3, 1),
+                                         NewTopic(names["state"], 6, 1, topic_configs={"cleanup.policy": "compact"}),
+                                         NewTopic(names["dead"], 1, 1)])
+                    made += list(names.values())
+                    topics = dataclasses.replace(cfg.topics, events=events, commands=names["commands"],
+                                                 ip_state=names["state"], dead_letter=names["dead"])
+                    run_cfg = dataclasses.replace(cfg, topics=topics)
+                    group = f"bench-{uuid.uuid4().hex[:8]}"
+                    shares = worker_shares(jobs) if jobs > 1 else [""]
+                    if jobs > 1:
+                        check_shares(shares, 6)
+                    extra = [*([] if state_cache else [NO_STATE_CACHE]), *server.pipeline_args()]
+                    consumer = make_consumer(cfg.kafka)
+                    consumer.assign(topic_partitions(consumer, [names["state"]]))
+                    stop = ctx.Event()
+                    procs, ready = [], []
+                    t0, prism0 = time.perf_counter(), _cpu_of(server._proc.pid)
+                    for share in shares:
+                        ps = dataclasses.replace(base, group_id=group, partitions=share)
+                        ready.append(ctx.Event())
+                        procs.append(ctx.Process(target=_live_job, args=(run_cfg, ps, extra, ready[-1], stop)))
+                        procs[-1].start()
+                    first, seen, waiting = None, {}, set(last)
+                    try:
+                        while waiting:
+                            for batch in consumer.poll(timeout_ms=200).values():
+                                for r in batch:
+                                    first = first or time.perf_counter()
+                                    if r.value is not None:
+                                        rec = codec.decode(r.value).record
+                                        ip = rec["ip"]
+                                        seen[ip] = max(seen.get(ip, 0), rec["updated_at"])
+                                        if ip in waiting and seen[ip] >= last[ip]:
+                                            waiting.discard(ip)
+                            if time.perf_counter() - t0 > 1800:
+                                raise SystemExit("live benchmark: not done after 30 minutes")
+                            if not all(p.is_alive() for p in procs):
+                                raise SystemExit("live benchmark: a scheduler job's process died")
+                        done = time.perf_counter()
+                        cpu = sum(_cpu_of(p.pid) for p in procs)
+                        prism_cpu = _cpu_of(server._proc.pid) - prism0
+                    finally:
+                        stop.set()
+                        for p in procs:
+                            p.join(30)
+                            if p.is_alive():
+                                p.kill()
+                        consumer.close()
+                    figures[jobs].append((n_events / (done - t0), n_events / (done - first),
+                                          n_events / (cpu + prism_cpu)))
+                    print(f"live, Prism, {jobs} job(s) {shares}, run {run + 1}: {n_events:,} events backlog, "
+                          f"{len(last):,} tracked IPs: {n_events / (done - t0):>7,.0f} events/s with job start "
+                          f"({done - t0:.1f} s), {n_events / (done - first):,.0f} events/s after the first state "
+                          f"record; {n_events / (cpu + prism_cpu):,.0f} events/CPU-s (jobs {cpu:.1f} s + Prism "
+                          f"{prism_cpu:.1f} s; {_load()})", flush=True)
+        for jobs, rows in figures.items():
+            if rows:
+                col = list(zip(*rows))
+                print(f"live, {jobs} job(s), {len(rows)} runs: with job start median {statistics.median(col[0]):,.0f} "
+                      f"({min(col[0]):,.0f}-{max(col[0]):,.0f}) events/s; after the first state record median "
+                      f"{statistics.median(col[1]):,.0f} ({min(col[1]):,.0f}-{max(col[1]):,.0f}); per CPU-s "
+                      f"{statistics.median(col[2]):,.0f}")
+    finally:
+        admin.delete_topics(made)
+        admin.close()
+
+
 def bench_state(cfg, tracked: int, seed: int = 5) -> None:
     ps = PipelineSettings()
     policy = build_policy(cfg, ps)
@@ -275,6 +401,10 @@ def main(argv=None) -> None:
                     help="the efficient policy the pipeline runs (default: the configured one, adaptive)")
     ap.add_argument("--state-cache", action="store_true",
                     help="live: keep the SDK worker's state cache on (default: off, as the CLI runs it)")
+    ap.add_argument("--jobs", default="",
+                    help="live: comma-separated job counts, e.g. 1,2: the scheduler as N processes splitting "
+                         "the events partitions (pipeline.partitions i/N)")
+    ap.add_argument("--runs", type=int, default=1, help="live --jobs: rounds over the job counts")
     args = ap.parse_args(argv)
     logging.disable(logging.WARNING)
     cfg = load_settings()
@@ -284,6 +414,9 @@ def main(argv=None) -> None:
     for what in args.only or ("bounded", "live", "state"):
         if what == "bounded":
             bench_bounded(cfg, args.hosts, args.days, args.workers)
+        elif what == "live" and args.jobs:
+            bench_live_jobs(cfg, args.hosts, args.days, [int(j) for j in args.jobs.split(",")], args.runs,
+                            args.state_cache)
         elif what == "live":
             bench_live(cfg, args.hosts, args.days, args.state_cache)
         else:

@@ -90,6 +90,11 @@ class _DiscoverPartitions(beam.DoFn):
         consumer = make_consumer(r.kafka, group_id=r.group_id, **r.consumer_overrides)
         try:
             tps = topic_partitions(consumer, r.topics)
+            if r.partitions is not None:
+                missing = sorted(set(r.partitions) - {tp.partition for tp in tps})
+                if missing:
+                    raise ValueError(f"ReadFromKafka: partition(s) {missing} not in {', '.join(r.topics)}")
+                tps = [tp for tp in tps if tp.partition in r.partitions]
             beginning = consumer.beginning_offsets(tps)
             end = consumer.end_offsets(tps)
             starts = self._starts(consumer, tps, beginning, end)
@@ -473,7 +478,9 @@ class ReadFromKafka(beam.PTransform):
     finalizer (``commit_offsets``, default on when a ``group_id`` is given). The watermark is the
     newest record timestamp minus ``watermark_lag_s``, and follows the wall clock (minus the lag) while
     a partition is idle and caught up. Partitions are listed once at start: restart the pipeline after
-    adding partitions.
+    adding partitions. ``partitions``: read only these partition numbers (of each topic), e.g. one
+    scheduler job's share (:mod:`pipelines.partitions`); offsets are committed per partition, so
+    readers of disjoint partitions may share a ``group_id``.
 
     Replay (bounded) as soon as one stop is given: ``stop="end"`` (the end offsets at start),
     ``stop_offsets={(topic, partition): offset}`` (exclusive; partitions not listed stop at their end
@@ -492,7 +499,7 @@ class ReadFromKafka(beam.PTransform):
                  reset: str = "earliest", commit_offsets: bool | None = None, max_bundle_s: float = 1.0,
                  poll_timeout_ms: int = 100, idle_resume_s: float = 0.2, watermark_lag_s: float = 5.0,
                  max_poll_records: int = 5000, consumer_overrides: Mapping[str, Any] | None = None,
-                 wait_for_broker: bool = False):
+                 wait_for_broker: bool = False, partitions: Sequence[int] | None = None):
         super().__init__()
         bounded = stop is not None or stop_offsets is not None or stop_time_ms is not None
         self.config = _ReadConfig(
@@ -504,7 +511,8 @@ class ReadFromKafka(beam.PTransform):
             max_bundle_s=max_bundle_s, poll_timeout_ms=poll_timeout_ms, idle_resume_s=idle_resume_s,
             watermark_lag_s=watermark_lag_s, max_poll_records=max_poll_records,
             consumer_overrides=dict(consumer_overrides or {}), run_id=uuid.uuid4().hex,
-            wait_for_broker=wait_for_broker)
+            wait_for_broker=wait_for_broker,
+            partitions=None if partitions is None else tuple(sorted(set(int(x) for x in partitions))))
         self.config.validate()
 
     @property
@@ -547,6 +555,8 @@ class _ReadConfig:
     #: A bounded read that cannot reach the broker waits for it (as a live read always does) instead
     #: of failing the job: a bounded read inside a live job (the scheduler's restore of ip-state).
     wait_for_broker: bool = False
+    #: Only these partition numbers (None: all).
+    partitions: tuple[int, ...] | None = None
 
     def validate(self) -> None:
         if not self.topics or not all(isinstance(t, str) and t for t in self.topics):
@@ -570,6 +580,8 @@ class _ReadConfig:
                              "start='earliest'/'latest'")
         if self.commit_offsets and self.group_id is None:
             raise ValueError("ReadFromKafka: commit_offsets needs a group_id")
+        if self.partitions is not None and (not self.partitions or min(self.partitions) < 0):
+            raise ValueError("ReadFromKafka: partitions must list at least one partition number >= 0")
         if self.max_bundle_s <= 0 or self.poll_timeout_ms <= 0 or self.max_poll_records <= 0:
             raise ValueError("ReadFromKafka: max_bundle_s, poll_timeout_ms and max_poll_records must be > 0")
 

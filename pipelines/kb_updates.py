@@ -104,8 +104,10 @@ class _FanOutFn(beam.DoFn):
     are due at, and what tells the per-IP stage whether an address was rescanned for it already.
     """
 
-    def __init__(self, kafka: KafkaSettings, ip_state_topic: str):
+    def __init__(self, kafka: KafkaSettings, ip_state_topic: str, share=None):
         self._kafka, self._topic = kafka, ip_state_topic
+        #: One of several scheduler jobs (:class:`pipelines.partitions.PartitionShare`): only its addresses.
+        self._share = share
 
     def setup(self):
         self._codec = default_codec()
@@ -126,6 +128,8 @@ class _FanOutFn(beam.DoFn):
         skipped: list = []
         hits = select_affected(read_ip_states(self._kafka, self._topic, self._codec, skipped=skipped),
                                (model for model, _ in changes))
+        if self._share is not None:
+            hits = {ip: model for ip, model in hits.items() if self._share.owns_ip(ip)}
         if skipped:
             self._unreadable.inc(len(skipped))
         self._addresses.inc(len(hits))
@@ -138,14 +142,22 @@ class _FanOutFn(beam.DoFn):
 
 class ReadKnowledgeUpdates(beam.PTransform):
     """``scanflow.kb-updates`` (live, the scheduler's consumer group) -> ``(ip, KnowledgeUrgent)`` for
-    the per-IP stage; bad records to ``dead_letter_topic``."""
+    the per-IP stage; bad records to ``dead_letter_topic``.
+
+    ``share`` (one of several scheduler jobs, :mod:`pipelines.partitions`): every job reads every
+    update, under a consumer group of its own (``group_id`` + the share's label, so the jobs' commits
+    of the same partitions never collide), and rescans only the addresses it owns."""
 
     def __init__(self, kafka: KafkaSettings, topic: str, ip_state_topic: str, dead_letter_topic: str, *,
-                 group_id: str, watermark_lag_s: float = 5.0):
+                 group_id: str, watermark_lag_s: float = 5.0, share=None):
         super().__init__()
+        if share is not None and share.whole:
+            share = None
+        if share is not None:
+            group_id = f"{group_id}.{share.label}"
         self._read = ReadFromKafka(kafka, topic, group_id=group_id, watermark_lag_s=watermark_lag_s)
         self._decode = DecodeWithDeadLetter(kafka, dead_letter_topic, expect=("KnowledgeUpdate",))
-        self._fan_out = _FanOutFn(kafka, ip_state_topic)
+        self._fan_out = _FanOutFn(kafka, ip_state_topic, share)
 
     def expand(self, pbegin):
         return (pbegin

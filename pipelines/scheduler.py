@@ -125,18 +125,30 @@ def build_live(p: beam.Pipeline, settings, pipeline: PipelineSettings, policy, *
     block at its period under ``policy``: :func:`pipelines.sweeps.sweep_period_of`).
 
     ``kb_updates``: True reads the topic, False does not, None (default) reads it when it exists
-    (``scanflow pipeline run`` requires it; a warning says when it is missing)."""
+    (``scanflow pipeline run`` requires it; a warning says when it is missing).
+
+    ``pipeline.partitions`` (one of several jobs on Prism, :mod:`pipelines.partitions`): the job
+    reads only its events partitions, restores and rescans only its addresses and sweeps only its
+    blocks; checked against the events topic here (a one-line :class:`scanflow.config.ConfigError`)."""
     from pipelines.kb_updates import ReadKnowledgeUpdates, topic_exists
-    from pipelines.sources import ReadEvents, ReadIpStates, rewound_start_offsets
+    from pipelines.partitions import share_of
+    from pipelines.sources import ReadEvents, rewound_start_offsets
 
     kafka, topics = settings.kafka, settings.topics
-    start_offsets = (rewound_start_offsets(kafka, topics.events, pipeline.group_id, pipeline.rewind_s)
+    share = share_of(kafka, topics.events, pipeline.partitions) if pipeline.partitions.strip() else None
+    if share is not None and share.whole:
+        share = None
+    parts = share.partitions if share is not None else None
+    if share is not None:
+        log.info("scheduler job of partitions %s of %d of %s", list(share.partitions), share.count, topics.events)
+    start_offsets = (rewound_start_offsets(kafka, topics.events, pipeline.group_id, pipeline.rewind_s, parts)
                      if rewind else None)
     items = p | "ReadEvents" >> ReadEvents(kafka, topics.events, topics.dead_letter, group_id=pipeline.group_id,
-                                           start_offsets=start_offsets, watermark_lag_s=pipeline.watermark_lag_s)
+                                           start_offsets=start_offsets, watermark_lag_s=pipeline.watermark_lag_s,
+                                           partitions=parts)
     inputs: dict[str, Any] = {"items": items}
     if restore:
-        inputs["restore"] = p | "ReadIpStates" >> ReadIpStates(kafka, topics.ip_state, topics.dead_letter)
+        inputs["restore"] = p | "ReadIpStates" >> restore_read(kafka, topics, share)
     if kb_updates is None:
         kb_updates = topic_exists(kafka, topics.kb_updates)
         if not kb_updates:
@@ -145,7 +157,7 @@ def build_live(p: beam.Pipeline, settings, pipeline: PipelineSettings, policy, *
     if kb_updates:
         inputs["urgent"] = p | "ReadKnowledgeUpdates" >> ReadKnowledgeUpdates(
             kafka, topics.kb_updates, topics.ip_state, topics.dead_letter, group_id=pipeline.group_id,
-            watermark_lag_s=pipeline.watermark_lag_s)
+            watermark_lag_s=pipeline.watermark_lag_s, share=share)
     out = inputs | "Schedule" >> Scheduler(policy, pipeline, archive=bool(pipeline.archive_dir),
                                            catch_up=pipeline.catch_up, writes=True)
     # The per-IP commands and states in one step, commands first, fused with the per-IP stage (no
@@ -161,11 +173,27 @@ def build_live(p: beam.Pipeline, settings, pipeline: PipelineSettings, policy, *
                                         first_pass=(getattr(policy, "initial_ports", None) or policy.port_sets.standard)
                                         if pipeline.first_pass else None,
                                         first_pass_window_s=pipeline.first_pass_window_s,
-                                        period_of=sweep_period_of(policy))
+                                        period_of=sweep_period_of(policy),
+                                        keep=share.owns_block if share is not None else None)
         _ = sweeps | "WriteSweepCommands" >> WriteCommands(kafka, topics.commands, topics.dead_letter)
     if pipeline.archive_dir:
         _archive(out, pipeline.archive_dir, mode="bundle")
     return out
+
+
+def restore_read(kafka, topics, share=None):
+    """The restore read of a live job: all of ``scanflow.ip-state``, or with ``share`` (one of
+    several jobs, :mod:`pipelines.partitions`) the states of the job's own addresses only."""
+    from pipelines.partitions import partition_count
+    from pipelines.sources import ReadIpStates
+
+    if share is None or share.whole:
+        return ReadIpStates(kafka, topics.ip_state, topics.dead_letter)
+    # The same partition count: an address is on the same partition number of both topics, so only
+    # the job's own ip-state partitions need reading (the key filter applies either way).
+    same = partition_count(kafka, topics.ip_state) == share.count
+    return ReadIpStates(kafka, topics.ip_state, topics.dead_letter, share=share,
+                        partitions=share.partitions if same else None)
 
 
 def build_replay(p: beam.Pipeline, items, pipeline: PipelineSettings, policy, *, start: float, horizon: float,

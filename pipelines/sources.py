@@ -35,6 +35,7 @@ from connectors.beam_kafka_source import KafkaRecord, ReadFromKafka
 from connectors.kafka_io import dead_letter_headers, make_consumer, topic_partitions
 from scanflow.config import KafkaSettings
 
+from pipelines.partitions import PartitionShare
 from pipelines.per_ip_stage import RestoreRecord
 from scanflow.lifecycle.rounds import US
 from pipelines.decode import MAX_TIME_US, MIN_TIME_US, check_times, from_record
@@ -116,14 +117,16 @@ class ReadEvents(beam.PTransform):
     Live (``group_id`` given, no stop): offsets are committed as the connector reads (see
     :mod:`connectors.beam_kafka_source`); ``start_offsets`` (see :func:`rewound_start_offsets`) says where to
     begin. Replay: ``start_time_ms`` / ``stop_time_ms``. Undecodable records go to
-    ``dead_letter_topic`` with the reason in headers.
+    ``dead_letter_topic`` with the reason in headers. ``partitions``: only these partitions (one
+    job's share, :mod:`pipelines.partitions`).
     """
 
     def __init__(self, kafka: KafkaSettings, topic: str, dead_letter_topic: str, *, group_id: str | None = None,
                  start_offsets: Mapping[tuple[str, int], int] | None = None, start_time_ms: int | None = None,
-                 stop_time_ms: int | None = None, watermark_lag_s: float = 5.0):
+                 stop_time_ms: int | None = None, watermark_lag_s: float = 5.0,
+                 partitions: tuple[int, ...] | None = None):
         super().__init__()
-        kwargs = dict(watermark_lag_s=watermark_lag_s)
+        kwargs: dict = dict(watermark_lag_s=watermark_lag_s, partitions=partitions)
         if stop_time_ms is not None:
             kwargs.update(stop_time_ms=stop_time_ms)
             if start_time_ms is not None:
@@ -149,12 +152,21 @@ class ReadEvents(beam.PTransform):
 class _ToRestore(beam.DoFn):
     DEAD_LETTER = "dead_letter"
 
+    def __init__(self, share: PartitionShare | None = None):
+        self._share = share
+
     def setup(self):
         self._codec = default_codec()
         self._read = Metrics.counter("scanflow.restore", "records")
+        self._others = Metrics.counter("scanflow.restore", "other_jobs_records")
 
     def process(self, rec: KafkaRecord):
         if rec.key is None:
+            return
+        if self._share is not None and not self._share.owns_key(rec.key):
+            # Another job's address (its events partition is not ours): that job restores it, and
+            # dead-letters it if it is bad, so each record is handled by exactly one job.
+            self._others.inc()
             return
         self._read.inc()
         try:
@@ -192,31 +204,42 @@ class _ToRestore(beam.DoFn):
 
 
 class ReadIpStates(beam.PTransform):
-    """``scanflow.ip-state`` as it is at start (a bounded read) -> ``(ip, RestoreRecord)``."""
+    """``scanflow.ip-state`` as it is at start (a bounded read) -> ``(ip, RestoreRecord)``.
 
-    def __init__(self, kafka: KafkaSettings, topic: str, dead_letter_topic: str):
+    ``share`` (one of several scheduler jobs, :mod:`pipelines.partitions`): only the records whose
+    address is keyed to the job's events partitions; ``partitions``: read only these ip-state
+    partitions (right when the ip-state topic has as many partitions as the events topic, so an
+    address is on the same partition number of both)."""
+
+    def __init__(self, kafka: KafkaSettings, topic: str, dead_letter_topic: str, *,
+                 share: PartitionShare | None = None, partitions: tuple[int, ...] | None = None):
         super().__init__()
         self._kafka, self._dead_letter = kafka, dead_letter_topic
+        self._share = None if share is None or share.whole else share
         # Part of the live scheduler: a broker lost during the restore is waited for, not a failed job.
         self._read = ReadFromKafka(kafka, topic, start="earliest", stop="end",
-                                   watermark_lag_s=_HOLD_WATERMARK_S, wait_for_broker=True)
+                                   watermark_lag_s=_HOLD_WATERMARK_S, partitions=partitions, wait_for_broker=True)
 
     def expand(self, pbegin):
         out = (pbegin
                | "Read" >> self._read
-               | "Parse" >> beam.ParDo(_ToRestore()).with_outputs(_ToRestore.DEAD_LETTER, main="restore"))
+               | "Parse" >> beam.ParDo(_ToRestore(self._share)).with_outputs(_ToRestore.DEAD_LETTER,
+                                                                             main="restore"))
         _ = out[_ToRestore.DEAD_LETTER] | "WriteDeadLetters" >> WriteToKafka(self._kafka, self._dead_letter)
         return out.restore
 
 
-def rewound_start_offsets(kafka: KafkaSettings, topic: str, group_id: str, rewind_s: float
-                          ) -> dict[tuple[str, int], int] | None:
+def rewound_start_offsets(kafka: KafkaSettings, topic: str, group_id: str, rewind_s: float,
+                          partitions: tuple[int, ...] | None = None) -> dict[tuple[str, int], int] | None:
     """Per partition, the first offset whose record is at most ``rewind_s`` older than the record
     before the group's committed offset (never after the committed offset). None when the group has
-    committed nothing yet (the reader then starts at the earliest offset)."""
+    committed nothing yet (the reader then starts at the earliest offset). ``partitions``: only
+    these (one job's share)."""
     consumer = make_consumer(kafka, group_id=group_id)
     try:
         tps = topic_partitions(consumer, [topic])
+        if partitions is not None:
+            tps = [tp for tp in tps if tp.partition in partitions]
         committed = {tp: consumer.committed(tp) for tp in tps}
         if all(c is None for c in committed.values()):
             return None

@@ -60,7 +60,10 @@ class SweepPlan:
     ``period`` is ``period_s`` for every block, or ``period_of(address)`` of the block's first
     address when given (the adaptive policy's ``sweep_interval``: quiet prefixes less often than the
     others); blocks of one period form a group. ``offset(block)`` is the block's hash fraction times
-    ``spread`` (default: its period, so the blocks are spread evenly over it). A run that starts with
+    ``spread`` (default: its period, so the blocks are spread evenly over it). ``keep`` (a block's CIDR
+    text -> bool): only the blocks it accepts (one scheduler job's share of them,
+    :meth:`pipelines.partitions.PartitionShare.owns_block`); a block's slot does not depend on which
+    other blocks are kept, so jobs that split the blocks sweep each when one job would. A run that starts with
     a first pass over everything (:class:`Sweeps` ``first_pass``) uses ``epoch`` = its start and
     ``spread`` = the first pass's window: every block is swept within that window, then once per
     period after its first sweep. Kept compact (two arrays sorted by offset per group, 12 bytes a
@@ -68,7 +71,8 @@ class SweepPlan:
     """
 
     def __init__(self, networks: Iterable[ipaddress.IPv4Network], prefix: int, period_s: float, epoch: float = 0.0,
-                 spread: float | None = None, period_of: Callable[[str], float] | None = None):
+                 spread: float | None = None, period_of: Callable[[str], float] | None = None,
+                 keep: Callable[[str], bool] | None = None):
         if period_s <= 0:
             raise ValueError(f"sweep period must be > 0 seconds, got {period_s}")
         if spread is not None and not 0 <= spread <= period_s:
@@ -76,6 +80,8 @@ class SweepPlan:
         self.prefix, self.period, self.epoch = prefix, float(period_s), float(epoch)
         by_period: dict[float, list[ipaddress.IPv4Network]] = {}
         for b in sweep_blocks(networks, prefix):
+            if keep is not None and not keep(str(b)):
+                continue
             period = self.period if period_of is None else float(period_of(str(b.network_address)))
             if period <= 0:
                 raise ValueError(f"sweep period of {b} must be > 0 seconds, got {period}")
@@ -126,13 +132,15 @@ class _IssueFn(beam.DoFn):
     port set and reason ``INITIAL``)."""
 
     def __init__(self, plan_args: tuple, silent: PortSet, ttl_s: float, policy: str,
-                 first_pass: PortSet | None = None, period_of: Callable[[str], float] | None = None):
+                 first_pass: PortSet | None = None, period_of: Callable[[str], float] | None = None,
+                 keep: Callable[[str], bool] | None = None):
         self._plan_args, self._silent, self._ttl, self._policy = plan_args, silent, ttl_s, policy
         self._first = first_pass
         self._period_of = period_of
+        self._keep = keep
 
     def setup(self):
-        self._plan = SweepPlan(*self._plan_args, period_of=self._period_of)
+        self._plan = SweepPlan(*self._plan_args, period_of=self._period_of, keep=self._keep)
 
     def process(self, window):
         start, stop = window
@@ -160,18 +168,22 @@ class Sweeps(beam.PTransform):
     within ``first_pass_window_s`` of ``start``; each block is then swept with the silent set once per
     period after its first pass. Without it the blocks' slots are spread over the period from the
     epoch, so a block's first sweep may come up to a period after the start.
+
+    ``keep`` (a block's CIDR text -> bool): sweep only the blocks it accepts (one scheduler job's
+    share, :meth:`pipelines.partitions.PartitionShare.owns_block`).
     """
 
     def __init__(self, networks: Iterable[ipaddress.IPv4Network], *, prefix: int, period_s: float, silent: PortSet,
                  ttl_s: float, start: float, stop: float | None = None, tick_s: float = 60.0,
                  policy: str = "EFFICIENT", first_pass: PortSet | None = None, first_pass_window_s: float = 0.0,
-                 period_of: Callable[[str], float] | None = None):
+                 period_of: Callable[[str], float] | None = None, keep: Callable[[str], bool] | None = None):
         super().__init__()
+        self._keep = keep
         if first_pass is not None:
             self._plan_args = (tuple(networks), prefix, period_s, start, min(first_pass_window_s, period_s))
         else:
             self._plan_args = (tuple(networks), prefix, period_s)
-        SweepPlan(*self._plan_args, period_of=period_of)  # fail at construction, not on a worker
+        SweepPlan(*self._plan_args, period_of=period_of, keep=keep)  # fail at construction, not on a worker
         self._period_of = period_of
         self._first = first_pass
         self._silent, self._ttl, self._policy = silent, ttl_s, policy
@@ -187,7 +199,7 @@ class Sweeps(beam.PTransform):
         else:
             windows = pbegin | "Window" >> beam.Create([(self._start, self._stop)])
         return windows | "Issue" >> beam.ParDo(_IssueFn(self._plan_args, self._silent, self._ttl, self._policy,
-                                                        self._first, self._period_of))
+                                                        self._first, self._period_of, self._keep))
 
 
 def sweep_period_of(policy) -> Callable[[str], float] | None:

@@ -5,6 +5,7 @@ policy, the lake and the scheduler pipeline. Each field's type and rules are its
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -298,6 +299,17 @@ def _sweep_ranges(ranges: tuple[str, ...]) -> None:
             raise ConfigError(f"{text} is IPv6; sweeps cover IPv4 ranges only")
 
 
+_PARTITIONS = re.compile(r"^\s*(all|\d+\s*/\s*\d+|\d+(\s*-\s*\d+)?(\s*,\s*\d+(\s*-\s*\d+)?)*)?\s*$")
+
+
+def _partitions(text: str) -> None:
+    """The form of ``pipeline.partitions``; partition numbers are checked against the events topic
+    when the scheduler starts (``pipelines.partitions.parse_share``)."""
+    if not _PARTITIONS.match(text):
+        raise ConfigError(f"{text!r} is not a partition group; use i/n (job i of n, 0 <= i < n), or a list "
+                          "such as 0,2 or 0-3, or leave it empty for every partition")
+
+
 PortSetFile = Annotated[str, existing_file("give a port-set file written by PortSet.write, or leave it "
                                            "empty for the provisional set")]
 
@@ -340,6 +352,12 @@ class PipelineSettings(Section):
       once; the agents' rate caps pace them), then sweeps each block once per period after that
       (``scanflow run`` turns it on: a run starts from nothing). Off: the blocks' sweeps are spread
       over the period, so a block may wait up to 3.5 days for its first scan.
+    - ``partitions``: live only: the share of the work this scheduler job owns when several jobs run
+      side by side on Prism (one core each): ``i/n`` (job i of n: the events partitions p with
+      p % n == i) or a list (``0,2`` / ``0-3``) of events partitions. The job reads only those
+      partitions, restores and rescans only the addresses keyed to them and sweeps only the blocks
+      keyed to them (:mod:`pipelines.partitions`). Empty (default): everything, one job. Not needed
+      on Flink or Dataflow, which spread the keyed stages themselves.
     """
 
     section_name = "pipeline"
@@ -366,6 +384,7 @@ class PipelineSettings(Section):
     first_pass_window_s: Annotated[Float, rule(lambda v: v >= 0, "must be >= 0 seconds (0: every block at the "
                                                                  "start), got {v}")] = 0.0
     sweep_gather_s: Seconds = 10 * 60.0
+    partitions: Annotated[str, checked(_partitions)] = ""
 
     def check(self) -> None:
         for text, net in zip(self.sweep_ranges, self.sweep_networks()):

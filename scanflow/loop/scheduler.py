@@ -67,7 +67,9 @@ def pipeline_settings_for(spec: dict):
         # An address that answered a sweep is promoted this long after its last answer: 10 virtual
         # minutes, at least two seconds (the watermark trails the newest record by one).
         sweep_gather_s=max(600 * scale, 2.0),
-        first_pass_window_s=spec.get("first_pass_window_s", 0.0)).validate()
+        first_pass_window_s=spec.get("first_pass_window_s", 0.0),
+        # one of several scheduler jobs (pipelines.partitions): its share of the events partitions
+        partitions=spec.get("partitions", "")).validate()
 
 
 def main(argv: list[str]) -> int:
