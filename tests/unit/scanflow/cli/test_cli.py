@@ -81,5 +81,8 @@ def test_the_agent_stop_deadline_ends_a_process_that_is_stuck(tmp_path):
             "_arm_stop_deadline(0.2)\ntime.sleep(600)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
-    (line,) = proc.stderr.splitlines()
+    line, *stacks = proc.stderr.splitlines()
     assert line.startswith("scanflow: error: the agent did not stop within") and "run again" in line
+    # then where each thread was: the main thread in its sleep
+    assert any(s.startswith("Thread 0x") or s.startswith("Current thread") for s in stacks)
+    assert any('File "<string>", line 4' in s for s in stacks), proc.stderr
