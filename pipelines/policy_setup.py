@@ -220,8 +220,11 @@ def publish_port_sets(policy, directory: Path) -> list[Path]:
             old = PortSet.read(path)
             if old.ports != ps.ports:
                 raise ValueError(f"{path} holds another {ps.name}@v{ps.version} ({len(old.ports)} ports, this "
-                                 f"scheduler's has {len(ps.ports)}); a published version never changes: "
-                                 "publish the new set under a new version")
+                                 f"scheduler's has {len(ps.ports)}: the knowledge base or the port sets "
+                                 "changed since it was published); a published version never changes: "
+                                 "once no agent runs a command naming it, remove the old file (or the "
+                                 "directory's stale sets) and start again, or publish the new set under a "
+                                 "new version")
             written.append(path)
             continue
         tmp = path.with_suffix(".json.tmp")
