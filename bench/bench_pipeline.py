@@ -160,12 +160,7 @@ def bench_live(cfg, hosts: int, days: float, state_cache: bool = False) -> None:
     ps = PipelineSettings(group_id=f"bench-{uuid.uuid4().hex[:8]}", watermark_lag_s=1.0, catch_up=False)
     policy = build_policy(cfg, ps)
     history = _history(policy, ps, hosts, days, start)
-    last = {}
-    for d in history.decisions:
-        if d["next_scan_at"] is not None:
-            last[d["ip"]] = max(last.get(d["ip"], 0), d["decided_at"])
-        else:
-            last.pop(d["ip"], None)
+    last = _last_decided(history)
     names = {k: f"bench.{k}.{uuid.uuid4().hex[:8]}" for k in ("events", "commands", "state", "dead")}
     admin = admin_client(cfg.kafka)
     admin.create_topics([NewTopic(names["events"], 6, 1), NewTopic(names["commands"], 3, 1),
@@ -180,7 +175,6 @@ def bench_live(cfg, hosts: int, days: float, state_cache: bool = False) -> None:
                 producer.send(names["events"], name, record)
         consumer = make_consumer(cfg.kafka)
         consumer.assign(topic_partitions(consumer, [names["state"]]))
-        seen: dict[str, int] = {}
         log_path = Path(f"/tmp/bench-prism-{uuid.uuid4().hex[:6]}.log")
         with PrismServer(prism_binary(cfg), log_path) as server:
             options = pipeline_options(run_cfg, streaming=True, runner="prism",
@@ -189,26 +183,11 @@ def bench_live(cfg, hosts: int, days: float, state_cache: bool = False) -> None:
             build_live(p, run_cfg, ps, policy)
             t0, cpu0, prism0 = time.perf_counter(), _cpu_self(), _cpu_of(server._proc.pid)
             result = p.run()
-            first = None
             from connectors.avro_codec import default_codec
 
             codec = default_codec()
             try:
-                # IPs whose last decision has not been seen yet (kept up to date per record: this
-                # loop runs in the process whose worker is measured, so it must cost next to nothing)
-                waiting = set(last)
-                while waiting:
-                    for batch in consumer.poll(timeout_ms=200).values():
-                        for r in batch:
-                            first = first or time.perf_counter()
-                            if r.value is not None:
-                                rec = codec.decode(r.value).record
-                                ip = rec["ip"]
-                                seen[ip] = max(seen.get(ip, 0), rec["updated_at"])
-                                if ip in waiting and seen[ip] >= last[ip]:
-                                    waiting.discard(ip)
-                    if time.perf_counter() - t0 > 1800:
-                        raise SystemExit("live benchmark: not done after 30 minutes")
+                first = _wait_for_states(consumer, codec, last, t0)
                 done = time.perf_counter()
                 cpu, prism_cpu = _cpu_self() - cpu0, _cpu_of(server._proc.pid) - prism0
             finally:
@@ -223,6 +202,39 @@ def bench_live(cfg, hosts: int, days: float, state_cache: bool = False) -> None:
     finally:
         admin.delete_topics(list(names.values()))
         admin.close()
+
+
+def _last_decided(history) -> dict[str, int]:
+    """Per IP still scheduled at the end of ``history``, the time of its last decision."""
+    last: dict[str, int] = {}
+    for d in history.decisions:
+        if d["next_scan_at"] is not None:
+            last[d["ip"]] = max(last.get(d["ip"], 0), d["decided_at"])
+        else:
+            last.pop(d["ip"], None)
+    return last
+
+
+def _wait_for_states(consumer, codec, last: dict, t0: float, alive=lambda: True) -> float | None:
+    """Read the state topic until every IP of ``last`` has a state at least that recent (kept up to
+    date per record: this loop may run in the process whose worker is measured, so it must cost next
+    to nothing); returns when the first record came (None if none did)."""
+    first, seen, waiting = None, {}, set(last)
+    while waiting:
+        for batch in consumer.poll(timeout_ms=200).values():
+            for r in batch:
+                first = first or time.perf_counter()
+                if r.value is not None:
+                    rec = codec.decode(r.value).record
+                    ip = rec["ip"]
+                    seen[ip] = max(seen.get(ip, 0), rec["updated_at"])
+                    if ip in waiting and seen[ip] >= last[ip]:
+                        waiting.discard(ip)
+        if time.perf_counter() - t0 > 1800:
+            raise SystemExit("live benchmark: not done after 30 minutes")
+        if not alive():
+            raise SystemExit("live benchmark: a scheduler job's process died")
+    return first
 
 
 def _live_job(cfg, ps, extra: list[str], ready, stop) -> None:
@@ -259,12 +271,7 @@ def bench_live_jobs(cfg, hosts: int, days: float, job_counts: list[int], runs: i
     base = PipelineSettings(watermark_lag_s=1.0, catch_up=False)  # catch_up off: see bench_live
     policy = build_policy(cfg, base)
     history = _history(policy, base, hosts, days, start)
-    last = {}
-    for d in history.decisions:
-        if d["next_scan_at"] is not None:
-            last[d["ip"]] = max(last.get(d["ip"], 0), d["decided_at"])
-        else:
-            last.pop(d["ip"], None)
+    last = _last_decided(history)
     admin = admin_client(cfg.kafka)
     events = f"bench.events.{uuid.uuid4().hex[:8]}"
     admin.create_topics([NewTopic(events, 6, 1)])
@@ -303,22 +310,9 @@ def bench_live_jobs(cfg, hosts: int, days: float, job_counts: list[int], runs: i
                         ready.append(ctx.Event())
                         procs.append(ctx.Process(target=_live_job, args=(run_cfg, ps, extra, ready[-1], stop)))
                         procs[-1].start()
-                    first, seen, waiting = None, {}, set(last)
                     try:
-                        while waiting:
-                            for batch in consumer.poll(timeout_ms=200).values():
-                                for r in batch:
-                                    first = first or time.perf_counter()
-                                    if r.value is not None:
-                                        rec = codec.decode(r.value).record
-                                        ip = rec["ip"]
-                                        seen[ip] = max(seen.get(ip, 0), rec["updated_at"])
-                                        if ip in waiting and seen[ip] >= last[ip]:
-                                            waiting.discard(ip)
-                            if time.perf_counter() - t0 > 1800:
-                                raise SystemExit("live benchmark: not done after 30 minutes")
-                            if not all(p.is_alive() for p in procs):
-                                raise SystemExit("live benchmark: a scheduler job's process died")
+                        first = _wait_for_states(consumer, codec, last, t0,
+                                                 alive=lambda: all(p.is_alive() for p in procs))
                         done = time.perf_counter()
                         cpu = sum(_cpu_of(p.pid) for p in procs)
                         prism_cpu = _cpu_of(server._proc.pid) - prism0
