@@ -73,6 +73,26 @@ def _agent_argv(topics, group: str, agent_id: str, epoch_us: int, *extra: str, b
                         "--set", "commit_interval_s=0.2", *extra)
 
 
+def _wait_acknowledged(kafka, group: str, topics, agent, log, n: int) -> int:
+    """Wait until the agent acknowledged ``n`` commands (it must stay alive); the count."""
+    def progressed():
+        assert agent.poll() is None, log.read_text()[-2000:]
+        done = committed_total(kafka, group, topics.commands)
+        return done >= n and done
+    return wait_for(progressed, timeout_s=300, step_s=0.05)
+
+
+def _wait_all_acknowledged(kafka, group: str, topics, commands, agent, log) -> None:
+    """Wait until every command is acknowledged; on failure, the agent's threads and log."""
+    try:
+        wait_for(lambda: agent.poll() is None and committed_total(kafka, group, topics.commands) == len(commands)
+                 or (agent.poll() is not None and AssertionError(log.read_text()[-3000:])),
+                 timeout_s=240, step_s=0.2)
+    except AssertionError as exc:
+        raise AssertionError(f"{committed_total(kafka, group, topics.commands)} of {len(commands)} commands "
+                             f"acknowledged; the agent's threads and log:\n{stacks(agent, log)}") from exc
+
+
 def _archive_and_count(topics, lake, bootstrap: str | None = None) -> dict[str, int]:
     """Archive the events topic into ``lake`` with the real CLI; rows and distinct keys per table."""
     pre = topics.cli_args() + (["--set", f"kafka.bootstrap_servers={bootstrap}"] if bootstrap else [])
@@ -127,11 +147,7 @@ def test_agent_kill9_mid_run_every_command_done_and_lake_reconciles(kafka, loop_
     # lands between the first and the last acknowledgement.
     first = start(_agent_argv(loop_topics, group, "agent-a", epoch_us, "--set", "max_inflight_commands=1"), log)
     try:
-        def progressed():
-            assert first.poll() is None, log.read_text()[-2000:]
-            n = committed_total(kafka, group, loop_topics.commands)
-            return n >= 20 and n
-        done_before = wait_for(progressed, timeout_s=300, step_s=0.05)
+        done_before = _wait_acknowledged(kafka, group, loop_topics, first, log, 20)
     finally:
         kill9(first)
     at_kill = committed_total(kafka, group, loop_topics.commands)
@@ -310,11 +326,7 @@ def test_broker_kill9_mid_run_agent_carries_on_and_counts_reconcile(second_broke
                               "--set", "stuck_restart_s=150",
                               bootstrap=second_broker.bootstrap, kafka_sets=("request_timeout_ms=10000",)), log)
     try:
-        def progressed():
-            assert agent.poll() is None, log.read_text()[-2000:]
-            n = committed_total(kafka, group, topics.commands)
-            return n >= 20 and n
-        wait_for(progressed, timeout_s=300, step_s=0.05)
+        _wait_acknowledged(kafka, group, topics, agent, log, 20)
         pid = int((second_broker.state / "kafka.pid").read_text())
         at_kill = committed_total(kafka, group, topics.commands)
         os.kill(pid, 9)
@@ -328,13 +340,7 @@ def test_broker_kill9_mid_run_agent_carries_on_and_counts_reconcile(second_broke
         broker_up_s = time.monotonic() - t_up
         assert restarted.returncode == 0, restarted.stdout + restarted.stderr
         assert at_kill < len(commands), "the broker died mid-run"
-        try:
-            wait_for(lambda: agent.poll() is None and committed_total(kafka, group, topics.commands) == len(commands)
-                     or (agent.poll() is not None and AssertionError(log.read_text()[-3000:])),
-                     timeout_s=240, step_s=0.2)
-        except AssertionError as exc:
-            raise AssertionError(f"{committed_total(kafka, group, topics.commands)} of {len(commands)} commands "
-                                 f"acknowledged; the agent's threads and log:\n{stacks(agent, log)}") from exc
+        _wait_all_acknowledged(kafka, group, topics, commands, agent, log)
         recovered_s = time.monotonic() - t_kill
         assert agent.poll() is None, log.read_text()[-3000:]
     finally:
@@ -381,11 +387,7 @@ def test_agent_whose_loop_is_stuck_starts_again_and_loses_nothing(second_broker,
     pid = int((second_broker.state / "kafka.pid").read_text())
     frozen = False
     try:
-        def progressed():
-            assert agent.poll() is None, log.read_text()[-2000:]
-            n = committed_total(kafka, group, topics.commands)
-            return n >= 20 and n
-        wait_for(progressed, timeout_s=300, step_s=0.05)
+        _wait_acknowledged(kafka, group, topics, agent, log, 20)
         os.kill(pid, sig.SIGSTOP)
         frozen = True
         t_freeze = time.monotonic()
@@ -395,13 +397,7 @@ def test_agent_whose_loop_is_stuck_starts_again_and_loses_nothing(second_broker,
         assert agent.poll() is None, log.read_text()[-3000:]
         os.kill(pid, sig.SIGCONT)
         frozen = False
-        try:
-            wait_for(lambda: committed_total(kafka, group, topics.commands) == len(commands)
-                     or (agent.poll() is not None and AssertionError(log.read_text()[-3000:])),
-                     timeout_s=240, step_s=0.2)
-        except AssertionError as exc:
-            raise AssertionError(f"{committed_total(kafka, group, topics.commands)} of {len(commands)} commands "
-                                 f"acknowledged; the agent's threads and log:\n{stacks(agent, log)}") from exc
+        _wait_all_acknowledged(kafka, group, topics, commands, agent, log)
         recovered_s = time.monotonic() - t_freeze
     finally:
         if frozen:
