@@ -26,6 +26,10 @@ def _fail(message: str, code: int = 2) -> None:
                    "Default: 20 on the sim world; on a real network the fastest clock the scans fit in, "
                    "worked out from the address count, port sets and agent rates (printed at the start).")
 @click.option("--agents", type=int, default=2, show_default=True, help="Agent processes.")
+@click.option("--scheduler-jobs", type=int, default=1, show_default=True,
+              help="Scheduler jobs on the one Prism, each owning an equal share of the events partitions "
+                   "(pipeline.partitions j/n): one Python worker per job, so more than one core. At most the "
+                   "events topic's partitions.")
 @click.option("--backend", type=click.Choice(["sim", "connect", "masscan"]), default="sim", show_default=True,
               help="sim: synthetic world, no packets. connect: real TCP connects to --allow only. masscan: "
                    "SYN discovery with masscan (root; --set agent.masscan_interface=... "
@@ -60,7 +64,7 @@ def _fail(message: str, code: int = 2) -> None:
 @click.option("--dashboard-port", type=click.IntRange(0, 65535), default=0, show_default=True,
               help="Port of the dashboard on 127.0.0.1 (0: a free one).")
 @pass_ctx
-def run(obj: CliContext, ips, days, day_seconds, agents, backend, allow, policy_name, no_first_pass, contact, rate, seed,
+def run(obj: CliContext, ips, days, day_seconds, agents, scheduler_jobs, backend, allow, policy_name, no_first_pass, contact, rate, seed,
         run_dir, lake_dir, report_dir, no_report, keep_topics, skip_kafka_up, dashboard, dashboard_port) -> None:
     """The whole loop: Kafka up, the run's topics, the scheduler on Prism, sim agents scanning a
     synthetic internet in accelerated virtual time, the Parquet lake; a progress line while it runs;
@@ -84,6 +88,8 @@ def run(obj: CliContext, ips, days, day_seconds, agents, backend, allow, policy_
         _fail(f"--agents {agents}: give 1..64 agent processes, e.g. --agents 2")
     if rate < 0:
         _fail(f"--rate {rate}: give a positive packets/s cap, e.g. --rate 1000")
+    if scheduler_jobs != 1:
+        _check_scheduler_jobs(obj.settings, scheduler_jobs)
     if backend == "sim" and allow:
         _fail("--allow applies to --backend connect or masscan; the sim world is 10.0.0.0 + --ips addresses")
     if backend != "sim":
@@ -116,7 +122,7 @@ def run(obj: CliContext, ips, days, day_seconds, agents, backend, allow, policy_
                     day_seconds=day_seconds or 20.0, agents=agents, backend=backend, allow=tuple(allow), seed=seed,
                     rate=rate, contact=contact, keep_topics=keep_topics, report=not no_report,
                     cli_args=tuple(cli_args), config_file=root.params.get("config_file"),
-                    set_items=tuple(set_items), first_pass=not no_first_pass)
+                    set_items=tuple(set_items), first_pass=not no_first_pass, scheduler_jobs=scheduler_jobs)
     clock_line = ""
     if backend != "sim":
         from scanflow.loop.spec import plan_real_clock
@@ -142,8 +148,9 @@ def run(obj: CliContext, ips, days, day_seconds, agents, backend, allow, policy_
 
     what = (f"{ips:,} synthetic IPs (sim backend, no packets)" if backend == "sim"
             else f"allowlist {', '.join(allow)} ({backend} backend, real probes)")
+    jobs = f", {scheduler_jobs} scheduler jobs" if scheduler_jobs > 1 else ""
     click.echo(f"scanflow run {spec.run_id}: {what}; {settings.policy.name} policy; {days:g} virtual days at "
-               f"{day_seconds:g} s/day (~{days * day_seconds:.0f} s), {agents} agent(s); run dir {spec.run_dir}")
+               f"{day_seconds:g} s/day (~{days * day_seconds:.0f} s), {agents} agent(s){jobs}; run dir {spec.run_dir}")
     if clock_line:
         click.echo(clock_line)
     started = time.monotonic()
@@ -183,6 +190,20 @@ def run(obj: CliContext, ips, days, day_seconds, agents, backend, allow, policy_
         click.echo(f"dashboard: {loop.dashboard_url} (still serving this run's lake)")
     if result.interrupted:
         sys.exit(130)
+
+
+def _check_scheduler_jobs(settings, jobs: int) -> None:
+    """``--scheduler-jobs``: 1..the run's events partitions (each job must own at least one)."""
+    from connectors.kafka_admin import load_topic_specs
+    from scanflow.config import ConfigError
+
+    try:
+        events = next(t for t in load_topic_specs(settings.topics) if t.logical == "events")
+    except ConfigError as exc:
+        _fail(str(exc))
+    if not 1 <= jobs <= events.partitions:
+        _fail(f"--scheduler-jobs {jobs}: give 1..{events.partitions} (the events topic's partitions in "
+              f"{settings.topics.file}), e.g. --scheduler-jobs 2")
 
 
 COMMANDS = [run]

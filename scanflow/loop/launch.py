@@ -2,7 +2,8 @@
 
 - ``prism``: one Prism job server (the binary built by ``scanflow infra prism``);
 - ``scheduler``: :mod:`scanflow.loop.scheduler`, the live Beam scheduler submitted to that Prism,
-  writing observations and decisions to the run's lake;
+  writing observations and decisions to the run's lake (``scheduler-<j>``: job ``j`` of several,
+  each owning a share of the events partitions, ``scanflow run --scheduler-jobs``);
 - ``agent-<k>``: ``scanflow agent`` processes in one consumer group on the run's commands topic;
 
 and after the virtual period ``scanflow lake archive`` (the events topic into the lake) and
@@ -55,26 +56,41 @@ def start_prism(children: Children, settings) -> str:
     raise LoopError(f"prism did not listen on 127.0.0.1:{port} within 60 s; see {proc.log_path}")
 
 
+def scheduler_names(jobs: int) -> list[str]:
+    """The scheduler children's names: ``scheduler`` alone, or ``scheduler-0`` .. ``scheduler-<n-1>``."""
+    return ["scheduler"] if jobs <= 1 else [f"scheduler-{j}" for j in range(jobs)]
+
+
 def start_scheduler(children: Children, spec: LoopSpec, topics: RunTopics, endpoint: str, start: float) -> None:
-    """Submit the scheduler and wait until its job runs (the port sets are written by then)."""
-    ready = spec.run_dir / "scheduler.ready"
-    ready.unlink(missing_ok=True)
-    doc = {"config_file": spec.config_file, "set": list(spec.set_items),
-           "topics": topics.names, "scale": spec.scale, "start": start,
-           "sweep_ranges": spec.scan_networks(), "sweep_prefix": spec.sweep_prefix(),
-           "group_id": topics.scheduler_group, "lake_dir": str(spec.lake_dir),
-           "portset_dir": str(spec.run_dir / "portsets"), "job_endpoint": endpoint,
-           "ready_file": str(ready), "first_pass": spec.first_pass,
-           "first_pass_window_s": spec.first_pass_window_s}
-    path = spec.run_dir / "scheduler.json"
-    path.write_text(json.dumps(doc, indent=2))
-    proc = children.spawn("scheduler", [sys.executable, "-m", "scanflow.loop.scheduler", str(path)])
-    deadline = time.monotonic() + 180
-    while not ready.exists():
-        children.check_alive()
-        if time.monotonic() > deadline:
-            raise LoopError(f"the scheduler did not start within 180 s; see {proc.log_path}")
-        time.sleep(0.2)
+    """Submit the scheduler and wait until its job runs (the port sets are written by then).
+
+    With ``spec.scheduler_jobs`` > 1, that many jobs on the same Prism, job ``j`` owning the events
+    partitions ``j/n`` (:mod:`pipelines.partitions`): its addresses' rounds and states, its share of
+    the sweep blocks, one consumer group committing each partition once. Each job has its spec,
+    ready file and log under its own name (:func:`scheduler_names`)."""
+    names = scheduler_names(spec.scheduler_jobs)
+    waiting = []
+    for j, name in enumerate(names):
+        ready = spec.run_dir / f"{name}.ready"
+        ready.unlink(missing_ok=True)
+        doc = {"config_file": spec.config_file, "set": list(spec.set_items),
+               "topics": topics.names, "scale": spec.scale, "start": start,
+               "sweep_ranges": spec.scan_networks(), "sweep_prefix": spec.sweep_prefix(),
+               "group_id": topics.scheduler_group, "lake_dir": str(spec.lake_dir),
+               "portset_dir": str(spec.run_dir / "portsets"), "job_endpoint": endpoint,
+               "ready_file": str(ready), "first_pass": spec.first_pass,
+               "first_pass_window_s": spec.first_pass_window_s,
+               "partitions": f"{j}/{len(names)}" if len(names) > 1 else ""}
+        path = spec.run_dir / f"{name}.json"
+        path.write_text(json.dumps(doc, indent=2))
+        waiting.append((ready, children.spawn(name, [sys.executable, "-m", "scanflow.loop.scheduler", str(path)])))
+    deadline = time.monotonic() + 180 * len(names)
+    for ready, proc in waiting:
+        while not ready.exists():
+            children.check_alive()
+            if time.monotonic() > deadline:
+                raise LoopError(f"the scheduler did not start within {180 * len(names)} s; see {proc.log_path}")
+            time.sleep(0.2)
 
 
 def start_agents(children: Children, spec: LoopSpec, topics: RunTopics, epoch_us: int) -> None:

@@ -19,7 +19,7 @@ from typing import Callable
 
 from connectors.lake_meta import RunMeta, write_run_meta
 from scanflow.loop.launch import (archive_command, archive_events, scrape_agent, start_agents, start_prism,
-                                  start_scheduler, write_report)
+                                  scheduler_names, start_scheduler, write_report)
 from scanflow.loop.processes import Children, Proc, sigterm_interrupts
 from scanflow.loop.progress import Progress, ProgressMeter
 from scanflow.loop.spec import LoopError, LoopSpec
@@ -130,7 +130,8 @@ class Loop:
         start_agents(self.children, spec, self.topics, int(start) * 1_000_000)
         self.topics.wait_for_agents(spec.agents, self.children.check_alive, self.echo)
         start = float(int(time.time())) if not spec.sim else start
-        self.echo(f"[5/7] scheduler on Prism ({endpoint}) ...")
+        jobs = f"{spec.scheduler_jobs} scheduler jobs" if spec.scheduler_jobs > 1 else "scheduler"
+        self.echo(f"[5/7] {jobs} on Prism ({endpoint}) ...")
         start_scheduler(self.children, spec, self.topics, endpoint, start)
         return start
 
@@ -185,9 +186,9 @@ class Loop:
             self.echo(f"run: warning: could not write {spec.lake_dir / '_run.json'}: {exc}")
 
     def _scheduler_metrics_url(self) -> str:
-        """The scheduler's Prometheus endpoint, as its ready file names it ("" if none)."""
+        """The (first) scheduler job's Prometheus endpoint, as its ready file names it ("" if none)."""
         try:
-            text = (self.spec.run_dir / "scheduler.ready").read_text()
+            text = (self.spec.run_dir / f"{scheduler_names(self.spec.scheduler_jobs)[0]}.ready").read_text()
         except OSError:
             return ""
         return next((line.split(" ", 1)[1].strip() for line in text.splitlines() if line.startswith("metrics ")), "")

@@ -68,7 +68,8 @@ def child_env() -> dict[str, str]:
 
 
 class Children:
-    """The run's child processes (``prism``, ``scheduler``, ``agent-<k>``), in the order started.
+    """The run's child processes (``prism``, ``scheduler`` or ``scheduler-<j>``, ``agent-<k>``), in the
+    order started.
 
     ``announce_stop`` is called when the orderly stop begins; ``drain_scheduler`` waits (bounded)
     until the scheduler has read the last events, before it is stopped."""
@@ -151,8 +152,8 @@ class Children:
                 p.popen.send_signal(signal.SIGTERM)
         for p in agents:
             p.stop(60)
-        scheduler = [p for p in self.procs if p.name == "scheduler"]
-        if scheduler and scheduler[0].alive():
+        scheduler = [p for p in self.procs if p.name == "scheduler" or p.name.startswith("scheduler-")]
+        if any(p.alive() for p in scheduler):
             try:
                 self.drain_scheduler()
             except Exception:  # noqa: BLE001 - draining is a courtesy; stopping must go on

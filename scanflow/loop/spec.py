@@ -44,6 +44,8 @@ class LoopSpec:
     #: spread over ``first_pass_window_s`` wall seconds (see :mod:`scanflow.loop.clock`).
     first_pass: bool = True
     first_pass_window_s: float = 0.0
+    #: Scheduler jobs splitting the events partitions (``pipeline.partitions`` ``j/n``); 1: one job.
+    scheduler_jobs: int = 1
     run_id: str = field(default_factory=lambda: time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6])
     #: Global CLI arguments (``--config``, ``--set``) handed on to every child ``scanflow``.
     cli_args: tuple[str, ...] = ()

@@ -14,6 +14,7 @@ import sys
 import pytest
 
 from connectors.duckdb_catalog import Catalog
+from connectors.kafka_io import partition_for
 from scanflow.config import REPO_ROOT
 
 
@@ -71,12 +72,56 @@ def test_main_job_runs_the_loop_and_reports(kafka, prism_binary, tmp_path):
     assert "scheduler: CANCELLED" in (run_dir / "logs" / "scheduler.log").read_text()
 
 
+def test_main_job_on_two_scheduler_jobs_splits_the_partitions_and_decides_each_round_once(kafka, prism_binary,
+                                                                                         tmp_path):
+    """``--scheduler-jobs 2``: two jobs on the one Prism, job j owning the events partitions j/2. Each
+    job says which partitions it owns; together they own all 12, none twice. Every round is decided
+    once (no decision id twice in the lake), and each /24 block gets its first pass once and its light
+    sweeps at one job's cadence (each block is swept by the one job owning its key)."""
+    import re
+
+    run_dir, lake = tmp_path / "run", tmp_path / "lake"
+    out = _scanflow(kafka, "run", "--ips", "500", "--days", "2", "--day-seconds", "15", "--agents", "1",
+                    "--scheduler-jobs", "2", "--skip-kafka-up", "--no-report", "--run-dir", str(run_dir),
+                    "--lake", str(lake), timeout=420)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "2 scheduler jobs" in out.stdout and "scanflow run: done" in out.stdout
+
+    owned: list[list[int]] = []
+    for j in (0, 1):
+        log = (run_dir / "logs" / f"scheduler-{j}.log").read_text()
+        assert "scheduler: CANCELLED" in log
+        m = re.search(r"scheduler job of partitions \[([\d, ]+)\] of 12 of ", log)
+        assert m, log[-2000:]
+        owned.append([int(x) for x in m.group(1).split(",")])
+    assert owned == [list(range(0, 12, 2)), list(range(1, 12, 2))]
+    assert not (run_dir / "logs" / "scheduler.log").exists()
+
+    with Catalog(lake) as cat:
+        dec = cat.sql("SELECT count(*) AS n, count(DISTINCT decision_id) AS ids FROM decisions").to_pylist()[0]
+        decided = [r["ip"] for r in cat.sql("SELECT DISTINCT ip FROM decisions").to_pylist()]
+        sweeps = {(r["target"], r["ps"]): r["n"] for r in cat.sql(
+            "SELECT target, port_set_name AS ps, count(*) AS n FROM scans WHERE contains(target, '/') "
+            "GROUP BY ALL").to_pylist()}
+    assert dec["n"] > 0 and dec["n"] == dec["ids"], dec
+    # both jobs decided: the decided addresses fall in both shares of the events partitions
+    shares = {partition_for(ip.encode(), 12) % 2 for ip in decided}
+    assert shares == {0, 1}, (len(decided), shares)
+    # one first pass per block, and light sweeps at one job's cadence (every 12 virtual hours: at most
+    # 5 in 2 days); a block swept by both jobs would show each twice
+    blocks = ("10.0.0.0/24", "10.0.1.0/24")
+    assert {b: sweeps.get((b, "provisional-standard")) for b in blocks} == dict.fromkeys(blocks, 1), sweeps
+    assert all(1 <= sweeps.get((b, "light"), 0) <= 5 for b in blocks), sweeps
+
+
 @pytest.mark.parametrize("args, fix", [
     (["--backend", "connect"], "--allow"),
     (["--backend", "connect", "--allow", "127.0.0.1/8"], "zero host bits"),
     (["--allow", "127.0.0.1/32"], "--backend connect"),
     (["--ips", "0"], "--ips 20000"),
     (["--days", "-1"], "--days 7"),
+    (["--scheduler-jobs", "13"], "--scheduler-jobs 2"),
+    (["--scheduler-jobs", "0"], "1..12"),
 ])
 def test_bad_input_is_one_line_naming_the_fix(args, fix):
     out = subprocess.run([sys.executable, "-m", "scanflow", "run", *args], cwd=REPO_ROOT,
