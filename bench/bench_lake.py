@@ -216,7 +216,7 @@ def generate(out: Path, rows: int, seed: int, days: int = 14) -> dict[str, int]:
         writer.write_arrow("scans", scans_table(ids_with_prefix(f"w{j}", blocks), block_targets, "EFFICIENT",
                                                 t_block, t_block + HOUR_US // 2, "silent", 500, 250, 250 * 500 * 40))
         counts["scans"] += len(blocks)
-    files = writer.flush()
+    writer.flush()
     counts["files"] = len(writer.finalized)
     counts["hosts"] = hosts
     return counts

@@ -94,7 +94,7 @@ def plan_clock(costs: ScanCosts, pace: AgentPace, *, shortest_interval_h: float,
         "the minimum": MIN_DAY_S,
         f"{margin:g} classification scans per {shortest_interval_h:g} h rescan": margin * classify * 24 / shortest_interval_h,
         f"{margin:g} sweeps per {sweep_interval_h:g} h sweep period": margin * sweep * 24 / sweep_interval_h,
-        f"the first pass within one sweep period": margin * first * 24 / sweep_interval_h,
+        "the first pass within one sweep period": margin * first * 24 / sweep_interval_h,
     }
     reason, day = max(needs.items(), key=lambda kv: kv[1])
     return ClockPlan(round(day, 1), first, sweep, classify, rate, f"set by {reason}")
