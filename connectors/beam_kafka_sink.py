@@ -145,8 +145,12 @@ class _WriteFn(beam.DoFn):
             except KafkaError as exc:
                 error = exc
             if not _outage(error):
+                # A producer that aborted its batches fails again on close; drop it here so that the
+                # bundle's error is this one (teardown has nothing left to raise).
+                self._drop_producer()
                 raise RuntimeError(f"{len(pending)} record(s) to {self._topic} were not acknowledged: {error!r}")
             if time.monotonic() >= deadline:
+                self._drop_producer()
                 raise RuntimeError(f"{len(pending)} record(s) to {self._topic} were not acknowledged within "
                                    f"{self._outage_s:.0f} s: {error!r}")
             attempt += 1
@@ -168,8 +172,14 @@ class _WriteFn(beam.DoFn):
             self._producer = None
 
     def teardown(self):
+        # Never raises: a teardown error would replace the error of the bundle that failed (the one
+        # that says which records were not acknowledged); what is unsent here was never acknowledged,
+        # so its bundle did not complete and its input is read again.
         if self._producer is not None:
-            self._producer.close()
+            try:
+                self._producer.close()
+            except Exception as exc:  # noqa: BLE001 - reported, not raised (see above)
+                log.warning("write to %s: closing the producer failed: %r", self._topic, exc)
             self._producer = None
 
 
