@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import uuid
 from pathlib import Path
 
 from scanflow.config import ConfigError, resolve_path
@@ -227,9 +229,15 @@ def publish_port_sets(policy, directory: Path) -> list[Path]:
                                  "new version")
             written.append(path)
             continue
-        tmp = path.with_suffix(".json.tmp")
-        ps.write(tmp)
-        tmp.replace(path)  # agents never read a half-written file
+        # A temporary file of this writer's own: several scheduler jobs of one run publish the same
+        # sets into one directory at the same moment (a shared name let one job move the other's
+        # file away). Agents never read a half-written file; the last rename wins with equal content.
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            ps.write(tmp)
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
         written.append(path)
     return written
 

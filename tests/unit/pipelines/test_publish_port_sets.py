@@ -46,3 +46,32 @@ def test_every_set_of_the_adaptive_policy_is_published_and_resolved_by_an_agent(
     catalog = PortSetCatalog(published_dir(settings))
     for ps in (*named, policy.initial_ports, policy.port_sets.silent):
         assert catalog.resolve(ps.to_record()) == ps.sorted, ps.ref
+
+
+def test_several_jobs_publishing_into_one_directory_at_once_all_succeed(tmp_path):
+    """The jobs of ``scanflow run --scheduler-jobs N`` start together and publish the same sets into
+    the run's directory at the same moment (a shared temporary name made one job's rename fail: a
+    clean-clone run saw it). Threads stand in for the jobs here; each round starts them on a barrier."""
+    import threading
+
+    settings = dataclasses.replace(Settings(), infra=InfraSettings(state_dir=str(tmp_path / "state")))
+    policy = build_policy(settings, PipelineSettings())
+    for round_ in range(5):
+        where = tmp_path / f"round-{round_}"
+        barrier, errors, results = threading.Barrier(4), [], []
+
+        def publish():
+            barrier.wait()
+            try:
+                results.append(publish_port_sets(policy, where))
+            except Exception as exc:  # noqa: BLE001 - collected and asserted on below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=publish) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert len(results) == 4 and all(r == results[0] for r in results)
+        assert sorted(p.name for p in where.iterdir()) == sorted(p.name for p in results[0])   # no leftovers
