@@ -184,17 +184,24 @@ def _stale_empty_assignment(kafka: KafkaSettings, group: str, topic: str, consum
         return False
     # The broker's view through a client of its own: the group's consumer may be the one whose
     # metadata lacks the topic (then its join saw no partition, and no later change shows one).
-    probe = make_consumer(kafka)
-    admin = admin_client(kafka)
+    # Both clients are made inside the try: with the broker away, making one fails (bootstrap
+    # timeout), and that must not end the agent (a clean-clone run saw it exit on a broker kill).
+    probe = admin = None
     try:
+        probe = make_consumer(kafka)
+        admin = admin_client(kafka)
         partitions = topic_partitions(probe, [topic], 5.0)
         info = admin.describe_groups([group]).get(group) or {}
     except Exception as exc:  # noqa: BLE001 - a check that cannot run decides nothing
         log.info("could not check the empty assignment (%s: %s)", type(exc).__name__, exc)
         return False
     finally:
-        probe.close()
-        admin.close()
+        for client in (probe, admin):
+            if client is not None:
+                try:
+                    client.close()
+                except Exception:  # noqa: BLE001 - closing a probe never decides anything
+                    pass
     members = info.get("members") or []
     state = info.get("group_state") or info.get("state")
     log.info("no partition assigned: group %s is %s with %d member(s), %s has %d partition(s), this "

@@ -105,3 +105,34 @@ def test_a_position_the_broker_did_not_give_in_time_makes_the_backlog_unknown_no
 
     assert _lag(LagConsumer({"p0": None}, {"p0": 9})) is None
     assert _lag(LagConsumer({}, {})) == 0
+
+
+def test_the_empty_assignment_check_with_the_broker_away_decides_nothing_and_never_raises(monkeypatch):
+    """With the broker killed, making the check's own clients fails (bootstrap timeout): the check
+    says "not stale" and the agent goes on (a clean-clone run saw the agent exit here instead)."""
+    from kafka.errors import KafkaTimeoutError
+
+    import connectors.kafka_admin
+    import connectors.kafka_io
+    from probe_agent.group import _stale_empty_assignment
+
+    class NoPartitions:
+        def assignment(self):
+            return set()
+
+    def unreachable(kafka, **kw):
+        raise KafkaTimeoutError("Unable to bootstrap from ['127.0.0.1:1']")
+
+    closed = []
+
+    class Probe:
+        def close(self, **kw):
+            closed.append("probe")
+
+    monkeypatch.setattr(connectors.kafka_io, "make_consumer", unreachable)
+    assert _stale_empty_assignment(None, "g", "commands", NoPartitions()) is False
+    # the first client made, the second not: the first is closed, nothing raised
+    monkeypatch.setattr(connectors.kafka_io, "make_consumer", lambda kafka, **kw: Probe())
+    monkeypatch.setattr(connectors.kafka_admin, "admin_client", unreachable)
+    assert _stale_empty_assignment(None, "g", "commands", NoPartitions()) is False
+    assert closed == ["probe"]
