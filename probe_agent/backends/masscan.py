@@ -11,6 +11,15 @@ Two phases, like ZMap + ZGrab2:
    answers), every open port gets one connect-and-grab through the core's rate caps; a banner becomes
    a BANNER event.
 
+masscan's own receive side is not relied on alone: on the testbed it missed SYN-ACKs that were on the
+wire (0 to 20 of 36 open ports of single-address scans, more the busier the machine; the answers to a
+small scan's first SYNs can arrive before its receive thread listens). The backend opens a packet
+socket of its own (:class:`SynAckTap`) *before* masscan starts, with a kernel filter passing only
+SYN-ACKs to masscan's source port on the adapter address, and reports each one from a target and port
+of the chunk once, whichever of the two saw it first (masscan checks its SYN cookie as well; the tap
+accepts what answers the chunk's addresses and ports at masscan's source port, a port no other socket
+of this host uses).
+
 masscan's own ``--banners`` mode is not used: it needs a firewalled source port and hung in tests
 here. masscan 1.3.2 also does not always exit after ``--wait`` when nothing more arrives (its receive
 thread blocks), so the backend runs it line-buffered (``stdbuf -oL``: every result is out as soon as it
@@ -37,6 +46,7 @@ import signal
 import socket
 import struct
 import tempfile
+import time
 
 from probe_agent.backends import AddressChunk, Backend, BackendError, Job, ProbeResult, ProbeStatus
 from probe_agent.backends.connect import ConnectGrabber
@@ -129,6 +139,82 @@ class WireCounter:
         self._socks.clear()
 
 
+_ALU_AND_K = 0x54
+
+
+def _synack_to(ip: str, port: int) -> bytes:
+    """A classic BPF program accepting the IPv4 TCP SYN-ACKs (SYN and ACK set, RST not) sent to
+    ``ip:port``, the first 128 bytes of each (Ethernet, IP and TCP headers)."""
+    addr = struct.unpack("!I", socket.inet_aton(ip))[0]
+    drop = 15   # index of the last instruction; a jump's offset counts from the next one
+    prog = [
+        (_LDH_ABS, 0, 0, 12), (_JEQ, 0, drop - 2, 0x0800),          # IPv4
+        (_LDW_ABS, 0, 0, 30), (_JEQ, 0, drop - 4, addr),            # to the adapter address
+        (_LDB_ABS, 0, 0, 23), (_JEQ, 0, drop - 6, 6),               # TCP
+        (_LDH_ABS, 0, 0, 20), (_JSET, drop - 8, 0, 0x1FFF),         # first fragment
+        (_LDX_MSH, 0, 0, 14), (_LDH_IND, 0, 0, 16),                 # X = IP header length; dest port
+        (_JEQ, 0, drop - 11, port),
+        (_LDB_IND, 0, 0, 27), (_ALU_AND_K, 0, 0, 0x16),             # TCP flags & (SYN | RST | ACK)
+        (_JEQ, 0, drop - 14, 0x12),                                 # SYN | ACK
+        (_RET, 0, 0, 128),
+        (_RET, 0, 0, 0),
+    ]
+    assert len(prog) == drop + 1
+    return b"".join(struct.pack("HBBI", *ins) for ins in prog)
+
+
+def parse_synack(frame: bytes) -> tuple[str, int, int] | None:
+    """(source address, source port, TTL) of an Ethernet + IPv4 + TCP frame, or None if short."""
+    if len(frame) < 14 + 20:
+        return None
+    ihl = (frame[14] & 0x0F) * 4
+    if ihl < 20 or len(frame) < 14 + ihl + 4:
+        return None
+    ip = socket.inet_ntoa(frame[26:30])
+    port = struct.unpack("!H", frame[14 + ihl:14 + ihl + 2])[0]
+    return ip, port, frame[22]
+
+
+class SynAckTap:
+    """The SYN-ACKs that reach ``iface`` for ``ip:port`` (masscan's adapter address and source port),
+    read from a packet socket with a kernel filter, opened before masscan sends its first SYN."""
+
+    def __init__(self, iface: str, ip: str, port: int):
+        import ctypes
+
+        self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(_ETH_P_ALL))
+        try:
+            code = _synack_to(ip, port)
+            self._buf = ctypes.create_string_buffer(code)
+            fprog = struct.pack("HL", len(code) // 8, ctypes.addressof(self._buf))
+            self._sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            self._sock.bind((iface, _ETH_P_ALL))
+            self._sock.setblocking(False)
+            self.drain()   # what passed before bind() (other interfaces) is not ours
+        except OSError:
+            self._sock.close()
+            raise
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def drain(self) -> list[tuple[str, int, int]]:
+        """Every SYN-ACK queued since the last call: (address, port, TTL)."""
+        out = []
+        while True:
+            try:
+                frame = self._sock.recv(128)
+            except (BlockingIOError, InterruptedError):
+                return out
+            got = parse_synack(frame)
+            if got is not None:
+                out.append(got)
+
+    def close(self) -> None:
+        self._sock.close()
+
+
 def source_port(pid: int | None = None) -> int:
     """masscan's source port: above the kernel's ephemeral range (so no connection of this host,
     e.g. a banner grab, ever has it), and distinct between the agents of one host (by process id)."""
@@ -177,6 +263,7 @@ class MasscanBackend(Backend):
         self.adapter_ip = settings.masscan_adapter_ip
         self._kernel_answers = True
         self._warned = False
+        self._warned_tap = False
         #: masscan's source port (``--source-port``): its frames, and the kernel's RSTs, are counted by it.
         self.source_port = source_port()
         self.runs = 0
@@ -252,9 +339,40 @@ class MasscanBackend(Backend):
             log.info("masscan: %d addresses x %d ports at %d pps", chunk.addresses, len(chunk.ports),
                      int(job.rate_pps))
             counter = self._counter()
-            proc = await asyncio.create_subprocess_exec(
-                *cmd, cwd=tmp, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                start_new_session=True)
+            tap = self._tap()
+            ports = set(chunk.ports)
+            seen: set[tuple[str, int]] = set()
+
+            def found(ip: str, port: int, ttl, timestamp_us: int) -> None:
+                """One open port, reported once per chunk whether masscan or the tap saw it first."""
+                if (ip, port) in seen:
+                    return
+                seen.add((ip, port))
+                opened.append((ip, port))
+                job.report(ProbeResult(ip, port, ProbeStatus.OPEN, kind="SYN_ACK", ttl=ttl,
+                                       packets=0, bytes=0, timestamp_us=timestamp_us))
+                task = asyncio.create_task(grab(ip, port))
+                grabs.add(task)
+                task.add_done_callback(grabs.discard)
+
+            def tapped() -> None:
+                now_us = int(time.time() * 1_000_000)
+                for ip, port, ttl in tap.drain():
+                    value = struct.unpack("!I", socket.inet_aton(ip))[0]
+                    if port in ports and any(lo <= value <= hi for lo, hi in chunk.ranges):
+                        found(ip, port, ttl, now_us)
+
+            loop = asyncio.get_running_loop()
+            # The tap is open (and queueing) before masscan starts; it is read from the loop below.
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *cmd, cwd=tmp, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                    start_new_session=True)
+            except BaseException:
+                for sock in (tap, counter):
+                    if sock is not None:
+                        sock.close()
+                raise
             self.runs += 1
 
             async def grab(ip: str, port: int) -> None:
@@ -272,6 +390,8 @@ class MasscanBackend(Backend):
                     try:
                         rec = json.loads(line)
                     except ValueError:
+                        if line.strip():
+                            log.warning("masscan: output line not understood, skipped: %r", line[:200])
                         continue
                     data = rec.get("data") or {}
                     if rec.get("rec_type") != "status":
@@ -282,13 +402,7 @@ class MasscanBackend(Backend):
                         continue
                     if data.get("status") != "open":
                         continue
-                    opened.append((ip, port))
-                    job.report(ProbeResult(ip, port, ProbeStatus.OPEN, kind="SYN_ACK", ttl=data.get("ttl"),
-                                           packets=0, bytes=0, timestamp_us=int(rec.get("timestamp", 0)) * 1_000_000
-                                           or job.start_us))
-                    task = asyncio.create_task(grab(ip, port))
-                    grabs.add(task)
-                    task.add_done_callback(grabs.discard)
+                    found(ip, port, data.get("ttl"), int(rec.get("timestamp", 0)) * 1_000_000 or job.start_us)
 
             async def watch_progress() -> None:
                 buf = b""
@@ -319,14 +433,22 @@ class MasscanBackend(Backend):
                             _signal(proc, signal.SIGKILL)
                         return
 
+            if tap is not None:
+                loop.add_reader(tap.fileno(), tapped)
             try:
                 await asyncio.gather(read_results(), watch_progress())
                 await proc.wait()
             except asyncio.CancelledError:
                 _signal(proc, signal.SIGKILL)
                 raise
+            else:
+                if tap is not None:
+                    tapped()                # what arrived up to masscan's end
             finally:
                 tx_done.set()
+                if tap is not None:
+                    loop.remove_reader(tap.fileno())
+                    tap.close()
             if proc.returncode not in (0, -signal.SIGTERM, -signal.SIGKILL) and not opened:
                 log.warning("masscan exited with %s", proc.returncode)
             wire = None
@@ -336,6 +458,16 @@ class MasscanBackend(Backend):
             if grabs:
                 await asyncio.gather(*grabs)
         self._account(job, chunk, opened, closed, wire)
+
+    def _tap(self) -> "SynAckTap | None":
+        try:
+            return SynAckTap(self.settings.masscan_interface, self.adapter_ip, self.source_port)
+        except OSError as exc:
+            if not self._warned_tap:
+                log.warning("masscan: cannot read SYN-ACKs on the wire (%s); relying on masscan's own "
+                            "receive side, which can miss the first answers of a small scan", exc)
+                self._warned_tap = True
+            return None
 
     def _counter(self) -> "WireCounter | None":
         try:
