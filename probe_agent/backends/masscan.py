@@ -78,25 +78,37 @@ _JEQ, _JSET, _RET = 0x15, 0x45, 0x06
 _SO_ATTACH_FILTER, _SOL_PACKET, _PACKET_STATISTICS, _ETH_P_ALL = 26, 263, 6, 0x0003
 
 
+def _tcp_header_checks(ip: str, from_ip: bool, port: int, drop: int) -> list[tuple[int, int, int, int]]:
+    """The first instructions of both filters: an IPv4 TCP first fragment from (``from_ip``) or to
+    ``ip``, then its source (or destination) port equal to ``port``; a failed check jumps to ``drop``
+    (the index of the program's last instruction, its "drop")."""
+    addr = struct.unpack("!I", socket.inet_aton(ip))[0]
+    return [
+        (_LDH_ABS, 0, 0, 12), (_JEQ, 0, drop - 2, 0x0800),                  # IPv4
+        (_LDW_ABS, 0, 0, 26 if from_ip else 30), (_JEQ, 0, drop - 4, addr),  # from / to the adapter address
+        (_LDB_ABS, 0, 0, 23), (_JEQ, 0, drop - 6, 6),                       # TCP
+        (_LDH_ABS, 0, 0, 20), (_JSET, drop - 8, 0, 0x1FFF),                 # first fragment
+        (_LDX_MSH, 0, 0, 14), (_LDH_IND, 0, 0, 14 if from_ip else 16),      # X = IP header length; the port
+        (_JEQ, 0, drop - 11, port),
+    ]
+
+
+def _program(prog: list[tuple[int, int, int, int]]) -> bytes:
+    return b"".join(struct.pack("HBBI", *ins) for ins in prog)
+
+
 def _tcp_from(ip: str, port: int, syn_only: bool) -> bytes:
     """A classic BPF program accepting the IPv4 TCP frames from ``ip:port`` (only pure SYNs when
     ``syn_only``); everything else is dropped before it reaches the socket."""
-    addr = struct.unpack("!I", socket.inet_aton(ip))[0]
     drop = 14
-    prog = [
-        (_LDH_ABS, 0, 0, 12), (_JEQ, 0, drop - 2, 0x0800),          # IPv4
-        (_LDW_ABS, 0, 0, 26), (_JEQ, 0, drop - 4, addr),            # from the adapter address
-        (_LDB_ABS, 0, 0, 23), (_JEQ, 0, drop - 6, 6),               # TCP
-        (_LDH_ABS, 0, 0, 20), (_JSET, drop - 8, 0, 0x1FFF),         # first fragment
-        (_LDX_MSH, 0, 0, 14), (_LDH_IND, 0, 0, 14),                 # X = IP header length; source port
-        (_JEQ, 0, drop - 11, port),
+    prog = _tcp_header_checks(ip, True, port, drop) + [
         (_LDB_IND, 0, 0, 27),                                       # TCP flags
         (_JEQ, 0, drop - 13, 0x02) if syn_only else (_JEQ, 0, 0, 0),
         (_RET, 0, 0, 64),
         (_RET, 0, 0, 0),
     ]
     assert len(prog) == drop + 1
-    return b"".join(struct.pack("HBBI", *ins) for ins in prog)
+    return _program(prog)
 
 
 class WireCounter:
@@ -145,22 +157,15 @@ _ALU_AND_K = 0x54
 def _synack_to(ip: str, port: int) -> bytes:
     """A classic BPF program accepting the IPv4 TCP SYN-ACKs (SYN and ACK set, RST not) sent to
     ``ip:port``, the first 128 bytes of each (Ethernet, IP and TCP headers)."""
-    addr = struct.unpack("!I", socket.inet_aton(ip))[0]
-    drop = 15   # index of the last instruction; a jump's offset counts from the next one
-    prog = [
-        (_LDH_ABS, 0, 0, 12), (_JEQ, 0, drop - 2, 0x0800),          # IPv4
-        (_LDW_ABS, 0, 0, 30), (_JEQ, 0, drop - 4, addr),            # to the adapter address
-        (_LDB_ABS, 0, 0, 23), (_JEQ, 0, drop - 6, 6),               # TCP
-        (_LDH_ABS, 0, 0, 20), (_JSET, drop - 8, 0, 0x1FFF),         # first fragment
-        (_LDX_MSH, 0, 0, 14), (_LDH_IND, 0, 0, 16),                 # X = IP header length; dest port
-        (_JEQ, 0, drop - 11, port),
+    drop = 15
+    prog = _tcp_header_checks(ip, False, port, drop) + [
         (_LDB_IND, 0, 0, 27), (_ALU_AND_K, 0, 0, 0x16),             # TCP flags & (SYN | RST | ACK)
         (_JEQ, 0, drop - 14, 0x12),                                 # SYN | ACK
         (_RET, 0, 0, 128),
         (_RET, 0, 0, 0),
     ]
     assert len(prog) == drop + 1
-    return b"".join(struct.pack("HBBI", *ins) for ins in prog)
+    return _program(prog)
 
 
 def parse_synack(frame: bytes) -> tuple[str, int, int] | None:
@@ -262,8 +267,7 @@ class MasscanBackend(Backend):
         self._grab_slots: asyncio.Semaphore | None = None
         self.adapter_ip = settings.masscan_adapter_ip
         self._kernel_answers = True
-        self._warned = False
-        self._warned_tap = False
+        self._warned: set[type] = set()
         #: masscan's source port (``--source-port``): its frames, and the kernel's RSTs, are counted by it.
         self.source_port = source_port()
         self.runs = 0
@@ -460,23 +464,22 @@ class MasscanBackend(Backend):
         self._account(job, chunk, opened, closed, wire)
 
     def _tap(self) -> "SynAckTap | None":
-        try:
-            return SynAckTap(self.settings.masscan_interface, self.adapter_ip, self.source_port)
-        except OSError as exc:
-            if not self._warned_tap:
-                log.warning("masscan: cannot read SYN-ACKs on the wire (%s); relying on masscan's own "
-                            "receive side, which can miss the first answers of a small scan", exc)
-                self._warned_tap = True
-            return None
+        return self._packet_socket(SynAckTap, "read SYN-ACKs on the wire", "relying on masscan's own receive "
+                                   "side, which can miss the first answers of a small scan")
 
     def _counter(self) -> "WireCounter | None":
+        return self._packet_socket(WireCounter, "count its packets on the wire",
+                                   "accounting from the probes and answers instead")
+
+    def _packet_socket(self, kind, what: str, instead: str):
+        """A packet socket of ``kind`` on masscan's interface, address and source port, or None
+        (no CAP_NET_RAW, say) with one warning per kind for the agent's life."""
         try:
-            return WireCounter(self.settings.masscan_interface, self.adapter_ip, self.source_port)
+            return kind(self.settings.masscan_interface, self.adapter_ip, self.source_port)
         except OSError as exc:
-            if not self._warned:
-                log.warning("masscan: cannot count its packets on the wire (%s); accounting from the "
-                            "probes and answers instead", exc)
-                self._warned = True
+            if kind not in self._warned:
+                log.warning("masscan: cannot %s (%s); %s", what, exc, instead)
+                self._warned.add(kind)
             return None
 
     def _account(self, job: Job, chunk: AddressChunk, opened: list, closed: list,
