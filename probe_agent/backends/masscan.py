@@ -327,7 +327,7 @@ class MasscanBackend(Backend):
     async def _scan_chunk(self, job: Job, chunk: AddressChunk) -> None:
         self._check_allowed(chunk)
         s = self.settings
-        opened: list[tuple[str, int]] = []
+        opened: set[tuple[str, int]] = set()   # each open port once, whoever saw it first
         closed: list[tuple[str, int]] = []
         tx_done = asyncio.Event()
         grabs: set[asyncio.Task] = set()
@@ -345,14 +345,12 @@ class MasscanBackend(Backend):
             counter = self._counter()
             tap = self._tap()
             ports = set(chunk.ports)
-            seen: set[tuple[str, int]] = set()
 
             def found(ip: str, port: int, ttl, timestamp_us: int) -> None:
                 """One open port, reported once per chunk whether masscan or the tap saw it first."""
-                if (ip, port) in seen:
+                if (ip, port) in opened:
                     return
-                seen.add((ip, port))
-                opened.append((ip, port))
+                opened.add((ip, port))
                 job.report(ProbeResult(ip, port, ProbeStatus.OPEN, kind="SYN_ACK", ttl=ttl,
                                        packets=0, bytes=0, timestamp_us=timestamp_us))
                 task = asyncio.create_task(grab(ip, port))
@@ -482,7 +480,7 @@ class MasscanBackend(Backend):
                 self._warned.add(kind)
             return None
 
-    def _account(self, job: Job, chunk: AddressChunk, opened: list, closed: list,
+    def _account(self, job: Job, chunk: AddressChunk, opened, closed: list,
                  wire: tuple[int, int] | None) -> None:
         """Packets and bytes of this chunk besides the banner grabs (40 bytes each at the IP layer:
         masscan's SYNs and RSTs and the kernel's RSTs carry no options).
