@@ -374,3 +374,24 @@ class ExpectedCancel(logging.Filter):
             if "canceled" in text or "cancelled" in text:
                 record.levelno, record.levelname = logging.INFO, "INFO"
         return True
+
+
+_TERMINAL = ("DONE", "FAILED", "CANCELLED", "DRAINED", "UPDATED")  # Beam's terminal job states
+
+
+def final_state(result, timeout_s: float = 10.0, poll_s: float = 0.1) -> str:
+    """The job's state once it is terminal, waiting up to ``timeout_s`` for it: the job service
+    answers a cancel before the job has ended (it reports CANCELLING for a moment), and the
+    scheduler's last line says how the job ended, not how far the cancel had got. After the timeout
+    (or when the job server is gone) the last state seen is returned, as it is."""
+    deadline = time.monotonic() + timeout_s
+    state = "UNKNOWN"
+    while True:
+        try:
+            state = str(result.state).rsplit(".", 1)[-1]
+        except Exception:  # noqa: BLE001 - the job server may be gone at shutdown: report what was seen
+            return state
+        if state in _TERMINAL or time.monotonic() >= deadline:
+            return state
+        time.sleep(poll_s)
+

@@ -63,6 +63,7 @@ def run(obj: CliContext, runner, job_endpoint, duration, pipeline_args, metrics_
     scanflow.commands (sweeps included); state changes go to scanflow.ip-state. Resumes from the
     consumer group's offsets and the ip-state topic after a restart."""
     from connectors.kafka_admin import require_topics
+    from pipelines.runners import final_state
     from pipelines.scheduler import run_live
     from pipelines.settings import pipeline_settings
 
@@ -94,7 +95,7 @@ def run(obj: CliContext, runner, job_endpoint, duration, pipeline_args, metrics_
             click.echo(f"scheduler: metrics on http://127.0.0.1:{server.server_address[1]}/metrics")
 
     result = run_live(settings, ps, runner=runner, extra=extra, duration_s=duration, on_start=started)
-    click.echo(f"scheduler: {result.state}")
+    click.echo(f"scheduler: {final_state(result)}")
     _print_counters(result)
 
 

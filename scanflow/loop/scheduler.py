@@ -82,7 +82,7 @@ def main(argv: list[str]) -> int:
     import apache_beam as beam
 
     from pipelines.policy_setup import build_policy, publish_port_sets
-    from pipelines.runners import ExpectedCancel, pipeline_options
+    from pipelines.runners import ExpectedCancel, final_state, pipeline_options
     from pipelines.scheduler import NO_STATE_CACHE, build_live, tally
     from scanflow.config import load_settings, parse_set_options
 
@@ -127,7 +127,7 @@ def main(argv: list[str]) -> int:
                     result.cancel()
                 except Exception:  # noqa: BLE001 - the job server may already be gone at shutdown
                     log.warning("cancel failed", exc_info=True)
-    log.info("scheduler: %s", result.state)
+    log.info("scheduler: %s", final_state(result))
     return 0
 
 

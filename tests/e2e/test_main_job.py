@@ -69,7 +69,8 @@ def test_main_job_runs_the_loop_and_reports(kafka, prism_binary, tmp_path):
     # Clean stop: every process's log ends without a traceback from the orchestrator's kill path.
     logs = {p.name for p in (run_dir / "logs").iterdir()}
     assert {"prism.log", "scheduler.log", "agent-0.log"} <= logs
-    assert "scheduler: CANCELLED" in (run_dir / "logs" / "scheduler.log").read_text()
+    log = (run_dir / "logs" / "scheduler.log").read_text()
+    assert "scheduler: CANCELLED" in log, log[-2000:]
 
 
 def test_main_job_on_two_scheduler_jobs_splits_the_partitions_and_decides_each_round_once(kafka, prism_binary,
@@ -90,7 +91,7 @@ def test_main_job_on_two_scheduler_jobs_splits_the_partitions_and_decides_each_r
     owned: list[list[int]] = []
     for j in (0, 1):
         log = (run_dir / "logs" / f"scheduler-{j}.log").read_text()
-        assert "scheduler: CANCELLED" in log
+        assert "scheduler: CANCELLED" in log, (j, log[-2000:])
         m = re.search(r"scheduler job of partitions \[([\d, ]+)\] of 12 of ", log)
         assert m, log[-2000:]
         owned.append([int(x) for x in m.group(1).split(",")])
