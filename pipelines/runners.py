@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.runner import PipelineState
 
 from scanflow.config import REPO_ROOT, BeamSettings, ConfigError, Settings, resolve_path
 
@@ -376,9 +377,6 @@ class ExpectedCancel(logging.Filter):
         return True
 
 
-_TERMINAL = ("DONE", "FAILED", "CANCELLED", "DRAINED", "UPDATED")  # Beam's terminal job states
-
-
 def final_state(result, timeout_s: float = 10.0, poll_s: float = 0.1) -> str:
     """The job's state once it is terminal, waiting up to ``timeout_s`` for it: the job service
     answers a cancel before the job has ended (it reports CANCELLING for a moment), and the
@@ -391,7 +389,6 @@ def final_state(result, timeout_s: float = 10.0, poll_s: float = 0.1) -> str:
             state = str(result.state).rsplit(".", 1)[-1]
         except Exception:  # noqa: BLE001 - the job server may be gone at shutdown: report what was seen
             return state
-        if state in _TERMINAL or time.monotonic() >= deadline:
+        if PipelineState.is_terminal(state) or time.monotonic() >= deadline:
             return state
         time.sleep(poll_s)
-

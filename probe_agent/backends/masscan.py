@@ -480,7 +480,7 @@ class MasscanBackend(Backend):
                 self._warned.add(kind)
             return None
 
-    def _account(self, job: Job, chunk: AddressChunk, opened, closed: list,
+    def _account(self, job: Job, chunk: AddressChunk, opened: set, closed: list,
                  wire: tuple[int, int] | None) -> None:
         """Packets and bytes of this chunk besides the banner grabs (40 bytes each at the IP layer:
         masscan's SYNs and RSTs and the kernel's RSTs carry no options).
