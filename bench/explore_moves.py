@@ -59,13 +59,12 @@ class MoveDirectory:
         self._left.setdefault(ip // BLOCK_SIZE, []).append((ip, state, at))
         self.stats["left"] += 1
 
-    def take(self, policy: AdaptivePolicy, ip: int, obs: Observation, now: float, rule: str) -> IpState | None:
-        """The remembered state of the device ``obs`` shows at ``ip``, taken out of the directory;
-        None when no device (or, with ``unique``, not exactly one) of another address matches."""
+    def take(self, policy: AdaptivePolicy, ip: int, obs: Observation, digests, now: float, rule: str) -> IpState | None:
+        """The remembered state of the device ``obs`` (banner ``digests``) shows at ``ip``, taken out of
+        the directory; None when no device (or, with ``unique``, not exactly one) of another address matches."""
         entries = self._left.get(ip // BLOCK_SIZE)
         if not entries:
             return None
-        digests = port_digests(obs.banners)
         hits = [j for j in range(len(entries) - 1, -1, -1)
                 if entries[j][0] != ip and now - entries[j][2] <= self.memory_for
                 and policy._same_device(entries[j][1], obs, digests)]
@@ -88,8 +87,9 @@ class MovingLifecycle(Lifecycle):
     def observe(self, ip, t: Tracked | None, obs: Observation, now: float, scan_id: str | None = None):
         policy = self.policy
         state = t.state if t is not None else None
-        if self.rule != "off" and obs.open_ports and self._new_here(state, obs):
-            moved = self.directory.take(policy, ip, obs, now, self.rule)
+        digests = port_digests(obs.banners) if self.rule != "off" and obs.open_ports else None
+        if digests is not None and self._new_here(state, obs, digests):
+            moved = self.directory.take(policy, ip, obs, digests, now, self.rule)
             if moved is not None:
                 if state is not None and state.responsive:   # the device it replaced left this address
                     self.directory.left(ip, remembered(state), now)
@@ -104,11 +104,10 @@ class MovingLifecycle(Lifecycle):
                 self.directory.left(ip, remembered(prev), now)
         return tracked, decided
 
-    def _new_here(self, state: IpState | None, obs: Observation) -> bool:
+    def _new_here(self, state: IpState | None, obs: Observation, digests) -> bool:
         """The answer is new for the address: neither its own remembered device nor the same answer."""
         if state is None:
             return True
-        digests = port_digests(obs.banners)
         if not state.responsive:
             return not (state.recall and self.policy._same_device(state, obs, digests))
         return self.policy._changed(state, obs, digests)
@@ -137,9 +136,8 @@ def run(scenario: str, rule: str, ips: int, weeks: float, seed: int, sets, kb) -
         result = evaluate_seed(cfg, seed, sets, kb)
     finally:
         simulate.Lifecycle = original
-    # evaluate_seed runs the whole period first, then each shorter window; its windows come sorted
-    order = [weeks] + sorted(w for w in {2.0} if w < weeks - 1e-9)
-    by_weeks = dict(zip(order, made))
+    # evaluate_seed runs the whole period first, then the 2-week window if it is shorter
+    by_weeks = dict(zip([weeks, 2.0], made))
     return result.windows, [by_weeks.get(w.weeks, Counter()) for w in result.windows], time.perf_counter() - t0
 
 
@@ -155,16 +153,17 @@ def main(argv: list[str] | None = None) -> int:
     rules = args.rules.split(",")
     if any(r not in RULES for r in rules):
         ap.error(f"--rules: choose among {', '.join(RULES)}")
-    from scanflow.evaluation import derive_policy_sets
+    from scanflow.evaluation import EvaluationConfig, derive_policy_sets
     from scanflow.knowledge import load_knowledge
-    from scanflow.scenarios import scenario as named
+    from scanflow.scenarios import SCENARIOS, scenario as named
 
+    names = args.scenarios.split(",")
+    if any(n not in SCENARIOS for n in names):
+        ap.error(f"--scenarios: choose among {', '.join(SCENARIOS)}")
     kb = load_knowledge()
     rows = []
     print("scenario | rule | seed | window | traffic | PDR | DDR | kept | ambiguous | no banner | s", flush=True)
-    for name in args.scenarios.split(","):
-        named(name)   # a clear error for an unknown name before any work
-        from scanflow.evaluation import EvaluationConfig
+    for name in names:
         sets = derive_policy_sets(EvaluationConfig(world=named(name).config(), ips=args.ips), kb)[0]
         for rule in rules:
             for seed in range(1, args.seeds + 1):

@@ -6,10 +6,9 @@ from __future__ import annotations
 import importlib.util
 
 from scanflow.adaptive import AdaptiveParams, make_policy
-from scanflow.policy import IpStatus, Reason
-
-from tests.unit.scanflow.test_adaptive import ESTIMATOR, HIK, HIK_LATER, NGINX, SETS, T0, obs
 from scanflow.config import REPO_ROOT
+from scanflow.policy import IpStatus, Reason
+from tests.unit.scanflow.test_adaptive import ESTIMATOR, HIK, HIK_LATER, NGINX, SETS, T0, obs
 
 _spec = importlib.util.spec_from_file_location("explore_moves", REPO_ROOT / "bench" / "explore_moves.py")
 explore = importlib.util.module_from_spec(_spec)
