@@ -15,7 +15,10 @@ each answering or tracked IP's round is a lifecycle step, which decides and sett
 stays tracked. An IP the lifecycle does not track (silent, no recall) is swept in bulk, like the
 sweeps of the live system: the sweep's cadence and set are the policy's plan after a silent round,
 read from it once (:func:`scanflow.lifecycle.untracked.bulk_silent_rule`); an untracked IP keeps no
-state, so when it answers again it is decided from none, as a promotion from a live sweep is. The
+state, so when it answers again it is decided from none, as a promotion from a live sweep is. A policy
+may also sweep each /24 with its own set (``sweep_set(ip)``, asked once per /24, as ``sweep_interval(ip)``
+gives its cadence); none of scanflow's policies does: ``bench/explore_wide_sweeps.py`` uses it to
+measure what per-prefix sweep sets could buy. The
 standard scan is computed in closed form over the world's time segments (:func:`run_standard`);
 :func:`run_policy` with :class:`scanflow.policy.StandardPolicy` gives the same result and is used by
 the tests to check it. The judging of runs and one seed of ``scanflow evaluate`` are
@@ -41,6 +44,7 @@ from scanflow.metrics import ByteModel
 from scanflow.policy import IpStatus, Observation
 from scanflow.portsets import PortSet
 from scanflow.world.banners import NO_BANNER, RESPONSE_BYTES
+from scanflow.world.blocks import BLOCK_SIZE
 from scanflow.world.hosts import csr_gather
 from scanflow.world.model import PortMasks, World
 
@@ -315,6 +319,9 @@ def _run_range(world: World, schedule: Schedule, policy, byte_model: ByteModel, 
     masks = PortMasks()
     first_mid = masks.id_for(rule.first.ref, rule.first.ports)
     sweep_mid = masks.id_for(rule.sweep.ref, rule.sweep.ports)
+    per_prefix = _PrefixSweeps.of(policy, masks)
+    if per_prefix is not None and events is not None:
+        raise ValueError(f"policy {policy.name}: recording runs with per-prefix sweep sets is not supported")
     n, nr = world.n_ips, schedule.n_slots
     tr = _Bookkeeping(next_round=schedule.phase.astype(np.int64).copy(), tracked=np.zeros(n, dtype=bool),
                   mask_of=np.full(n, first_mid, dtype=np.int32), size_of=np.full(n, len(rule.first), dtype=np.int64),
@@ -372,8 +379,11 @@ def _run_range(world: World, schedule: Schedule, policy, byte_model: ByteModel, 
                 events.bulk(k, due[quiet][swept], times[quiet][swept], rule.first, "first", policy.name)
                 events.bulk(k, due[quiet][~swept], times[quiet][~swept], rule.sweep, "sweep", policy.name)
             tr.next_round[due[quiet]] += sweep_rounds(policy, rule, due[quiet], schedule.slot)
-            tr.mask_of[due[quiet]] = sweep_mid
-            tr.size_of[due[quiet]] = len(rule.sweep)
+            if per_prefix is None:
+                tr.mask_of[due[quiet]] = sweep_mid
+                tr.size_of[due[quiet]] = len(rule.sweep)
+            else:
+                tr.mask_of[due[quiet]], tr.size_of[due[quiet]] = per_prefix.for_ips(due[quiet])
             tr.probed_first[due[quiet]] = True
             starts = np.searchsorted(row, np.arange(len(due) + 1))
             grid_size = tr.size_of[due].copy()
@@ -417,6 +427,39 @@ def _run_range(world: World, schedule: Schedule, policy, byte_model: ByteModel, 
                      rec if record else None, decisions, slot_max)
 
 
+def _sweep_of(policy, rule: BulkRule, ip: int) -> PortSet:
+    """What the sweeps probe untracked address ``ip`` with: its prefix's own set where the policy has
+    one (``sweep_set(ip)``), the policy's one sweep set otherwise."""
+    per = getattr(policy, "sweep_set", None)
+    return rule.sweep if per is None else per(ip)
+
+
+class _PrefixSweeps:
+    """Mask ids and sizes of the sweeps of a policy that sweeps each /24 with its own set
+    (``sweep_set(ip)``, like ``sweep_interval(ip)`` for the cadence), asked once per /24."""
+
+    def __init__(self, policy, masks: PortMasks):
+        self.policy, self.masks = policy, masks
+        self.by_block: dict[int, tuple[int, int]] = {}
+
+    @classmethod
+    def of(cls, policy, masks: PortMasks) -> "_PrefixSweeps | None":
+        return cls(policy, masks) if getattr(policy, "sweep_set", None) is not None else None
+
+    def masks_for(self, block: int) -> tuple[int, int]:
+        hit = self.by_block.get(block)
+        if hit is None:
+            ports = self.policy.sweep_set(block * BLOCK_SIZE)
+            hit = self.by_block[block] = (self.masks.id_for(ports.ref, ports.ports), len(ports))
+        return hit
+
+    def for_ips(self, ips: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        blocks = ips // BLOCK_SIZE
+        uniq, inverse = np.unique(blocks, return_inverse=True)
+        got = np.array([self.masks_for(int(b)) for b in uniq], dtype=np.int64).reshape(-1, 2)
+        return got[inverse, 0].astype(np.int32), got[inverse, 1]
+
+
 def _learn_rounds(policy, slot: int) -> int:
     """Every how many rounds the policy's sweep cadence is learned again (0: it has none)."""
     params = getattr(policy, "params", None)
@@ -448,7 +491,8 @@ def _decide_one(world: World, schedule: Schedule, lifecycle: Lifecycle, rule: Bu
     for e in entries[prof.choice[entries] != NO_BANNER]:
         banners.append((int(prof.port[e]), world.banner(seg, int(e), t)))
     prior = tr.states.pop(ip, None)
-    probed = lifecycle.next_scan(prior)[1] if prior is not None else (rule.sweep if tr.probed_first[ip] else rule.first)
+    sweep = _sweep_of(lifecycle.policy, rule, ip)
+    probed = lifecycle.next_scan(prior)[1] if prior is not None else (sweep if tr.probed_first[ip] else rule.first)
     tr.probed_first[ip] = True
     obs = Observation(frozenset(ports.tolist()), tuple(banners), probed, True)
     tracked, decided = lifecycle.observe(ip, prior, obs, float(t))
@@ -466,12 +510,12 @@ def _decide_one(world: World, schedule: Schedule, lifecycle: Lifecycle, rule: Bu
     else:
         # left to the sweeps: their cadence and set are the policy's (bulk_silent_rule checked them)
         rounds = int(sweep_rounds(lifecycle.policy, rule, np.array([ip]), schedule.slot)[0])
-        if ports_next.ref != rule.sweep.ref or abs(at - t - rounds * schedule.slot) > 1e-6:
+        if ports_next.ref != sweep.ref or abs(at - t - rounds * schedule.slot) > 1e-6:
             raise ValueError(f"policy {lifecycle.policy.name}: an untracked IP is planned off the sweeps "
                              f"({ports_next.ref} in {at - t:.0f} s); the simulator sweeps untracked IPs in bulk")
         tr.tracked[ip] = False
-        tr.mask_of[ip] = masks.id_for(rule.sweep.ref, rule.sweep.ports)
-        tr.size_of[ip] = len(rule.sweep)
+        tr.mask_of[ip] = masks.id_for(sweep.ref, sweep.ports)
+        tr.size_of[ip] = len(sweep)
         tr.code_of[ip] = -1
     state, plan = decided.state, decided.plan
     if events is not None:

@@ -461,3 +461,40 @@ def test_importing_the_simulator_loads_no_connector():
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('connectors', 'pipelines', 'apache_beam')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+class _PrefixSweepPolicy(EfficientPolicy):
+    """The paper's policy, sweeping the second /24 (addresses 256-511) with ``{80, 8080}``."""
+
+    WIDE = PortSet.named("wide", 1, {80, 8080})
+
+    def sweep_set(self, ip):
+        return self.WIDE if int(ip) // 256 == 1 else self.port_sets.silent
+
+    def decide(self, state, obs, now, ip=None):
+        from dataclasses import replace
+
+        from scanflow.policy import Reason
+
+        new, plan = super().decide(state, obs, now, ip)
+        if ip is not None and plan.reason is Reason.SWEEP and plan.ports == self.port_sets.silent:
+            plan = replace(plan, ports=self.sweep_set(ip))
+        return new, plan
+
+
+def test_a_policy_with_its_own_sweep_set_per_24_is_swept_with_it_worked_by_hand():
+    # a host in the second /24 answering only on 8080, on-line for an hour at round 7 (the first sweep
+    # after the silent first scan of round 0): the silent set {80} misses it, its prefix's {80, 8080} finds it
+    host = (300, 7 * H, 7 * H + 3600, {8080}, SPORADIC, RETURNED, GENERIC)
+    world = tiny_world([host], n_ips=512)
+    sets = hand_sets()
+    params = PolicyParams(initial_scan="silent")
+    plain = run_policy(world, zero_schedule(512), EfficientPolicy(sets, Estimator(KB), params))
+    wide = run_policy(world, zero_schedule(512), _PrefixSweepPolicy(sets, Estimator(KB), params))
+    assert plain.detected.tolist() == [-1] and wide.detected.tolist() == [7 * H]
+    assert int(plain.probes[0]) == int(wide.probes[0]) == 512          # every first probe is the silent set
+    assert int(plain.probes[7]) == 512 and int(wide.probes[7]) == 256 * 1 + 256 * 2
+    # the host, followed up 12 h later on the unknown set {80, 8080} and silent, is demoted to its
+    # prefix's sweeps (the simulator checks the plan is that set) and swept on 2 ports again 3.5 d on
+    assert int(wide.probes[8]) == 2
+    assert int(wide.probes[14]) == 255 * 2 + 256 and int(wide.probes[15]) == 2
