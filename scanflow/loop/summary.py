@@ -78,9 +78,11 @@ def format_summary(result: LoopResult, spec: LoopSpec) -> list[str]:
         lines.append(f"  responsive IPs {s['responsive_ips']:,} (open ip:port {s.get('open_ports', 0):,}); "
                      f"tracked by the scheduler {s.get('tracked_ips', 0):,}")
     if s.get("backoff"):
-        lines.append("  back-off (latest step of each responsive IP):")
+        # The interval is the time to the IP's next probe, whatever it is: under the adaptive policy a
+        # light probe every cadence at every step (the step backs off its full probes only).
+        lines.append("  back-off (latest step of each responsive IP; median time to its next probe):")
         for row in s["backoff"]:
-            lines.append(f"    step {row['step']}  ~{row['interval_days']} d  {row['ips']:,} IPs")
+            lines.append(f"    step {row['step']}  next probe after ~{row['interval_days']} d  {row['ips']:,} IPs")
     t = s.get("traffic") or {}
     if t.get("scans"):
         lines.append(f"  traffic: {t['scans']:,} scans, {t['addresses'] or 0:,} addresses, "
