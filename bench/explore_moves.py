@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from explore_common import adaptive_run, figure, scenario_names, scenario_sets  # noqa: E402
 from scanflow.adaptive import AdaptivePolicy, _put  # noqa: E402
 from scanflow.fingerprint import port_digests  # noqa: E402
 from scanflow.lifecycle.state import Tracked  # noqa: E402
@@ -117,8 +118,6 @@ def run(scenario: str, rule: str, ips: int, weeks: float, seed: int, sets, kb) -
     """The adaptive runs of ``scenario`` with ``rule`` (``weeks``, then 2 weeks); their window metrics
     and, window by window, the directory's counts."""
     import scanflow.simulate as simulate
-    from scanflow.evaluation import EvaluationConfig, evaluate_seed
-    from scanflow.scenarios import scenario as named
 
     made: list[Counter] = []   # one per simulated run, in the order evaluate_seed runs them
 
@@ -127,18 +126,15 @@ def run(scenario: str, rule: str, ips: int, weeks: float, seed: int, sets, kb) -
         made.append(directory.stats)
         return MovingLifecycle(policy, directory, rule, **kw)
 
-    cfg = EvaluationConfig(ips=ips, weeks=weeks, windows=(2.0, weeks), seeds=(seed,), loss=0.01, desync=True,
-                           world=named(scenario).config(), scenario=scenario, policy="adaptive", record=False)
     original = simulate.Lifecycle
     simulate.Lifecycle = make
-    t0 = time.perf_counter()
     try:
-        result = evaluate_seed(cfg, seed, sets, kb)
+        result, secs = adaptive_run(scenario, ips, weeks, seed, sets, kb)
     finally:
         simulate.Lifecycle = original
     # evaluate_seed runs the whole period first, then the 2-week window if it is shorter
     by_weeks = dict(zip([weeks, 2.0], made))
-    return result.windows, [by_weeks.get(w.weeks, Counter()) for w in result.windows], time.perf_counter() - t0
+    return result.windows, [by_weeks.get(w.weeks, Counter()) for w in result.windows], secs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,18 +149,14 @@ def main(argv: list[str] | None = None) -> int:
     rules = args.rules.split(",")
     if any(r not in RULES for r in rules):
         ap.error(f"--rules: choose among {', '.join(RULES)}")
-    from scanflow.evaluation import EvaluationConfig, derive_policy_sets
     from scanflow.knowledge import load_knowledge
-    from scanflow.scenarios import SCENARIOS, scenario as named
 
-    names = args.scenarios.split(",")
-    if any(n not in SCENARIOS for n in names):
-        ap.error(f"--scenarios: choose among {', '.join(SCENARIOS)}")
+    names = scenario_names(ap, args.scenarios)
     kb = load_knowledge()
     rows = []
     print("scenario | rule | seed | window | traffic | PDR | DDR | kept | ambiguous | no banner | s", flush=True)
     for name in names:
-        sets = derive_policy_sets(EvaluationConfig(world=named(name).config(), ips=args.ips), kb)[0]
+        sets = scenario_sets(name, args.ips, kb)
         for rule in rules:
             for seed in range(1, args.seeds + 1):
                 windows, counts, secs = run(name, rule, args.ips, args.weeks, seed, sets, kb)
@@ -180,25 +172,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _plot(rows, path: Path, weeks: float) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
     marks = {"off": "o", "unique": "s", "any": "^"}
-    for i, name in enumerate(dict.fromkeys(r[0] for r in rows)):
-        for rule in marks:
-            pts = [(100 * r[4], 100 * r[5]) for r in rows if r[0] == name and r[1] == rule and abs(r[3] - weeks) < 1e-9]
-            if pts:
-                ax.scatter(*zip(*pts), marker=marks[rule], color=f"C{i}", label=f"{name}, {rule}")
-    ax.set_xlabel(f"traffic, % of the standard scan ({weeks:g} weeks)")
-    ax.set_ylabel("PDR, %")
-    ax.set_title("Keeping a moved device's state (off / unique / any match)")
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with figure(path, weeks, "PDR, %", "Keeping a moved device's state (off / unique / any match)") as ax:
+        for i, name in enumerate(dict.fromkeys(r[0] for r in rows)):
+            for rule in marks:
+                pts = [(100 * r[4], 100 * r[5]) for r in rows
+                       if r[0] == name and r[1] == rule and abs(r[3] - weeks) < 1e-9]
+                if pts:
+                    ax.scatter(*zip(*pts), marker=marks[rule], color=f"C{i}", label=f"{name}, {rule}")
+        ax.legend(fontsize=7, ncol=2)
 
 
 if __name__ == "__main__":

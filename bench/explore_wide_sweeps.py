@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
+
+from explore_common import adaptive_run, figure, scenario_names, scenario_sets  # noqa: E402
 
 from scanflow.adaptive import AdaptivePolicy  # noqa: E402
 from scanflow.policy import Reason  # noqa: E402
@@ -63,8 +65,6 @@ def run(scenario: str, wide: int, ips: int, weeks: float, seed: int, sets, kb) -
     probes an address got in a slot, and the seconds taken."""
     import scanflow.adaptive as adaptive
     import scanflow.evaluation as evaluation
-    from scanflow.evaluation import EvaluationConfig, evaluate_seed
-    from scanflow.scenarios import scenario as named
 
     ranked = [p if isinstance(p, int) else p[0] for p in sets.ranking]
     wide_set = PortSet.named("wide-sweep", 1, ranked[:wide]) if wide else None
@@ -84,16 +84,12 @@ def run(scenario: str, wide: int, ips: int, weeks: float, seed: int, sets, kb) -
             policy.wide, policy.wide_blocks = wide_set, seen["blocks"]
         return policy
 
-    cfg = EvaluationConfig(ips=ips, weeks=weeks, windows=(2.0, weeks), seeds=(seed,), loss=0.01, desync=True,
-                           world=named(scenario).config(), scenario=scenario, policy="adaptive", record=False)
     evaluation.World.generate, adaptive.make_policy = world_of, policy_of
-    t0 = time.perf_counter()
     try:
-        result = evaluate_seed(cfg, seed, sets, kb)
+        result, secs = adaptive_run(scenario, ips, weeks, seed, sets, kb)
     finally:
         evaluation.World.generate, adaptive.make_policy = generate, make_policy
-    return result.windows, seen.get("share", 0.0) if wide else 0.0, result.efficient.max_slot_probes, \
-        time.perf_counter() - t0
+    return result.windows, seen.get("share", 0.0) if wide else 0.0, result.efficient.max_slot_probes, secs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,13 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wide", default="0,527,893,1500", help="port counts of the wide sweep set (0: none)")
     ap.add_argument("--plot", default="out/explore_wide_sweeps.png", help="traffic against DDR, one point per run")
     args = ap.parse_args(argv)
-    from scanflow.evaluation import EvaluationConfig, derive_policy_sets
     from scanflow.knowledge import load_knowledge
-    from scanflow.scenarios import SCENARIOS, scenario as named
 
-    names = args.scenarios.split(",")
-    if any(n not in SCENARIOS for n in names):
-        ap.error(f"--scenarios: choose among {', '.join(SCENARIOS)}")
+    names = scenario_names(ap, args.scenarios)
     try:
         sizes = [int(w) for w in args.wide.split(",")]
     except ValueError:
@@ -123,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     print("scenario | wide ports | addresses in wide /24s | window | traffic | PDR | DDR | max probes/slot | s",
           flush=True)
     for name in names:
-        sets = derive_policy_sets(EvaluationConfig(world=named(name).config(), ips=args.ips), kb)[0]
+        sets = scenario_sets(name, args.ips, kb)
         for wide in sizes:
             windows, share, slot_max, secs = run(name, wide, args.ips, args.weeks, args.seed, sets, kb)
             for w in windows:
@@ -138,28 +130,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _plot(rows, path: Path, weeks: float) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, name in enumerate(dict.fromkeys(r[0] for r in rows)):
-        pts = sorted((100 * r[3], 100 * r[5], r[1]) for r in rows if r[0] == name and abs(r[2] - weeks) < 1e-9)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=f"C{i}", label=name)
-        for x, y, wide in pts:
-            ax.annotate(str(wide or "light"), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
-    ax.axvline(2.5, color="grey", ls="--", lw=0.8)
-    ax.axhline(96.0, color="grey", ls=":", lw=0.8)
-    ax.text(2.52, ax.get_ylim()[0], " traffic budget 2.5 %", fontsize=7, va="bottom", color="grey")
-    ax.set_xlabel(f"traffic, % of the standard scan ({weeks:g} weeks)")
-    ax.set_ylabel("DDR, % (target 96 %)")
-    ax.set_title("Wider sweeps in the /24s that hold sporadic devices (oracle)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    title = "Wider sweeps in the /24s that hold sporadic devices (oracle)"
+    with figure(path, weeks, "DDR, % (target 96 %)", title) as ax:
+        for i, name in enumerate(dict.fromkeys(r[0] for r in rows)):
+            pts = sorted((100 * r[3], 100 * r[5], r[1]) for r in rows if r[0] == name and abs(r[2] - weeks) < 1e-9)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=f"C{i}", label=name)
+            for x, y, wide in pts:
+                ax.annotate(str(wide or "light"), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+        ax.axvline(2.5, color="grey", ls="--", lw=0.8)
+        ax.axhline(96.0, color="grey", ls=":", lw=0.8)
+        ax.text(2.52, ax.get_ylim()[0], " traffic budget 2.5 %", fontsize=7, va="bottom", color="grey")
+        ax.legend(fontsize=8)
 
 
 if __name__ == "__main__":
