@@ -84,7 +84,7 @@ def free_port() -> int:
 def second_broker(tmp_path):
     """A broker of its own (free ports, temporary state dir) that a test may stop, kill and restart;
     never the session broker. Returns ``run(action)`` (kafka.sh up|down|status|reset) with ``.port``,
-    ``.state`` and ``.bootstrap``."""
+    ``.state``, ``.bootstrap`` and ``.env`` (the variables that point scanflow at it)."""
     env = dict(os.environ, SCANFLOW_INFRA_KAFKA_PORT=str(free_port()),
                SCANFLOW_INFRA_KAFKA_CONTROLLER_PORT=str(free_port()),
                SCANFLOW_INFRA_STATE_DIR=str(tmp_path / "broker"), SCANFLOW_INFRA_KAFKA_HEAP="512m",
@@ -94,6 +94,7 @@ def second_broker(tmp_path):
         return subprocess.run(["bash", str(KAFKA_SCRIPT), action], env=env, capture_output=True,
                               text=True, timeout=180)
 
+    run.env = env
     run.port = int(env["SCANFLOW_INFRA_KAFKA_PORT"])
     run.state = tmp_path / "broker" / "kafka"
     run.bootstrap = f"127.0.0.1:{run.port}"

@@ -57,6 +57,9 @@ def _fail(message: str, code: int = 2) -> None:
 @click.option("--keep-topics", is_flag=True, help="Keep the run's Kafka topics (default: deleted at the end; "
                                                   "the lake keeps the archive).")
 @click.option("--skip-kafka-up", is_flag=True, help="Do not start the local broker (an external cluster).")
+@click.option("--keep-kafka", is_flag=True,
+              help="Leave the local broker running at the end when this run started it (default: stopped, "
+                   "its data kept; a broker that was running before the run is always left running).")
 @click.option("--dashboard/--no-dashboard", default=None,
               help="Start `scanflow serve` on the run's lake and print its address (default: on when the output "
                    "is a terminal). It runs on its own: the run does not wait for it, and it keeps serving the "
@@ -65,17 +68,16 @@ def _fail(message: str, code: int = 2) -> None:
               help="Port of the dashboard on 127.0.0.1 (0: a free one).")
 @pass_ctx
 def run(obj: CliContext, ips, days, day_seconds, agents, scheduler_jobs, backend, allow, policy_name, no_first_pass, contact, rate, seed,
-        run_dir, lake_dir, report_dir, no_report, keep_topics, skip_kafka_up, dashboard, dashboard_port) -> None:
+        run_dir, lake_dir, report_dir, no_report, keep_topics, skip_kafka_up, keep_kafka, dashboard,
+        dashboard_port) -> None:
     """The whole loop: Kafka up, the run's topics, the scheduler on Prism, sim agents scanning a
     synthetic internet in accelerated virtual time, the Parquet lake; a progress line while it runs;
     at the end of the virtual period a clean stop, a DuckDB summary and `scanflow report`.
 
     Defaults: 20,000 IPs, 7 virtual days of 20 s each (about 3 minutes), 2 agents, no packets sent.
     `--backend connect --allow CIDR` scans a real allowlist instead (nothing outside it)."""
-    from scanflow.config import REPO_ROOT, ConfigError
-    from scanflow.loop.orchestrate import Loop
-    from scanflow.loop.spec import LoopError, LoopSpec
-    from scanflow.loop.summary import format_summary
+    from scanflow.config import REPO_ROOT
+    from scanflow.loop.spec import LoopSpec
 
     # Bad input: one line naming the fix, before anything starts.
     if ips < 1 or ips > 1 << 24:
@@ -154,15 +156,33 @@ def run(obj: CliContext, ips, days, day_seconds, agents, scheduler_jobs, backend
     if clock_line:
         click.echo(clock_line)
     started = time.monotonic()
+    started_kafka = False
     if not skip_kafka_up:
         from scanflow.cli.stack import run_kafka_script
 
+        running = run_kafka_script(obj, "status", quiet=True, SCANFLOW_INFRA_STATUS_TIMEOUT_S="3") == 0
         click.echo(f"[1/7] kafka broker ({settings.kafka.bootstrap_servers}) ...")
         rc = run_kafka_script(obj, "up")
         if rc != 0:
             _fail(f"kafka broker failed (exit {rc}); see the lines above, or use --skip-kafka-up "
                   "with an external cluster", 1)
+        started_kafka = not running
+    try:
+        _loop(spec, settings, dashboard, dashboard_port, started)
+    finally:
+        if started_kafka and not keep_kafka:
+            click.echo("kafka: stopping the broker this run started (its data is kept; --keep-kafka leaves it "
+                       "running) ...")
+            run_kafka_script(obj, "down")
+
+
+def _loop(spec, settings, dashboard, dashboard_port, started: float) -> None:
+    """The run itself once the broker answers: the loop, its summary and the closing lines."""
     from connectors.kafka_admin import require_topics
+    from scanflow.config import ConfigError
+    from scanflow.loop.orchestrate import Loop
+    from scanflow.loop.spec import LoopError
+    from scanflow.loop.summary import format_summary
 
     require_topics(settings.kafka, {})   # the broker answers (one line and exit 4 if not); the run makes its topics
     loop = Loop(spec, settings, echo=click.echo)

@@ -17,8 +17,9 @@ PRISM_SCRIPT = REPO_ROOT / "infra" / "prism" / "build.sh"
 FLINK_SCRIPT = REPO_ROOT / "infra" / "flink" / "fetch.sh"
 
 
-def run_kafka_script(obj: CliContext, action: str) -> int:
-    """Run infra/kafka/kafka.sh ACTION with the configured ports and state dir.
+def run_kafka_script(obj: CliContext, action: str, *, quiet: bool = False, **extra_env: str) -> int:
+    """Run infra/kafka/kafka.sh ACTION with the configured ports and state dir (``quiet``: its output
+    dropped; ``extra_env``: more variables for the script, e.g. a shorter status timeout).
 
     The broker's port is ``infra.kafka_port``, the same setting clients derive their address from;
     an explicit ``kafka.bootstrap_servers`` on this machine that misses it is said once here (the
@@ -30,8 +31,9 @@ def run_kafka_script(obj: CliContext, action: str) -> int:
         click.echo(f"scanflow: warning: {mismatch}", err=True)
         obj.warnings.append(mismatch)
     env = {k: v for k, v in os.environ.items() if k != "SCANFLOW_KAFKA_BOOTSTRAP_SERVERS"}
-    env.update(obj.settings.infra.script_env(), SCANFLOW_PYTHON=sys.executable)
-    return subprocess.call(["bash", str(KAFKA_SCRIPT), action], env=env)
+    env.update(obj.settings.infra.script_env(), SCANFLOW_PYTHON=sys.executable, **extra_env)
+    out = subprocess.DEVNULL if quiet else None
+    return subprocess.call(["bash", str(KAFKA_SCRIPT), action], env=env, stdout=out, stderr=out)
 
 
 def _kafka_action(action: str, doc: str) -> click.Command:

@@ -139,3 +139,30 @@ def test_sigterm_of_the_orchestrator_stops_the_run_within_seconds_and_keeps_its_
         admin.close()
     needles = [str(run_dir)] + [p for p in [_prism_port(run_dir)] if p]
     assert _processes_mentioning(*needles) == []
+
+
+def test_a_run_stops_the_broker_it_started_and_leaves_one_it_found_running(second_broker, tmp_path):
+    # A broker of the test's own, not running yet; each run ends early and cheaply (the scheduler
+    # cannot load its knowledge base) once the broker, the topics and Prism are up.
+    bad_kb = tmp_path / "bad-kb.toml"
+    bad_kb.write_text("[device\nbroken =\n")
+    env = dict(second_broker.env, SCANFLOW_KAFKA_BOOTSTRAP_SERVERS=second_broker.bootstrap)
+
+    def run(name: str, *flags: str) -> str:
+        argv = [a for a in _run_argv(tmp_path / name, "--set", f"policy.kb_files={bad_kb}") if a != "--skip-kafka-up"]
+        out = subprocess.run([*argv, *flags], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+        text = out.stdout + out.stderr
+        assert out.returncode == 1 and "[5/7] scheduler" in out.stdout, text
+        return text
+
+    assert second_broker("status").returncode != 0
+    text = run("started")
+    assert "kafka: stopping the broker this run started" in text, text
+    assert second_broker("status").returncode != 0, "the broker the run started is still running"
+    # --keep-kafka leaves it running; a run that finds it running leaves it so, and says nothing of it
+    text = run("kept", "--keep-kafka")
+    assert "kafka: stopping" not in text, text
+    assert second_broker("status").returncode == 0
+    text = run("found")
+    assert "kafka: stopping" not in text, text
+    assert second_broker("status").returncode == 0
