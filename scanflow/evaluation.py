@@ -228,7 +228,7 @@ ABLATIONS = (
     ("adaptive-no-followup", {"followup": False}, "no immediate follow-up: a new answer waits for the back-off"),
     ("adaptive-no-cadence", {"learned_cadence": False}, "no learned per-prefix sweep cadence: every prefix every 12 h"),
     ("adaptive-no-memory", {"memory": False}, "no remembered devices: a returning device is classified again"),
-    ("adaptive-light-first", {"initial_scan": "light"}, "first probe of each address the light set, not the standard set"),
+    ("adaptive-light-first", {"initial_scan": "light"}, "first probe of each address the light set, not the paper's silent set"),
 )
 
 

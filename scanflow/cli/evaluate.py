@@ -51,8 +51,10 @@ def _weeks_list(text: str) -> tuple[float, ...]:
 @click.option("--survey-ips", type=click.IntRange(10_000, 200_000_000), default=None,
               help="Addresses in the survey (default: the paper's ~12.2 M, of which 2.7 % answer).")
 @click.option("--initial-scan", type=click.Choice(["standard", "silent"]), default=None,
-              help="Port set of each IP's first scan: standard (the paper's classification scan) or silent "
-                   "(start in the silent sweep). Default: policy.initial_scan of the configuration (auto: standard).")
+              help="Port set of each IP's first scan, for both policies: standard (the paper's classification "
+                   "scan) or silent (the paper's silent sweep set). Default: policy.initial_scan of the "
+                   "configuration (auto: each policy's own, standard for the paper's method, silent for the "
+                   "adaptive policy).")
 @click.option("--honeypot-min-ports", type=click.IntRange(min=0), default=HONEYPOT_MIN_PORTS, show_default=True,
               help="Leave IPs the standard scan found with this many open ports or more out of PDR and DDR "
                    "(honeypots; 0 = keep every IP). PDR*/DDR* always keep them.")
@@ -62,7 +64,7 @@ def _weeks_list(text: str) -> tuple[float, ...]:
                    "plus compare.json, compare.md and pareto.png).")
 @click.option("--ablation", is_flag=True,
               help="Also run the adaptive policy with each mechanism switched off in turn (follow-up, learned "
-                   "cadence, memory, the standard first probe), into the same comparison.")
+                   "cadence, memory, the silent-set first probe), into the same comparison.")
 @click.option("--ceiling", is_flag=True,
               help="Also run the standard scan again at the efficient scan's own instants (with --desync and "
                    "--loss: what any policy probing there could at most find), into the same comparison.")
@@ -80,8 +82,8 @@ def evaluate(obj: CliContext, ips: int, weeks: float, seeds: int, out_dir: str, 
     generates a world and runs both policies, and prints a Table-4-style table (per seed, mean, min)
     for 2 weeks and the full period, each from a run of its own length. Writes metrics.json, observations/found/events Parquet and the
     Figure 3, 5, 6, 7 analogs, detection delays and traffic over time as PNG into --out. The policy
-    parameters and knowledge-base files come from the [policy] configuration (defaults: the paper's);
-    --initial-scan (or --set policy.initial_scan=...) chooses the first scan of the paper's method.
+    parameters and knowledge-base files come from the [policy] configuration, for both policies as the
+    live pipeline reads them; --initial-scan (or --set policy.initial_scan=...) chooses the first scan.
     With --policy both (the default) or --ablation, each policy variant is written into its own
     directory and one table compares them (compare.json, compare.md, printed) beside a Pareto plot of
     traffic against PDR (pareto.png) with the paper's Table 4 marked.
@@ -114,7 +116,14 @@ def evaluate(obj: CliContext, ips: int, weeks: float, seeds: int, out_dir: str, 
             configs.append(cfg)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    variants = policy_variants(policy, ablation, ceiling=ceiling)
+    _check_whole_rounds(policy_settings)
+    # the adaptive policy's parameters from the same [policy] settings the live pipeline reads
+    from pipelines.policy_setup import adaptive_params_from_settings
+
+    base = adaptive_params_from_settings(policy_settings)
+    if initial_scan is not None:
+        base = dataclasses.replace(base, initial_scan=initial_scan)
+    variants = policy_variants(policy, ablation, base=base, ceiling=ceiling)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     kb = load_knowledge(policy_settings.kb_paths(), builtin=policy_settings.builtin_kb)
@@ -251,6 +260,19 @@ def _evaluate_one(cfg, out: Path, kb, *, no_plots: bool, no_parquet: bool, quiet
         click.echo(f"\nwrote {len(written)} files to {out}/ (simulation {seconds['simulation']:.1f} s, "
                    f"port sets {seconds['port_sets']:.1f} s)")
     return summary
+
+
+def _check_whole_rounds(policy_settings) -> None:
+    """The simulator probes in rounds of ``policy.standard_interval_h``: the sweep periods must be whole
+    numbers of them (a one-line usage error naming the setting otherwise)."""
+    slot = policy_settings.standard_interval_h
+    for name in ("cadence_h", "silent_interval_h"):
+        hours = getattr(policy_settings, name)
+        rounds = hours / slot
+        if rounds < 1 - 1e-9 or abs(rounds - round(rounds)) > 1e-9:
+            raise click.UsageError(f"policy.{name} = {hours:g}: the simulator probes in rounds of "
+                                   f"policy.standard_interval_h ({slot:g} h); give a whole multiple of it, "
+                                   f"e.g. {max(1, round(rounds)) * slot:g}")
 
 
 def _policy_params(params, initial_scan: str | None):

@@ -97,3 +97,26 @@ def test_the_honeypot_exclusion_is_an_option_and_metrics_json_says_which(tmp_pat
             # without the exclusion PDR and DDR are the PDR* and DDR* of the default; nothing else moves
             assert (k["pdr"], k["ddr"]) == (d["pdr_all"], d["ddr_all"]) == (k["pdr_all"], k["ddr_all"])
             assert (k["traffic_ratio"], k["attempts_ratio"]) == (d["traffic_ratio"], d["attempts_ratio"])
+
+
+@pytest.mark.parametrize("how, light_target, initial", [
+    (["--set", "policy.light_target=0.95", "--set", "policy.initial_scan=standard", "evaluate"], 0.95, "standard"),
+    (["--set", "policy.cadence_h=24", "evaluate", "--initial-scan", "standard"], 0.93, "standard"),
+])
+def test_the_adaptive_policy_is_evaluated_with_the_configured_parameters(tmp_path, how, light_target, initial):
+    # the [policy] settings the live pipeline reads reach evaluate's adaptive runs too, and
+    # --initial-scan sets the first scan of both policies
+    args = how + ["--policy", "adaptive", "--ips", "3000", "--weeks", "1", "--seeds", "1", "--windows", "1",
+                  "--survey-ips", "300000", "--no-plots", "--no-parquet", "--out", str(tmp_path)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    adaptive = json.loads((tmp_path / "metrics.json").read_text())["config"]["adaptive"]
+    assert adaptive["light_target"] == light_target and adaptive["initial_scan"] == initial
+    assert adaptive["cadence"] == (24 if "policy.cadence_h=24" in how else 12) * 3600
+
+
+def test_a_sweep_period_that_is_not_whole_rounds_is_a_usage_error(tmp_path):
+    result = CliRunner().invoke(main, ["--set", "policy.cadence_h=6", "evaluate", "--out", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert "policy.cadence_h = 6: the simulator probes in rounds of policy.standard_interval_h (12 h)" in result.output
+    assert "e.g. 12" in result.output
