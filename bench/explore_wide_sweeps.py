@@ -21,6 +21,7 @@ import argparse
 import sys
 from dataclasses import replace
 from pathlib import Path
+from unittest.mock import patch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -84,11 +85,10 @@ def run(scenario: str, wide: int, ips: int, weeks: float, seed: int, sets, kb) -
             policy.wide, policy.wide_blocks = wide_set, seen["blocks"]
         return policy
 
-    evaluation.World.generate, adaptive.make_policy = world_of, policy_of
-    try:
+    # patch.object puts World.generate back as the classmethod it was (a plain assignment would leave
+    # a bound method on the class)
+    with patch.object(evaluation.World, "generate", world_of), patch.object(adaptive, "make_policy", policy_of):
         result, secs = adaptive_run(scenario, ips, weeks, seed, sets, kb)
-    finally:
-        evaluation.World.generate, adaptive.make_policy = generate, make_policy
     return result.windows, seen.get("share", 0.0) if wide else 0.0, result.efficient.max_slot_probes, secs
 
 

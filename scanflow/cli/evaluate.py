@@ -120,9 +120,7 @@ def evaluate(obj: CliContext, ips: int, weeks: float, seeds: int, out_dir: str, 
     # the adaptive policy's parameters from the same [policy] settings the live pipeline reads
     from pipelines.policy_setup import adaptive_params_from_settings
 
-    base = adaptive_params_from_settings(policy_settings)
-    if initial_scan is not None:
-        base = dataclasses.replace(base, initial_scan=initial_scan)
+    base = _policy_params(adaptive_params_from_settings(policy_settings), initial_scan)
     variants = policy_variants(policy, ablation, base=base, ceiling=ceiling)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -276,7 +274,7 @@ def _check_whole_rounds(policy_settings) -> None:
 
 
 def _policy_params(params, initial_scan: str | None):
-    """The configured policy parameters, with ``--initial-scan`` if given."""
+    """The configured parameters of either policy, with ``--initial-scan`` if given."""
     return params if initial_scan is None else dataclasses.replace(params, initial_scan=initial_scan)
 
 
