@@ -36,8 +36,9 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import heapq
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, NamedTuple
+from typing import Iterable, Iterator, Mapping, NamedTuple
 
 from scanflow.lifecycle.records import decision_record
 from scanflow.lifecycle.rounds import US, resolve_port_set
@@ -98,6 +99,46 @@ def replay_ip(ip: str, rounds: list[RecordedRound], policy, *, counterfactual: b
     decisions on the same history); the replayed tally is then the recording itself.
     """
     out = IpReplay(PolicyTally(byte_model), PolicyTally(byte_model))
+    for _ in _replay(ip, rounds, policy, out, counterfactual=counterfactual, phase=phase, tolerance_s=tolerance_s,
+                     silent_rule=silent_rule, records=records, lifecycle=lifecycle or Lifecycle(policy)):
+        pass
+    return out
+
+
+def replay_group(ips: Iterable[tuple[str, list[RecordedRound], int]], policy, *, counterfactual: bool = True,
+                 tolerance_s: float = 3600.0, byte_model: ByteModel = ByteModel(), silent_rule=None,
+                 records: bool = True, lifecycle: Lifecycle | None = None) -> dict[str, IpReplay]:
+    """:func:`replay_ip` for the addresses of one /24 together, ``(ip, rounds, phase)`` each, with
+    devices that move: every observation of the /24 is decided in time order (addresses at the same
+    instant in address order), each with the other addresses' states as they are then, as the live
+    stage decides a /24 (:meth:`Lifecycle.wake_group`). Without devices that move it is
+    :func:`replay_ip` of each address."""
+    lifecycle = lifecycle or Lifecycle(policy)
+    states: dict[str, object] = {} if lifecycle.moves else None
+    outs: dict[str, IpReplay] = {}
+    heap: list = []
+    for ip, rounds, phase in sorted(ips, key=lambda x: x[0]):
+        out = outs[ip] = IpReplay(PolicyTally(byte_model), PolicyTally(byte_model))
+        steps = _replay(ip, rounds, policy, out, counterfactual=counterfactual, phase=phase, tolerance_s=tolerance_s,
+                        silent_rule=silent_rule, records=records, lifecycle=lifecycle, states=states)
+        at = next(steps, None)
+        if at is not None:
+            heapq.heappush(heap, (at, ip, steps))
+    while heap:
+        _, ip, steps = heapq.heappop(heap)
+        at = next(steps, None)
+        if at is not None:
+            heapq.heappush(heap, (at, ip, steps))
+    return outs
+
+
+def _replay(ip: str, rounds: list[RecordedRound], policy, out: IpReplay, *, counterfactual: bool, phase: int,
+            tolerance_s: float, silent_rule, records: bool, lifecycle: Lifecycle,
+            states: dict | None = None) -> Iterator[float]:
+    """The replay of one IP as steps: yields the time of each observation before it is decided (a
+    driver decides the addresses of a /24 in time order, :func:`replay_group`); ``states``: the /24's
+    states by address, kept up to date here, for devices that move (None: the address alone)."""
+    byte_model = out.standard.byte_model
     for r in rounds:
         probes = r.ports_probed or (len(r.probed) if r.probed else 0)
         out.standard.add_round(ip, probes, r.open_ports, [(p, len(b)) for p, b in r.banners])
@@ -108,7 +149,7 @@ def replay_ip(ip: str, rounds: list[RecordedRound], policy, *, counterfactual: b
                 out.observations.append(_observation_record(
                     ip, r, Observation(r.open_ports, r.banners, r.probed, r.complete), r.policy, r.probed, r.scan_id))
     if not rounds:
-        return out
+        return
     tag = f"~{policy.name.lower()}"
     times = [r.at for r in rounds]
     slot = policy.params.standard_interval
@@ -119,7 +160,7 @@ def replay_ip(ip: str, rounds: list[RecordedRound], policy, *, counterfactual: b
     tracked = None                     # the lifecycle's state of the IP while it is tracked
     if counterfactual:
         if phase >= len(rounds):
-            return out
+            return
         first = first_scan(policy, rounds[phase].at)
         at, ports, i = first.at, first.ports, phase
     else:
@@ -129,6 +170,7 @@ def replay_ip(ip: str, rounds: list[RecordedRound], policy, *, counterfactual: b
         # ``now``: when the policy looks; the recorded round's end, or a follow-up's planned time
         now, sid, followed = r.at, r.scan_id + tag, False
         while True:
+            yield now
             if counterfactual:
                 seen = r.open_ports & ports.ports
                 banners = tuple((p, b) for p, b in r.banners if p in ports.ports)
@@ -149,7 +191,10 @@ def replay_ip(ip: str, rounds: list[RecordedRound], policy, *, counterfactual: b
                                                   byte_model, now))
                 at, ports = now + sweep_s, silent_rule.sweep
             else:
-                tracked, decided = lifecycle.observe(ip, tracked, obs, now, sid)
+                tracked, decided = lifecycle.observe(
+                    ip, tracked, obs, now, sid, lifecycle.neighbours(ip, states) if states is not None else None)
+                if states is not None:
+                    states[ip] = tracked
                 if records:
                     out.observations.append(_observation_record(ip, r, obs, policy.name, ports, sid, now))
                     out.decisions.append(decision_record(ip=ip, policy=policy.name, decided_at=now, scan_id=sid,
@@ -172,7 +217,6 @@ def replay_ip(ip: str, rounds: list[RecordedRound], policy, *, counterfactual: b
             i = max(bisect.bisect_left(times, at - (now - r.at) - tolerance_s, lo=i + 1), i + 1)
         else:
             i += 1
-    return out
 
 
 def sweep_seconds(policy, rule, ip: str, slot: float) -> float:

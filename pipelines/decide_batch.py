@@ -20,15 +20,19 @@ import apache_beam as beam
 from pipelines.per_ip_stage import COMMANDS, STATES, CountReporter, emit
 from scanflow.lifecycle.rounds import Round
 from scanflow.lifecycle.state import RefTable
-from scanflow.lifecycle.step import Lifecycle
+from scanflow.lifecycle.step import Lifecycle, prefix_of
 
 class _WithTime(beam.DoFn):
-    """``(ip, Round)`` -> ``(ip, (element time in micros, round tuple))``: the time the per-IP
-    stage would wake up for the round."""
+    """``(ip, Round)`` -> ``(key, (element time in micros, round tuple))``: the time the per-IP
+    stage would wake up for the round, under the stage's key (the address, or its /24 with devices
+    that move: :meth:`Lifecycle.group_of`)."""
+
+    def __init__(self, moves: bool):
+        self._moves = moves
 
     def process(self, element, ts=beam.DoFn.TimestampParam):
         ip, rnd = element
-        yield ip, (ts.micros, tuple(rnd))
+        yield prefix_of(ip) if self._moves else ip, (ts.micros, tuple(rnd))
 
 
 class _DecideFn(beam.DoFn):
@@ -46,9 +50,9 @@ class _DecideFn(beam.DoFn):
         self._counts = CountReporter(self._lifecycle.counts)
 
     def process(self, element):
-        ip, items = element
+        key, items = element
         rounds = [(us, Round(*r)) for us, r in items]
-        for o in self._lifecycle.run(ip, rounds, forget_s=self._forget_s):
+        for o in self._lifecycle.run(key, rounds, forget_s=self._forget_s):
             yield from emit(o, self._name, self._ttl, self._refs, self._emit_states)
 
     def finish_bundle(self):
@@ -68,7 +72,7 @@ class DecideInBatch(beam.PTransform):
 
     def expand(self, keyed: Any):
         out = (keyed
-               | "WithTime" >> beam.ParDo(_WithTime()).with_output_types(beam.typehints.KV[str, Any])
+               | "WithTime" >> beam.ParDo(_WithTime(Lifecycle(self._fn._policy).moves)).with_output_types(beam.typehints.KV[str, Any])
                | "ByIp" >> beam.GroupByKey()
                | "Decide" >> beam.ParDo(self._fn).with_outputs(COMMANDS, STATES, main="decisions"))
         return out.decisions, out[COMMANDS], out[STATES]

@@ -164,6 +164,18 @@ def partition_count(kafka, topic: str) -> int:
     return len(parts)
 
 
+def refuse_split_moves(share: PartitionShare | None, policy) -> None:
+    """Devices that move (``policy.moves``) key the scheduler's state by /24, but agents key events by
+    address, so a /24's addresses fall in many partitions: a job that owns only some of them would
+    decide a /24 without its other addresses. A one-line :class:`ConfigError` then names the fix."""
+    from scanflow.lifecycle.step import Lifecycle
+
+    if share is not None and not share.whole and Lifecycle(policy).moves:
+        raise ConfigError(f"pipeline.partitions = {share.label}: policy.moves decides the addresses of a /24 "
+                          "together, which one job of several cannot (events are keyed by address); run one "
+                          "scheduler job (leave pipeline.partitions empty) or set policy.moves = false")
+
+
 def share_of(kafka, events_topic: str, text: str) -> PartitionShare:
     """The share ``pipeline.partitions`` = ``text`` names, checked against ``events_topic``."""
     return parse_share(text, partition_count(kafka, events_topic))

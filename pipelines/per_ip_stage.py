@@ -1,5 +1,11 @@
 """Stage: change detection and scheduling, stateful per IP, with event-time timers per IP.
 
+The key is the IP, or its /24 when the policy lets devices move (``policy.moves``,
+:meth:`scanflow.lifecycle.step.Lifecycle.group_of`): then one key holds the states of the /24's
+addresses and each wake-up decides them together in event-time order
+(:meth:`~scanflow.lifecycle.step.Lifecycle.wake_group`), so a new answer sees the other addresses'
+remembered devices as they are at its time.
+
 Per IP the stage keeps the compact :class:`~scanflow.lifecycle.state.Tracked` state (last answer's ports and
 banner digests = its fingerprint, back-off step, device, next scan time, recent scan ids) and a bag
 of rounds waiting for the watermark. The logic is :class:`scanflow.lifecycle.step.Lifecycle`, which calls
@@ -49,7 +55,7 @@ from scanflow.lifecycle.records import command_record, decision_record, ip_state
 from scanflow.lifecycle.state import (STATE_HEADER, RefTable, Tracked, is_tombstone, pack, pack_header,
                                       unpack, unpack_header)
 from scanflow.lifecycle.step import (Decided, Due, KnowledgeUrgent, Lifecycle, Snapshot, from_ip_state_record,
-                                     out_time)
+                                     out_time, prefix_of)
 
 COMMANDS = "commands"
 STATES = "states"
@@ -81,6 +87,8 @@ class RestoreRecord(NamedTuple):
     header: bytes | None
     record: Mapping[str, Any] | None
     ts: float
+    #: The address (set where the stage is keyed by /24, :meth:`Lifecycle.group_of`).
+    ip: str | None = None
 
 
 class CountReporter:
@@ -103,20 +111,22 @@ class CountReporter:
 
 
 class _TrackFn(beam.DoFn):
-    """The per-IP state and the rounds waiting for the watermark, in one bag; two timers.
+    """The states of a key's addresses and the rounds waiting for the watermark, in one bag; two timers.
 
-    One bag rather than a value and a bag: on a portable runner every state read is a round trip
-    (Prism has no cache tokens, so the SDK's cache does not help), and a wake-up needs both. The bag
-    holds at most one ``bytes`` item, the packed state (:mod:`scanflow.lifecycle.state`), and any number of
-    ``(element time in micros, Round as a plain tuple)`` items. An arriving round is appended without
-    reading anything; a wake-up reads the bag once and writes it back only when something changed.
+    A key is one address, or one /24 with devices that move (:meth:`Lifecycle.group_of`). One bag
+    rather than values and a bag: on a portable runner every state read is a round trip (Prism has no
+    cache tokens, so the SDK's cache does not help), and a wake-up needs both. The bag holds one
+    ``(address, packed state or demotion mark)`` item per address with state
+    (:mod:`scanflow.lifecycle.state`), and any number of ``(element time in micros, Round as a plain
+    tuple)`` items. An arriving round is appended without reading anything; a wake-up reads the bag
+    once and writes it back only when something changed.
     """
 
-    #: The packed state (bytes, at most one) and the rounds waiting for the watermark.
+    #: The packed states and the rounds waiting for the watermark.
     STORE = BagStateSpec("store", FastPrimitivesCoder())
     #: The watermark passed a round that arrived (the latest set wins; a wake-up re-arms it).
     ROUND = TimerSpec("round", TimeDomain.WATERMARK)
-    #: The IP's next scan time, or its watchdog after the command was issued.
+    #: The earliest next scan time (or watchdog, or end of a demotion mark) of the key's addresses.
     DUE = TimerSpec("due", TimeDomain.WATERMARK)
 
     def __init__(self, policy, *, recent_scans: int, command_ttl_s: float, round_timeout_s: float,
@@ -144,34 +154,35 @@ class _TrackFn(beam.DoFn):
         self._counts.flush()
 
     @staticmethod
-    def _load(store) -> tuple[bytes | None, list]:
-        """The packed state (None if none) and the waiting ``(micros, round tuple)`` items."""
-        raw, items = None, []
+    def _load(store) -> tuple[dict[str, bytes], list]:
+        """The packed states (or marks) by address and the waiting ``(micros, round tuple)`` items."""
+        raws, items = {}, []
         for item in store.read():
-            if isinstance(item, bytes):
-                raw = item
+            if isinstance(item[0], str):
+                raws[item[0]] = item[1]
             else:
                 items.append(item)
-        return raw, items
+        return raws, items
 
     @staticmethod
-    def _save(store, raw: bytes | None, items) -> None:
+    def _save(store, raws: Mapping[str, bytes], items) -> None:
         store.clear()
-        if raw is not None:
-            store.add(raw)
+        for ip in sorted(raws):
+            store.add((ip, raws[ip]))
         for item in items:
             store.add(item)
 
     def process(self, element, ts=beam.DoFn.TimestampParam, store=beam.DoFn.StateParam(STORE),
                 round_timer=beam.DoFn.TimerParam(ROUND), due_timer=beam.DoFn.TimerParam(DUE)):
-        ip, item = element
+        key, item = element
         if not isinstance(item, RestoreRecord):
             # A round (or a knowledge update) waits for the watermark; nothing is read here.
             store.add((ts.micros, _to_bag(item)))
             round_timer.set(timer_time(ts.micros))
             return
-        raw, waiting = self._load(store)
-        current, floor = self._read(raw)
+        ip = item.ip or key
+        raws, waiting = self._load(store)
+        current, floor = self._read(raws.get(ip))
         try:
             restored, updated_at = self._parse_restore(item)
         except (KeyError, ValueError, IndexError) as exc:
@@ -183,28 +194,23 @@ class _TrackFn(beam.DoFn):
             return
         new = self._lifecycle.restore(current, restored, updated_at)
         if new is not current:
-            if new is not None:
-                self._save(store, pack(new, self._refs), waiting)
-                self._set_due(due_timer, new)
-            else:
-                self._save(store, self._demoted(due_timer, updated_at, None), waiting)
+            keep = pack(new, self._refs) if new is not None else self._mark(None, updated_at, None)
         elif new is None and restored is None and (floor is None or updated_at > floor):
-            self._save(store, self._demoted(due_timer, updated_at, None), waiting)
+            keep = self._mark(None, updated_at, None)
+        else:
+            return
+        raws[ip] = keep
+        self._save(store, raws, waiting)
+        self._set_due(due_timer, {a: self._read(raw) for a, raw in raws.items()})
 
-    def _demoted(self, due_timer, at: float, now_us: int | None) -> bytes | None:
+    def _mark(self, raw: bytes | None, at: float, now_us: int | None) -> bytes | None:
         """An IP without state keeps the time it was demoted (10 bytes) for ``forget_s``: a round
         that ended before it and comes again (a rewound restart, a scan executed twice) is late,
         as it would be for a tracked IP. The DUE timer forgets the mark. Returns the mark to keep
-        (None: forgotten)."""
-        forget = at + self._forget_s
-        if now_us is not None and now_us >= micros(forget):
-            due_timer.clear()
+        (``raw`` when it is that mark already; None: forgotten)."""
+        if now_us is not None and now_us >= micros(at + self._forget_s):
             return None
-        if self._horizon is not None and forget >= self._horizon:
-            due_timer.clear()           # a bounded replay ends before it: nothing to forget
-        else:
-            due_timer.set(timer_time(micros(forget)))
-        return pack_header(None, at, self._refs)
+        return raw if raw is not None else pack_header(None, at, self._refs)
 
     def _read(self, raw: bytes | None) -> tuple[Tracked | None, float | None]:
         """The IP's state, or None and the time of a restored tombstone (None if there is none)."""
@@ -214,12 +220,25 @@ class _TrackFn(beam.DoFn):
             return None, unpack_header(raw, self._refs)[1]
         return unpack(raw, self._refs), None
 
-    def _set_due(self, due_timer, t) -> None:
-        due = self._lifecycle.due_at(t)
-        if due is None:
-            due_timer.clear()
+    def _set_due(self, due_timer, kept: Mapping[str, tuple[Tracked | None, float | None]]) -> None:
+        """The DUE timer at the earliest next scan (or watchdog) of a tracked address, or end of a
+        demotion mark (none at or after a bounded replay's horizon: nothing to forget then)."""
+        times = []
+        for t, floor in kept.values():
+            if t is not None:
+                due = self._lifecycle.due_at(t)
+            elif floor is not None:
+                due = floor + self._forget_s
+                if self._horizon is not None and due >= self._horizon:
+                    due = None
+            else:
+                due = None
+            if due is not None:
+                times.append(due)
+        if times:
+            due_timer.set(timer_time(micros(min(times))))
         else:
-            due_timer.set(timer_time(micros(due)))
+            due_timer.clear()
 
     def _parse_restore(self, item: RestoreRecord):
         if item.header is not None:
@@ -233,37 +252,51 @@ class _TrackFn(beam.DoFn):
     def on_round(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
                  store=beam.DoFn.StateParam(STORE), round_timer=beam.DoFn.TimerParam(ROUND),
                  due_timer=beam.DoFn.TimerParam(DUE)):
-        """The watermark passed a round of this IP: wake up (see :meth:`_wake`)."""
+        """The watermark passed a round of this key: wake up (see :meth:`_wake`)."""
         yield from self._wake(key, fired, store, round_timer, due_timer)
 
     @on_timer(DUE)
     def on_due(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
                store=beam.DoFn.StateParam(STORE), round_timer=beam.DoFn.TimerParam(ROUND),
                due_timer=beam.DoFn.TimerParam(DUE)):
-        """The IP's next scan time (or its watchdog) came: wake up (see :meth:`_wake`)."""
+        """A next scan time (or watchdog) of this key came: wake up (see :meth:`_wake`)."""
         yield from self._wake(key, fired, store, round_timer, due_timer)
 
     def _wake(self, key, fired, store, round_timer, due_timer):
-        """Apply everything of the IP due by the firing time in event-time order, emit decisions,
-        commands and the new state, and set both timers again."""
-        raw, waiting = self._load(store)
-        current, floor = self._read(raw)
+        """Apply everything of the key due by the firing time in event-time order, emit decisions,
+        commands and the new states, and set both timers again."""
+        raws, waiting = self._load(store)
+        currents: dict[str, Tracked | None] = {}
+        floors: dict[str, float] = {}
+        for ip, raw in raws.items():
+            currents[ip], floor = self._read(raw)
+            if floor is not None:
+                floors[ip] = floor
         items = [(us, _from_bag(r)) for us, r in waiting]
-        new, out, rest = self._lifecycle.wake(key, current, items, fired.micros, late_until=floor,
-                                            now=time.time() if self._catch_up else None)
-        keep = raw
-        if new is not None:
-            if new is not current:
-                keep = pack(new, self._refs)
-            self._set_due(due_timer, new)
-        elif current is not None:           # demoted now
-            keep = self._demoted(due_timer, out_time(out, fired.micros / US), fired.micros)
-        elif floor is not None:             # demoted before: keep or forget the mark
-            keep = self._demoted(due_timer, floor, fired.micros)
-        else:
-            due_timer.clear()
-        if keep is not raw or len(rest) != len(items):
-            self._save(store, keep, ((us, _to_bag(item)) for us, item in rest))
+        news, out, rest = self._lifecycle.wake_group(key, currents, items, fired.micros, late_until=floors,
+                                                     now=time.time() if self._catch_up else None)
+        keeps: dict[str, bytes] = {}
+        kept: dict[str, tuple[Tracked | None, float | None]] = {}
+        changed = False
+        for ip in set(raws) | set(news):
+            current, new, raw = currents.get(ip), news.get(ip), raws.get(ip)
+            at = floors.get(ip)
+            if new is not None:
+                keep = raw if new is current else pack(new, self._refs)
+            elif current is not None:           # demoted now
+                at = out_time([o for o in out if o.ip == ip], fired.micros / US)
+                keep = self._mark(None, at, fired.micros)
+            elif at is not None:                # demoted before: keep or forget the mark
+                keep = self._mark(raw, at, fired.micros)
+            else:
+                keep = None
+            changed = changed or keep is not raw
+            if keep is not None:
+                keeps[ip] = keep
+                kept[ip] = (new, None) if new is not None else (None, at)
+        self._set_due(due_timer, kept)
+        if changed or len(rest) != len(items):
+            self._save(store, keeps, ((us, _to_bag(item)) for us, item in rest))
         if rest:
             round_timer.set(timer_time(min(us for us, _ in rest)))
         else:
@@ -294,6 +327,17 @@ def emit(o, policy_name: str, ttl_s: float, refs: RefTable, emit_states: bool = 
         yield beam.pvalue.TaggedOutput(STATES, (o.ip, record, ((STATE_HEADER, pack_header(t, o.updated_at, refs)),)))
 
 
+def _keyed(kv, moves: bool):
+    """``(ip, item)`` under the stage's key for ``ip``: itself, or its /24 with devices that move
+    (:meth:`Lifecycle.group_of`; a restore record or knowledge update then carries its address)."""
+    if not moves:
+        return kv
+    ip, item = kv
+    if isinstance(item, (RestoreRecord, KnowledgeUrgent)):
+        item = item._replace(ip=ip)
+    return prefix_of(ip), item
+
+
 class DetectChanges(beam.PTransform):
     """``(ip, Round)`` and ``(ip, RestoreRecord)`` -> ``(decisions, commands, states)``.
 
@@ -317,9 +361,10 @@ class DetectChanges(beam.PTransform):
                             forget_s=forget_s, catch_up=catch_up, writes=writes)
 
     def expand(self, keyed):
+        moves = Lifecycle(self._fn._policy).moves
         out = (keyed
                # A declared key type gives the runner a deterministic key coder to group state by.
-               | "KeyByIp" >> beam.Map(lambda kv: kv).with_output_types(beam.typehints.KV[str, Any])
+               | "KeyByIp" >> beam.Map(_keyed, moves).with_output_types(beam.typehints.KV[str, Any])
                | "Track" >> beam.ParDo(self._fn).with_outputs(COMMANDS, STATES, WRITES, main="decisions"))
         if self._writes:
             return out.decisions, out[COMMANDS], out[STATES], out[WRITES]

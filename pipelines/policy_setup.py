@@ -126,7 +126,7 @@ def adaptive_params_from_settings(policy_settings):
         standard_interval=p.standard_interval_h * HOUR, retry_interval=p.retry_interval_h * HOUR,
         followup_delay=p.followup_delay_s, memory_for=p.memory_for_h * HOUR,
         exploited_cap=p.exploited_cap_h * HOUR,
-        light_target=p.light_target, light_ports=p.light_ports, initial_scan=initial)
+        light_target=p.light_target, light_ports=p.light_ports, initial_scan=initial, moves=p.moves)
 
 
 def _sweep_cadence(policy_settings, params):

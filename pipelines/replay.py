@@ -28,9 +28,9 @@ from typing import Any, Iterable, Mapping
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from pipelines.counterfactual import IpReplay, assemble_rounds, replay_ip, stable_phase
+from pipelines.counterfactual import IpReplay, assemble_rounds, replay_group, stable_phase
 from scanflow.lifecycle.rounds import US
-from scanflow.lifecycle.step import Lifecycle
+from scanflow.lifecycle.step import Lifecycle, prefix_of
 from scanflow.metrics import HONEYPOT_MIN_PORTS, PolicyTally, compare, exclusion_line
 
 _METRICS = "scanflow.replay"
@@ -140,25 +140,41 @@ class _ReplayIps(beam.DoFn):
         self._ips = Metrics.counter(_METRICS, "ips")
 
     def process(self, element, ranges=None):
-        ip, groups = element
+        key, groups = element
         items = [item for group in groups for item in (group if isinstance(group, list) else (group,))]
-        covering = _covering(ip, ranges) if ranges else ()
-        rounds, n_events = assemble_rounds(items, self._published, covering)
-        rounds = [r for r in rounds if r.policy == self._spec.source_policy]
-        phase = self._spec.phases.get(ip) if self._spec.phases else None
-        result = replay_ip(ip, rounds, self._policy, counterfactual=self._spec.counterfactual,
-                           phase=stable_phase(ip, self._first_rounds) if phase is None else phase,
-                           tolerance_s=self._spec.tolerance_s, silent_rule=self._rule, records=self._records,
-                           lifecycle=self._lifecycle)
-        self._events.inc(n_events)
-        self._ips.inc()
-        for d in result.decisions:
-            yield beam.pvalue.TaggedOutput("decisions", d)
-        for o in result.observations:
-            yield beam.pvalue.TaggedOutput("observations", o)
-        for d in result.scans:
-            yield beam.pvalue.TaggedOutput("scans", d)
-        yield _Totals.of(result, n_events)
+        # keyed by address, or by /24 with devices that move (then each item carries its address)
+        by_ip = {key: items} if not self._lifecycle.moves else _by_address(items)
+        replays, events = [], {}
+        for ip, its in by_ip.items():
+            covering = _covering(ip, ranges) if ranges else ()
+            rounds, events[ip] = assemble_rounds(its, self._published, covering)
+            rounds = [r for r in rounds if r.policy == self._spec.source_policy]
+            phase = self._spec.phases.get(ip) if self._spec.phases else None
+            replays.append((ip, rounds, stable_phase(ip, self._first_rounds) if phase is None else phase))
+        results = replay_group(replays, self._policy, counterfactual=self._spec.counterfactual,
+                               tolerance_s=self._spec.tolerance_s, silent_rule=self._rule, records=self._records,
+                               lifecycle=self._lifecycle)
+        for ip, result in results.items():
+            self._events.inc(events[ip])
+            self._ips.inc()
+            for d in result.decisions:
+                yield beam.pvalue.TaggedOutput("decisions", d)
+            for o in result.observations:
+                yield beam.pvalue.TaggedOutput("observations", o)
+            for d in result.scans:
+                yield beam.pvalue.TaggedOutput("scans", d)
+            yield _Totals.of(result, events[ip])
+
+
+def _by_address(items) -> dict[str, list]:
+    """``(ip, item)`` pairs of a /24 by address."""
+    out: dict[str, list] = {}
+    for ip, item in items:
+        if isinstance(item, list):           # a batch of the address's items
+            out.setdefault(ip, []).extend(item)
+        else:
+            out.setdefault(ip, []).append(item)
+    return out
 
 
 def _covering(ip: str, ranges: Mapping[str, list]) -> list:
@@ -325,6 +341,9 @@ class ReplayRecorded(beam.PTransform):
     def expand(self, inputs):
         keyed, ranges = inputs
         index = ranges | "IndexRanges" >> beam.combiners.ToList() | "ByBlock" >> beam.Map(_index_ranges)
+        if Lifecycle(self._policy).moves:
+            # devices that move: the addresses of a /24 are replayed together, in time order
+            keyed = keyed | "ByPrefix" >> beam.Map(lambda kv: (prefix_of(kv[0]), [kv]))
         replayed = (keyed
                     | "GroupByIp" >> beam.GroupByKey()
                     | "ReplayIps" >> beam.ParDo(_ReplayIps(self._spec, self._policy, self._out is not None),

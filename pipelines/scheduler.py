@@ -131,13 +131,14 @@ def build_live(p: beam.Pipeline, settings, pipeline: PipelineSettings, policy, *
     reads only its events partitions, restores and rescans only its addresses and sweeps only its
     blocks; checked against the events topic here (a one-line :class:`scanflow.config.ConfigError`)."""
     from pipelines.kb_updates import ReadKnowledgeUpdates, topic_exists
-    from pipelines.partitions import share_of
+    from pipelines.partitions import refuse_split_moves, share_of
     from pipelines.sources import ReadEvents, rewound_start_offsets
 
     kafka, topics = settings.kafka, settings.topics
     share = share_of(kafka, topics.events, pipeline.partitions) if pipeline.partitions.strip() else None
     if share is not None and share.whole:
         share = None
+    refuse_split_moves(share, policy)
     parts = share.partitions if share is not None else None
     if share is not None:
         log.info("scheduler job of partitions %s of %d of %s", list(share.partitions), share.count, topics.events)

@@ -4,7 +4,7 @@ The paper's policy (:class:`scanflow.policy.EfficientPolicy`) misses what appear
 sweeps and long back-offs: a device on-line 8 % of the time is met by a 3.5-day sweep with about that
 chance, and a device replacing a backed-off one waits up to 30 days. The adaptive policy keeps the
 paper's per-IP state and back-off, and changes three things (each can be switched off, for the
-ablation in ``scanflow evaluate --ablation``):
+ablation in ``scanflow evaluate --ablation``), and a fourth on request:
 
 **Light sweeps, learned.** Every address is probed every ``cadence`` (12 h) with a *light* set: the
 top ranked ports, as many as the ranking's device detection curve needs to reach ``light_target``
@@ -26,6 +26,10 @@ exceed what the standard scan sends an address in a slot. At most one follow-up 
 and back-off step) for ``memory_for``; when the same device answers again (same ports and banners on
 the ports probed) it resumes where it was, without a follow-up: a sporadic device coming back costs a
 light probe, not a classification scan.
+
+**Devices that move** (``moves``, off by default). A new answer that is the device exactly one other
+address of its /24 remembers resumes that device's state there (:meth:`AdaptivePolicy.moved`); the
+runners then decide a /24's addresses together, in time order (:meth:`scanflow.lifecycle.step.Lifecycle.wake_group`).
 
 Ethics are the paper's: no address gets more probes in a slot than the standard scan sends it (the
 simulator measures it: ``PolicyRun.max_slot_probes``); the order of targets is the schedule's.
@@ -84,6 +88,9 @@ class AdaptiveParams:
     #: Full probes of a device the knowledge base cannot name use the ports predicted from its ports
     #: (:mod:`scanflow.predict`, when the sets carry a predictor) instead of the unknown-device set.
     predicted: bool = False
+    #: Devices that move: a new answer at an address that matches exactly one device another address
+    #: of its /24 remembers (:meth:`AdaptivePolicy.moved`) resumes that device's state there.
+    moves: bool = False
 
     def __post_init__(self) -> None:
         for name in ("cadence", "quiet_interval", "standard_interval", "retry_interval", "memory_for",
@@ -492,6 +499,41 @@ class AdaptivePolicy:
             return False
         old = dict(state.digests)
         return all(old.get(port, digest) == digest for port, digest in digests)
+
+    def moved(self, state: IpState | None, obs: Observation, now: float,
+              neighbours: Iterable[IpState]) -> IpState | None:
+        """Devices that move (``AdaptiveParams.moves``): for an answer ``obs`` that is new for its
+        address (state ``state``, None if untracked: not the address's own remembered device, or a change
+        from its responsive device), the remembered state of the device it shows, when exactly one of
+        ``neighbours`` (the states of the other addresses of the /24) remembers it. None otherwise, or
+        when the answer carries no banner (pools of one ISP's routers answer alike on ports alone: a
+        match on ports names a model, not a device). The policy then decides with that state as the
+        address's own: the device resumes its estimate and back-off step, without a follow-up.
+
+        A memory counts from the instant after the device left (``last_changed``); every runner decides
+        a /24's answers in time order, so each finds the same match. The neighbour keeps its memory (a
+        runner changes nothing but the answering address): should the device come back there, it
+        resumes there too."""
+        p = self.params
+        if not (p.moves and p.memory and obs.open_ports and obs.banners):
+            return None
+        digests = port_digests(obs.banners)
+        if not digests:
+            return None
+        if state is not None and state.responsive:
+            # another device in place of the address's own (a change, not a classification under way)
+            if state.probe in (FOLLOWUP, FIRST, REST) or not obs.complete or not self._changed(state, obs, digests):
+                return None
+        elif state is not None and state.recall and self._same_device(state, obs, digests):
+            return None
+        hit = None
+        for state in neighbours:
+            if (state.recall and not state.responsive and state.last_changed is not None
+                    and state.last_changed < now and self._same_device(state, obs, digests)):
+                if hit is not None:
+                    return None
+                hit = state
+        return hit
 
     def _back(self, state: IpState, obs: Observation, now: float) -> tuple[IpState, ScanPlan]:
         """A remembered device came back: resume its estimate and back-off step (no follow-up); its

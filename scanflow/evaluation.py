@@ -249,6 +249,12 @@ def policy_variants(policy: str = "both", ablation: bool = False,
         out.append(PolicyVariant("adaptive", "adaptive", base, "the adaptive policy, every mechanism on"))
     if ablation:
         out += [PolicyVariant(name, "adaptive", replace(base, **change), what) for name, change, what in ABLATIONS]
+        # devices that move are off by default (docs/EVALUATION.md): the ablation shows them switched over
+        out.append(PolicyVariant("adaptive-no-moves", "adaptive", replace(base, moves=False),
+                                 "no devices that move: a device at another address of its /24 starts over")
+                   if base.moves else
+                   PolicyVariant("adaptive-moves", "adaptive", replace(base, moves=True),
+                                 "devices that move: a device another address of its /24 remembers resumes there"))
     if ceiling:
         from scanflow.adaptive import TWIN
 

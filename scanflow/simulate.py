@@ -33,6 +33,8 @@ it runs. The simulator itself builds no record and imports no I/O layer.
 
 from __future__ import annotations
 
+import heapq
+
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
@@ -239,6 +241,9 @@ class _Bookkeeping:
     code_of: np.ndarray
     probed_first: np.ndarray
     states: dict = field(default_factory=dict)       # ip -> the lifecycle's Tracked state
+    #: Devices that move: /24 number -> its tracked addresses (None when the policy keeps no such view).
+    members: dict | None = None
+    offset: int = 0                                   # address index -> address number
 
 
 def run_policy(world: World, schedule: Schedule, policy, byte_model: ByteModel = ByteModel(), *,
@@ -325,7 +330,9 @@ def _run_range(world: World, schedule: Schedule, policy, byte_model: ByteModel, 
     n, nr = world.n_ips, schedule.n_slots
     tr = _Bookkeeping(next_round=schedule.phase.astype(np.int64).copy(), tracked=np.zeros(n, dtype=bool),
                   mask_of=np.full(n, first_mid, dtype=np.int32), size_of=np.full(n, len(rule.first), dtype=np.int64),
-                  code_of=np.full(n, -1, dtype=np.int32), probed_first=np.zeros(n, dtype=bool))
+                  code_of=np.full(n, -1, dtype=np.int32), probed_first=np.zeros(n, dtype=bool),
+                  members={} if lifecycle.moves else None,
+                  offset=getattr(getattr(policy, "cadence", None), "offset", 0))
     seg_all, k_all = cover(world, schedule, efficient=True)
     bounds = np.searchsorted(k_all, np.arange(nr + 1))
     seg_ip = world.segments.ip
@@ -353,12 +360,37 @@ def _run_range(world: World, schedule: Schedule, policy, byte_model: ByteModel, 
             fresh = detected[hit_seg] < 0
             detected[hit_seg[fresh]] = times[row[fresh]]
 
+    def follow_up(k: int, followups: list[tuple[int, int, int]]) -> None:
+        """Follow-ups ``(instant, address, size of the probe it follows)``: a plan due before the
+        address's next probe of the grid is made within the round, at its own instant, and decided
+        like any round (a follow-up may not plan another in the slot)."""
+        nonlocal slot_max, decisions
+        ips = np.array([ip for _, ip, _ in followups], dtype=np.int64)
+        times = np.array([at for at, _, _ in followups], dtype=np.int64)
+        before = np.array([size for _, _, size in followups], dtype=np.int64)
+        segs = world.segment_at(ips, times)
+        row, entry = world.answers(segs, masks, tr.mask_of[ips], times, scanner, loss)
+        attempts[k] += len(ips)
+        sizes = tr.size_of[ips]
+        probes[k] += int(sizes.sum())
+        sent[k] += int(sizes.sum()) * byte_model.syn + int(cost[entry].sum())
+        slot_max = max(slot_max, int((before + sizes).max()))
+        found(k, ips, segs, times, row, entry)
+        starts = np.searchsorted(row, np.arange(len(ips) + 1))
+        for r in range(len(ips)):
+            at = _decide_one(world, schedule, lifecycle, rule, masks, tr, int(ips[r]), int(segs[r]),
+                             int(times[r]), entry[starts[r]:starts[r + 1]], k, ladder_len,
+                             rec if record else None, events)
+            decisions += 1
+            if at is not None:
+                raise ValueError(f"policy {policy.name}: a follow-up planned another probe in the same slot")
+
     slot_max = 0
     for k in range(nr):
         if learn_rounds and k and k % learn_rounds == 0:
             _learn_cadence(policy, n, code_parts)
         due = lo + np.flatnonzero(tr.next_round[lo:hi] == k)
-        followups: list[tuple[int, int]] = []
+        followups: list[tuple[int, int, int]] = []     # (instant, address, size of the probe before)
         if len(due):
             segs_k = seg_all[bounds[k]:bounds[k + 1]]
             seg_of_ip[seg_ip[segs_k]] = segs_k
@@ -387,35 +419,27 @@ def _run_range(world: World, schedule: Schedule, policy, byte_model: ByteModel, 
             tr.probed_first[due[quiet]] = True
             starts = np.searchsorted(row, np.arange(len(due) + 1))
             grid_size = tr.size_of[due].copy()
-            for r in np.flatnonzero(~quiet):
+            decide = np.flatnonzero(~quiet)
+            if tr.members is not None:
+                # devices that move: a /24's answers are decided in time order (addresses at the same
+                # instant in address order), as the live stage wakes a /24
+                decide = decide[np.argsort(times[decide], kind="stable")]
+            for r in decide:
+                if tr.members is not None:
+                    # devices that move: the follow-ups made before this answer are decided before it
+                    while followups and followups[0][:2] < (int(times[r]), int(due[r])):
+                        follow_up(k, [heapq.heappop(followups)])
                 at = _decide_one(world, schedule, lifecycle, rule, masks, tr, int(due[r]), int(seg_due[r]),
                                  int(times[r]), entry[starts[r]:starts[r + 1]], k, ladder_len,
                                  rec if record else None, events)
                 decisions += 1
                 if at is not None:
-                    followups.append((int(due[r]), at, int(grid_size[r])))
-        # Follow-ups: a plan due before the address's next probe of the grid is made within the round,
-        # at its own instant, and decided like any round (a follow-up may not plan another in the slot).
+                    made = (at, int(due[r]), int(grid_size[r]))
+                    (heapq.heappush(followups, made) if tr.members is not None else followups.append(made))
         if followups:
-            ips = np.array([ip for ip, _, _ in followups], dtype=np.int64)
-            times = np.array([at for _, at, _ in followups], dtype=np.int64)
-            before = np.array([size for _, _, size in followups], dtype=np.int64)
-            segs = world.segment_at(ips, times)
-            row, entry = world.answers(segs, masks, tr.mask_of[ips], times, scanner, loss)
-            attempts[k] += len(ips)
-            sizes = tr.size_of[ips]
-            probes[k] += int(sizes.sum())
-            sent[k] += int(sizes.sum()) * byte_model.syn + int(cost[entry].sum())
-            slot_max = max(slot_max, int((before + sizes).max()))
-            found(k, ips, segs, times, row, entry)
-            starts = np.searchsorted(row, np.arange(len(ips) + 1))
-            for r in range(len(ips)):
-                at = _decide_one(world, schedule, lifecycle, rule, masks, tr, int(ips[r]), int(segs[r]),
-                                 int(times[r]), entry[starts[r]:starts[r + 1]], k, ladder_len,
-                                 rec if record else None, events)
-                decisions += 1
-                if at is not None:
-                    raise ValueError(f"policy {policy.name}: a follow-up planned another probe in the same slot")
+            # in the grid's order (in time order with devices that move: a heap)
+            follow_up(k, [heapq.heappop(followups) for _ in range(len(followups))]
+                      if tr.members is not None else followups)
         tracked_now = np.flatnonzero(tr.tracked)
         states[k] = np.bincount(tr.code_of[tracked_now], minlength=n_codes)[:n_codes]
         if progress is not None:
@@ -495,12 +519,19 @@ def _decide_one(world: World, schedule: Schedule, lifecycle: Lifecycle, rule: Bu
     probed = lifecycle.next_scan(prior)[1] if prior is not None else (sweep if tr.probed_first[ip] else rule.first)
     tr.probed_first[ip] = True
     obs = Observation(frozenset(ports.tolist()), tuple(banners), probed, True)
-    tracked, decided = lifecycle.observe(ip, prior, obs, float(t))
+    neighbours = None
+    if tr.members is not None:
+        block = (ip + tr.offset) >> 8
+        members = tr.members.setdefault(block, set())
+        neighbours = (tr.states[j].state for j in members if j != ip)
+    tracked, decided = lifecycle.observe(ip, prior, obs, float(t), neighbours=neighbours)
     at, ports_next = lifecycle.next_scan(tracked, decided)
     followup = tracked is not None and at < (k + 1) * schedule.slot + int(schedule.offset_eff[ip])
     # the grid round nearest the plan (a plan made by a follow-up minutes after the grid instant
     # lands on the grid instant of its cadence, not one round later)
     tr.next_round[ip] = max(schedule.round_near(at, ip), k + 1)
+    if tr.members is not None:
+        (members.add if tracked is not None else members.discard)(ip)
     if tracked is not None:
         tr.states[ip] = tracked
         tr.tracked[ip] = True

@@ -215,8 +215,8 @@ class PolicySettings(Section):
     method, :class:`scanflow.policy.EfficientPolicy`). Both use the ladder, standard and retry
     intervals; ``silent_interval_h`` is the paper's sweep period and the adaptive policy's sweep
     period of quiet prefixes; ``initial_scan = "auto"`` is each policy's own first probe.
-    ``cadence_h``, ``followup_delay_s``, ``memory_for_h``, ``exploited_cap_h``, ``light_target`` and
-    ``light_ports`` are the adaptive policy's only (:class:`scanflow.adaptive.AdaptiveParams`).
+    ``cadence_h``, ``followup_delay_s``, ``memory_for_h``, ``exploited_cap_h``, ``light_target``,
+    ``light_ports`` and ``moves`` are the adaptive policy's only (:class:`scanflow.adaptive.AdaptiveParams`).
     """
 
     section_name = "policy"
@@ -245,6 +245,9 @@ class PolicySettings(Section):
     exploited_cap_h: Positive = 72.0
     light_target: Annotated[Float, rule(lambda v: 0 < v <= 1, "must be in (0, 1], got {v}")] = 0.93
     light_ports: Annotated[Int, rule(lambda v: v >= 0, "must be >= 0 (0: cut by light_target), got {v}")] = 0
+    #: Devices that move: a new answer matching exactly one device another address of its /24
+    #: remembers resumes that device's estimate and back-off step (the stages then key by /24).
+    moves: bool = False
     #: Quiet /24 prefixes of the adaptive sweeps (``SweepCadence.to_dict`` JSON); empty: none known yet.
     cadence_file: Annotated[str, existing_file("give a sweep cadence file (JSON of SweepCadence.to_dict) "
                                                "or leave it empty")] = ""

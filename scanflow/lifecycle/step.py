@@ -44,6 +44,8 @@ class KnowledgeUrgent(NamedTuple):
     update_id: str
     at_us: int
     changes: tuple[tuple[str, tuple[int, ...]], ...]
+    #: The address it reaches (set where the stage is keyed by /24, :meth:`Lifecycle.group_of`).
+    ip: str | None = None
 
 
 def urgent_ports(open_ports, new_ports) -> PortSet | None:
@@ -114,6 +116,19 @@ class Lifecycle:
         self.policies = frozenset(policies)
         self.published: Mapping[tuple[str, int], PortSet] = published_sets(policy)
         self.counts: Counter[str] = Counter()
+        #: Devices that move (the adaptive policy's ``moves``): a /24's addresses are decided together,
+        #: in time order, each new answer looked up among the other addresses' remembered devices.
+        self.moves = bool(getattr(getattr(policy, "params", None), "moves", False)) and hasattr(policy, "moved")
+        self._group: Mapping[Any, Tracked | None] | None = None
+
+    def group_of(self, ip: str) -> str:
+        """The key the stages group ``ip`` under: its /24 (``a.b.c.0/24``) with devices that move,
+        the address itself otherwise."""
+        return prefix_of(ip) if self.moves else ip
+
+    def neighbours(self, ip, states: Mapping[Any, Tracked | None]):
+        """The states of the other addresses in ``states`` (those of ``ip``'s /24)."""
+        return (t.state for other, t in states.items() if t is not None and other != ip)
 
     def due_at(self, t: Tracked | None) -> float | None:
         """When the IP must be woken for its next scan (or its watchdog); None if never."""
@@ -196,41 +211,107 @@ class Lifecycle:
             out.append(Snapshot(ip, t, t.updated_at if t is not None else out_time(out, until_us / US)))
         return t, out, rest
 
-    def run(self, ip: str, items: list[tuple[int, Round]], *, forget_s: float) -> list[Any]:
-        """Every output for ``ip`` over a bounded window, exactly as the per-IP stage
-        (:mod:`pipelines.per_ip_stage`) makes them, without Beam: ``items`` are all the IP's
-        ``(element time in micros, round)``, the IP starts without state.
+    def wake_group(self, key: str, states: Mapping[str, Tracked | None], pending: list[tuple[int, Any]],
+                   until_us: int, late_until: Mapping[str, float] | None = None,
+                   now: float | None = None) -> tuple[dict[str, Tracked | None], list[Any], list[tuple[int, Any]]]:
+        """:meth:`wake` for the addresses of one key (:meth:`group_of`): ``states`` maps each address
+        to its state, ``pending`` items name their address (``Round.ip``, ``KnowledgeUrgent.ip``; None:
+        ``key`` itself), ``late_until`` maps an address to its tombstone time.
 
-        The stage's wake-ups are replayed in time order: a round's element time, the due time, the
+        Without devices that move each address is woken on its own, exactly as :meth:`wake` does. With
+        them the /24's addresses are woken together in event-time order (the earliest round or due
+        time of any of them first, addresses at the same instant in address order), so that each new
+        answer is decided with the other addresses' states as they are at its time. Returns the new
+        states (None: not tracked), the outputs (each changed address's :class:`Snapshot` last) and
+        the items still waiting.
+        """
+        late_until = late_until or {}
+        waiting: dict[str, list[tuple[int, Any]]] = {}
+        for us, item in pending:
+            waiting.setdefault(item.ip or key, []).append((us, item))
+        states = dict(states)
+        out: list[Any] = []
+        rest: list[tuple[int, Any]] = []
+        if not self.moves:
+            for ip in sorted(set(states) | set(waiting)):
+                states[ip], got, left = self.wake(ip, states.get(ip), waiting.get(ip, []), until_us,
+                                                  late_until.get(ip), now)
+                out.extend(got)
+                rest.extend(left)
+            return states, out, rest
+        for items in waiting.values():
+            items.sort(key=lambda item: item[0])
+        start = dict(states)
+        snapshots: dict[str, Snapshot] = {}
+        self._group = states
+        try:
+            while True:
+                at: dict[str, int] = {}
+                for ip in set(states) | set(waiting):
+                    times = []
+                    items = waiting.get(ip)
+                    if items and items[0][0] <= until_us:
+                        times.append(items[0][0])
+                    due = self.due_at(states.get(ip))
+                    if due is not None and micros(due) <= until_us:
+                        times.append(micros(due))
+                    if times:
+                        at[ip] = min(times)
+                if not at:
+                    break
+                point = min(at.values())
+                for ip in sorted(ip for ip, us in at.items() if us == point):
+                    items = waiting.get(ip, [])
+                    ready = [item for item in items if item[0] <= point]
+                    waiting[ip] = items[len(ready):]
+                    states[ip], got, _ = self.wake(ip, states.get(ip), ready, point, late_until.get(ip), now)
+                    for o in got:
+                        if isinstance(o, Snapshot):
+                            snapshots[ip] = o
+                        else:
+                            out.append(o)
+        finally:
+            self._group = None
+        out.extend(snapshots[ip] for ip in sorted(snapshots) if states.get(ip) is not start.get(ip))
+        for items in waiting.values():
+            rest.extend(items)
+        return states, out, rest
+
+    def run(self, ip: str, items: list[tuple[int, Any]], *, forget_s: float) -> list[Any]:
+        """Every output for ``ip`` (an address, or a /24 with devices that move: :meth:`group_of`)
+        over a bounded window, exactly as the per-IP stage (:mod:`pipelines.per_ip_stage`) makes them,
+        without Beam: ``items`` are all the key's ``(element time in micros, round)``, every address
+        starts without state.
+
+        The stage's wake-ups are replayed in time order: a round's element time, a due time, the
         end of a demotion mark (``forget_s`` after it); each at the millisecond its timer would fire
-        on and applying everything due by then (:meth:`wake`). A batch replay that has every round
-        of an IP at once gets the same decisions and commands as the timers would give.
+        on and applying everything due by then (:meth:`wake_group`). A batch replay that has every
+        round of a key at once gets the same decisions and commands as the timers would give.
         """
         pending = sorted(items, key=lambda item: item[0])
-        t: Tracked | None = None
-        floor: float | None = None        # time of the IP's demotion while it keeps the mark
+        states: dict[str, Tracked | None] = {}
+        floors: dict[str, float] = {}     # time of an address's demotion while it keeps the mark
         outs: list[Any] = []
         while True:
-            points = []
-            if pending:
-                points.append(pending[0][0])
-            due = self.due_at(t)
-            if due is not None:
-                points.append(micros(due))
-            if floor is not None and (self.horizon is None or floor + forget_s < self.horizon):
-                points.append(micros(floor + forget_s))
+            points = [pending[0][0]] if pending else []
+            points.extend(micros(due) for due in map(self.due_at, states.values()) if due is not None)
+            points.extend(micros(floor + forget_s) for floor in floors.values()
+                          if self.horizon is None or floor + forget_s < self.horizon)
             if not points:
                 return outs
             point = -(-min(points) // 1000) * 1000          # timers fire on whole milliseconds
-            before = t
-            t, out, pending = self.wake(ip, t, pending, point, late_until=floor)
+            before = states
+            states, out, pending = self.wake_group(ip, states, pending, point, late_until=floors)
             outs.extend(out)
-            if t is not None:
-                floor = None
-            elif before is not None:                      # demoted now: keep the time of it
-                floor = out_time(out, point / US)
-            if floor is not None and point >= micros(floor + forget_s):
-                floor = None
+            for addr, t in states.items():
+                if t is not None:
+                    floors.pop(addr, None)
+                elif before.get(addr) is not None:        # demoted now: keep the time of it
+                    floors[addr] = out_time([o for o in out if getattr(o, "ip", None) == addr], point / US)
+            for addr in [a for a, floor in floors.items() if point >= micros(floor + forget_s)]:
+                del floors[addr]
+            states = {addr: t for addr, t in states.items() if t is not None}
+            pending.sort(key=lambda item: item[0])
 
     def _round(self, ip: str, t: Tracked | None, rnd: Round, out: list,
                late_until: float | None = None) -> Tracked | None:
@@ -273,7 +354,7 @@ class Lifecycle:
         return t
 
     def observe(self, ip: Any, t: Tracked | None, obs: Observation, now: float,
-                scan_id: str | None = None) -> tuple[Tracked | None, Decided]:
+                scan_id: str | None = None, neighbours=None) -> tuple[Tracked | None, Decided]:
         """The one decision step: the policy decides on ``obs`` made at ``now`` for an IP in state
         ``t`` (None: not tracked, e.g. promoted from a sweep), and who stays tracked is settled here.
 
@@ -281,8 +362,17 @@ class Lifecycle:
         :class:`Decided`. Every runner reaches the policy through this method: the live and batch
         stages (through :meth:`wake`), the simulator, the counterfactual replay and the
         test-history generator (which supply the observations of their own worlds).
+
+        ``neighbours`` (devices that move): the states of the other addresses of ``ip``'s /24 as they
+        are at ``now``; a new answer that is a device one of them remembers resumes that device's state
+        (:meth:`scanflow.adaptive.AdaptivePolicy.moved`, counted ``moved``).
         """
         previous = t.state if t is not None else None
+        if self.moves and neighbours is not None and obs.open_ports:
+            moved = self.policy.moved(previous, obs, now, neighbours)
+            if moved is not None:
+                self.counts["moved"] += 1
+                previous = moved
         state, plan = self.policy.decide(previous, obs, now, ip)
         # A silent IP the policy still recalls on its last ports keeps its state until the recall ends.
         tracked = state.responsive or bool(state.recall)
@@ -319,9 +409,16 @@ class Lifecycle:
 
     def _decide(self, ip: str, t: Tracked | None, scan_id: str | None, obs: Observation, now: float,
                 out: list) -> Tracked | None:
-        t, decided = self.observe(ip, t, obs, now, scan_id)
+        group = self._group
+        t, decided = self.observe(ip, t, obs, now, scan_id,
+                                  self.neighbours(ip, group) if group is not None else None)
         out.append(decided)
         return t
+
+
+def prefix_of(ip: str) -> str:
+    """The /24 of an address, as text (``a.b.c.0/24``)."""
+    return f"{ip.rsplit('.', 1)[0]}.0/24"
 
 
 def out_time(out: list, default: float) -> float:

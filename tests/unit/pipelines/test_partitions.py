@@ -119,3 +119,25 @@ def test_the_kafka_reader_takes_a_partition_list():
     assert read.config.partitions == (1, 3)
     with pytest.raises(ValueError, match="at least one partition"):
         ReadFromKafka(KafkaSettings(), "events", group_id="g", partitions=[])
+
+
+def test_devices_that_move_refuse_a_job_of_several_with_the_fix_named():
+    from pipelines.partitions import refuse_split_moves
+    from scanflow.adaptive import AdaptiveParams, make_policy
+    from scanflow.estimate import Estimator
+    from scanflow.knowledge import load_knowledge
+    from scanflow.policy import PolicyPortSets
+    from scanflow.portsets import PortSet
+
+    ranking = tuple(range(1, 41))
+    sets = PolicyPortSets(PortSet.named("standard", 1, ranking), PortSet.named("silent", 1, ranking[:5]),
+                          PortSet.named("unknown", 1, ranking[:20]), ranking, (1.0,) * len(ranking))
+    estimator = Estimator(load_knowledge())
+    moving = make_policy("adaptive", sets, estimator, adaptive_params=AdaptiveParams(light_ports=3, moves=True))
+    still = make_policy("adaptive", sets, estimator, adaptive_params=AdaptiveParams(light_ports=3))
+    half = parse_share("0/2", 4)
+    with pytest.raises(ConfigError, match="policy.moves.*leave pipeline.partitions empty"):
+        refuse_split_moves(half, moving)
+    refuse_split_moves(half, still)                              # per address: any share will do
+    refuse_split_moves(None, moving)                             # one job owns every /24
+    refuse_split_moves(PartitionShare.everything(4), moving)

@@ -459,3 +459,128 @@ def test_an_unnamed_device_is_named_when_a_later_answer_says_who_it_is():
     # the same answer again names nothing new and changes nothing
     again, plan2 = pol.decide(state, obs([80, 2323], {80: NGINX, 2323: busybox}, plan.ports), plan.at)
     assert again.device == "busybox-telnet" and not plan2.changed
+
+
+# -- devices that move (mechanism 4) ------------------------------------------------------------------
+
+
+def _camera_gone(pol):
+    """A Hikvision camera first seen at T0 (light probe, then its follow-up), silent 12 h later:
+    the remembered state an address keeps, and the time it went silent."""
+    state, plan = pol.start(T0)
+    state, plan = pol.decide(state, obs([80], {80: HIK}, plan.ports), T0)
+    state, plan = pol.decide(state, obs([80, 554], {80: HIK}, plan.ports), T0 + 300)
+    state, plan = pol.decide(state, obs([80, 554], {80: HIK}, plan.ports), plan.at)   # a full probe: step 1
+    left = plan.at
+    gone, _ = pol.decide(state, obs([], (), plan.ports), left)
+    assert gone.recall == {80, 554} and gone.step == 1 and gone.last_changed == left
+    return gone, left
+
+
+def test_a_device_another_address_of_the_24_remembers_resumes_its_state_there():
+    pol = policy(initial_scan="light", moves=True)
+    gone, left = _camera_gone(pol)
+    light = pol.port_sets.light
+    camera = obs([80, 554], {80: HIK_LATER}, light)
+    # an untracked address answering as the camera, after it left: the remembered state, as is
+    assert pol.moved(None, camera, left + 600, [gone]) is gone
+    # the policy then resumes it: its estimate and back-off step, no follow-up
+    back, plan = pol.decide(gone, camera, left + 600)
+    assert back.device == "hikvision-ipc" and back.step == 1 and plan.ports is not pol.port_sets.followup
+    # not at the instant it left, nor before (a memory counts from after the departure)
+    assert pol.moved(None, camera, left, [gone]) is None
+    # not when two addresses remember a device that answers so: a fingerprint names a model, not a device
+    assert pol.moved(None, camera, left + 600, [gone, gone]) is None
+    # not without a banner (pools of one ISP's routers answer alike on ports alone)
+    assert pol.moved(None, obs([80, 554], (), light), left + 600, [gone]) is None
+    # not another device, nor the same camera showing other ports on the ports probed
+    assert pol.moved(None, obs([80, 554], {80: NGINX}, light), left + 600, [gone]) is None
+    assert pol.moved(None, obs([80, 23, 554], {80: HIK}, light), left + 600, [gone]) is None
+    # off by default
+    assert policy(initial_scan="light").moved(None, camera, left + 600, [gone]) is None
+
+
+def test_an_address_s_own_device_and_a_classification_under_way_are_not_moves():
+    pol = policy(initial_scan="light", moves=True)
+    gone, left = _camera_gone(pol)
+    light = pol.port_sets.light
+    camera = obs([80, 554], {80: HIK_LATER}, light)
+    # the address's own remembered camera coming back is the memory mechanism, not a move
+    assert pol.moved(gone, camera, left + 600, [gone]) is None
+    # an address whose responsive device changed into the camera takes it (another device in its place)
+    router, plan = pol.decide(None, obs([80], {80: NGINX}, light), left + 60)
+    router, plan = pol.decide(router, obs([80], {80: NGINX}, plan.ports), plan.at)       # classified
+    assert router.responsive and router.probe != FOLLOWUP
+    assert pol.moved(router, camera, left + 600, [gone]) is gone
+    # but not while its own classification is under way (the follow-up's answer is its own)
+    fresh, _ = pol.decide(None, obs([80], {80: NGINX}, light), left + 60)
+    assert fresh.probe == FOLLOWUP and pol.moved(fresh, camera, left + 600, [gone]) is None
+    # nor an unchanged answer of its own device
+    assert pol.moved(router, obs([80], {80: NGINX}, light), left + 600, [gone]) is None
+
+
+def _round(ip, scan_id, at, responses, port_set):
+    from scanflow.lifecycle.rounds import Round, ref_of
+
+    us = int(at * 1e6)
+    return Round(ip, scan_id, "a1", None, "EFFICIENT", us - 1_000_000, us, ref_of(port_set), len(port_set),
+                 tuple((p, b, "http" if b else None) for p, b in sorted(responses.items())), "COMPLETE")
+
+
+@pytest.mark.parametrize("moves", [False, True])
+def test_the_lifecycle_wakes_a_24_in_time_order_and_lends_a_moved_device_its_state(moves):
+    """A camera at .10 goes silent; 6 h later it answers at .20 of the same /24. With devices that move
+    the /24 is one key: .20 is decided with the camera's remembered state (no follow-up, its step kept);
+    without, .20 is a new responder, followed up 5 minutes later."""
+    from scanflow.lifecycle.step import Decided, Due, Snapshot
+
+    pol = policy(initial_scan="light", moves=moves)
+    lc = Lifecycle(pol)
+    a, b = "198.18.7.10", "198.18.7.20"
+    assert lc.group_of(a) == ("198.18.7.0/24" if moves else a)
+    assert (lc.group_of(a) == lc.group_of(b)) is moves
+    gone, left = _camera_gone(pol)
+    states = {a: Tracked(gone, left + 12 * HOUR, Reason.SWEEP, False, left, left)}
+    light = pol.port_sets.light
+    at = left + 6 * HOUR
+    items = [(int(at * 1e6), _round(b, "s-b", at, {80: HIK_LATER, 554: None}, light))]
+    new, out, rest = lc.wake_group(lc.group_of(b), states, items, int((at + 60) * 1e6))
+    decided = [o for o in out if isinstance(o, Decided)]
+    assert [d.ip for d in decided] == [b] and not rest
+    d = decided[0]
+    if moves:
+        assert d.previous is gone and d.state.device == "hikvision-ipc" and d.state.step == 1
+        assert d.plan.reason is Reason.BACKOFF and not d.plan.changed and lc.counts["moved"] == 1
+        assert new[a] is states[a]                      # the address it left keeps its memory
+    else:
+        assert d.previous is None and d.plan.reason is Reason.NEW_RESPONDER and d.plan.ports is pol.port_sets.followup
+        assert not [o for o in out if isinstance(o, Due)]            # the follow-up is due 5 minutes on
+        assert lc.counts["moved"] == 0
+    # one snapshot per changed address, last
+    assert [o.ip for o in out if isinstance(o, Snapshot)] == [b] and isinstance(out[-1], Snapshot)
+
+
+def test_in_one_wake_the_earlier_answer_of_a_24_is_decided_first():
+    """The camera comes back at .10 an hour before .20 answers alike: .10 resumes it, so .20 finds no
+    remembered device (a new responder); the other way round .20 takes the camera's state first."""
+    from scanflow.lifecycle.step import Decided
+
+    pol = policy(initial_scan="light", moves=True)
+    gone, left = _camera_gone(pol)
+    light = pol.port_sets.light
+    a, b = "198.18.7.10", "198.18.7.20"
+
+    def run(at_a, at_b):
+        lc = Lifecycle(pol)
+        states = {a: Tracked(gone, left + 12 * HOUR, Reason.SWEEP, True, left, left)}
+        items = [(int(at_b * 1e6), _round(b, "s-b", at_b, {80: HIK_LATER, 554: None}, light)),
+                 (int(at_a * 1e6), _round(a, "s-a", at_a, {80: HIK_LATER, 554: None}, light))]
+        _, out, _ = lc.wake_group("198.18.7.0/24", states, items, int((left + 11 * HOUR) * 1e6))
+        return {o.ip: o for o in out if isinstance(o, Decided) and o.scan_id}, lc.counts["moved"]
+
+    first_a, moved = run(left + 5 * HOUR, left + 6 * HOUR)
+    assert moved == 0 and first_a[a].plan.reason is Reason.BACKOFF and first_a[b].plan.reason is Reason.NEW_RESPONDER
+    first_b, moved = run(left + 6 * HOUR, left + 5 * HOUR)
+    assert moved == 1 and first_b[b].state.step == 1 and first_b[b].plan.reason is Reason.BACKOFF
+    # .10 still remembers the camera, and resumes it too when it answers there
+    assert first_b[a].plan.reason is Reason.BACKOFF

@@ -3,6 +3,8 @@ ablation: one table with every variant, each variant's own directory, and the Pa
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import json
 
 import pytest
@@ -13,7 +15,7 @@ from scanflow.cli import main
 from scanflow.evaluation import ABLATIONS, EvaluationConfig, policy_variants
 
 VARIANTS = ["paper", "adaptive", "adaptive-no-followup", "adaptive-no-cadence", "adaptive-no-memory",
-            "adaptive-light-first"]
+            "adaptive-light-first", "adaptive-moves"]
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +44,10 @@ def test_variants_of_both_policies_and_of_the_ablation():
         # one mechanism off, everything else as the reference
         rest = {k for k in ("followup", "learned_cadence", "memory", "initial_scan") if k not in change}
         assert all(getattr(p, k) == getattr(base, k) for k in rest), name
+    # devices that move, off by default, are switched on (and off where the reference has them)
+    assert by["adaptive-moves"].adaptive == replace(base, moves=True)
+    moving = {v.name: v for v in policy_variants("adaptive", ablation=True, base=replace(base, moves=True))}
+    assert moving["adaptive-no-moves"].adaptive == base and "adaptive-moves" not in moving
     cfg = by["adaptive-no-memory"].apply(EvaluationConfig())
     assert (cfg.policy, cfg.label, cfg.adaptive.memory) == ("adaptive", "adaptive-no-memory", False)
     assert EvaluationConfig().label == "paper"
