@@ -27,8 +27,9 @@ from pathlib import Path
 
 
 def _child(ips: int, weeks: float, seed: int, sets_path: str, overrides: dict, policy: dict,
-           name: str = "paper", workers: int = 1) -> None:
+           name: str = "paper", workers: int = 1, adaptive: dict | None = None) -> None:
     t0 = time.perf_counter()
+    from scanflow.adaptive import AdaptiveParams
     from scanflow.knowledge import load_knowledge
     from scanflow.policy import PolicyParams
     from scanflow.evaluation import EvaluationConfig, evaluate_seed
@@ -39,7 +40,7 @@ def _child(ips: int, weeks: float, seed: int, sets_path: str, overrides: dict, p
     kb = load_knowledge()
     cfg = EvaluationConfig(ips=ips, weeks=weeks, windows=(2.0, weeks), seeds=(seed,), record=False,
                            world=WorldConfig().with_overrides(overrides), params=PolicyParams(**policy),
-                           policy=name, workers=workers)
+                           policy=name, workers=workers, adaptive=AdaptiveParams(**adaptive) if adaptive else None)
     imports = time.perf_counter() - t0
     t0 = time.perf_counter()
     result = evaluate_seed(cfg, seed, sets, kb)
@@ -65,9 +66,9 @@ def _peak_mib() -> float:
 
 
 def _run_child(ips: int, weeks: float, seed: int, sets_path: str, overrides: dict | None = None,
-               policy: dict | None = None, name: str = "paper", workers: int = 1) -> dict:
+               policy: dict | None = None, name: str = "paper", workers: int = 1, adaptive: dict | None = None) -> dict:
     cmd = [sys.executable, __file__, "--child", str(ips), str(weeks), str(seed), sets_path,
-           json.dumps(overrides or {}), json.dumps(policy or {}), name, str(workers)]
+           json.dumps(overrides or {}), json.dumps(policy or {}), name, str(workers), json.dumps(adaptive or {})]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(out.stderr)
@@ -175,9 +176,9 @@ def calibration(n_ips: int = 300_000, seeds: tuple[int, ...] = (11, 12)) -> None
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--child":
-        ips, weeks, seed, sets_path, overrides, policy, name, workers = argv[1:9]
+        ips, weeks, seed, sets_path, overrides, policy, name, workers, adaptive = argv[1:10]
         _child(int(ips), float(weeks), int(seed), sets_path, json.loads(overrides), json.loads(policy), name,
-               int(workers))
+               int(workers), json.loads(adaptive))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ips", type=int, nargs="+", default=[100_000, 1_000_000])
@@ -190,7 +191,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sensitivity-ips", type=int, default=100_000)
     parser.add_argument("--workers", type=int, default=1,
                         help="processes for the efficient run (ranges of /24s; the figures do not change)")
+    parser.add_argument("--moves", action="store_true",
+                        help="with --policy adaptive: devices that move on (AdaptiveParams.moves)")
     args = parser.parse_args(argv)
+    if args.moves and args.policy != "adaptive":
+        parser.error("--moves: devices that move are the adaptive policy's; add --policy adaptive")
     if args.calibration:
         calibration()
         return
@@ -208,11 +213,13 @@ def main(argv: list[str] | None = None) -> None:
                       f"{w8['traffic']:>10.2%}{w8['pdr']:>8.1%}{w8['ddr']:>8.1%}", flush=True)
             return
         for ips in args.ips:
-            r = _run_child(ips, args.weeks, args.seed, sets_path, name=args.policy, workers=args.workers)
+            r = _run_child(ips, args.weeks, args.seed, sets_path, name=args.policy, workers=args.workers,
+                           adaptive={"moves": True} if args.moves else None)
             s = r["seconds"]
             run_s = s["world"] + s["standard"] + s["efficient"]
             w8 = r["windows"][f"{args.weeks:g}w"]
-            print(f"{ips:>10,} IPs x {args.weeks:g} weeks, {args.policy}, {args.workers} worker(s): traffic "
+            print(f"{ips:>10,} IPs x {args.weeks:g} weeks, {args.policy}{' (moves)' if args.moves else ''}, "
+                  f"{args.workers} worker(s): traffic "
                   f"{w8['traffic']:.3%} PDR {w8['pdr']:.2%} DDR {w8['ddr']:.2%}; {run_s:6.1f} s both policies "
                   f"(world {s['world']:.1f} s, standard {s['standard']:.1f} s, efficient {s['efficient']:.1f} s, "
                   f"{r['decisions']:,} decide calls, {r['segments']:,} world segments); with the 2-week run of its "

@@ -70,6 +70,7 @@ def build_summary(cfg: EvaluationConfig, derivation, results: Sequence[SeedResul
                         "mean": _mean_new_devices([r.new_devices for r in results])},
         "worlds": {str(r.seed): r.world.summary() for r in results},
         "efficient_decisions": {str(r.seed): r.efficient.decisions for r in results},
+        "efficient_moved": {str(r.seed): r.efficient.moved for r in results},
         "final_backoff": {str(r.seed): _final_backoff(r) for r in results},
         "seconds": seconds,
         "paper": {"table4": list(PAPER_TABLE4), "attempts": PAPER_ATTEMPTS, "target": TARGET},
@@ -130,6 +131,10 @@ def format_table(summary: dict[str, Any]) -> str:
         off = [k for k in ("followup", "learned_cadence", "memory") if not adaptive[k]]
         first = (f"adaptive policy: first probe of each IP with the {adaptive['initial_scan']} set, light "
                  f"probes every {adaptive['cadence'] / 3600:g} h" + (f", off: {', '.join(off)}" if off else ""))
+        if adaptive.get("moves"):
+            moved = summary.get("efficient_moved") or {}
+            first += ("; devices that move on: " + ", ".join(f"{n:,}" for n in moved.values())
+                      + " answers resumed a device another address of their /24 remembered (per seed)")
     elif recall:
         first += (f"; beyond the paper: recall of silent IPs on their last ports every {recall:g} h for "
                   f"{cfg['policy']['recall_for_h']:g} h after their last answer")

@@ -137,6 +137,8 @@ class PolicyRun:
     decisions: int = 0
     #: The most probes one address received in one round (the ethics bound: the standard set's size).
     max_slot_probes: int = 0
+    #: Devices that move: answers that resumed a device another address of the /24 remembered.
+    moved: int = 0
 
 
 def open_costs(world: World, byte_model: ByteModel) -> np.ndarray:
@@ -303,7 +305,8 @@ def _run_sharded(world: World, schedule: Schedule, policy, byte_model: ByteModel
     return PolicyRun(parts[0].name, cells[order], np.concatenate([p.cell_round for p in parts])[order],
                      sum(p.attempts for p in parts), sum(p.probes for p in parts), sum(p.bytes for p in parts),
                      np.maximum.reduce([p.detected for p in parts]), sum(p.states for p in parts), None,
-                     sum(p.decisions for p in parts), max(p.max_slot_probes for p in parts))
+                     sum(p.decisions for p in parts), max(p.max_slot_probes for p in parts),
+                     sum(p.moved for p in parts))
 
 
 _SHARD_JOB = None
@@ -448,7 +451,7 @@ def _run_range(world: World, schedule: Schedule, policy, byte_model: ByteModel, 
     rounds = np.concatenate(round_parts) if round_parts else np.zeros(0, dtype=np.int32)
     cells, cell_round = _first_rounds(codes, rounds)
     return PolicyRun(policy.name, cells, cell_round, attempts, probes, sent, detected, states,
-                     rec if record else None, decisions, slot_max)
+                     rec if record else None, decisions, slot_max, lifecycle.counts["moved"])
 
 
 def _sweep_of(policy, rule: BulkRule, ip: int) -> PortSet:

@@ -120,3 +120,16 @@ def test_a_sweep_period_that_is_not_whole_rounds_is_a_usage_error(tmp_path):
     assert result.exit_code == 2, result.output
     assert "policy.cadence_h = 6: the simulator probes in rounds of policy.standard_interval_h (12 h)" in result.output
     assert "e.g. 12" in result.output
+
+
+def test_devices_that_move_are_evaluated_from_the_config_and_their_count_reported(tmp_path):
+    # policy.moves reaches evaluate's adaptive runs; the answers that resumed a moved device are counted
+    args = ["--set", "policy.moves=true", "evaluate", "--scenario", "mobile", "--policy", "adaptive", "--ips", "5000",
+            "--weeks", "8", "--seeds", "1", "--windows", "8", "--desync", "--survey-ips", "300000", "--no-plots",
+            "--no-parquet", "--out", str(tmp_path)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["config"]["adaptive"]["moves"] is True
+    moved = metrics["efficient_moved"]["1"]
+    assert moved > 0 and f"devices that move on: {moved:,} answers resumed" in result.output
