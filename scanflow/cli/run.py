@@ -224,6 +224,9 @@ def _check_scheduler_jobs(settings, jobs: int) -> None:
     if not 1 <= jobs <= events.partitions:
         _fail(f"--scheduler-jobs {jobs}: give 1..{events.partitions} (the events topic's partitions in "
               f"{settings.topics.file}), e.g. --scheduler-jobs 2")
+    if jobs > 1 and settings.policy.moves:
+        _fail(f"--scheduler-jobs {jobs}: policy.moves decides the addresses of a /24 together, which one job of "
+              "several cannot (events are keyed by address); use --scheduler-jobs 1 or --set policy.moves=false")
 
 
 COMMANDS = [run]

@@ -123,9 +123,12 @@ def test_main_job_on_two_scheduler_jobs_splits_the_partitions_and_decides_each_r
     (["--days", "-1"], "--days 7"),
     (["--scheduler-jobs", "13"], "--scheduler-jobs 2"),
     (["--scheduler-jobs", "0"], "1..12"),
+    (["--set", "policy.moves=true", "run", "--scheduler-jobs", "2"], "--scheduler-jobs 1 or --set policy.moves=false"),
 ])
 def test_bad_input_is_one_line_naming_the_fix(args, fix):
-    out = subprocess.run([sys.executable, "-m", "scanflow", "run", *args], cwd=REPO_ROOT,
+    # a settings override (--set) comes before the command
+    args = args if "run" in args else ["run", *args]
+    out = subprocess.run([sys.executable, "-m", "scanflow", *args], cwd=REPO_ROOT,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()

@@ -88,3 +88,28 @@ def test_the_live_stage_lends_a_restored_memory_to_the_address_the_device_moved_
     assert_that(commands | "C" >> beam.Map(lambda kv: (kv[0], kv[1]["port_set"]["name"])),
                 equal_to(want_commands), label="commands")
     p.run().wait_until_finish()
+
+
+def test_a_knowledge_update_reaches_its_address_inside_the_24_key():
+    """Keyed by /24, a knowledge update for .10 (a tracked camera) rescans .10 at the update's time on
+    its ports and the model's new port, and nothing else of the /24."""
+    from scanflow.policy import Observation
+
+    pol = _policy(True)
+    refs = RefTable.of_policy(pol)
+    state, plan = pol.start(T0)
+    state, plan = pol.decide(state, Observation.of([80], {80: HIK}, plan.ports), T0)
+    state, plan = pol.decide(state, Observation.of([80, 554], {80: HIK}, plan.ports), T0 + 300)
+    camera = Tracked(state, plan.at, plan.reason, False, T0 + 300, T0 + 300)
+    at = T0 + 3600
+    update = KnowledgeUrgent("u1", micros(at), (("hikvision-ipc", (8443,)),))
+    other = RestoreRecord(pack_header(None, T0, refs), None, T0)      # .20: a tombstone, untracked
+    items = [TimestampedValue((A, RestoreRecord(pack_header(camera, T0 + 300, refs), None, T0 + 300)), 0),
+             TimestampedValue((B, other), 0),
+             TimestampedValue((A, update), at)]
+    p = beam.Pipeline(runner=FnApiRunner())
+    _, commands, _ = (p | beam.Create(items, reshuffle=False)
+                      | DetectChanges(pol, command_ttl_s=600, round_timeout_s=600, horizon=at + 60))
+    assert_that(commands | beam.Map(lambda kv: (kv[0], kv[1]["reason"], sorted(kv[1]["port_set"]["ports"]))),
+                equal_to([(A, "URGENT", [80, 554, 8443])]))
+    p.run().wait_until_finish()

@@ -477,11 +477,16 @@ def _camera_gone(pol):
     return gone, left
 
 
-def test_a_device_another_address_of_the_24_remembers_resumes_its_state_there():
+def _moving():
+    """The policy with devices that move, the camera's remembered state and when it left, the light
+    set, and the camera answering a light probe."""
     pol = policy(initial_scan="light", moves=True)
     gone, left = _camera_gone(pol)
-    light = pol.port_sets.light
-    camera = obs([80, 554], {80: HIK_LATER}, light)
+    return pol, gone, left, pol.port_sets.light, obs([80, 554], {80: HIK_LATER}, pol.port_sets.light)
+
+
+def test_a_device_another_address_of_the_24_remembers_resumes_its_state_there():
+    pol, gone, left, light, camera = _moving()
     # an untracked address answering as the camera, after it left: the remembered state, as is
     assert pol.moved(None, camera, left + 600, [gone]) is gone
     # the policy then resumes it: its estimate and back-off step, no follow-up
@@ -501,10 +506,7 @@ def test_a_device_another_address_of_the_24_remembers_resumes_its_state_there():
 
 
 def test_an_address_s_own_device_and_a_classification_under_way_are_not_moves():
-    pol = policy(initial_scan="light", moves=True)
-    gone, left = _camera_gone(pol)
-    light = pol.port_sets.light
-    camera = obs([80, 554], {80: HIK_LATER}, light)
+    pol, gone, left, light, camera = _moving()
     # the address's own remembered camera coming back is the memory mechanism, not a move
     assert pol.moved(gone, camera, left + 600, [gone]) is None
     # an address whose responsive device changed into the camera takes it (another device in its place)
