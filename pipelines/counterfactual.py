@@ -42,7 +42,7 @@ from typing import Iterable, Iterator, Mapping, NamedTuple
 
 from scanflow.lifecycle.records import decision_record
 from scanflow.lifecycle.rounds import US, resolve_port_set
-from scanflow.lifecycle.step import Lifecycle
+from scanflow.lifecycle.step import Lifecycle, address_order
 from scanflow.lifecycle.untracked import first_scan
 from scanflow.metrics import ByteModel, PolicyTally
 from scanflow.policy import Observation
@@ -117,18 +117,18 @@ def replay_group(ips: Iterable[tuple[str, list[RecordedRound], int]], policy, *,
     states: dict[str, object] = {} if lifecycle.moves else None
     outs: dict[str, IpReplay] = {}
     heap: list = []
-    for ip, rounds, phase in sorted(ips, key=lambda x: x[0]):
+    for ip, rounds, phase in sorted(ips, key=lambda x: address_order(x[0])):
         out = outs[ip] = IpReplay(PolicyTally(byte_model), PolicyTally(byte_model))
         steps = _replay(ip, rounds, policy, out, counterfactual=counterfactual, phase=phase, tolerance_s=tolerance_s,
                         silent_rule=silent_rule, records=records, lifecycle=lifecycle, states=states)
         at = next(steps, None)
         if at is not None:
-            heapq.heappush(heap, (at, ip, steps))
+            heapq.heappush(heap, (at, address_order(ip), ip, steps))
     while heap:
-        _, ip, steps = heapq.heappop(heap)
+        _, order, ip, steps = heapq.heappop(heap)
         at = next(steps, None)
         if at is not None:
-            heapq.heappush(heap, (at, ip, steps))
+            heapq.heappush(heap, (at, order, ip, steps))
     return outs
 
 

@@ -220,7 +220,7 @@ class Lifecycle:
 
         Without devices that move each address is woken on its own, exactly as :meth:`wake` does. With
         them the /24's addresses are woken together in event-time order (the earliest round or due
-        time of any of them first, addresses at the same instant in address order), so that each new
+        time of any of them first, addresses at the same instant in numeric address order), so that each new
         answer is decided with the other addresses' states as they are at its time. Returns the new
         states (None: not tracked), the outputs (each changed address's :class:`Snapshot` last) and
         the items still waiting.
@@ -260,7 +260,7 @@ class Lifecycle:
                 if not at:
                     break
                 point = min(at.values())
-                for ip in sorted(ip for ip, us in at.items() if us == point):
+                for ip in sorted((ip for ip, us in at.items() if us == point), key=address_order):
                     items = waiting.get(ip, [])
                     ready = [item for item in items if item[0] <= point]
                     waiting[ip] = items[len(ready):]
@@ -414,6 +414,12 @@ class Lifecycle:
                                   self.neighbours(ip, group) if group is not None else None)
         out.append(decided)
         return t
+
+
+def address_order(ip: str) -> tuple[int, ...]:
+    """Sort key of an address in numeric order (``10.0.0.9`` before ``10.0.0.10``), the order in
+    which every runner decides addresses of a /24 at the same instant."""
+    return tuple(int(part) for part in ip.split("."))
 
 
 def prefix_of(ip: str) -> str:

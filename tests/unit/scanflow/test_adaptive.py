@@ -586,3 +586,20 @@ def test_in_one_wake_the_earlier_answer_of_a_24_is_decided_first():
     assert moved == 1 and first_b[b].state.step == 1 and first_b[b].plan.reason is Reason.BACKOFF
     # .10 still remembers the camera, and resumes it too when it answers there
     assert first_b[a].plan.reason is Reason.BACKOFF
+
+
+def test_addresses_of_a_24_answering_at_the_same_instant_are_decided_in_numeric_order():
+    """.9 and .10 answer as the camera .10 remembers, at the same microsecond: .9 comes first (as in
+    the simulator, which orders by address number), so it takes the camera's state; by text order
+    ("198.18.7.10" < "198.18.7.9") .10 would resume it first and .9 would find none."""
+    from scanflow.lifecycle.step import Decided
+
+    pol, gone, left, light, _ = _moving()
+    a, b = "198.18.7.10", "198.18.7.9"
+    at = left + 5 * HOUR
+    lc = Lifecycle(pol)
+    states = {a: Tracked(gone, left + 12 * HOUR, Reason.SWEEP, True, left, left)}
+    items = [(int(at * 1e6), _round(ip, f"s-{ip}", at, {80: HIK_LATER, 554: None}, light)) for ip in (a, b)]
+    _, out, _ = lc.wake_group("198.18.7.0/24", states, items, int((at + 60) * 1e6))
+    decided = [o for o in out if isinstance(o, Decided)]
+    assert [d.ip for d in decided] == [b, a] and lc.counts["moved"] == 1
