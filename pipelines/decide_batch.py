@@ -20,7 +20,7 @@ import apache_beam as beam
 from pipelines.per_ip_stage import COMMANDS, STATES, CountReporter, emit
 from scanflow.lifecycle.rounds import Round
 from scanflow.lifecycle.state import RefTable
-from scanflow.lifecycle.step import Lifecycle, prefix_of
+from scanflow.lifecycle.step import Lifecycle, group_of, moves_of
 
 class _WithTime(beam.DoFn):
     """``(ip, Round)`` -> ``(key, (element time in micros, round tuple))``: the time the per-IP
@@ -32,7 +32,7 @@ class _WithTime(beam.DoFn):
 
     def process(self, element, ts=beam.DoFn.TimestampParam):
         ip, rnd = element
-        yield prefix_of(ip) if self._moves else ip, (ts.micros, tuple(rnd))
+        yield group_of(ip, self._moves), (ts.micros, tuple(rnd))
 
 
 class _DecideFn(beam.DoFn):
@@ -72,7 +72,7 @@ class DecideInBatch(beam.PTransform):
 
     def expand(self, keyed: Any):
         out = (keyed
-               | "WithTime" >> beam.ParDo(_WithTime(Lifecycle(self._fn._policy).moves)).with_output_types(beam.typehints.KV[str, Any])
+               | "WithTime" >> beam.ParDo(_WithTime(moves_of(self._fn._policy))).with_output_types(beam.typehints.KV[str, Any])
                | "ByIp" >> beam.GroupByKey()
                | "Decide" >> beam.ParDo(self._fn).with_outputs(COMMANDS, STATES, main="decisions"))
         return out.decisions, out[COMMANDS], out[STATES]

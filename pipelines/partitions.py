@@ -168,9 +168,9 @@ def refuse_split_moves(share: PartitionShare | None, policy) -> None:
     """Devices that move (``policy.moves``) key the scheduler's state by /24, but agents key events by
     address, so a /24's addresses fall in many partitions: a job that owns only some of them would
     decide a /24 without its other addresses. A one-line :class:`ConfigError` then names the fix."""
-    from scanflow.lifecycle.step import Lifecycle
+    from scanflow.lifecycle.step import moves_of
 
-    if share is not None and not share.whole and Lifecycle(policy).moves:
+    if share is not None and not share.whole and moves_of(policy):
         raise ConfigError(f"pipeline.partitions = {share.label}: policy.moves decides the addresses of a /24 "
                           "together, which one job of several cannot (events are keyed by address); run one "
                           "scheduler job (leave pipeline.partitions empty) or set policy.moves = false")

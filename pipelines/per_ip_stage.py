@@ -55,7 +55,7 @@ from scanflow.lifecycle.records import command_record, decision_record, ip_state
 from scanflow.lifecycle.state import (STATE_HEADER, RefTable, Tracked, is_tombstone, pack, pack_header,
                                       unpack, unpack_header)
 from scanflow.lifecycle.step import (Decided, Due, KnowledgeUrgent, Lifecycle, Snapshot, from_ip_state_record,
-                                     out_time, prefix_of)
+                                     moves_of, out_time, prefix_of)
 
 COMMANDS = "commands"
 STATES = "states"
@@ -329,7 +329,7 @@ def emit(o, policy_name: str, ttl_s: float, refs: RefTable, emit_states: bool = 
 
 def _keyed(kv, moves: bool):
     """``(ip, item)`` under the stage's key for ``ip``: itself, or its /24 with devices that move
-    (:meth:`Lifecycle.group_of`; a restore record or knowledge update then carries its address)."""
+    (:func:`~scanflow.lifecycle.step.group_of`; a restore record or knowledge update then carries its address)."""
     if not moves:
         return kv
     ip, item = kv
@@ -361,7 +361,7 @@ class DetectChanges(beam.PTransform):
                             forget_s=forget_s, catch_up=catch_up, writes=writes)
 
     def expand(self, keyed):
-        moves = Lifecycle(self._fn._policy).moves
+        moves = moves_of(self._fn._policy)
         out = (keyed
                # A declared key type gives the runner a deterministic key coder to group state by.
                | "KeyByIp" >> beam.Map(_keyed, moves).with_output_types(beam.typehints.KV[str, Any])

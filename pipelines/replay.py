@@ -30,7 +30,7 @@ from apache_beam.metrics import Metrics
 
 from pipelines.counterfactual import IpReplay, assemble_rounds, replay_group, stable_phase
 from scanflow.lifecycle.rounds import US
-from scanflow.lifecycle.step import Lifecycle, prefix_of
+from scanflow.lifecycle.step import Lifecycle, moves_of, prefix_of
 from scanflow.metrics import HONEYPOT_MIN_PORTS, PolicyTally, compare, exclusion_line
 
 _METRICS = "scanflow.replay"
@@ -341,7 +341,7 @@ class ReplayRecorded(beam.PTransform):
     def expand(self, inputs):
         keyed, ranges = inputs
         index = ranges | "IndexRanges" >> beam.combiners.ToList() | "ByBlock" >> beam.Map(_index_ranges)
-        if Lifecycle(self._policy).moves:
+        if moves_of(self._policy):
             # devices that move: the addresses of a /24 are replayed together, in time order
             keyed = keyed | "ByPrefix" >> beam.Map(lambda kv: (prefix_of(kv[0]), [kv]))
         replayed = (keyed

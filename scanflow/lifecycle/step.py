@@ -118,13 +118,13 @@ class Lifecycle:
         self.counts: Counter[str] = Counter()
         #: Devices that move (the adaptive policy's ``moves``): a /24's addresses are decided together,
         #: in time order, each new answer looked up among the other addresses' remembered devices.
-        self.moves = bool(getattr(getattr(policy, "params", None), "moves", False)) and hasattr(policy, "moved")
+        self.moves = moves_of(policy)
         self._group: Mapping[Any, Tracked | None] | None = None
 
     def group_of(self, ip: str) -> str:
         """The key the stages group ``ip`` under: its /24 (``a.b.c.0/24``) with devices that move,
         the address itself otherwise."""
-        return prefix_of(ip) if self.moves else ip
+        return group_of(ip, self.moves)
 
     def neighbours(self, ip, states: Mapping[Any, Tracked | None]):
         """The states of the other addresses in ``states`` (those of ``ip``'s /24)."""
@@ -416,8 +416,19 @@ class Lifecycle:
         return t
 
 
+def moves_of(policy) -> bool:
+    """True when ``policy`` lets devices move (the adaptive policy's ``moves``): its stages then key
+    by /24 (:func:`group_of`)."""
+    return bool(getattr(getattr(policy, "params", None), "moves", False)) and hasattr(policy, "moved")
+
+
+def group_of(ip: str, moves: bool) -> str:
+    """The key the stages group ``ip`` under: its /24 with devices that move, the address otherwise."""
+    return prefix_of(ip) if moves else ip
+
+
 def address_order(ip: str) -> tuple[int, ...]:
-    """Sort key of an address in numeric order (``10.0.0.9`` before ``10.0.0.10``), the order in
+    """Sort key of an address in numeric order (``198.18.7.9`` before ``198.18.7.10``), the order in
     which every runner decides addresses of a /24 at the same instant."""
     return tuple(int(part) for part in ip.split("."))
 

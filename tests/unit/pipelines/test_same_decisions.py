@@ -37,7 +37,7 @@ from apache_beam.transforms.window import TimestampedValue
 from connectors.avro_codec import encode
 from connectors.parquet_lake import arrow_to_records, table_files
 from connectors.sim_recorder import EventRecorder, world_standard_records
-from pipelines.counterfactual import assemble_rounds, replay_group, replay_ip
+from pipelines.counterfactual import assemble_rounds, replay_group
 from pipelines.decode import from_record
 from pipelines.replay import ReplayRecorded, ReplaySpec, compact_record
 from pipelines.scheduler import build_replay, replay_runner
@@ -246,12 +246,9 @@ def test_counterfactual_replay_decides_exactly_as_the_simulator(simulated, stand
         rounds, _ = assemble_rounds(by_ip.get(ip, []), published)
         blocks.setdefault(i >> PREFIX_BITS, []).append((ip, rounds, int(schedule.phase[i])))
     for group in blocks.values():
-        # a /24 at a time (with devices that move its addresses are decided together, in time order)
-        outs = replay_group(group, policy, tolerance_s=60.0, silent_rule=s["rule"], records=True).values() \
-            if getattr(policy.params, "moves", False) else \
-            [replay_ip(ip, rounds, policy, phase=phase, tolerance_s=60.0, silent_rule=s["rule"], records=True)
-             for ip, rounds, phase in group]
-        for out in outs:
+        # a /24 at a time (with devices that move its addresses are decided together, in time order;
+        # without, replay_group is replay_ip of each address)
+        for out in replay_group(group, policy, tolerance_s=60.0, silent_rule=s["rule"], records=True).values():
             got.update(_key(d, _sim_scan_id(d["scan_id"], world)) for d in out.decisions)
             attempts += out.replayed.attempts
             probes += out.replayed.probes
